@@ -1,0 +1,188 @@
+"""``switchboard``: the one command line of the project.
+
+This is the only module that reads the environment; every service gets a
+typed settings object built here.
+
+    switchboard run          Redis + gateway + worker + fanout, locally
+    switchboard gateway      one gateway      (WebSocket pods)
+    switchboard worker       one worker       (LangGraph turns)
+    switchboard fanout       one fanout       (delivery to gateways)
+    switchboard redis        the embedded Redis only
+    switchboard token USER   print a signed development token for USER
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+from switchboard.shared import logs
+from switchboard.shared.settings import (
+    DEV_JWT_SECRET, FanoutSettings, GatewaySettings, SettingsError, WorkerSettings,
+)
+
+
+def _run_service(name: str, main: Callable[[asyncio.Event], Awaitable[None]], env: Mapping[str, str]) -> int:
+    logs.configure(env.get("LOG_LEVEL", "INFO"), env.get("LOG_FORMAT", "text"), service=name)
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
+    return 0
+
+
+def cmd_gateway(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from switchboard.gateway.server import Gateway
+
+    settings = GatewaySettings.from_env(env)
+    if settings.jwt_secret == DEV_JWT_SECRET:
+        print("warning: JWT_SECRET is the development default; set it in production", file=sys.stderr)
+    return _run_service("gateway", lambda stop: Gateway(settings).serve(stop=stop), env)
+
+
+def cmd_worker(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from switchboard.worker.worker import Worker
+
+    settings = WorkerSettings.from_env(env)
+    return _run_service("worker", lambda stop: Worker(settings).serve(stop=stop), env)
+
+
+def cmd_fanout(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from switchboard.fanout.service import Fanout
+
+    settings = FanoutSettings.from_env(env)
+    return _run_service("fanout", lambda stop: Fanout(settings).serve(stop=stop), env)
+
+
+def cmd_token(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from switchboard.gateway import auth
+
+    print(auth.mint(args.user, env.get("JWT_SECRET") or DEV_JWT_SECRET, ttl=args.ttl))
+    return 0
+
+
+def _embedded(env: Mapping[str, str]):
+    from switchboard.embedded_redis import EmbeddedRedis, free_port, port_in_use
+
+    port = int(env.get("REDIS_PORT") or 6379)
+    if port_in_use(port):
+        port = free_port()
+    return EmbeddedRedis(env.get("DATA_DIR", ".data") + "/redis", port=port)
+
+
+def cmd_redis(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    redis = _embedded(env)
+    redis.start()
+    print(f"embedded Redis at {redis.url} (data in {redis.data_dir}); Ctrl-C stops it", flush=True)
+    try:
+        _wait_for_signal()
+    finally:
+        redis.stop()
+    return 0
+
+
+def _wait_for_signal() -> None:
+    stop = {"now": False}
+
+    def handler(signum: int, frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    while not stop["now"]:
+        time.sleep(0.2)
+
+
+def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """The embedded default: every part of the system on this machine."""
+    child_env = dict(env)
+    redis = None
+    if not env.get("REDIS_URL"):
+        redis = _embedded(env)
+        redis.start()
+        child_env["REDIS_URL"] = redis.url
+    children: list[subprocess.Popen] = []
+    try:
+        for service in ("fanout", "worker", "gateway"):
+            service_env = dict(child_env, SERVER_ID=f"{service}-local")
+            children.append(subprocess.Popen([sys.executable, "-m", "switchboard.cli", service], env=service_env))
+        host = env.get("WEBSOCKET_HOST") or "127.0.0.1"
+        port = env.get("WEBSOCKET_PORT") or "8765"
+        from switchboard.gateway import auth
+
+        token = auth.mint("dev-user", env.get("JWT_SECRET") or DEV_JWT_SECRET)
+        _wait_for_port(host, int(port), children)
+        print(
+            "\nSwitchboard is running.\n"
+            f"  Redis:      {child_env['REDIS_URL']}{' (embedded, data in ' + str(redis.data_dir) + ')' if redis else ''}\n"
+            f"  WebSocket:  ws://{host}:{port}/ws\n"
+            f"  Dev token for user 'dev-user' (24 h):\n    {token}\n"
+            "  First frame: {\"type\":\"hello\",\"token\":TOKEN,\"device_id\":\"laptop\"}\n"
+            "  Protocol:   docs/protocol.md    Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        while all(child.poll() is None for child in children):
+            try:
+                time.sleep(0.5)
+            except KeyboardInterrupt:
+                break
+        return 0
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if redis is not None:
+            redis.stop()
+
+
+def _wait_for_port(host: str, port: int, children: list[subprocess.Popen], timeout: float = 60.0) -> None:
+    from switchboard.embedded_redis import port_in_use
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_in_use(port, "127.0.0.1" if host in ("0.0.0.0", "") else host):
+            return
+        if any(child.poll() is not None for child in children):
+            raise SystemExit("a service exited during start-up; see its log above")
+        time.sleep(0.1)
+    raise SystemExit(f"the gateway did not listen on {host}:{port} within {timeout:g} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="switchboard", description="LangGraph conversations over WebSockets.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run Redis and every service locally").set_defaults(func=cmd_run)
+    sub.add_parser("gateway", help="run one gateway").set_defaults(func=cmd_gateway)
+    sub.add_parser("worker", help="run one conversation worker").set_defaults(func=cmd_worker)
+    sub.add_parser("fanout", help="run one fanout").set_defaults(func=cmd_fanout)
+    sub.add_parser("redis", help="run the embedded Redis only").set_defaults(func=cmd_redis)
+    token = sub.add_parser("token", help="print a signed development token")
+    token.add_argument("user")
+    token.add_argument("--ttl", type=float, default=86_400.0, help="seconds until the token expires")
+    token.set_defaults(func=cmd_token)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args, os.environ)
+    except SettingsError as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

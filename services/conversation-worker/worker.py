@@ -1,0 +1,239 @@
+"""The worker loop: read work notices, run conversations, acknowledge.
+
+Work notices ``(user, conversation, inbound id)`` arrive on the work stream(s)
+through the consumer group ``workers``. The loop is arq-shaped:
+
+1. *poll*: ``XREADGROUP`` at most as many notices as there are free slots
+   (the concurrency bound is the number of conversations running at once);
+2. *start*: a notice joins the running task of its conversation, or starts one;
+3. *run*: the task drains the conversation under its lease (:mod:`.turns`);
+4. *finish*: the notices it has covered are acknowledged and deleted
+   (``XACK`` + ``XDEL`` in one ``MULTI``), shielded from cancellation.
+
+A worker killed at any instant leaves its notices pending; the *claimer* of
+every other worker takes notices idle for ``CLAIM_IDLE`` seconds
+(``XAUTOCLAIM``), and the lease expires after ``LEASE_TTL``, so another worker
+finishes the turn. Notices of a turn still running are kept fresh (``XCLAIM``
+to ourselves), so a slow turn is not taken over while its worker is alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from langgraph.checkpoint.redis.aio import AsyncRedisSaver
+from redis.exceptions import RedisError, ResponseError
+
+from switchboard.shared import connection as redisconn
+from switchboard.shared import keys
+from switchboard.shared.settings import WorkerSettings
+
+from . import loader
+from .lease import LeaseLost
+from .turns import Turns
+
+log = logging.getLogger(__name__)
+
+Notice = tuple[str, str]  # (work stream, entry id): ids are unique per stream only
+
+
+@dataclass
+class ConversationTask:
+    user: str
+    conversation: str
+    notices: list[Notice] = field(default_factory=list)
+    task: asyncio.Task | None = None
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings):
+        self.settings = settings
+        self.consumer = settings.server_id
+        # Conversations + claimer + reader each may hold a connection at once.
+        self.redis = redisconn.make_client(settings.redis, max_connections=settings.concurrency + 8)
+        self.raw = redisconn.make_client(settings.redis, max_connections=settings.concurrency + 8, decode=False)
+        self.streams = [keys.work(i) for i in range(settings.streams.work_shards)]
+        self.running: dict[tuple[str, str], ConversationTask] = {}
+        self.slot_freed = asyncio.Event()
+        self.turns: Turns | None = None
+        self.ready = asyncio.Event()
+        self._background: set[asyncio.Task] = set()
+
+    async def serve(self, *, stop: asyncio.Event | None = None, grace: float = 25.0) -> None:
+        stop = stop or asyncio.Event()
+        ttl = {"default_ttl": self.settings.checkpoint_ttl, "refresh_on_read": True} if self.settings.checkpoint_ttl else None
+        saver = AsyncRedisSaver(redis_client=self.raw, ttl=ttl)
+        await saver.asetup()
+        graph = loader.load(self.settings.graph, saver)
+        self.turns = Turns(self.redis, graph, self.settings)
+        for stream in self.streams:
+            with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
+                await self.redis.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
+        log.info("worker %s ready: graph=%s concurrency=%d", self.consumer, self.settings.graph,
+                 self.settings.concurrency)
+        self.ready.set()
+        reader = asyncio.create_task(self._read_loop(stop), name="worker-read")
+        claimer = asyncio.create_task(self._claim_loop(stop), name="worker-claim")
+        try:
+            await stop.wait()
+        finally:
+            for task in (reader, claimer):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self._finish_running(grace)
+            await self.redis.aclose()
+            await self.raw.aclose()
+
+    async def _finish_running(self, grace: float) -> None:
+        """Let running turns finish within the grace period; cancel the rest
+        (their notices stay pending and are claimed by another worker)."""
+        tasks = [c.task for c in self.running.values() if c.task is not None]
+        if not tasks:
+            return
+        log.info("waiting up to %.0f s for %d running conversations", grace, len(tasks))
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+
+    # -- poll + start ----------------------------------------------------------------
+
+    async def _read_loop(self, stop: asyncio.Event) -> None:
+        block_ms = int(self.settings.read_block * 1000)
+        while not stop.is_set():
+            free = self.settings.concurrency - len(self.running)
+            if free <= 0:
+                self.slot_freed.clear()
+                await self.slot_freed.wait()
+                continue
+            try:
+                reply = await self.redis.xreadgroup(
+                    keys.WORKER_GROUP, self.consumer, {s: ">" for s in self.streams}, count=free, block=block_ms)
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):  # the stream was deleted (e.g. Redis data loss)
+                    for stream in self.streams:
+                        with contextlib.suppress(ResponseError):
+                            await self.redis.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
+                    continue
+                raise
+            except (RedisError, OSError) as exc:
+                # A reply lost here leaves notices pending on this consumer: the
+                # claimer of some worker (this one too) picks them up.
+                log.warning("work read failed: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            for stream, entries in reply or []:
+                for notice_id, fields in entries:
+                    self._start((stream, notice_id), fields)
+
+    def _start(self, notice: Notice, fields: dict[str, str] | None) -> None:
+        if not fields or "user" not in fields or "conv" not in fields:
+            # A deleted or malformed notice: nothing to run; acknowledge it.
+            self._spawn_ack([notice])
+            return
+        key = (fields["user"], fields["conv"])
+        running = self.running.get(key)
+        if running is not None:
+            running.notices.append(notice)
+            return
+        running = ConversationTask(key[0], key[1], [notice])
+        self.running[key] = running
+        running.task = asyncio.create_task(self._run(running), name=f"conv-{key[0]}/{key[1]}")
+
+    # -- run + finish -----------------------------------------------------------------
+
+    async def _run(self, conv: ConversationTask) -> None:
+        assert self.turns is not None
+        backoff = 0.1
+        try:
+            while conv.notices:
+                covered = list(conv.notices)
+                refresher = asyncio.create_task(self._keep_fresh(conv))
+                try:
+                    finished = await self.turns.drain(conv.user, conv.conversation)
+                except LeaseLost as exc:
+                    # We stalled and another worker took over; it owns the turn now.
+                    log.warning("%s; leaving the conversation to its new owner", exc)
+                    return
+                except (RedisError, OSError) as exc:
+                    log.warning("conversation %s/%s: storage error %s; retrying", conv.user, conv.conversation, exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                finally:
+                    refresher.cancel()
+                if not finished:
+                    # Another worker held the lease past our wait. It may have
+                    # scanned before our entry arrived, so keep the notices and
+                    # try again rather than acknowledge work nobody did.
+                    log.info("conversation %s/%s busy elsewhere; waiting", conv.user, conv.conversation)
+                    continue
+                await asyncio.shield(self._ack(covered))
+                conv.notices = [n for n in conv.notices if n not in covered]
+        except Exception:
+            log.exception("conversation %s/%s crashed; its notices stay pending", conv.user, conv.conversation)
+        finally:
+            self.running.pop((conv.user, conv.conversation), None)
+            self.slot_freed.set()
+
+    async def _keep_fresh(self, conv: ConversationTask) -> None:
+        """Reset the idle time of our pending notices while the turn runs."""
+        interval = max(self.settings.claim_idle / 3, 0.2)
+        while True:
+            await asyncio.sleep(interval)
+            by_stream: dict[str, list[str]] = {}
+            for stream, notice_id in conv.notices:
+                by_stream.setdefault(stream, []).append(notice_id)
+            for stream, ids in by_stream.items():
+                with contextlib.suppress(RedisError, OSError):
+                    await self.redis.xclaim(stream, keys.WORKER_GROUP, self.consumer, 0, ids, justid=True)
+
+    async def _ack(self, notices: list[Notice]) -> None:
+        by_stream: dict[str, list[str]] = {}
+        for stream, notice_id in notices:
+            by_stream.setdefault(stream, []).append(notice_id)
+        for attempt in range(5):
+            try:
+                pipe = self.redis.pipeline(transaction=True)
+                for stream, ids in by_stream.items():
+                    pipe.xack(stream, keys.WORKER_GROUP, *ids)
+                    pipe.xdel(stream, *ids)
+                await pipe.execute()
+                return
+            except (RedisError, OSError) as exc:
+                log.warning("ack failed (%s), attempt %d", exc, attempt + 1)
+                await asyncio.sleep(0.2 * (attempt + 1))
+        # Left pending: a claimer re-runs the drain, which finds nothing to do.
+
+    def _spawn_ack(self, notices: list[Notice]) -> None:
+        task = asyncio.create_task(self._ack(notices))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- claim ----------------------------------------------------------------------------
+
+    async def _claim_loop(self, stop: asyncio.Event) -> None:
+        idle_ms = int(self.settings.claim_idle * 1000)
+        interval = max(self.settings.claim_idle / 2, 0.2)
+        while not stop.is_set():
+            await asyncio.sleep(interval)
+            for stream in self.streams:
+                free = self.settings.concurrency - len(self.running)
+                if free <= 0:
+                    break
+                try:
+                    _, claimed, deleted = await self.redis.xautoclaim(
+                        stream, keys.WORKER_GROUP, self.consumer, idle_ms, start_id="0-0", count=free)
+                except (RedisError, OSError) as exc:
+                    log.warning("claim failed: %s", exc)
+                    continue
+                for notice_id, fields in claimed:
+                    log.info("claimed notice %s %s from a stalled worker", stream, notice_id)
+                    self._start((stream, notice_id), fields)
+                if deleted:
+                    self._spawn_ack([(stream, d) for d in deleted])

@@ -1,0 +1,254 @@
+"""The fanout service.
+
+State is soft: attachments live in memory and are rebuilt by gateways, which
+re-attach from their own cursors whenever this instance's *incarnation*
+changes (restart, or a lost control subscription). So a fanout can be killed
+at any moment without losing or repeating an event.
+
+Loop structure:
+
+- *listen*: one pub/sub connection carries this instance's control channel
+  (attach/detach from gateways) and one notify channel per attached user
+  (published by every append to the user's outbound stream);
+- *pump*: for each user marked dirty, read the outbound stream after the
+  smallest cursor and publish one batch per connection (:mod:`.plan`);
+- *sweep*: refresh the liveness key, mark every user dirty (so a lost notify
+  costs at most one sweep interval), and drop attachments of gateways that no
+  longer listen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections import defaultdict
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from switchboard.shared import connection as redisconn
+from switchboard.shared import internal, keys, outbound
+from switchboard.shared.settings import FanoutSettings
+
+from .plan import Attachment, plan, read_from
+
+log = logging.getLogger(__name__)
+
+#: Users read per round trip by the pump.
+USERS_PER_ROUND = 256
+
+
+class Fanout:
+    def __init__(self, settings: FanoutSettings):
+        self.settings = settings
+        self.id = settings.server_id
+        self.incarnation = secrets.token_hex(6)
+        self.redis = redisconn.make_client(settings.redis)
+        self.raw = redisconn.make_client(settings.redis, decode=False)
+        self.users: dict[str, dict[str, Attachment]] = {}
+        self.dirty: set[str] = set()
+        self.wake = asyncio.Event()
+        self.ready = asyncio.Event()
+        self._pubsub: aioredis.client.PubSub | None = None
+        self._silent_gateways: dict[str, int] = defaultdict(int)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def serve(self, *, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        tasks = [asyncio.create_task(self._listen(), name="fanout-listen"),
+                 asyncio.create_task(self._pump(), name="fanout-pump"),
+                 asyncio.create_task(self._sweep(), name="fanout-sweep")]
+        try:
+            stopped = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopped and task.exception() is not None:
+                    raise task.exception()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            with contextlib.suppress(RedisError, OSError):
+                # Leave at once, so gateways move their connections now rather
+                # than when the liveness key expires.
+                await self.redis.delete(keys.fanout_alive(self.id))
+                await self.redis.srem(keys.fanout_members(), self.id)
+            await self.redis.aclose()
+            await self.raw.aclose()
+            log.info("fanout %s stopped", self.id)
+
+    async def _announce(self) -> None:
+        ttl_ms = int(self.settings.alive_ttl * 1000)
+        await self.redis.set(keys.fanout_alive(self.id), self.incarnation, px=ttl_ms)
+        await self.redis.sadd(keys.fanout_members(), self.id)
+
+    # -- listen: control + notify --------------------------------------------------
+
+    async def _listen(self) -> None:
+        backoff = 0.1
+        first = True
+        while True:
+            pubsub = self.raw.pubsub()
+            try:
+                await pubsub.subscribe(keys.fanout_control(self.id))
+                if not first:
+                    # Attach requests may have been missed: a new incarnation
+                    # makes every gateway re-attach its connections.
+                    self.incarnation = secrets.token_hex(6)
+                    self.users.clear()
+                    self.dirty.clear()
+                await self._announce()
+                first = False
+                self._pubsub = pubsub
+                self.ready.set()
+                log.info("fanout %s live (incarnation %s)", self.id, self.incarnation)
+                backoff = 0.1
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None and message["type"] == "message":
+                        await self._on_message(message["channel"].decode(), message["data"])
+            except (RedisError, OSError) as exc:
+                log.warning("fanout subscription lost: %s", exc)
+                self._pubsub = None
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
+
+    async def _on_message(self, channel: str, data: bytes) -> None:
+        if channel == keys.fanout_control(self.id):
+            try:
+                message = internal.decode_control(data)
+            except Exception:  # noqa: BLE001 - never let one bad message stop the tier
+                log.exception("undecodable control message dropped")
+                return
+            if isinstance(message, internal.Attach):
+                await self._attach(message)
+            else:
+                await self._detach(message.user, message.conn)
+            return
+        # A notify channel: sb:{u:<user>}:notify
+        user = _user_of_channel(channel)
+        if user is not None and user in self.users:
+            self._mark(user)
+
+    async def _attach(self, message: internal.Attach) -> None:
+        attachments = self.users.get(message.user)
+        if attachments is None:
+            attachments = self.users[message.user] = {}
+            assert self._pubsub is not None
+            # Subscribe before reading, so no append after the read is missed.
+            await self._pubsub.subscribe(keys.notify(message.user))
+        attachments[message.conn] = Attachment(message.gateway, message.conn, message.user, message.cursor)
+        self._mark(message.user)
+
+    async def _detach(self, user: str, conn: str) -> None:
+        attachments = self.users.get(user)
+        if attachments is None:
+            return
+        attachments.pop(conn, None)
+        if not attachments:
+            del self.users[user]
+            if self._pubsub is not None:
+                await self._pubsub.unsubscribe(keys.notify(user))
+
+    def _mark(self, user: str) -> None:
+        self.dirty.add(user)
+        self.wake.set()
+
+    # -- pump ----------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.dirty:
+                round_users = [self.dirty.pop() for _ in range(min(USERS_PER_ROUND, len(self.dirty)))]
+                try:
+                    await self._deliver(round_users)
+                except (RedisError, OSError) as exc:
+                    log.warning("fanout read failed: %s; retrying", exc)
+                    self.dirty.update(round_users)
+                    await asyncio.sleep(0.2)
+
+    async def _deliver(self, users: list[str]) -> None:
+        reads = [(u, read_from(self.users[u].values())) for u in users if self.users.get(u)]
+        if not reads:
+            return
+        # MULTI: the read and the trim mark must be one snapshot, or a trim in
+        # between could hide a gap.
+        pipe = self.redis.pipeline(transaction=True)
+        for user, start in reads:
+            pipe.xrange(keys.outbound(user), min=f"({start}", count=self.settings.batch)
+            pipe.hget(keys.meta(user), "trimmed")
+        results = await pipe.execute()
+        publish = self.raw.pipeline(transaction=False)
+        sent: list[str] = []
+        for i, (user, start) in enumerate(reads):
+            entries, trimmed = results[2 * i], results[2 * i + 1] or "0-0"
+            events = [outbound.entry_to_event(eid, fields) for eid, fields in entries]
+            attachments = self.users.get(user, {})
+            for batch in plan(list(attachments.values()), events, start=start, trimmed=trimmed):
+                delivery = internal.Delivery(conn=batch.attachment.conn, prev=batch.prev,
+                                             events=batch.events, lost=batch.lost)
+                publish.publish(keys.gateway_delivery(batch.attachment.gateway), internal.encode(delivery))
+                sent.append(batch.attachment.gateway)
+                if batch.lost:
+                    attachments.pop(batch.attachment.conn, None)
+            if len(entries) == self.settings.batch:
+                self._mark(user)  # more to read
+        if sent:
+            receivers = await publish.execute()
+            for gateway, count in zip(sent, receivers):
+                if count:
+                    self._silent_gateways.pop(gateway, None)
+
+    # -- sweep -----------------------------------------------------------------------
+
+    async def _sweep(self) -> None:
+        await self.ready.wait()
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval)
+            try:
+                await self._announce()
+                await self._drop_dead_gateways()
+            except (RedisError, OSError) as exc:
+                log.warning("fanout sweep failed: %s", exc)
+                continue
+            for user in self.users:
+                self.dirty.add(user)
+            if self.users:
+                self.wake.set()
+
+    async def _drop_dead_gateways(self) -> None:
+        gateways = sorted({a.gateway for atts in self.users.values() for a in atts.values()})
+        if not gateways:
+            return
+        counts = await self.redis.pubsub_numsub(*[keys.gateway_delivery(g) for g in gateways])
+        for gateway, (_, subscribers) in zip(gateways, counts):
+            if subscribers:
+                self._silent_gateways.pop(gateway, None)
+                continue
+            self._silent_gateways[gateway] += 1
+            if self._silent_gateways[gateway] >= 2:
+                # Two sweeps without a subscriber: the gateway is gone (a gateway
+                # that comes back re-attaches everything on its own).
+                log.info("gateway %s no longer listens; dropping its attachments", gateway)
+                for user in list(self.users):
+                    for conn, att in list(self.users[user].items()):
+                        if att.gateway == gateway:
+                            await self._detach(user, conn)
+                del self._silent_gateways[gateway]
+
+
+def _user_of_channel(channel: str) -> str | None:
+    head = f"{keys.PREFIX}:{{u:"
+    if channel.startswith(head) and channel.endswith("}:notify"):
+        return channel[len(head):-len("}:notify")]
+    return None

@@ -1,0 +1,103 @@
+"""The gateway's Redis operations: accept a message, store an offset, read the
+state of the outbound stream. Each is one Lua script in the user's slot, so it
+is atomic and costs one round trip.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from switchboard.shared import keys, outbound
+from switchboard.shared.settings import StreamSettings
+
+from .resume import StreamState, parse_offset
+
+# KEYS: dedup, in, out, meta
+# ARGV: conv, cmid, device, text, ts, new_epoch, out_maxlen, in_maxlen, dedup_ttl, channel
+_ACCEPT = outbound.APPEND_LUA + r"""
+local known = redis.call('GET', KEYS[1])
+if known then return {known, 0} end
+local in_id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*',
+  'conv', ARGV[1], 'cmid', ARGV[2], 'dev', ARGV[3], 'text', ARGV[4], 'ts', ARGV[5])
+redis.call('SET', KEYS[1], in_id, 'EX', ARGV[9])
+append_event(KEYS[3], KEYS[4], ARGV[10], ARGV[6], tonumber(ARGV[7]), {
+  'kind', 'user', 'conv', ARGV[1], 'text', ARGV[4], 'cmid', ARGV[2],
+  'dev', ARGV[3], 'ts', ARGV[5], 'in', in_id})
+return {in_id, 1}
+"""
+
+# KEYS: out, meta, offsets   ARGV: new_epoch, window, device
+_STATE = outbound.APPEND_LUA + r"""
+local epoch = ensure_life(KEYS[1], KEYS[2], ARGV[1])
+local trimmed = redis.call('HGET', KEYS[2], 'trimmed') or '0-0'
+local n = tonumber(ARGV[2])
+local recent = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', n + 1)
+local last = trimmed
+if #recent > 0 then last = recent[1][1] end
+local start = trimmed
+if #recent == n + 1 then start = recent[n + 1][1] end
+local stored = redis.call('HGET', KEYS[3], ARGV[3]) or ''
+return {epoch, trimmed, last, start, stored}
+"""
+
+# KEYS: offsets   ARGV: device, epoch, id
+# Offsets only move forward within one epoch: a late ack from an old
+# connection must not make a reconnect replay events the device already has.
+_STORE_OFFSET = r"""
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then
+  local epoch, id = string.match(cur, '^(.*)|(.*)$')
+  if epoch == ARGV[2] then
+    local ams, aseq = parse(id)
+    local bms, bseq = parse(ARGV[3])
+    if ams and (ams > bms or (ams == bms and aseq >= bseq)) then return 0 end
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. ARGV[3])
+return 1
+"""
+
+
+class GatewayStore:
+    def __init__(self, redis: aioredis.Redis, streams: StreamSettings):
+        self.redis = redis
+        self.streams = streams
+        self._accept = redis.register_script(_ACCEPT)
+        self._state = redis.register_script(_STATE)
+        self._store_offset = redis.register_script(_STORE_OFFSET)
+
+    async def accept(self, user: str, device: str, conversation: str, client_msg_id: str,
+                     text: str) -> tuple[str, bool]:
+        """Durably append a message; return ``(inbound id, fresh)``.
+
+        A ``client_msg_id`` seen before (within DEDUP_TTL) returns the id it got
+        then and appends nothing. Either way the work notice is (re)sent, so a
+        gateway that died between the append and the notice is repaired by the
+        client's resend.
+        """
+        in_id, fresh = await self._accept(
+            keys=[keys.dedup(user, client_msg_id), keys.inbound(user), keys.outbound(user), keys.meta(user)],
+            args=[conversation, client_msg_id, device, text, outbound.now_ms(), outbound.new_epoch(),
+                  self.streams.outbound_maxlen, self.streams.inbound_maxlen, self.streams.dedup_ttl,
+                  keys.notify(user)],
+        )
+        shard = keys.work_shard(user, self.streams.work_shards)
+        # No MAXLEN here: trimming would drop un-acked notices. Workers delete
+        # each notice once it is done (XACK + XDEL), so the stream holds only
+        # the backlog.
+        await self.redis.xadd(keys.work(shard), {"user": user, "conv": conversation, "in": in_id})
+        return in_id, bool(fresh)
+
+    async def stream_state(self, user: str, device: str, window: int) -> tuple[StreamState, tuple[str, str] | None]:
+        epoch, trimmed, last, start, stored = await self._state(
+            keys=[keys.outbound(user), keys.meta(user), keys.offsets(user)],
+            args=[outbound.new_epoch(), window, device],
+        )
+        return StreamState(epoch=epoch, trimmed=trimmed, last_id=last, window_start=start), parse_offset(stored)
+
+    async def store_offset(self, user: str, device: str, epoch: str, entry_id: str) -> bool:
+        return bool(await self._store_offset(keys=[keys.offsets(user)], args=[device, epoch, entry_id]))

@@ -1,0 +1,104 @@
+"""Every Redis key and channel name Switchboard uses, in one place.
+
+All keys of one user carry the hash tag ``{u:<user>}``, so they share one Redis
+Cluster slot and the Lua scripts that touch several of them stay atomic there.
+User, device and conversation ids are validated by the wire protocol to a
+charset without braces, so an id can never open a second hash tag.
+"""
+
+from __future__ import annotations
+
+PREFIX = "sb"
+
+
+def _user(user: str) -> str:
+    return f"{PREFIX}:{{u:{user}}}"
+
+
+# -- per user -----------------------------------------------------------------
+
+
+def inbound(user: str) -> str:
+    """Stream of the user's accepted ``send`` frames (the durable input log)."""
+    return f"{_user(user)}:in"
+
+
+def outbound(user: str) -> str:
+    """Stream of every event for the user's devices; entry ids are event ids."""
+    return f"{_user(user)}:out"
+
+
+def meta(user: str) -> str:
+    """Hash: ``epoch`` of the outbound stream's life, ``trimmed`` = newest trimmed id."""
+    return f"{_user(user)}:meta"
+
+
+def offsets(user: str) -> str:
+    """Hash: device id -> ``<epoch>|<last acked id>``."""
+    return f"{_user(user)}:offsets"
+
+
+def dedup(user: str, client_msg_id: str) -> str:
+    """String: the inbound id already given to this client_msg_id (with a TTL)."""
+    return f"{_user(user)}:cmid:{client_msg_id}"
+
+
+def conversation(user: str, conversation_id: str) -> str:
+    """Hash: ``done`` = id of the last inbound entry whose turn is committed."""
+    return f"{_user(user)}:conv:{conversation_id}"
+
+
+def lease(user: str, conversation_id: str) -> str:
+    """String: token of the worker that owns the conversation's turns right now."""
+    return f"{_user(user)}:lease:{conversation_id}"
+
+
+def notify(user: str) -> str:
+    """Pub/sub channel: an event was appended to the user's outbound stream."""
+    return f"{_user(user)}:notify"
+
+
+def thread_id(user: str, conversation_id: str) -> str:
+    """LangGraph thread id of a conversation (user ids contain no ``/``)."""
+    return f"{user}/{conversation_id}"
+
+
+# -- work distribution ----------------------------------------------------------
+
+
+def work(shard: int) -> str:
+    """Stream of work notices ``(user, conversation, inbound id)`` read by the worker group."""
+    return f"{PREFIX}:{{w:{shard}}}:work"
+
+
+WORKER_GROUP = "workers"
+
+
+def work_shard(user: str, shards: int) -> int:
+    """Stable shard of a user's work notices (crc32, as Redis Cluster would agree on)."""
+    import zlib
+
+    return zlib.crc32(user.encode()) % shards
+
+
+# -- fanout <-> gateway -------------------------------------------------------------
+
+
+def fanout_members() -> str:
+    """Set of fanout instance ids that have announced themselves."""
+    return f"{PREFIX}:fanouts"
+
+
+def fanout_alive(fanout_id: str) -> str:
+    """String with a TTL: the incarnation of a live fanout instance."""
+    return f"{PREFIX}:fanout:{fanout_id}:alive"
+
+
+def fanout_control(fanout_id: str) -> str:
+    """Pub/sub channel: attach/detach requests from gateways to one fanout."""
+    return f"{PREFIX}:fanout:{fanout_id}:ctl"
+
+
+def gateway_delivery(gateway_id: str) -> str:
+    """Pub/sub channel: event batches from fanouts to one gateway."""
+    return f"{PREFIX}:gw:{gateway_id}:dlv"

@@ -1,0 +1,233 @@
+"""Wire protocol v1: every frame is a JSON text frame tagged by ``type``.
+
+The frames are ``msgspec.Struct``s on one tagged base. ``decode_client_frame``
+turns the bytes of one WebSocket message into a :data:`ClientFrame` or raises
+:class:`FrameError` carrying the stable error code the client gets back.
+
+Schema evolution follows msgspec's rules: new fields get defaults, existing
+fields never change type, unknown fields sent by newer clients are ignored.
+
+This module is pure: it imports neither redis nor websockets. See
+``docs/protocol.md`` for the full description.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Literal, Union
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+# -- field types -------------------------------------------------------------
+
+_ID_PATTERN = r"^[A-Za-z0-9_.:@\-]+$"
+#: A user, device or conversation id: safe inside a Redis key, never a hash tag.
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=_ID_PATTERN)]
+#: A client-chosen message id (a UUID is typical).
+ClientMsgId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=_ID_PATTERN)]
+#: A Redis Stream entry id, ``<ms>-<seq>``.
+StreamId = Annotated[str, msgspec.Meta(max_length=41, pattern=r"^[0-9]{1,20}-[0-9]{1,20}$")]
+Text = Annotated[str, msgspec.Meta(min_length=1)]
+Token = Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
+HistoryLimit = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+
+
+class ErrorCode(str, enum.Enum):
+    """Stable ``code`` values of the ``error`` frame."""
+
+    BAD_FRAME = "bad_frame"  #: not JSON, unknown ``type``, or a field is missing/invalid
+    TOO_LARGE = "too_large"  #: the frame exceeds MAX_MESSAGE_SIZE
+    UNAUTHORIZED = "unauthorized"  #: missing, invalid or expired token (connection closes 4001)
+    HELLO_REQUIRED = "hello_required"  #: a frame other than ``hello`` came first (closes 4002)
+    DUPLICATE_HELLO = "duplicate_hello"  #: ``hello`` sent twice on one connection
+    INVALID_ACK = "invalid_ack"  #: ``ack`` of an id this connection was never sent
+    UNKNOWN_CONVERSATION = "unknown_conversation"  #: ``history`` of a conversation with no state
+    UNAVAILABLE = "unavailable"  #: a backend (Redis) is unreachable; retry later
+    INTERNAL = "internal"  #: a server bug; details are in the server log only
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes used by the gateway.
+
+    ======  ==================  =============================================
+    code    name                client should
+    ======  ==================  =============================================
+    1000    NORMAL              not reconnect (it asked to close)
+    1001    GOING_AWAY          reconnect (gateway shutting down) with last_id
+    1009    MESSAGE_TOO_BIG     fix the client: frame above the hard limit
+    1011    INTERNAL_ERROR      reconnect with back-off
+    4001    UNAUTHORIZED        get a new token, then reconnect
+    4002    PROTOCOL_ERROR      fix the client (no ``hello`` first)
+    4003    HELLO_TIMEOUT       reconnect, sending ``hello`` promptly
+    4008    SLOW_CONSUMER       reconnect with last_id (outbox overflowed)
+    4009    RESYNC              reconnect with last_id (delivery could not resume)
+    ======  ==================  =============================================
+
+    4000-4099 are terminal for the current credentials or client code;
+    4000-4999 otherwise mean "reconnect" (centrifuge's convention of ranges).
+    """
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    UNAUTHORIZED = 4001
+    PROTOCOL_ERROR = 4002
+    HELLO_TIMEOUT = 4003
+    SLOW_CONSUMER = 4008
+    RESYNC = 4009
+
+
+class EventKind(str, enum.Enum):
+    USER = "user"  #: a user's message, to every device of the user
+    ASSISTANT = "assistant"  #: the graph's complete reply to one message
+    TURN_ERROR = "turn_error"  #: the graph failed on one message; the conversation goes on
+
+
+# -- client -> server --------------------------------------------------------
+
+
+class Frame(msgspec.Struct, tag_field="type", forbid_unknown_fields=False, omit_defaults=False):
+    """Base of every frame; ``type`` is the tag."""
+
+
+class Hello(Frame, tag="hello"):
+    token: Token
+    device_id: Name
+    last_id: StreamId | None = None
+    epoch: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+
+class Send(Frame, tag="send"):
+    conversation_id: Name
+    client_msg_id: ClientMsgId
+    text: Text
+
+
+class Ack(Frame, tag="ack"):
+    id: StreamId
+
+
+class History(Frame, tag="history"):
+    conversation_id: Name
+    limit: HistoryLimit = 50
+
+
+class Ping(Frame, tag="ping"):
+    pass
+
+
+ClientFrame = Union[Hello, Send, Ack, History, Ping]
+
+# -- server -> client --------------------------------------------------------
+
+
+class Welcome(Frame, tag="welcome"):
+    user_id: str
+    device_id: str
+    epoch: str
+    resume_from: str
+    recovered: bool
+    protocol: int = PROTOCOL_VERSION
+
+
+class Accepted(Frame, tag="accepted"):
+    client_msg_id: str
+    id: str
+
+
+class Event(Frame, tag="event"):
+    id: str
+    conversation_id: str
+    kind: str
+    text: str
+    client_msg_id: str | None = None
+    device_id: str | None = None
+    ts: int = 0
+
+
+class HistoryMessage(msgspec.Struct):
+    role: Literal["user", "assistant"]
+    text: str
+
+
+class HistoryResult(Frame, tag="history"):
+    conversation_id: str
+    messages: list[HistoryMessage]
+
+
+class Pong(Frame, tag="pong"):
+    pass
+
+
+class Error(Frame, tag="error"):
+    code: ErrorCode
+    message: str
+    client_msg_id: str | None = None
+
+
+ServerFrame = Union[Welcome, Accepted, Event, HistoryResult, Pong, Error]
+
+# -- codecs (built once; msgspec perf tip) ------------------------------------
+
+_client_decoder = msgspec.json.Decoder(ClientFrame)
+_server_decoder = msgspec.json.Decoder(ServerFrame)
+_encoder = msgspec.json.Encoder()
+
+
+class FrameError(Exception):
+    """A client frame that cannot be accepted; ``code`` goes into the error frame."""
+
+    def __init__(self, code: ErrorCode, message: str, client_msg_id: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.client_msg_id = client_msg_id
+
+    def to_frame(self) -> Error:
+        return Error(code=self.code, message=self.message, client_msg_id=self.client_msg_id)
+
+
+def decode_client_frame(data: str | bytes, max_size: int) -> ClientFrame:
+    """Decode one client frame; raise :class:`FrameError` on anything invalid."""
+    size = len(data.encode() if isinstance(data, str) else data)
+    if size > max_size:
+        raise FrameError(ErrorCode.TOO_LARGE, f"frame of {size} bytes exceeds the limit of {max_size}")
+    if isinstance(data, bytes):
+        # Binary frames are not part of v1: the protocol is JSON text frames.
+        raise FrameError(ErrorCode.BAD_FRAME, "binary frames are not accepted; send JSON text frames")
+    try:
+        return _client_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise FrameError(ErrorCode.BAD_FRAME, f"invalid frame: {exc}", _client_msg_id_of(data)) from None
+    except msgspec.DecodeError as exc:
+        raise FrameError(ErrorCode.BAD_FRAME, f"not a JSON frame: {exc}") from None
+
+
+def _client_msg_id_of(data: str) -> str | None:
+    """Best effort: echo the client_msg_id of an invalid ``send`` so it can match the error."""
+    try:
+        raw = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return None
+    if isinstance(raw, dict):
+        value = raw.get("client_msg_id")
+        if isinstance(value, str) and len(value) <= 128:
+            return value
+    return None
+
+
+def encode(frame: Frame) -> bytes:
+    return _encoder.encode(frame)
+
+
+def encode_text(frame: Frame) -> str:
+    """Encode a server frame for a WebSocket *text* frame."""
+    return _encoder.encode(frame).decode()
+
+
+def decode_server_frame(data: str | bytes) -> ServerFrame:
+    """Used by clients (tests, benchmarks, the CLI) to read server frames."""
+    return _server_decoder.decode(data)

@@ -1,0 +1,167 @@
+"""Typed, frozen settings per service, built from the environment at the entrypoint.
+
+Only :mod:`switchboard.cli` calls the ``from_env`` constructors; everything else
+receives a settings object. Every limit has an explicit default here and in the
+README's configuration table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DEV_JWT_SECRET = "switchboard-dev-secret-change-me"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value that cannot be used."""
+
+
+def _get(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name)
+    return default if value is None or value == "" else value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = _get(env, name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={value} is below the minimum {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = _get(env, name, str(default))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={value} is below the minimum {minimum}")
+    return value
+
+
+def default_server_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str = DEFAULT_REDIS_URL
+    max_connections: int = 64  #: per process; callers wait for a free connection
+    socket_timeout: float = 10.0  #: must exceed every XREAD/XREADGROUP BLOCK
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> RedisSettings:
+        return cls(
+            url=_get(env, "REDIS_URL", DEFAULT_REDIS_URL),
+            max_connections=_int(env, "REDIS_MAX_CONNECTIONS", 64, minimum=4),
+        )
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """Retention and ids shared by the writers (gateway, worker) and readers (fanout)."""
+
+    outbound_maxlen: int = 10_000  #: events kept per user; older ones are trimmed
+    inbound_maxlen: int = 10_000  #: accepted messages kept per user (approximate)
+    dedup_ttl: int = 86_400  #: seconds a client_msg_id is remembered
+    work_shards: int = 1  #: number of work streams (fixed for a deployment)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> StreamSettings:
+        return cls(
+            outbound_maxlen=_int(env, "OUTBOUND_MAXLEN", 10_000, minimum=10),
+            inbound_maxlen=_int(env, "INBOUND_MAXLEN", 10_000, minimum=10),
+            dedup_ttl=_int(env, "DEDUP_TTL", 86_400, minimum=1),
+            work_shards=_int(env, "WORK_SHARDS", 1, minimum=1),
+        )
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    redis: RedisSettings = RedisSettings()
+    streams: StreamSettings = StreamSettings()
+    server_id: str = dataclasses.field(default_factory=default_server_id)
+    host: str = "127.0.0.1"
+    port: int = 8765
+    max_message_size: int = 1 << 20  #: bytes; a larger frame gets a ``too_large`` error
+    heartbeat_interval: float = 20.0  #: seconds between WebSocket pings
+    hello_timeout: float = 10.0  #: seconds a new connection has to send ``hello``
+    jwt_secret: str = DEV_JWT_SECRET
+    replay_window: int = 100  #: events a new device receives after ``welcome``
+    outbox_size: int = 1024  #: frames queued per connection before it is closed 4008
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
+        return cls(
+            redis=RedisSettings.from_env(env),
+            streams=StreamSettings.from_env(env),
+            server_id=_get(env, "SERVER_ID", default_server_id()),
+            host=_get(env, "WEBSOCKET_HOST", "127.0.0.1"),
+            port=_int(env, "WEBSOCKET_PORT", 8765),
+            max_message_size=_int(env, "MAX_MESSAGE_SIZE", 1 << 20, minimum=1024),
+            heartbeat_interval=_float(env, "HEARTBEAT_INTERVAL", 20.0, minimum=0.1),
+            hello_timeout=_float(env, "HELLO_TIMEOUT", 10.0, minimum=0.1),
+            jwt_secret=_get(env, "JWT_SECRET", DEV_JWT_SECRET),
+            replay_window=_int(env, "REPLAY_WINDOW", 100, minimum=0),
+            outbox_size=_int(env, "OUTBOX_SIZE", 1024, minimum=16),
+        )
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    redis: RedisSettings = RedisSettings()
+    streams: StreamSettings = StreamSettings()
+    server_id: str = dataclasses.field(default_factory=default_server_id)
+    graph: str = "switchboard.worker.graph:graph"
+    checkpoint_ttl: float | None = None  #: minutes; None keeps checkpoints forever
+    concurrency: int = 64  #: conversations run at once by one worker
+    turn_timeout: float = 60.0  #: seconds one graph run may take
+    lease_ttl: float = 15.0  #: seconds a conversation lease lives without renewal
+    claim_idle: float = 15.0  #: seconds before a dead worker's work is claimed
+    read_block: float = 2.0  #: seconds XREADGROUP blocks (below the socket timeout)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
+        ttl = _float(env, "CHECKPOINT_TTL", 0.0)
+        return cls(
+            redis=RedisSettings.from_env(env),
+            streams=StreamSettings.from_env(env),
+            server_id=_get(env, "SERVER_ID", default_server_id()),
+            graph=_get(env, "GRAPH", "switchboard.worker.graph:graph"),
+            checkpoint_ttl=ttl or None,
+            concurrency=_int(env, "WORKER_CONCURRENCY", 64, minimum=1),
+            turn_timeout=_float(env, "TURN_TIMEOUT", 60.0, minimum=0.1),
+            lease_ttl=_float(env, "LEASE_TTL", 15.0, minimum=0.5),
+            claim_idle=_float(env, "CLAIM_IDLE", 15.0, minimum=0.5),
+        )
+
+
+@dataclass(frozen=True)
+class FanoutSettings:
+    redis: RedisSettings = RedisSettings()
+    streams: StreamSettings = StreamSettings()
+    server_id: str = dataclasses.field(default_factory=default_server_id)
+    batch: int = 500  #: events read per user per round trip
+    sweep_interval: float = 2.0  #: seconds between safety re-reads of every attached user
+    alive_ttl: float = 3.0  #: seconds the liveness key survives without renewal
+    max_connections_tracked: int = 1_000_000  #: attached connections per fanout
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> FanoutSettings:
+        return cls(
+            redis=RedisSettings.from_env(env),
+            streams=StreamSettings.from_env(env),
+            server_id=_get(env, "SERVER_ID", default_server_id()),
+            batch=_int(env, "FANOUT_BATCH", 500, minimum=1),
+            sweep_interval=_float(env, "FANOUT_SWEEP", 2.0, minimum=0.05),
+            alive_ttl=_float(env, "FANOUT_ALIVE_TTL", 3.0, minimum=0.5),
+        )
