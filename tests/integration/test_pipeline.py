@@ -1,0 +1,231 @@
+"""The core pipeline end to end: real Redis, real service processes, real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from tests.support.client import Device
+from tests.support.cluster import token
+
+
+def _user() -> str:
+    return f"user-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def system(cluster):
+    """Two gateways, one worker, one fanout."""
+    cluster.start("fanout", "fanout-a")
+    cluster.start("worker", "worker-a")
+    cluster.start("gateway", "gw-a")
+    cluster.start("gateway", "gw-b")
+    return cluster
+
+
+async def test_two_devices_on_two_gateways_see_the_same_events(system):
+    user = _user()
+    gw_a, gw_b = system.services["gw-a"], system.services["gw-b"]
+    phone = Device(gw_a.url, token(user), "phone")
+    laptop = Device(gw_b.url, token(user), "laptop")
+    await phone.connect()
+    await laptop.connect()
+    assert phone.welcome["epoch"] == laptop.welcome["epoch"]
+
+    await phone.send("trip", "m1", "Planning a sailing trip to Norway")
+    accepted = await phone.wait_frame("accepted", client_msg_id="m1")
+    await phone.wait_reply("m1")
+    await laptop.wait_reply("m1")
+    await laptop.send("trip", "m2", "What should I pack for sailing?")
+    await phone.wait_reply("m2")
+    await laptop.wait_reply("m2")
+
+    assert phone.event_ids() == laptop.event_ids()
+    kinds = [(e["kind"], e["client_msg_id"]) for e in phone.events]
+    assert kinds == [("user", "m1"), ("assistant", "m1"), ("user", "m2"), ("assistant", "m2")]
+    user_event = phone.events[0]
+    assert user_event["device_id"] == "phone" and user_event["text"] == "Planning a sailing trip to Norway"
+    assert accepted["id"]  # the inbound entry id
+    second_reply = phone.replies("m2")[0]["text"]
+    assert "Turn 2" in second_reply and "sailing" in second_reply  # the graph remembers
+    await phone.close()
+    await laptop.close()
+
+
+async def test_reconnect_with_last_id_gets_exactly_the_missed_events(system):
+    user = _user()
+    gw_a, gw_b = system.services["gw-a"], system.services["gw-b"]
+    phone = Device(gw_a.url, token(user), "phone")
+    laptop = Device(gw_b.url, token(user), "laptop")
+    await phone.connect()
+    await laptop.connect()
+    await laptop.send("c", "m1", "first message")
+    await phone.wait_reply("m1")
+    seen = phone.event_ids()
+    epoch = phone.welcome["epoch"]
+    await phone.drop()  # no close frame
+
+    for i in range(2, 5):
+        await laptop.send("c", f"m{i}", f"message {i}")
+        await laptop.wait_reply(f"m{i}")
+    missed = laptop.event_ids()[len(seen):]
+    assert len(missed) == 6
+
+    # Reconnect to the *other* gateway with the last id the phone saw.
+    welcome = await phone.connect(last_id=seen[-1], epoch=epoch, url=gw_b.url)
+    assert welcome["recovered"] is True and welcome["resume_from"] == seen[-1]
+    await phone.wait_for(lambda: len(phone.frames) >= len(missed))
+    await asyncio.sleep(0.5)  # anything extra would arrive now
+    assert [f["id"] for f in phone.frames if f["type"] == "event"] == missed
+    assert phone.event_ids() == laptop.event_ids()
+
+    # Live events continue after the replay.
+    await laptop.send("c", "m5", "after the reconnect")
+    await phone.wait_reply("m5")
+    assert phone.event_ids() == laptop.event_ids()
+    await phone.close()
+    await laptop.close()
+
+
+async def test_reconnect_without_last_id_resumes_from_the_acked_offset(system):
+    user = _user()
+    url = system.services["gw-a"].url
+    phone = Device(url, token(user), "phone")
+    await phone.connect()
+    await phone.send("c", "m1", "hello there")
+    await phone.wait_reply("m1")
+    acked = phone.events[-1]["id"]
+    await phone.ack(acked)
+    await phone.send("c", "m2", "and again")
+    await phone.wait_reply("m2")
+    after_ack = [e["id"] for e in phone.events if e["id"] > acked]
+    await asyncio.sleep(0.3)  # let the ack land before the connection goes
+    await phone.close()
+
+    phone.events = []
+    welcome = await phone.connect()
+    assert welcome["resume_from"] == acked and welcome["recovered"] is True
+    await phone.wait_for(lambda: len(phone.events) >= 2)
+    await asyncio.sleep(0.5)
+    assert phone.event_ids() == after_ack
+    await phone.close()
+
+
+async def test_resent_client_msg_id_starts_no_second_turn(system):
+    user = _user()
+    gw_a, gw_b = system.services["gw-a"], system.services["gw-b"]
+    phone = Device(gw_a.url, token(user), "phone")
+    await phone.connect()
+    await phone.send("c", "same-id", "only once please")
+    first = await phone.wait_frame("accepted", client_msg_id="same-id")
+    await phone.send("c", "same-id", "only once please")
+    await phone.wait_for(lambda: len([f for f in phone.frames if f["type"] == "accepted"]) == 2)
+    await phone.wait_reply("same-id")
+    await phone.close()
+
+    # The `accepted` was "lost": resend after reconnecting to another gateway.
+    other = Device(gw_b.url, token(user), "phone")
+    await other.connect()
+    await other.send("c", "same-id", "only once please")
+    again = await other.wait_frame("accepted", client_msg_id="same-id")
+    assert again["id"] == first["id"]
+    await other.send("c", "next", "a new message")
+    await other.wait_reply("next")
+    everything = other.events
+    assert [e["client_msg_id"] for e in everything if e["kind"] == "user"].count("same-id") == 1
+    assert len([e for e in everything if e["kind"] == "assistant" and e["client_msg_id"] == "same-id"]) == 1
+    assert "Turn 2" in other.replies("next")[0]["text"]  # one turn, not two, was recorded
+    await other.close()
+
+
+async def test_other_users_never_receive_these_events(system):
+    alice, bob = _user(), _user()
+    url = system.services["gw-a"].url
+    a = Device(url, token(alice), "phone")
+    b = Device(system.services["gw-b"].url, token(bob), "phone")
+    await a.connect()
+    await b.connect()
+    await a.send("c", "a1", "secret of alice")
+    await a.wait_reply("a1")
+    await b.send("c", "b1", "bob speaking")
+    await b.wait_reply("b1")
+    await asyncio.sleep(0.5)
+    assert all("alice" not in e["text"] for e in b.events)
+    assert {e["client_msg_id"] for e in b.events} == {"b1"}
+    assert {e["client_msg_id"] for e in a.events} == {"a1"}
+    await a.close()
+    await b.close()
+
+
+async def test_bad_input_gets_typed_errors_and_the_server_keeps_serving(system):
+    url = system.services["gw-a"].url
+    user = _user()
+    good = Device(url, token(user), "good")
+    await good.connect()
+
+    # A bad token: error frame, then close 4001.
+    from websockets.asyncio.client import connect
+    import json
+
+    async with connect(url) as ws:
+        await ws.send(json.dumps({"type": "hello", "token": "not-a-jwt", "device_id": "x"}))
+        error = json.loads(await ws.recv())
+        assert error["type"] == "error" and error["code"] == "unauthorized"
+        await ws.wait_closed()
+        assert ws.close_code == 4001
+    async with connect(url) as ws:
+        await ws.send(json.dumps({"type": "hello", "token": token(user, ttl=-60), "device_id": "x"}))
+        error = json.loads(await ws.recv())
+        assert error["code"] == "unauthorized" and "expired" in error["message"]
+    async with connect(url) as ws:
+        await ws.send(json.dumps({"type": "send", "conversation_id": "c", "client_msg_id": "x", "text": "hi"}))
+        error = json.loads(await ws.recv())
+        assert error["code"] == "hello_required"
+        await ws.wait_closed()
+        assert ws.close_code == 4002
+
+    # A non-JSON frame, an unknown type, an invalid field, an oversized frame:
+    # each gets its error and the connection stays usable.
+    noisy = Device(url, token(user), "noisy")
+    await noisy.connect()
+    await noisy.send_raw("this is not json")
+    assert (await noisy.wait_frame("error"))["code"] == "bad_frame"
+    await noisy.send_raw(json.dumps({"type": "teleport"}))
+    await noisy.send_raw(json.dumps({"type": "send", "conversation_id": "bad id {x}", "client_msg_id": "k1",
+                                     "text": "x"}))
+    await noisy.send_raw("x" * (1024 * 1024 + 10))
+    await noisy.wait_for(lambda: len([f for f in noisy.frames if f["type"] == "error"]) == 4)
+    codes = [f["code"] for f in noisy.frames if f["type"] == "error"]
+    assert codes == ["bad_frame", "bad_frame", "bad_frame", "too_large"]
+    assert [f.get("client_msg_id") for f in noisy.frames if f["type"] == "error"][2] == "k1"
+    await noisy.send("c", "after-errors", "still here?")
+    await noisy.wait_reply("after-errors")
+
+    # Others were served all along.
+    await good.send("c2", "g1", "fine")
+    await good.wait_reply("g1")
+    await good.close()
+    await noisy.close()
+
+
+async def test_history_returns_the_conversation(system):
+    user = _user()
+    phone = Device(system.services["gw-a"].url, token(user), "phone")
+    await phone.connect()
+    await phone.send("h", "m1", "tell me about owls")
+    await phone.wait_reply("m1")
+    await phone.send("h", "m2", "and their eyes")
+    await phone.wait_reply("m2")
+    import json
+
+    await phone.send_raw(json.dumps({"type": "history", "conversation_id": "h", "limit": 3}))
+    history = await phone.wait_frame("history")
+    roles = [m["role"] for m in history["messages"]]
+    assert roles == ["assistant", "user", "assistant"]
+    assert history["messages"][1]["text"] == "and their eyes"
+    await phone.send_raw(json.dumps({"type": "history", "conversation_id": "never-used"}))
+    error = await phone.wait_frame("error")
+    assert error["code"] == "unknown_conversation"
+    await phone.close()

@@ -1,0 +1,49 @@
+"""Graphs for tests, named with GRAPH=tests.support.graphs:<name>."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from langchain_core.messages import AIMessage, HumanMessage
+from langgraph.graph import END, START, MessagesState, StateGraph
+
+
+def _last_text(state: MessagesState) -> str:
+    humans = [m for m in state["messages"] if isinstance(m, HumanMessage)]
+    return humans[-1].content if humans else ""
+
+
+def _count_turns(state: MessagesState) -> int:
+    return sum(isinstance(m, HumanMessage) for m in state["messages"])
+
+
+def _single(node) -> StateGraph:
+    builder = StateGraph(MessagesState)
+    builder.add_node("respond", node)
+    builder.add_edge(START, "respond")
+    builder.add_edge("respond", END)
+    return builder
+
+
+async def _slow(state: MessagesState) -> dict:
+    """Marks that a turn started (a file per message), then sleeps if asked.
+
+    ``sleep:<seconds> ...`` sleeps; ``fail ...`` raises. SLOW_GRAPH_MARKS names
+    the directory for the start marks.
+    """
+    text = _last_text(state)
+    marks = os.environ.get("SLOW_GRAPH_MARKS")
+    if marks:
+        Path(marks).mkdir(parents=True, exist_ok=True)
+        (Path(marks) / f"{os.getpid()}-{abs(hash(text))}").write_text(text)
+    if text.startswith("sleep:"):
+        await asyncio.sleep(float(text.split()[0].split(":", 1)[1]))
+    if text.startswith("fail"):
+        raise RuntimeError("the graph was asked to fail")
+    return {"messages": [AIMessage(content=f"reply {_count_turns(state)} to: {text}")]}
+
+
+#: Replies "reply <n> to: <text>"; sleeps on "sleep:<s>", raises on "fail".
+slow = _single(_slow)
