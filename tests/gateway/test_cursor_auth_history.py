@@ -1,0 +1,67 @@
+import time
+
+import jwt
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+
+from switchboard.gateway import auth
+from switchboard.gateway.cursor import accept_batch
+from switchboard.gateway.history import to_history
+from switchboard.gateway.hub import choose_fanout
+
+SECRET = "s" * 32
+
+
+def batch(*ids):
+    return [(i, i) for i in ids]
+
+
+def test_a_contiguous_batch_is_taken_whole():
+    assert accept_batch("5-0", "5-0", batch("6-0", "7-0")) == (["6-0", "7-0"], False)
+
+
+def test_an_overlapping_batch_delivers_only_what_is_new():
+    assert accept_batch("7-0", "5-0", batch("6-0", "7-0", "8-0")) == (["8-0"], False)
+    assert accept_batch("9-0", "5-0", batch("6-0", "7-0")) == ([], False)
+
+
+def test_a_batch_starting_after_the_cursor_is_a_gap():
+    assert accept_batch("5-0", "6-0", batch("7-0")) == ([], True)
+
+
+def test_tokens_verify_and_fail_with_reasons():
+    assert auth.verify(auth.mint("alice", SECRET), SECRET) == "alice"
+    with pytest.raises(auth.AuthError, match="expired"):
+        auth.verify(auth.mint("alice", SECRET, ttl=-60), SECRET)
+    with pytest.raises(auth.AuthError, match="invalid"):
+        auth.verify(auth.mint("alice", SECRET), "another-secret-of-enough-length!")
+    no_exp = jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256")
+    with pytest.raises(auth.AuthError):
+        auth.verify(no_exp, SECRET)
+    none_alg = jwt.encode({"sub": "alice", "exp": time.time() + 60}, None, algorithm="none")
+    with pytest.raises(auth.AuthError):
+        auth.verify(none_alg, SECRET)
+    bad_sub = jwt.encode({"sub": "al{ice}", "exp": time.time() + 60}, SECRET, algorithm="HS256")
+    with pytest.raises(auth.AuthError, match="subject"):
+        auth.verify(bad_sub, SECRET)
+
+
+def test_history_keeps_user_and_assistant_text_newest_last():
+    messages = [SystemMessage("sys"), HumanMessage("q1"), AIMessage("a1"),
+                ToolMessage("tool", tool_call_id="t"), HumanMessage("q2"),
+                AIMessage([{"type": "text", "text": "a2"}])]
+    out = to_history(messages, 10)
+    assert [(m.role, m.text) for m in out] == [("user", "q1"), ("assistant", "a1"), ("user", "q2"), ("assistant", "a2")]
+    assert [m.text for m in to_history(messages, 2)] == ["q2", "a2"]
+
+
+def test_every_gateway_picks_the_same_fanout_for_a_user():
+    live = {"f1": "i1", "f2": "i2", "f3": "i3"}
+    picks = {choose_fanout(f"user-{i}", live) for i in range(100)}
+    assert picks == {"f1", "f2", "f3"}
+    assert choose_fanout("alice", live) == choose_fanout("alice", dict(reversed(list(live.items()))))
+    assert choose_fanout("alice", {}) is None
+    # Losing one fanout moves only that fanout's users.
+    before = {f"user-{i}": choose_fanout(f"user-{i}", live) for i in range(100)}
+    after = {u: choose_fanout(u, {"f1": "i1", "f2": "i2"}) for u in before}
+    assert all(after[u] == before[u] for u in before if before[u] != "f3")

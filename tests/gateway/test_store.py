@@ -1,0 +1,77 @@
+"""The gateway's Lua scripts against a real Redis."""
+
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from switchboard.gateway.resume import resolve
+from switchboard.gateway.store import GatewayStore
+from switchboard.shared import keys, streamids
+from switchboard.shared.settings import StreamSettings
+
+
+@pytest.fixture
+async def store(redis_url):
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield GatewayStore(client, StreamSettings(outbound_maxlen=16, work_shards=1))
+    await client.aclose()
+
+
+def user() -> str:
+    return f"u-{uuid.uuid4().hex[:10]}"
+
+
+async def test_accept_is_idempotent_per_client_msg_id(store):
+    u = user()
+    work_before = await store.redis.xlen(keys.work(0))
+    first = await store.accept(u, "phone", "c", "m1", "hello")
+    again = await store.accept(u, "laptop", "c", "m1", "hello (resent)")
+    assert first[0] == again[0] and first[1] is True and again[1] is False
+    assert await store.redis.xlen(keys.inbound(u)) == 1
+    out = await store.redis.xrange(keys.outbound(u))
+    assert len(out) == 1 and out[0][1]["kind"] == "user" and out[0][1]["cmid"] == "m1"
+    assert out[0][1]["in"] == first[0]
+    # Every accept (re)sends the work notice; duplicates are harmless to workers.
+    assert await store.redis.xlen(keys.work(0)) - work_before == 2
+    await store.redis.delete(keys.work(0))
+
+
+async def test_trimming_records_the_newest_trimmed_id(store):
+    u = user()
+    ids = [(await store.accept(u, "d", "c", f"m{i}", f"text {i}"))[0] for i in range(40)]
+    out_ids = [entry_id for entry_id, _ in await store.redis.xrange(keys.outbound(u))]
+    assert 16 <= len(out_ids) <= 17
+    trimmed = await store.redis.hget(keys.meta(u), "trimmed")
+    all_out = out_ids  # retained; everything newer than `trimmed` must be here
+    assert streamids.later(all_out[0], trimmed)
+    state, _ = await store.stream_state(u, "d", window=5)
+    assert state.trimmed == trimmed and state.last_id == all_out[-1]
+    assert state.window_start == all_out[-6]
+    old = resolve(state, last_id="1-0", epoch=state.epoch, stored=None)
+    assert old.recovered is False and old.resume_from == trimmed
+    assert ids  # inbound ids were issued for every message
+    await store.redis.delete(keys.work(0))
+
+
+async def test_a_lost_stream_comes_back_with_a_new_epoch(store):
+    u = user()
+    await store.accept(u, "d", "c", "m1", "x")
+    before, _ = await store.stream_state(u, "d", window=10)
+    await store.redis.delete(keys.outbound(u))  # Redis lost it
+    after, _ = await store.stream_state(u, "d", window=10)
+    assert after.epoch != before.epoch
+    r = resolve(after, last_id=before.last_id, epoch=before.epoch, stored=None)
+    assert r.recovered is False
+    await store.redis.delete(keys.work(0))
+
+
+async def test_offsets_only_move_forward_within_an_epoch(store):
+    u = user()
+    assert await store.store_offset(u, "phone", "E", "10-0")
+    assert not await store.store_offset(u, "phone", "E", "9-0")
+    assert not await store.store_offset(u, "phone", "E", "10-0")
+    assert await store.store_offset(u, "phone", "E", "10-1")
+    assert await store.store_offset(u, "phone", "F", "1-0")  # a new life starts over
+    _, stored = await store.stream_state(u, "phone", window=1)
+    assert stored == ("F", "1-0")
