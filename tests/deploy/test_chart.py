@@ -1,0 +1,224 @@
+"""The Helm chart in deploy/k8s/switchboard agrees with the code it deploys.
+
+No helm binary and no cluster: the templates are read as text. Where structure
+matters, a template's *skeleton* is parsed as YAML: every Go-template action
+that stands alone on its line(s) is dropped (control flow, ``include ... |
+nindent``), every other action becomes the placeholder ``TEMPLATED``. That
+keeps what the chart writes literally (commands, env names, probes, ports),
+which is what these tests are about.
+
+Env var names are found where the chart writes them: ``- name: NAME`` entries,
+and upper-case string literals inside actions (the ``dict "NAME" value``
+arguments of the ConfigMap and of the ``switchboard.env`` helper).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "k8s" / "switchboard"
+TEMPLATES = CHART / "templates"
+SETTINGS = ROOT / "shared" / "settings.py"
+CLI = ROOT / "services" / "cli.py"
+WORKER = ROOT / "services" / "conversation-worker" / "worker.py"
+
+SERVICES = {"gateway": "GatewaySettings", "worker": "WorkerSettings", "fanout": "FanoutSettings"}
+
+_ACTION = r"\{\{(?:(?!\}\}).)*\}\}"
+_STANDALONE_ACTIONS = re.compile(rf"^[ \t]*(?:{_ACTION}[ \t]*)+\n", re.M | re.S)
+_ANY_ACTION = re.compile(_ACTION, re.S)
+_ENV_ENTRY = re.compile(r"^\s*-\s*name:\s*([A-Z][A-Z0-9_]*)\s*$", re.M)
+_UPPER_LITERAL = re.compile(r'"([A-Z][A-Z0-9_]*)"')
+
+
+# -- what the code reads ------------------------------------------------------------
+
+
+def _settings_reads() -> dict[str, set[str]]:
+    """Env names read by each settings class's ``from_env``, nested ones included."""
+    direct: dict[str, set[str]] = {}
+    nested: dict[str, set[str]] = {}
+    for cls in ast.parse(SETTINGS.read_text()).body:
+        if not isinstance(cls, ast.ClassDef):
+            continue
+        for fn in cls.body:
+            if not (isinstance(fn, ast.FunctionDef) and fn.name == "from_env"):
+                continue
+            direct[cls.name], nested[cls.name] = set(), set()
+            for call in (n for n in ast.walk(fn) if isinstance(n, ast.Call)):
+                func = call.func
+                if (isinstance(func, ast.Name) and func.id in {"_get", "_int", "_float"}
+                        and len(call.args) >= 2 and isinstance(call.args[1], ast.Constant)):
+                    direct[cls.name].add(call.args[1].value)
+                elif isinstance(func, ast.Attribute) and func.attr == "from_env" and isinstance(func.value, ast.Name):
+                    nested[cls.name].add(func.value.id)
+
+    def resolve(name: str) -> set[str]:
+        return direct[name].union(*(resolve(inner) for inner in nested[name]))
+
+    return {name: resolve(name) for name in direct}
+
+
+def _cli_reads() -> set[str]:
+    """Env names ``_run_service`` reads for every service (logging)."""
+    fn = next(n for n in ast.walk(ast.parse(CLI.read_text()))
+              if isinstance(n, ast.FunctionDef) and n.name == "_run_service")
+    return {
+        call.args[0].value
+        for call in ast.walk(fn)
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "get"
+        and isinstance(call.func.value, ast.Name) and call.func.value.id == "env"
+        and call.args and isinstance(call.args[0], ast.Constant)
+    }
+
+
+def _worker_grace() -> float:
+    """Default ``grace`` of ``Worker.serve``: how long running turns may finish."""
+    fn = next(n for n in ast.walk(ast.parse(WORKER.read_text()))
+              if isinstance(n, ast.AsyncFunctionDef) and n.name == "serve")
+    names = [a.arg for a in fn.args.kwonlyargs]
+    return fn.args.kw_defaults[names.index("grace")].value
+
+
+# -- what the chart says ------------------------------------------------------------
+
+
+def _template(name: str) -> str:
+    return (TEMPLATES / name).read_text()
+
+
+def skeleton(text: str) -> str:
+    return _ANY_ACTION.sub("TEMPLATED", _STANDALONE_ACTIONS.sub("", text))
+
+
+def _manifest(name: str) -> dict:
+    docs = [doc for doc in yaml.safe_load_all(skeleton(_template(name))) if doc]
+    assert len(docs) == 1, f"{name}: expected one manifest, got {len(docs)}"
+    return docs[0]
+
+
+def env_names(text: str) -> set[str]:
+    names = set(_ENV_ENTRY.findall(text))
+    for action in _ANY_ACTION.findall(text):
+        names.update(_UPPER_LITERAL.findall(action))
+    return names
+
+
+def _container(service: str) -> dict:
+    deployment = _manifest(f"{service}-deployment.yaml")
+    assert deployment["kind"] == "Deployment"
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1, f"{service}: expected one container"
+    return containers[0]
+
+
+def _values() -> dict:
+    return yaml.safe_load((CHART / "values.yaml").read_text())
+
+
+# -- tests ---------------------------------------------------------------------------
+
+
+def test_chart_metadata_and_values_parse():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert chart["name"] == "switchboard"
+    # The image tag defaults to appVersion: it must name the release being built.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert str(chart["appVersion"]) == project["version"]
+    assert isinstance(_values(), dict)
+
+
+def test_skeleton_keeps_literal_text_and_drops_actions():
+    text = (
+        "a:\n"
+        "  {{- if .x }}\n"
+        "  b: {{ .y | quote }}-z\n"
+        '  {{- include "t" (dict\n'
+        '      "K" 1) | nindent 2 }}\n'
+        "  {{- end }}\n"
+    )
+    assert yaml.safe_load(skeleton(text)) == {"a": {"b": "TEMPLATED-z"}}
+    assert env_names(text) == {"K"}
+
+
+def test_every_env_name_in_the_templates_is_read_by_the_code():
+    known = set().union(*_settings_reads().values()) | _cli_reads()
+    assert {"REDIS_URL", "JWT_SECRET", "LOG_FORMAT"} <= known, "settings.py / cli.py parsing found too little"
+    used = {path.name: env_names(path.read_text()) for path in TEMPLATES.iterdir() if path.is_file()}
+    found = set().union(*used.values())
+    assert {"REDIS_URL", "SERVER_ID", "WEBSOCKET_HOST"} <= found, "env extraction found too little"
+    unknown = {name: sorted(names - known) for name, names in used.items() if names - known}
+    assert not unknown, f"env vars the code never reads (typo, or a removed setting): {unknown}"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_deployment_runs_its_service(service):
+    container = _container(service)
+    assert container["command"] == ["switchboard"]
+    assert container["args"] == [service]
+    env = {entry["name"]: entry for entry in container["env"]}
+    # SERVER_ID names consumers, channels and liveness keys: it must be unique per pod.
+    assert env["SERVER_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert "secretKeyRef" in env["REDIS_URL"]["valueFrom"], "the Redis URL may carry a password"
+    refs = container["envFrom"]
+    assert any("configMapRef" in ref for ref in refs), f"{service} does not load the shared ConfigMap"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_chart_can_set_every_setting_the_service_reads(service):
+    reads = _settings_reads()[SERVICES[service]] | _cli_reads()
+    provided = env_names(_template(f"{service}-deployment.yaml")) | env_names(_template("configmap.yaml"))
+    missing = sorted(reads - provided)
+    assert not missing, f"{service} reads {missing}, which the chart neither sets nor exposes in values.yaml"
+
+
+def test_stream_settings_are_shared_by_all_deployments():
+    stream = _settings_reads()["StreamSettings"]
+    assert stream, "StreamSettings reads no env vars?"
+    assert stream <= env_names(_template("configmap.yaml"))
+    for service in SERVICES:
+        per_tier = stream & env_names(_template(f"{service}-deployment.yaml"))
+        assert not per_tier, f"{service} sets {sorted(per_tier)} itself; the tiers could then disagree"
+
+
+def test_each_tier_has_its_own_replica_count():
+    values = _values()
+    for service in SERVICES:
+        replicas = values[service]["replicas"]
+        assert isinstance(replicas, int) and replicas >= 1, f"{service}.replicas={replicas!r}"
+        pattern = rf"^\s*replicas:\s*\{{\{{\s*\.Values\.{service}\.replicas\s*\}}\}}\s*$"
+        assert re.search(pattern, _template(f"{service}-deployment.yaml"), re.M), \
+            f"{service}-deployment.yaml does not take replicas from .Values.{service}.replicas"
+
+
+def test_gateway_listens_on_all_interfaces_and_is_probed_on_its_port():
+    container = _container("gateway")
+    env = {entry["name"]: entry for entry in container["env"]}
+    assert env["WEBSOCKET_HOST"]["value"] == "0.0.0.0"
+    assert "JWT_SECRET" in env and "secretKeyRef" in env["JWT_SECRET"]["valueFrom"]
+    assert [port["name"] for port in container["ports"]] == ["ws"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["tcpSocket"] == {"port": "ws"}, probe
+
+    service = _manifest("gateway-service.yaml")
+    assert service["kind"] == "Service"
+    assert service["spec"]["ports"][0]["name"] == "ws"
+    assert service["spec"]["ports"][0]["targetPort"] == "ws"
+    assert re.search(r"type:\s*\{\{\s*\.Values\.gateway\.service\.type\s*\}\}", _template("gateway-service.yaml"))
+    assert _values()["gateway"]["service"]["port"] == 8765
+
+
+def test_worker_grace_period_lets_running_turns_finish():
+    # Worker.serve waits `grace` for running turns, then up to 5 s for the cancelled ones.
+    needed = _worker_grace() + 5
+    assert _values()["worker"]["terminationGracePeriodSeconds"] >= needed
+    assert re.search(r"terminationGracePeriodSeconds:\s*\{\{\s*\.Values\.worker\.terminationGracePeriodSeconds\s*\}\}",
+                     _template("worker-deployment.yaml"))
