@@ -1,0 +1,66 @@
+"""Replay and live events meet without a gap or a duplicate, even while
+events are appended every few milliseconds during the reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+
+import redis.asyncio as aioredis
+
+from switchboard.shared import keys
+from tests.support.client import Device
+from tests.support.cluster import token
+
+
+async def test_reconnecting_during_a_burst_of_appends_loses_and_repeats_nothing(cluster):
+    cluster.start("fanout")
+    cluster.start("gateway", "gw-a")
+    cluster.start("gateway", "gw-b")
+    urls = [cluster.services["gw-a"].url, cluster.services["gw-b"].url]
+    user = f"user-{uuid.uuid4().hex[:8]}"
+    writer = Device(urls[0], token(user), "writer")
+    reader = Device(urls[1], token(user), "reader")
+    await writer.connect()
+    await reader.connect()
+    rng = random.Random(7)
+    total = 400
+
+    async def write() -> None:
+        for i in range(total):
+            await writer.send("c", f"m{i}", f"message {i}")
+            await asyncio.sleep(0.003)
+
+    async def reconnect_repeatedly() -> int:
+        count = 0
+        while not writing.done():
+            await asyncio.sleep(rng.uniform(0.05, 0.2))
+            if rng.random() < 0.5:
+                await reader.drop()
+            else:
+                await reader.close()
+            # The position is what the device processed before the socket ended.
+            last = reader.event_ids()[-1] if reader.events else None
+            welcome = await reader.connect(last_id=last, epoch=reader.welcome["epoch"], url=rng.choice(urls))
+            if last is not None:
+                assert welcome["recovered"] is True and welcome["resume_from"] == last
+            count += 1
+        return count
+
+    writing = asyncio.create_task(write())
+    reconnects = await reconnect_repeatedly()
+    await writing
+    await writer.wait_for(lambda: len([f for f in writer.frames if f["type"] == "accepted"]) == total)
+
+    client = aioredis.Redis.from_url(cluster.redis_url, decode_responses=True)
+    stream_ids = [entry_id for entry_id, _ in await client.xrange(keys.outbound(user))]
+    await client.aclose()
+    assert len(stream_ids) == total
+    await reader.wait_for(lambda: len(reader.events) >= total, timeout=20)
+    await asyncio.sleep(0.5)
+    assert reconnects >= 5
+    assert reader.event_ids() == stream_ids  # every event once, in stream order
+    assert writer.event_ids() == stream_ids
+    await reader.close()
+    await writer.close()
