@@ -106,6 +106,8 @@ def _wait_for_signal() -> None:
 
 def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """The embedded default: every part of the system on this machine."""
+    # SIGTERM (from a supervisor, `timeout`, systemd) stops everything like Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     child_env = dict(env)
     redis = None
     if not env.get("REDIS_URL"):
