@@ -36,10 +36,23 @@ def _run_service(name: str, main: Callable[[asyncio.Event], Awaitable[None]], en
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # `kill -USR1 PID` logs what every task is waiting on (for operators).
+        loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
         await main(stop)
 
     asyncio.run(runner())
     return 0
+
+
+def _dump_tasks() -> None:
+    import io
+    import logging
+
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        out.write(f"--- {task.get_name()}\n")
+        task.print_stack(file=out)
+    logging.getLogger("switchboard.tasks").warning("task dump:\n%s", out.getvalue())
 
 
 def cmd_gateway(args: argparse.Namespace, env: Mapping[str, str]) -> int:

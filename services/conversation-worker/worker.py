@@ -30,6 +30,7 @@ from redis.exceptions import RedisError, ResponseError
 from switchboard.shared import connection as redisconn
 from switchboard.shared import keys
 from switchboard.shared.settings import WorkerSettings
+from switchboard.shared.tasks import finish
 
 from . import loader
 from .lease import LeaseLost
@@ -80,10 +81,9 @@ class Worker:
         try:
             await stop.wait()
         finally:
-            for task in (reader, claimer):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            stop.set()
+            # The loops notice `stop` within one blocking read.
+            await finish([reader, claimer], grace=self.settings.read_block + 1.0)
             await self._finish_running(grace)
             await self.redis.aclose()
             await self.raw.aclose()
@@ -109,7 +109,8 @@ class Worker:
             free = self.settings.concurrency - len(self.running)
             if free <= 0:
                 self.slot_freed.clear()
-                await self.slot_freed.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.slot_freed.wait(), self.settings.read_block)
                 continue
             try:
                 reply = await self.redis.xreadgroup(
@@ -221,7 +222,10 @@ class Worker:
         idle_ms = int(self.settings.claim_idle * 1000)
         interval = max(self.settings.claim_idle / 2, 0.2)
         while not stop.is_set():
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            if stop.is_set():
+                return
             for stream in self.streams:
                 free = self.settings.concurrency - len(self.running)
                 if free <= 0:

@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 from switchboard.shared import connection as redisconn
 from switchboard.shared import internal, keys, outbound
 from switchboard.shared.settings import FanoutSettings
+from switchboard.shared.tasks import finish
 
 from .plan import Attachment, plan, read_from
 
@@ -53,26 +54,25 @@ class Fanout:
         self.ready = asyncio.Event()
         self._pubsub: aioredis.client.PubSub | None = None
         self._silent_gateways: dict[str, int] = defaultdict(int)
+        self.stopping = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------
 
     async def serve(self, *, stop: asyncio.Event | None = None) -> None:
-        stop = stop or asyncio.Event()
+        self.stopping = stop or asyncio.Event()
         tasks = [asyncio.create_task(self._listen(), name="fanout-listen"),
                  asyncio.create_task(self._pump(), name="fanout-pump"),
                  asyncio.create_task(self._sweep(), name="fanout-sweep")]
+        stopped = asyncio.create_task(self.stopping.wait(), name="fanout-stop")
         try:
-            stopped = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task is not stopped and task.exception() is not None:
                     raise task.exception()
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            self.stopping.set()
+            self.wake.set()
+            await finish([stopped, *tasks], grace=2.0)
             with contextlib.suppress(RedisError, OSError):
                 # Leave at once, so gateways move their connections now rather
                 # than when the liveness key expires.
@@ -92,7 +92,7 @@ class Fanout:
     async def _listen(self) -> None:
         backoff = 0.1
         first = True
-        while True:
+        while not self.stopping.is_set():
             pubsub = self.raw.pubsub()
             try:
                 await pubsub.subscribe(keys.fanout_control(self.id))
@@ -108,8 +108,8 @@ class Fanout:
                 self.ready.set()
                 log.info("fanout %s live (incarnation %s)", self.id, self.incarnation)
                 backoff = 0.1
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                while not self.stopping.is_set():
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
                     if message is not None and message["type"] == "message":
                         await self._on_message(message["channel"].decode(), message["data"])
             except (RedisError, OSError) as exc:
@@ -165,7 +165,7 @@ class Fanout:
     # -- pump ----------------------------------------------------------------------
 
     async def _pump(self) -> None:
-        while True:
+        while not self.stopping.is_set():
             await self.wake.wait()
             self.wake.clear()
             while self.dirty:
@@ -213,8 +213,11 @@ class Fanout:
 
     async def _sweep(self) -> None:
         await self.ready.wait()
-        while True:
-            await asyncio.sleep(self.settings.sweep_interval)
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.settings.sweep_interval)
+            if self.stopping.is_set():
+                return
             try:
                 await self._announce()
                 await self._drop_dead_gateways()

@@ -18,6 +18,7 @@ Every outbox is bounded: a connection whose outbox is full is closed with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import zlib
@@ -28,6 +29,7 @@ from redis.exceptions import RedisError
 
 from switchboard.shared import internal, keys
 from switchboard.shared.protocol import CloseCode, Frame
+from switchboard.shared.tasks import finish
 
 from .cursor import accept_batch
 
@@ -84,6 +86,7 @@ class DeliveryHub:
         self.conns: dict[str, Connection] = {}
         self.live: dict[str, str] = {}
         self.ready = asyncio.Event()
+        self.closing = asyncio.Event()
 
     # -- connections ---------------------------------------------------------
 
@@ -125,13 +128,17 @@ class DeliveryHub:
             self.live = await self._read_live()
         except (RedisError, OSError) as exc:
             log.warning("cannot read fanout liveness: %s", exc)
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._listen())
-            tg.create_task(self._monitor())
+        tasks = [asyncio.create_task(self._listen(), name="hub-listen"),
+                 asyncio.create_task(self._monitor(), name="hub-monitor")]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            self.closing.set()
+            await finish(tasks, grace=2.0)
 
     async def _listen(self) -> None:
         backoff = 0.1
-        while True:
+        while not self.closing.is_set():
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
@@ -143,8 +150,8 @@ class DeliveryHub:
                         await self._attach(conn)
                 self.ready.set()
                 backoff = 0.1
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                while not self.closing.is_set():
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
                     if message is not None and message["type"] == "message":
                         await self._on_delivery(message["data"])
             except (RedisError, OSError) as exc:
@@ -183,7 +190,7 @@ class DeliveryHub:
             conn.last = event.id
 
     async def _monitor(self) -> None:
-        while True:
+        while not self.closing.is_set():
             try:
                 self.live = await self._read_live()
             except (RedisError, OSError) as exc:
@@ -192,7 +199,8 @@ class DeliveryHub:
                 for conn in list(self.conns.values()):
                     if conn.fanout is None or self.live.get(conn.fanout[0]) != conn.fanout[1]:
                         await self._attach(conn)
-            await asyncio.sleep(MONITOR_INTERVAL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.closing.wait(), MONITOR_INTERVAL)
 
     async def _read_live(self) -> dict[str, str]:
         members = sorted(m.decode() for m in await self.redis.smembers(keys.fanout_members()))

@@ -24,6 +24,7 @@ from switchboard.shared import connection as redisconn
 from switchboard.shared import protocol as p
 from switchboard.shared import streamids
 from switchboard.shared.settings import GatewaySettings
+from switchboard.shared.tasks import finish
 
 from . import auth, resume
 from .history import HistoryReader
@@ -71,9 +72,8 @@ class Gateway:
                 server.close(close_connections=True)  # 1001 going away: clients reconnect
                 await server.wait_closed()
         finally:
-            hub_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await hub_task
+            self.hub.closing.set()
+            await finish([hub_task], grace=3.0)
             await self.redis.aclose()
             await self.raw_redis.aclose()
 

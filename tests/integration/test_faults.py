@@ -233,3 +233,22 @@ async def test_a_worker_paused_past_its_lease_writes_no_second_reply(cluster, tm
     assert len(phone.replies("m1")) == 1
     assert "lease" in cluster.services["sleepy"].log_text()
     await phone.close()
+
+
+async def test_gateway_sigterm_closes_with_going_away_and_devices_resume_elsewhere(cluster):
+    cluster.start_many(("fanout", "fan"), ("worker", "w"), ("gateway", "gw-1"), ("gateway", "gw-2"))
+    phone = Device(cluster.services["gw-1"].url, token(_user()), "phone")
+    await phone.connect()
+    await phone.send("c", "m1", "before the deploy")
+    await phone.wait_reply("m1")
+    cluster.kill("gw-1", signal.SIGTERM)
+    assert cluster.services["gw-1"].process.returncode == 0
+    await phone.wait_for(lambda: phone.close_code is not None)
+    assert phone.close_code == 1001  # "going away": reconnect
+    await phone.connect(last_id=phone.event_ids()[-1], epoch=phone.welcome["epoch"],
+                        url=cluster.services["gw-2"].url)
+    assert phone.welcome["recovered"] is True
+    await phone.send("c", "m2", "after the deploy")
+    reply = await phone.wait_reply("m2")
+    assert "Turn 2" in reply["text"]
+    await phone.close()

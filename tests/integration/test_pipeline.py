@@ -20,10 +20,7 @@ def _user() -> str:
 @pytest.fixture
 def system(cluster):
     """Two gateways, one worker, one fanout."""
-    cluster.start("fanout", "fanout-a")
-    cluster.start("worker", "worker-a")
-    cluster.start("gateway", "gw-a")
-    cluster.start("gateway", "gw-b")
+    cluster.start_many(("fanout", "fanout-a"), ("worker", "worker-a"), ("gateway", "gw-a"), ("gateway", "gw-b"))
     return cluster
 
 

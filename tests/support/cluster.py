@@ -67,7 +67,8 @@ class Cluster:
     env: dict[str, str] = field(default_factory=dict)
     services: dict[str, Service] = field(default_factory=dict)
 
-    def start(self, kind: str, name: str | None = None, timeout: float = 30.0, **env: str) -> Service:
+    def start(self, kind: str, name: str | None = None, timeout: float = 30.0, wait: bool = True,
+              **env: str) -> Service:
         name = name or f"{kind}-{len(self.services)}"
         full_env = dict(os.environ, **FAST_ENV, **self.env, **env, REDIS_URL=self.redis_url, SERVER_ID=name)
         port = None
@@ -81,8 +82,15 @@ class Cluster:
         handle.close()
         service = Service(name, kind, process, log, port)
         self.services[name] = service
-        self._wait_ready(service, timeout)
+        if wait:
+            self._wait_ready(service, timeout)
         return service
+
+    def start_many(self, *specs: tuple[str, str], timeout: float = 30.0, **env: str) -> None:
+        """Start ``(kind, name)`` services in parallel, then wait for all."""
+        started = [self.start(kind, name, wait=False, **env) for kind, name in specs]
+        for service in started:
+            self._wait_ready(service, timeout)
 
     def _wait_ready(self, service: Service, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -109,6 +117,15 @@ class Cluster:
             try:
                 service.process.wait(15)
             except subprocess.TimeoutExpired:
+                # A service that ignores SIGTERM is a bug: say so in the logs.
+                service.process.send_signal(signal.SIGUSR1)  # log a task dump
+                time.sleep(0.5)
+                with open(service.log, "a") as log:
+                    log.write(f"\n!!! {service.name} did not stop within 15 s of SIGTERM; killed\n")
+                    spy = Path(sys.executable).with_name("py-spy")
+                    if spy.exists():
+                        log.write(subprocess.run([str(spy), "dump", "--pid", str(service.process.pid)],
+                                                 capture_output=True, text=True).stdout)
                 service.process.kill()
                 service.process.wait()
 
