@@ -85,6 +85,15 @@ class StreamSettings:
         )
 
 
+def _common(env: Mapping[str, str]) -> dict:
+    """Fields every service has: Redis, stream retention, instance name."""
+    return {
+        "redis": RedisSettings.from_env(env),
+        "streams": StreamSettings.from_env(env),
+        "server_id": _get(env, "SERVER_ID", default_server_id()),
+    }
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     redis: RedisSettings = RedisSettings()
@@ -102,9 +111,7 @@ class GatewaySettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
         return cls(
-            redis=RedisSettings.from_env(env),
-            streams=StreamSettings.from_env(env),
-            server_id=_get(env, "SERVER_ID", default_server_id()),
+            **_common(env),
             host=_get(env, "WEBSOCKET_HOST", "127.0.0.1"),
             port=_int(env, "WEBSOCKET_PORT", 8765),
             max_message_size=_int(env, "MAX_MESSAGE_SIZE", 1 << 20, minimum=1024),
@@ -133,9 +140,7 @@ class WorkerSettings:
     def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
         ttl = _float(env, "CHECKPOINT_TTL", 0.0)
         return cls(
-            redis=RedisSettings.from_env(env),
-            streams=StreamSettings.from_env(env),
-            server_id=_get(env, "SERVER_ID", default_server_id()),
+            **_common(env),
             graph=_get(env, "GRAPH", "switchboard.worker.graph:graph"),
             checkpoint_ttl=ttl or None,
             concurrency=_int(env, "WORKER_CONCURRENCY", 64, minimum=1),
@@ -153,14 +158,11 @@ class FanoutSettings:
     batch: int = 500  #: events read per user per round trip
     sweep_interval: float = 2.0  #: seconds between safety re-reads of every attached user
     alive_ttl: float = 3.0  #: seconds the liveness key survives without renewal
-    max_connections_tracked: int = 1_000_000  #: attached connections per fanout
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> FanoutSettings:
         return cls(
-            redis=RedisSettings.from_env(env),
-            streams=StreamSettings.from_env(env),
-            server_id=_get(env, "SERVER_ID", default_server_id()),
+            **_common(env),
             batch=_int(env, "FANOUT_BATCH", 500, minimum=1),
             sweep_interval=_float(env, "FANOUT_SWEEP", 2.0, minimum=0.05),
             alive_ttl=_float(env, "FANOUT_ALIVE_TTL", 3.0, minimum=0.5),

@@ -41,29 +41,44 @@ _UPPER_LITERAL = re.compile(r'"([A-Z][A-Z0-9_]*)"')
 # -- what the code reads ------------------------------------------------------------
 
 
+def _env_reads(fn: ast.AST) -> tuple[set[str], set[str], set[str]]:
+    """(names read directly, settings classes whose from_env is called,
+    module-level helpers called) within one function."""
+    names, classes, helpers = set(), set(), set()
+    for call in (n for n in ast.walk(fn) if isinstance(n, ast.Call)):
+        func = call.func
+        if (isinstance(func, ast.Name) and func.id in {"_get", "_int", "_float"}
+                and len(call.args) >= 2 and isinstance(call.args[1], ast.Constant)):
+            names.add(call.args[1].value)
+        elif isinstance(func, ast.Name):
+            helpers.add(func.id)
+        elif isinstance(func, ast.Attribute) and func.attr == "from_env" and isinstance(func.value, ast.Name):
+            classes.add(func.value.id)
+    return names, classes, helpers
+
+
 def _settings_reads() -> dict[str, set[str]]:
-    """Env names read by each settings class's ``from_env``, nested ones included."""
-    direct: dict[str, set[str]] = {}
-    nested: dict[str, set[str]] = {}
-    for cls in ast.parse(SETTINGS.read_text()).body:
+    """Env names read by each settings class's ``from_env``, including those of
+    nested settings classes and of module-level helpers it calls."""
+    module = ast.parse(SETTINGS.read_text())
+    helpers = {fn.name: _env_reads(fn) for fn in module.body if isinstance(fn, ast.FunctionDef)}
+    reads: dict[str, tuple[set[str], set[str], set[str]]] = {}
+    for cls in module.body:
         if not isinstance(cls, ast.ClassDef):
             continue
         for fn in cls.body:
-            if not (isinstance(fn, ast.FunctionDef) and fn.name == "from_env"):
-                continue
-            direct[cls.name], nested[cls.name] = set(), set()
-            for call in (n for n in ast.walk(fn) if isinstance(n, ast.Call)):
-                func = call.func
-                if (isinstance(func, ast.Name) and func.id in {"_get", "_int", "_float"}
-                        and len(call.args) >= 2 and isinstance(call.args[1], ast.Constant)):
-                    direct[cls.name].add(call.args[1].value)
-                elif isinstance(func, ast.Attribute) and func.attr == "from_env" and isinstance(func.value, ast.Name):
-                    nested[cls.name].add(func.value.id)
+            if isinstance(fn, ast.FunctionDef) and fn.name == "from_env":
+                reads[cls.name] = _env_reads(fn)
 
-    def resolve(name: str) -> set[str]:
-        return direct[name].union(*(resolve(inner) for inner in nested[name]))
+    def resolve(names: set[str], classes: set[str], called: set[str]) -> set[str]:
+        out = set(names)
+        for name in classes:
+            out |= resolve(*reads[name])
+        for name in called & helpers.keys():
+            out |= resolve(*helpers[name])
+        return out
 
-    return {name: resolve(name) for name in direct}
+    return {name: resolve(*value) for name, value in reads.items()}
 
 
 def _cli_reads() -> set[str]:
