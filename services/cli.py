@@ -9,6 +9,7 @@ typed settings object built here.
     switchboard fanout       one fanout       (delivery to gateways)
     switchboard redis        the embedded Redis only
     switchboard token USER   print a signed development token for USER
+    switchboard deadletters  show messages the workers gave up on
 """
 
 from __future__ import annotations
@@ -82,6 +83,23 @@ def cmd_token(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from switchboard.gateway import auth
 
     print(auth.mint(args.user, env.get("JWT_SECRET") or DEV_JWT_SECRET, ttl=args.ttl))
+    return 0
+
+
+def cmd_deadletters(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """Print the newest dead-lettered messages as JSON lines (newest last)."""
+    import json
+
+    import redis
+
+    from switchboard.shared import keys
+    from switchboard.shared.settings import RedisSettings
+
+    client = redis.Redis.from_url(RedisSettings.from_env(env).url, decode_responses=True)
+    entries = client.xrevrange(keys.dead_letters(), count=args.count)
+    for entry_id, fields in reversed(entries):
+        print(json.dumps({"id": entry_id, **fields}))
+    client.close()
     return 0
 
 
@@ -187,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("worker", help="run one conversation worker").set_defaults(func=cmd_worker)
     sub.add_parser("fanout", help="run one fanout").set_defaults(func=cmd_fanout)
     sub.add_parser("redis", help="run the embedded Redis only").set_defaults(func=cmd_redis)
+    dead = sub.add_parser("deadletters", help="show messages the workers gave up on")
+    dead.add_argument("--count", type=int, default=20)
+    dead.set_defaults(func=cmd_deadletters)
     token = sub.add_parser("token", help="print a signed development token")
     token.add_argument("user")
     token.add_argument("--ttl", type=float, default=86_400.0, help="seconds until the token expires")

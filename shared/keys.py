@@ -81,6 +81,11 @@ def work_shard(user: str, shards: int) -> int:
     return zlib.crc32(user.encode()) % shards
 
 
+def dead_letters() -> str:
+    """Stream of messages the workers gave up on, for operators to inspect."""
+    return f"{PREFIX}:deadletters"
+
+
 # -- fanout <-> gateway -------------------------------------------------------------
 
 

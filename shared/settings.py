@@ -135,6 +135,9 @@ class WorkerSettings:
     lease_ttl: float = 15.0  #: seconds a conversation lease lives without renewal
     claim_idle: float = 15.0  #: seconds before a dead worker's work is claimed
     read_block: float = 2.0  #: seconds XREADGROUP blocks (below the socket timeout)
+    max_attempts: int = 3  #: attempts at one message before it is dead-lettered
+    dead_letter_maxlen: int = 10_000  #: dead-letter entries kept
+    shutdown_grace: float = 25.0  #: seconds running turns get to finish on SIGTERM
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
@@ -147,6 +150,9 @@ class WorkerSettings:
             turn_timeout=_float(env, "TURN_TIMEOUT", 60.0, minimum=0.1),
             lease_ttl=_float(env, "LEASE_TTL", 15.0, minimum=0.5),
             claim_idle=_float(env, "CLAIM_IDLE", 15.0, minimum=0.5),
+            max_attempts=_int(env, "MAX_ATTEMPTS", 3, minimum=1),
+            dead_letter_maxlen=_int(env, "DEAD_LETTER_MAXLEN", 10_000, minimum=10),
+            shutdown_grace=_float(env, "SHUTDOWN_GRACE", 25.0, minimum=0.0),
         )
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 from langchain_core.messages import HumanMessage
 from langgraph.graph.state import CompiledStateGraph
 
@@ -45,7 +46,19 @@ local fields = {}
 for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
 local r = append_event(KEYS[3], KEYS[4], ARGV[6], ARGV[4], tonumber(ARGV[5]), fields)
 redis.call('HSET', KEYS[2], 'done', ARGV[3], 'reply', r[1])
+redis.call('HDEL', KEYS[2], 'attempt_of', 'attempts')
 return {r[1], 'ok'}
+"""
+
+# KEYS: conv   ARGV: inbound id
+# Counts the attempts at one entry durably *before* running it, so a message
+# that crashes the worker process is counted too (a poison message).
+_BEGIN_ATTEMPT = r"""
+if redis.call('HGET', KEYS[1], 'attempt_of') == ARGV[1] then
+  return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+end
+redis.call('HSET', KEYS[1], 'attempt_of', ARGV[1], 'attempts', 1)
+return 1
 """
 
 
@@ -58,8 +71,13 @@ class InboundEntry:
     text: str
 
 
-class TurnError(Exception):
-    """The graph failed on a message; the user gets a ``turn_error`` event."""
+class TurnFailed(Exception):
+    """One attempt at a turn failed in the graph (raised, or ran too long)."""
+
+    def __init__(self, reason: str, public: str):
+        super().__init__(reason)
+        self.reason = reason  #: for logs and the dead-letter entry
+        self.public = public  #: for the user's ``turn_error`` event
 
 
 def message_id(entry_id: str) -> str:
@@ -95,6 +113,7 @@ class Turns:
         self.settings = settings
         self.leases = Leases(redis, settings.lease_ttl)
         self._commit = redis.register_script(_COMMIT)
+        self._begin_attempt = redis.register_script(_BEGIN_ATTEMPT)
 
     async def drain(self, user: str, conversation: str) -> bool:
         """Run every pending turn of the conversation. Return False if another
@@ -125,7 +144,7 @@ class Turns:
             entry = await self._next_entry(user, conversation, done)
             if entry is None:
                 return True
-            kind, text = await self._run(user, entry)
+            kind, text = await self._turn(user, entry)
             status, value = await self._write(user, entry, token, done, kind, text)
             if status == "lease":
                 raise LeaseLost(f"lease of {user}/{conversation} lost before commit")
@@ -143,30 +162,62 @@ class Turns:
                 return None
             cursor = page[-1][0]
 
-    async def _run(self, user: str, entry: InboundEntry) -> tuple[EventKind, str]:
+    async def _turn(self, user: str, entry: InboundEntry) -> tuple[EventKind, str]:
+        """Run one turn with bounded attempts; after the last failed attempt the
+        message is dead-lettered and answered with ``turn_error``."""
+        limit = self.settings.max_attempts
+        while True:
+            attempt = await self._begin_attempt(keys=[keys.conversation(user, entry.conversation)], args=[entry.id])
+            if attempt > limit:
+                # Every earlier attempt ended with the worker gone (killed,
+                # crashed, out of memory) before it could record the outcome.
+                await self._dead_letter(user, entry, f"the worker stopped during each of {limit} attempts", limit)
+                return EventKind.TURN_ERROR, "the assistant could not process this message"
+            try:
+                return EventKind.ASSISTANT, await self._run(user, entry)
+            except TurnFailed as failed:
+                log.warning("turn failed user=%s entry=%s attempt %d/%d: %s", user, entry.id, attempt, limit,
+                            failed.reason)
+                if attempt >= limit:
+                    await self._dead_letter(user, entry, failed.reason, attempt)
+                    return EventKind.TURN_ERROR, failed.public
+                await asyncio.sleep(min(0.25 * 2 ** (attempt - 1), 5.0))
+
+    async def _run(self, user: str, entry: InboundEntry) -> str:
+        """One attempt: the reply text, or :class:`TurnFailed`. Redis errors
+        propagate: they are not the message's fault, the drain is retried."""
         config = {"configurable": {"thread_id": keys.thread_id(user, entry.conversation)}}
         human_id = message_id(entry.id)
+        snapshot = await self.graph.aget_state(config)
+        reply = reply_after((snapshot.values or {}).get("messages", []), human_id)
+        if reply is not None:
+            log.info("reusing checkpointed reply user=%s entry=%s", user, entry.id)
+            return reply
         try:
-            snapshot = await self.graph.aget_state(config)
-            reply = reply_after((snapshot.values or {}).get("messages", []), human_id)
-            if reply is not None:
-                log.info("reusing checkpointed reply user=%s entry=%s", user, entry.id)
-                return EventKind.ASSISTANT, reply
             result = await asyncio.wait_for(
                 self.graph.ainvoke({"messages": [HumanMessage(content=entry.text, id=human_id)]}, config,
                                    durability="exit"),
                 timeout=self.settings.turn_timeout,
             )
-        except asyncio.CancelledError:
+        except TimeoutError:  # first: TimeoutError is an OSError too
+            raise TurnFailed(f"no answer within TURN_TIMEOUT={self.settings.turn_timeout:g} s",
+                             f"the assistant did not answer within {self.settings.turn_timeout:g} s") from None
+        except (asyncio.CancelledError, RedisError, OSError):
             raise
-        except TimeoutError:
-            log.warning("turn timed out user=%s entry=%s", user, entry.id)
-            return EventKind.TURN_ERROR, f"the assistant did not answer within {self.settings.turn_timeout:g} s"
         except Exception as exc:  # noqa: BLE001 - a graph bug must not stop the conversation
-            log.warning("turn failed user=%s entry=%s: %r", user, entry.id, exc)
-            return EventKind.TURN_ERROR, f"the assistant failed on this message ({type(exc).__name__})"
-        reply = reply_after(result.get("messages", []) if isinstance(result, dict) else [], human_id)
-        return EventKind.ASSISTANT, reply or ""
+            raise TurnFailed(f"{type(exc).__name__}: {exc}"[:500],
+                             f"the assistant failed on this message ({type(exc).__name__})") from None
+        return reply_after(result.get("messages", []) if isinstance(result, dict) else [], human_id) or ""
+
+    async def _dead_letter(self, user: str, entry: InboundEntry, reason: str, attempts: int) -> None:
+        """Record a message given up on, for an operator (``switchboard deadletters``)."""
+        await self.redis.xadd(keys.dead_letters(), {
+            "user": user, "conv": entry.conversation, "entry": entry.id, "cmid": entry.client_msg_id,
+            "text": entry.text[:1000], "reason": reason, "attempts": attempts,
+            "worker": self.settings.server_id, "ts": outbound.now_ms(),
+        }, maxlen=self.settings.dead_letter_maxlen, approximate=True)
+        log.error("dead-lettered user=%s conv=%s entry=%s after %d attempts: %s",
+                  user, entry.conversation, entry.id, attempts, reason)
 
     async def _write(self, user: str, entry: InboundEntry, token: str, done: str, kind: EventKind,
                      text: str) -> tuple[str, str]:

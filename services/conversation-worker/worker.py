@@ -63,7 +63,7 @@ class Worker:
         self.ready = asyncio.Event()
         self._background: set[asyncio.Task] = set()
 
-    async def serve(self, *, stop: asyncio.Event | None = None, grace: float = 25.0) -> None:
+    async def serve(self, *, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
         ttl = {"default_ttl": self.settings.checkpoint_ttl, "refresh_on_read": True} if self.settings.checkpoint_ttl else None
         saver = AsyncRedisSaver(redis_client=self.raw, ttl=ttl)
@@ -82,24 +82,49 @@ class Worker:
             await stop.wait()
         finally:
             stop.set()
-            # The loops notice `stop` within one blocking read.
+            deadline = asyncio.get_running_loop().time() + self.settings.shutdown_grace
+            # The loops notice `stop` within one blocking read; what that read
+            # returned is started, and so covered by _finish_running.
             await finish([reader, claimer], grace=self.settings.read_block + 1.0)
-            await self._finish_running(grace)
+            await self._finish_running(max(0.0, deadline - asyncio.get_running_loop().time()))
             await self.redis.aclose()
             await self.raw.aclose()
 
     async def _finish_running(self, grace: float) -> None:
-        """Let running turns finish within the grace period; cancel the rest
-        (their notices stay pending and are claimed by another worker)."""
-        tasks = [c.task for c in self.running.values() if c.task is not None]
-        if not tasks:
+        """Let running turns finish within the grace period; hand the rest back.
+
+        Handing back = cancel the conversation (its lease is released on the
+        way out), re-add its notices to the work stream and acknowledge the
+        old ones, so another worker starts at once instead of after CLAIM_IDLE.
+        """
+        running = [c for c in self.running.values() if c.task is not None]
+        if not running:
             return
-        log.info("waiting up to %.0f s for %d running conversations", grace, len(tasks))
-        _, pending = await asyncio.wait(tasks, timeout=grace)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=5)
+        log.info("waiting up to %.1f s for %d running conversations", grace, len(running))
+        await asyncio.wait([c.task for c in running], timeout=grace)
+        unfinished = [c for c in running if not c.task.done()]
+        for conv in unfinished:
+            conv.task.cancel()
+        if not unfinished:
+            return
+        await asyncio.wait([c.task for c in unfinished], timeout=5)
+        for conv in unfinished:
+            await self._hand_back(conv)
+        log.info("handed back %d conversations", len(unfinished))
+
+    async def _hand_back(self, conv: ConversationTask) -> None:
+        if not conv.notices:
+            return
+        try:
+            pipe = self.redis.pipeline(transaction=True)
+            for stream, notice_id in conv.notices:
+                pipe.xadd(stream, {"user": conv.user, "conv": conv.conversation})
+                pipe.xack(stream, keys.WORKER_GROUP, notice_id)
+                pipe.xdel(stream, notice_id)
+            await pipe.execute()
+        except (RedisError, OSError) as exc:
+            # Still pending on this consumer: claimed after CLAIM_IDLE instead.
+            log.warning("hand-back of %s/%s failed: %s", conv.user, conv.conversation, exc)
 
     # -- poll + start ----------------------------------------------------------------
 

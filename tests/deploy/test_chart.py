@@ -95,11 +95,13 @@ def _cli_reads() -> set[str]:
 
 
 def _worker_grace() -> float:
-    """Default ``grace`` of ``Worker.serve``: how long running turns may finish."""
-    fn = next(n for n in ast.walk(ast.parse(WORKER.read_text()))
-              if isinstance(n, ast.AsyncFunctionDef) and n.name == "serve")
-    names = [a.arg for a in fn.args.kwonlyargs]
-    return fn.args.kw_defaults[names.index("grace")].value
+    """Seconds a worker may take to stop: the last blocking read, the grace
+    for running turns (SHUTDOWN_GRACE), then up to 5 s for hand-back."""
+    from switchboard.shared.settings import WorkerSettings
+
+    defaults = WorkerSettings()
+    grace = _values()["worker"]["settings"].get("shutdownGrace") or defaults.shutdown_grace
+    return defaults.read_block + 1 + grace + 5
 
 
 # -- what the chart says ------------------------------------------------------------
@@ -232,8 +234,7 @@ def test_gateway_listens_on_all_interfaces_and_is_probed_on_its_port():
 
 
 def test_worker_grace_period_lets_running_turns_finish():
-    # Worker.serve waits `grace` for running turns, then up to 5 s for the cancelled ones.
-    needed = _worker_grace() + 5
+    needed = _worker_grace()
     assert _values()["worker"]["terminationGracePeriodSeconds"] >= needed
     assert re.search(r"terminationGracePeriodSeconds:\s*\{\{\s*\.Values\.worker\.terminationGracePeriodSeconds\s*\}\}",
                      _template("worker-deployment.yaml"))

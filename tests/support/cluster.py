@@ -70,7 +70,7 @@ class Cluster:
     def start(self, kind: str, name: str | None = None, timeout: float = 30.0, wait: bool = True,
               **env: str) -> Service:
         name = name or f"{kind}-{len(self.services)}"
-        full_env = dict(os.environ, **FAST_ENV, **self.env, **env, REDIS_URL=self.redis_url, SERVER_ID=name)
+        full_env = {**os.environ, **FAST_ENV, **self.env, **env, "REDIS_URL": self.redis_url, "SERVER_ID": name}
         port = None
         if kind == "gateway":
             port = free_port()

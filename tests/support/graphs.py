@@ -30,7 +30,8 @@ def _single(node) -> StateGraph:
 async def _slow(state: MessagesState) -> dict:
     """Marks that a turn started (a file per message), then sleeps if asked.
 
-    ``sleep:<seconds> ...`` sleeps; ``fail ...`` raises. SLOW_GRAPH_MARKS names
+    ``sleep:<seconds> ...`` sleeps; ``fail ...`` raises; ``crash ...`` kills the
+    worker process. SLOW_GRAPH_MARKS names
     the directory for the start marks.
     """
     text = _last_text(state)
@@ -42,6 +43,8 @@ async def _slow(state: MessagesState) -> dict:
         await asyncio.sleep(float(text.split()[0].split(":", 1)[1]))
     if text.startswith("fail"):
         raise RuntimeError("the graph was asked to fail")
+    if text.startswith("crash"):
+        os._exit(3)  # a poison message: takes the whole worker process down
     return {"messages": [AIMessage(content=f"reply {_count_turns(state)} to: {text}")]}
 
 
