@@ -64,3 +64,33 @@ async def test_reconnecting_during_a_burst_of_appends_loses_and_repeats_nothing(
     assert writer.event_ids() == stream_ids
     await reader.close()
     await writer.close()
+
+
+async def test_two_devices_one_reconnecting_repeatedly_end_with_equal_logs(cluster):
+    cluster.start_many(("fanout", "f1"), ("fanout", "f2"), ("worker", "w"), ("gateway", "gw-a"), ("gateway", "gw-b"))
+    urls = [cluster.services["gw-a"].url, cluster.services["gw-b"].url]
+    user = f"user-{uuid.uuid4().hex[:8]}"
+    steady = Device(urls[0], token(user), "steady")
+    flaky = Device(urls[1], token(user), "flaky")
+    await steady.connect()
+    await flaky.connect()
+    rng = random.Random(11)
+    for i in range(30):
+        sender = steady if i % 3 else flaky
+        if sender is flaky and flaky._reader is not None and flaky._reader.done():
+            sender = steady
+        await sender.send("c", f"m{i}", f"message {i}")
+        await sender.wait_frame("accepted", client_msg_id=f"m{i}")  # before the socket may go
+        if rng.random() < 0.4:
+            await flaky.drop()
+            await flaky.connect(last_id=flaky.event_ids()[-1] if flaky.events else None,
+                                epoch=flaky.welcome["epoch"], url=rng.choice(urls))
+        await asyncio.sleep(rng.uniform(0, 0.05))
+    for i in range(30):
+        await steady.wait_reply(f"m{i}")
+        await flaky.wait_reply(f"m{i}")
+    await asyncio.sleep(0.3)
+    assert len(steady.events) == 60
+    assert flaky.event_ids() == steady.event_ids()
+    await steady.close()
+    await flaky.close()
