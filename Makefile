@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install clean redis
+.PHONY: run test install clean redis chaos
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,16 @@ run: $(STAMP)
 ## Run the whole test suite (starts its own Redis unless REDIS_URL is set).
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## The long chaos run: DURATION seconds of load and faults (see docs/guarantees.md).
+DURATION ?= 600
+USERS    ?= 20
+DEVICES  ?= 3
+RATE     ?= 12
+SEED     ?= 1
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos --duration $(DURATION) --users $(USERS) --devices $(DEVICES) \
+		--rate $(RATE) --seed $(SEED) --out chaos-results
 
 redis: $(STAMP)
 	$(BIN)/switchboard redis

@@ -1,0 +1,172 @@
+"""The invariants a chaos run must keep, checked from what clients recorded
+and what Redis holds. Pure functions, tested on their own (test_checker.py)."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from switchboard.shared import streamids
+
+REPLY_KINDS = ("assistant", "turn_error")
+
+
+@dataclass
+class Segment:
+    """What one device received over one connection."""
+
+    mode: str  #: "new", "last_id", "stale" or "offset": how the device resumed
+    asked: str | None  #: the last_id it sent (None for "new"/"offset")
+    resume_from: str
+    recovered: bool
+    acked_before: list[str] = field(default_factory=list)  #: ids this device acked before connecting
+    confirmed_ack: str | None = None  #: newest ack known to be stored (a later pong came back)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class DeviceLog:
+    user: str
+    device: str
+    segments: list[Segment] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    violations: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, kind: str, example: str) -> None:
+        self.violations[kind] += 1
+        if len(self.examples) < 50:
+            self.examples.append(f"{kind}: {example}")
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+def _same(event: dict[str, Any], fields: dict[str, str]) -> bool:
+    return (event.get("conversation_id") == fields.get("conv") and event.get("kind") == fields.get("kind")
+            and (event.get("client_msg_id") or "") == fields.get("cmid", "")
+            and event.get("text") == fields.get("text"))
+
+
+def check_replies(stream: list[tuple[str, dict[str, str]]], accepted: dict[str, str], user: str,
+                  report: Report) -> None:
+    """Every accepted message (cmid -> inbound id) has exactly one user event
+    and exactly one assistant/turn_error event."""
+    replies: Counter = Counter()
+    users: Counter = Counter()
+    for _, fields in stream:
+        if fields.get("kind") in REPLY_KINDS:
+            replies[fields.get("cmid")] += 1
+        elif fields.get("kind") == "user":
+            users[fields.get("cmid")] += 1
+    for cmid in accepted:
+        if replies[cmid] != 1:
+            report.add("reply_count", f"{user} {cmid}: {replies[cmid]} replies")
+        if users[cmid] != 1:
+            report.add("user_event_count", f"{user} {cmid}: {users[cmid]} user events")
+
+
+def check_device(log: DeviceLog, stream: list[tuple[str, dict[str, str]]], report: Report,
+                 *, must_reach_end: bool = True) -> None:
+    """Each connection received exactly the stream after its resume point, in
+    order, with nothing foreign; resumes were honoured; the last caught up."""
+    ids = [entry_id for entry_id, _ in stream]
+    by_id = dict(stream)
+    position = {entry_id: i for i, entry_id in enumerate(ids)}
+    who = f"{log.user}/{log.device}"
+    for n, seg in enumerate(log.segments):
+        _check_resume(seg, who, n, report)
+        start = _index_after(ids, seg.resume_from)
+        received = [e["id"] for e in seg.events]
+        for event in seg.events:
+            fields = by_id.get(event["id"])
+            if fields is None or not _same(event, fields):
+                report.add("foreign_event", f"{who} segment {n}: {event['id']} is not this user's event")
+        if len(received) != len(set(received)):
+            dup = next(i for i, c in Counter(received).items() if c > 1)
+            report.add("duplicate", f"{who} segment {n}: {dup} twice")
+            continue
+        if not received:
+            continue
+        last = position.get(received[-1])
+        if last is None:
+            continue  # reported as foreign
+        expected = ids[start:last + 1]
+        if received != expected:
+            missing = [i for i in expected if i not in set(received)]
+            kind = "gap" if missing else "reorder"
+            report.add(kind, f"{who} segment {n}: expected {len(expected)} events from {seg.resume_from}, "
+                             f"got {len(received)}; first missing {missing[:3]}")
+    if must_reach_end and log.segments:
+        final = log.segments[-1]
+        seen = final.events[-1]["id"] if final.events else final.resume_from
+        if ids and streamids.later(ids[-1], seen):
+            report.add("incomplete", f"{who}: last connection ended at {seen}, stream ends at {ids[-1]}")
+
+
+def _check_resume(seg: Segment, who: str, n: int, report: Report) -> None:
+    if seg.mode in ("last_id", "stale"):
+        if not seg.recovered or seg.resume_from != seg.asked:
+            report.add("resume", f"{who} segment {n}: asked {seg.asked}, got {seg.resume_from} "
+                                 f"recovered={seg.recovered}")
+    elif seg.mode == "offset":
+        if not seg.recovered:
+            report.add("resume", f"{who} segment {n}: stored offset not recovered")
+        elif seg.resume_from not in seg.acked_before or (
+                seg.confirmed_ack and streamids.later(seg.confirmed_ack, seg.resume_from)):
+            report.add("resume", f"{who} segment {n}: resumed from {seg.resume_from}; acked "
+                                 f"{seg.acked_before[-3:]}, confirmed {seg.confirmed_ack}")
+
+
+def _index_after(ids: list[str], resume_from: str) -> int:
+    """Index of the first id greater than ``resume_from``."""
+    key = streamids.parse(resume_from)
+    for i, entry_id in enumerate(ids):
+        if streamids.parse(entry_id) > key:
+            return i
+    return len(ids)
+
+
+def check_accept_ids(accept_ids: dict[tuple[str, str], set[str]], report: Report) -> None:
+    """Every resend of a client_msg_id was answered with the same inbound id."""
+    for (user, cmid), ids in accept_ids.items():
+        if len(ids) != 1:
+            report.add("accept_id_changed", f"{user} {cmid}: {sorted(ids)}")
+
+
+def check_memory(samples: dict[str, list[tuple[float, int]]], report: Report, *, limit_mb: float,
+                 growth: float = 1.5, slack_mb: float = 40.0) -> dict[str, dict[str, float]]:
+    """Peak RSS under ``limit_mb`` and no steady growth for long-lived processes:
+    the last quarter of samples (after warm-up) may not exceed the second
+    quarter by more than ``growth`` x + ``slack_mb``."""
+    summary: dict[str, dict[str, float]] = {}
+    for name, series in samples.items():
+        rss = [value / 2**20 for _, value in series]
+        if not rss:
+            continue
+        summary[name] = {"peak_mb": round(max(rss), 1), "samples": len(rss)}
+        if max(rss) > limit_mb:
+            report.add("memory_limit", f"{name}: {max(rss):.0f} MB > {limit_mb:.0f} MB")
+        if len(rss) >= 12:
+            q = len(rss) // 4
+            early = sum(rss[q:2 * q]) / q
+            late = sum(rss[-q:]) / q
+            summary[name].update(early_mb=round(early, 1), late_mb=round(late, 1))
+            if late > early * growth + slack_mb:
+                report.add("memory_growth", f"{name}: {early:.0f} MB -> {late:.0f} MB")
+    return summary
+
+
+def group_accepts(records: list[tuple[str, str, str]]) -> tuple[dict[str, dict[str, str]], dict[tuple[str, str], set[str]]]:
+    """From (user, cmid, inbound id) records: accepted per user, and ids per (user, cmid)."""
+    accepted: dict[str, dict[str, str]] = defaultdict(dict)
+    ids: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for user, cmid, inbound in records:
+        accepted[user][cmid] = inbound
+        ids[(user, cmid)].add(inbound)
+    return accepted, ids

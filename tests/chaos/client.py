@@ -1,0 +1,189 @@
+"""Simulated users and devices for the chaos run: real WebSocket clients that
+follow docs/protocol.md (reconnect with back-off, resume with last_id, resend
+unacknowledged sends) and record everything for the checker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from collections import Counter
+from collections.abc import Callable
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidHandshake
+
+from .checker import DeviceLog, Segment
+
+RESEND_AFTER = 3.0  #: seconds without `accepted` before a send is resent
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+
+
+class ChaosDevice:
+    def __init__(self, user: "ChaosUser", device_id: str, rng: random.Random):
+        self.user = user
+        self.id = device_id
+        self.rng = rng
+        self.log = DeviceLog(user.name, device_id)
+        self.ws: ClientConnection | None = None
+        self.connected = asyncio.Event()
+        self.epoch: str | None = None
+        self.received: list[str] = []  # every event id, across connections
+        self.acked: list[str] = []
+        self.confirmed_ack: str | None = None
+        self._pending_ack: str | None = None
+        self.stopping = False
+
+    # -- connection loop -----------------------------------------------------------
+
+    async def run(self) -> None:
+        backoff = 0.05
+        while not self.stopping:
+            try:
+                await self._session()
+                backoff = 0.05
+            except (OSError, ConnectionClosed, InvalidHandshake, InvalidStatus, TimeoutError, ValueError) as exc:
+                self.user.stats.counts[f"connect_failed:{type(exc).__name__}"] += 1
+            self.connected.clear()
+            self.ws = None
+            if self.stopping:
+                return
+            await asyncio.sleep(backoff * self.rng.uniform(0.5, 1.5))
+            backoff = min(backoff * 2, 1.0)
+
+    def _resume_choice(self) -> tuple[str, str | None]:
+        if not self.received:
+            return "new", None
+        roll = self.rng.random()
+        if roll < 0.15 and self.confirmed_ack:
+            return "offset", None
+        if roll < 0.3 and len(self.received) > 3:
+            return "stale", self.received[-self.rng.randint(2, min(20, len(self.received)))]
+        return "last_id", self.received[-1]
+
+    async def _session(self) -> None:
+        mode, last_id = self._resume_choice()
+        url = self.rng.choice(self.user.urls())
+        async with connect(url, open_timeout=5, close_timeout=1, max_size=None) as ws:
+            hello = {"type": "hello", "token": self.user.token, "device_id": self.id,
+                     "last_id": last_id, "epoch": self.epoch if last_id else None}
+            await ws.send(json.dumps(hello))
+            first = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            if first["type"] != "welcome":
+                raise ValueError(f"no welcome: {first}")
+            self.epoch = first["epoch"]
+            segment = Segment(mode, last_id, first["resume_from"], first["recovered"], list(self.acked),
+                              self.confirmed_ack)
+            self.log.segments.append(segment)
+            self.user.stats.counts[f"resume:{mode}"] += 1
+            self.ws = ws
+            self.connected.set()
+            since_ack = 0
+            async for data in ws:
+                frame = json.loads(data)
+                kind = frame["type"]
+                if kind == "event":
+                    segment.events.append(frame)
+                    self.received.append(frame["id"])
+                    since_ack += 1
+                    if since_ack >= 8:
+                        since_ack = 0
+                        await self._ack(ws, frame["id"])
+                elif kind == "accepted":
+                    self.user.on_accepted(frame["client_msg_id"], frame["id"])
+                elif kind == "pong":
+                    if self._pending_ack is not None:
+                        self.confirmed_ack = self._pending_ack
+                        self._pending_ack = None
+                elif kind == "error":
+                    self.user.stats.counts[f"error:{frame['code']}"] += 1
+                    self._pending_ack = None  # the ack may be what failed
+
+    async def _ack(self, ws: ClientConnection, entry_id: str) -> None:
+        self.acked.append(entry_id)
+        self._pending_ack = entry_id
+        await ws.send(json.dumps({"type": "ack", "id": entry_id}))
+        await ws.send(json.dumps({"type": "ping"}))  # its pong confirms the ack was stored
+
+    async def send(self, frame: dict) -> bool:
+        ws = self.ws
+        if ws is None:
+            return False
+        try:
+            await ws.send(json.dumps(frame))
+            return True
+        except ConnectionClosed:
+            return False
+
+    def drop(self) -> None:
+        """Vanish without a close frame."""
+        if self.ws is not None and self.ws.transport is not None:
+            self.ws.transport.abort()
+
+    async def stop(self) -> None:
+        self.stopping = True
+        if self.ws is not None:
+            await self.ws.close()
+
+
+class ChaosUser:
+    def __init__(self, name: str, token: str, devices: int, urls: Callable[[], list[str]], rng: random.Random,
+                 stats: Stats):
+        self.name = name
+        self.token = token
+        self.urls = urls
+        self.rng = rng
+        self.stats = stats
+        self.devices = [ChaosDevice(self, f"d{i}", random.Random(rng.random())) for i in range(devices)]
+        self.pending: dict[str, tuple[dict, float]] = {}  # cmid -> (frame, last attempt)
+        self.accepts: list[tuple[str, str, str]] = []  # (user, cmid, inbound id)
+        self.accepted: set[str] = set()
+        self.sent = 0
+
+    def on_accepted(self, cmid: str, inbound_id: str) -> None:
+        self.accepts.append((self.name, cmid, inbound_id))
+        self.accepted.add(cmid)
+        self.pending.pop(cmid, None)
+
+    def connected_devices(self) -> list[ChaosDevice]:
+        return [d for d in self.devices if d.connected.is_set()]
+
+    async def new_message(self) -> None:
+        cmid = uuid.uuid4().hex
+        think = self.rng.choice(["0", "0", "0.05", "0.1", "0.3"])
+        frame = {"type": "send", "conversation_id": f"c{self.rng.randint(0, 2)}", "client_msg_id": cmid,
+                 "text": f"sleep:{think} {self.name} says {self.sent}"}
+        self.sent += 1
+        self.pending[cmid] = (frame, 0.0)
+        await self._try_send(cmid)
+
+    async def _try_send(self, cmid: str) -> None:
+        frame, _ = self.pending[cmid]
+        devices = self.connected_devices()
+        if devices and await self.rng.choice(devices).send(frame):
+            self.pending[cmid] = (frame, asyncio.get_running_loop().time())
+            self.stats.counts["sends"] += 1
+
+    async def resend_due(self) -> None:
+        now = asyncio.get_running_loop().time()
+        for cmid, (_, last) in list(self.pending.items()):
+            if cmid in self.pending and now - last >= RESEND_AFTER:
+                self.stats.counts["resends"] += 1
+                await self._try_send(cmid)
+
+    async def resend_accepted(self) -> None:
+        """A resend of a message that was already accepted (its `accepted` "lost")."""
+        if not self.accepts:
+            return
+        _, cmid, _ = self.rng.choice(self.accepts)
+        devices = self.connected_devices()
+        if devices:
+            text = f"duplicate of {cmid}"
+            await self.rng.choice(devices).send({"type": "send", "conversation_id": "c0", "client_msg_id": cmid,
+                                                 "text": text})
+            self.stats.counts["duplicate_resends"] += 1

@@ -1,0 +1,345 @@
+"""The chaos run: real processes, real Redis, many devices, faults injected
+while the load runs; then an invariant check.
+
+    python -m tests.chaos --duration 120 --users 12 --devices 3 --seed 1
+
+Starts Redis (AOF, appendfsync always) unless REDIS_URL is set (then the Redis
+faults are skipped), 2 gateways, 2 workers, 2 fanouts, and drives the load.
+Faults: kill -9 and SIGTERM of each service kind (each is restarted), client
+drops without a close frame, reconnect storms, resends of accepted messages,
+a Redis restart and a Redis pause (SIGSTOP/SIGCONT). It prints a summary,
+writes it as JSON, and exits 1 on any violation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from switchboard.embedded_redis import EmbeddedRedis, free_port
+from switchboard.shared import keys
+from tests.support.cluster import Cluster, token
+
+from . import checker
+from .client import ChaosUser, Stats
+
+GRAPH = "tests.support.graphs:slow"
+SERVICE_ENV = {
+    "GRAPH": GRAPH,
+    "OUTBOUND_MAXLEN": "1000000",  # the checker needs the whole stream
+    "SHUTDOWN_GRACE": "3",
+    "MAX_ATTEMPTS": "20",
+    "TURN_TIMEOUT": "30",
+    "LOG_LEVEL": "INFO",
+}
+SERVICE_KINDS = ("gateway", "worker", "fanout")
+
+
+class Chaos:
+    def __init__(self, args: argparse.Namespace, workdir: Path):
+        self.args = args
+        self.rng = random.Random(args.seed)
+        self.workdir = workdir
+        self.redis: EmbeddedRedis | None = None
+        self.cluster: Cluster | None = None
+        self.faults: Counter = Counter()
+        self.stats = Stats()
+        self.users: list[ChaosUser] = []
+        self.memory: dict[str, list[tuple[float, int]]] = {}
+        self.serial = 0
+        self.redis_paused = False
+
+    # -- processes -------------------------------------------------------------------
+
+    def start_redis(self) -> str:
+        if os.environ.get("REDIS_URL"):
+            return os.environ["REDIS_URL"]
+        self.redis = EmbeddedRedis(self.workdir / "redis", port=free_port(), appendfsync="always")
+        self.redis.start()
+        return self.redis.url
+
+    def live(self, kind: str) -> list[str]:
+        assert self.cluster is not None
+        return [name for name, s in self.cluster.services.items() if s.kind == kind and s.process.poll() is None]
+
+    def urls(self) -> list[str]:
+        assert self.cluster is not None
+        urls = [self.cluster.services[n].url for n in self.live("gateway")]
+        return urls or ["ws://127.0.0.1:1/ws"]  # none up right now: connecting fails and retries
+
+    async def spawn(self, kind: str) -> None:
+        assert self.cluster is not None
+        self.serial += 1
+        await asyncio.to_thread(self.cluster.start, kind, f"{kind}-{self.serial}", 60.0, True, **SERVICE_ENV)
+
+    # -- faults ----------------------------------------------------------------------
+
+    def _fault_kinds(self) -> list[str]:
+        kinds = [f"{sig}:{service}" for sig in ("kill9", "sigterm") for service in SERVICE_KINDS]
+        kinds += ["drop", "storm", "dup_resend"]
+        if self.redis is not None:
+            kinds += ["redis_restart", "redis_pause"]
+        return kinds
+
+    async def fault(self) -> None:
+        """Every kind of fault once, in a seeded order; then at random."""
+        if not hasattr(self, "_plan"):
+            self._plan = self._fault_kinds()
+            self.rng.shuffle(self._plan)
+        kind = self._plan.pop() if self._plan else self.rng.choice(self._fault_kinds() + ["drop", "dup_resend"])
+        service = None
+        if ":" in kind:
+            kind, service = kind.split(":")
+        if kind in ("kill9", "sigterm"):
+            names = self.live(service)
+            if not names:
+                return
+            name = self.rng.choice(names)
+            sig = signal.SIGKILL if kind == "kill9" else signal.SIGTERM
+            await asyncio.to_thread(self.cluster.kill, name, sig)
+            self.faults[f"{kind}:{service}"] += 1
+            await self.spawn(service)
+        elif kind == "drop":
+            devices = [d for u in self.users for d in u.devices if d.connected.is_set()]
+            for device in self.rng.sample(devices, min(len(devices), self.rng.randint(1, 4))):
+                device.drop()
+            self.faults["client_drop"] += 1
+        elif kind == "storm":
+            for user in self.users:
+                for device in user.devices:
+                    device.drop()
+            self.faults["reconnect_storm"] += 1
+        elif kind == "dup_resend":
+            for user in self.rng.sample(self.users, min(3, len(self.users))):
+                await user.resend_accepted()
+            self.faults["resend_accepted"] += 1
+        elif kind == "redis_restart":
+            assert self.redis is not None
+            await asyncio.to_thread(self.redis.stop)
+            await asyncio.sleep(self.rng.uniform(0.2, 1.0))
+            await asyncio.to_thread(self.redis.start)
+            self.faults["redis_restart"] += 1
+        elif kind == "redis_pause":
+            assert self.redis is not None and self.redis.process is not None
+            self.redis.process.send_signal(signal.SIGSTOP)
+            self.redis_paused = True
+            await asyncio.sleep(self.rng.uniform(0.5, 2.5))
+            self.redis.process.send_signal(signal.SIGCONT)
+            self.redis_paused = False
+            self.faults["redis_pause"] += 1
+
+    # -- load ------------------------------------------------------------------------
+
+    async def load(self, until: float) -> None:
+        loop = asyncio.get_running_loop()
+        interval = 1.0 / self.args.rate
+        while loop.time() < until:
+            user = self.rng.choice(self.users)
+            await user.new_message()
+            await asyncio.sleep(interval * self.rng.uniform(0.5, 1.5))
+
+    async def resender(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            for user in self.users:
+                await user.resend_due()
+            await asyncio.sleep(0.5)
+
+    async def sample_memory(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            for name, service in list(self.cluster.services.items()):
+                if service.process.poll() is None:
+                    rss = _rss(service.process.pid)
+                    if rss:
+                        self.memory.setdefault(name, []).append((time.monotonic(), rss))
+            await asyncio.sleep(1.0)
+
+    # -- the run ---------------------------------------------------------------------
+
+    async def run(self) -> dict:
+        url = self.start_redis()
+        self.cluster = Cluster(url, self.workdir)
+        started = time.monotonic()
+        for kind in SERVICE_KINDS:
+            for _ in range(2):
+                await self.spawn(kind)
+        for i in range(self.args.users):
+            name = f"chaos-{self.args.seed}-{i}"
+            self.users.append(ChaosUser(name, token(name, ttl=86_400), self.args.devices, self.urls,
+                                        random.Random(self.rng.random()), self.stats))
+        devices = [asyncio.create_task(d.run()) for u in self.users for d in u.devices]
+        stop = asyncio.Event()
+        helpers = [asyncio.create_task(self.resender(stop)), asyncio.create_task(self.sample_memory(stop))]
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.args.duration
+        load = asyncio.create_task(self.load(until))
+        await asyncio.sleep(min(3.0, self.args.duration / 10))
+        while loop.time() < until:
+            await self.fault()
+            await asyncio.sleep(self.rng.uniform(0.5, 2) * self.args.fault_interval)
+        await load
+        quiet = await self.quiesce(url)
+        stop.set()
+        for device in (d for u in self.users for d in u.devices):
+            await device.stop()
+        await asyncio.gather(*devices, return_exceptions=True)
+        for task in helpers:
+            task.cancel()
+        report, summary = await self.check(url, quiet)
+        summary["elapsed_s"] = round(time.monotonic() - started, 1)
+        return summary
+
+    async def quiesce(self, url: str) -> bool:
+        """Faults off: every service up, every send accepted and answered, every
+        device caught up to its user's stream."""
+        for kind in SERVICE_KINDS:
+            while len(self.live(kind)) < 2:
+                await self.spawn(kind)
+        client = aioredis.Redis.from_url(url, decode_responses=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.args.settle
+        try:
+            while loop.time() < deadline:
+                if await self._settled(client):
+                    return True
+                await asyncio.sleep(0.5)
+            return False
+        finally:
+            await client.aclose()
+
+    async def _settled(self, client: aioredis.Redis) -> bool:
+        if any(u.pending for u in self.users):
+            return False
+        for user in self.users:
+            stream = await client.xrange(keys.outbound(user.name))
+            replied = {f.get("cmid") for _, f in stream if f.get("kind") in checker.REPLY_KINDS}
+            if not user.accepted <= replied:
+                return False
+            last = stream[-1][0] if stream else None
+            for device in user.devices:
+                if not device.connected.is_set() or (last and (not device.received or device.received[-1] != last)):
+                    return False
+        return True
+
+    async def check(self, url: str, quiet: bool) -> tuple[checker.Report, dict]:
+        report = checker.Report()
+        if not quiet:
+            report.add("not_settled", f"the system did not settle within {self.args.settle} s after the faults")
+        client = aioredis.Redis.from_url(url, decode_responses=True)
+        records = [r for u in self.users for r in u.accepts]
+        accepted, accept_ids = checker.group_accepts(records)
+        checker.check_accept_ids(accept_ids, report)
+        streams = {}
+        for user in self.users:
+            stream = await client.xrange(keys.outbound(user.name))
+            streams[user.name] = stream
+            checker.check_replies(stream, accepted.get(user.name, {}), user.name, report)
+            for device in user.devices:
+                checker.check_device(device.log, stream, report)
+        dead = await client.xlen(keys.dead_letters())
+        await client.aclose()
+        memory = checker.check_memory(self.memory, report, limit_mb=self.args.memory_limit)
+        counts = self.stats.counts
+        summary = {
+            "seed": self.args.seed,
+            "duration_s": self.args.duration,
+            "users": len(self.users),
+            "devices": sum(len(u.devices) for u in self.users),
+            "messages": sum(u.sent for u in self.users),
+            "accepted": len(records and {(u, c) for u, c, _ in records}),
+            "events": sum(len(s) for s in streams.values()),
+            "dead_letters": dead,
+            "faults": dict(sorted(self.faults.items())),
+            "reconnects": {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("resume:")},
+            "client": {k: v for k, v in sorted(counts.items()) if not k.startswith("resume:")},
+            "violations": dict(report.violations),
+            "examples": report.examples,
+            "memory": memory,
+            "ok": report.ok,
+        }
+        return report, summary
+
+    def stop(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
+        if self.redis is not None:
+            if self.redis.process is not None:
+                self.redis.process.send_signal(signal.SIGCONT)
+            self.redis.stop()
+
+
+def _rss(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=120.0, help="seconds of load and faults")
+    parser.add_argument("--users", type=int, default=12)
+    parser.add_argument("--devices", type=int, default=3, help="devices per user")
+    parser.add_argument("--rate", type=float, default=8.0, help="new messages per second, all users together")
+    parser.add_argument("--fault-interval", type=float, default=4.0, help="mean seconds between faults")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--settle", type=float, default=90.0, help="seconds allowed to settle after the faults")
+    parser.add_argument("--memory-limit", type=float, default=600.0, help="MB of RSS any service may reach")
+    parser.add_argument("--out", default="chaos-results", help="directory for the JSON summary and logs")
+    return parser.parse_args(argv)
+
+
+def print_summary(summary: dict) -> None:
+    print(f"chaos seed={summary['seed']} {summary['duration_s']:g} s: {summary['users']} users, "
+          f"{summary['devices']} devices, {summary['messages']} messages, {summary['accepted']} accepted, "
+          f"{summary['events']} events, {summary['dead_letters']} dead letters")
+    print("faults:     " + ", ".join(f"{k}={v}" for k, v in summary["faults"].items()))
+    print("reconnects: " + ", ".join(f"{k}={v}" for k, v in summary["reconnects"].items()))
+    print("client:     " + ", ".join(f"{k}={v}" for k, v in summary["client"].items()))
+    if summary["violations"]:
+        print("VIOLATIONS: " + ", ".join(f"{k}={v}" for k, v in summary["violations"].items()))
+        for example in summary["examples"][:20]:
+            print("  " + example)
+    else:
+        print("violations: none")
+
+
+async def amain(args: argparse.Namespace) -> dict:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"chaos-{args.seed}-", dir=out))
+    chaos = Chaos(args, workdir)
+    try:
+        summary = await chaos.run()
+    finally:
+        await asyncio.to_thread(chaos.stop)
+    summary["logs"] = str(workdir)
+    path = out / f"chaos-seed{args.seed}.json"
+    path.write_text(json.dumps(summary, indent=2))
+    print_summary(summary)
+    print(f"summary: {path}   service logs: {workdir}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    summary = asyncio.run(amain(parse_args(argv)))
+    return 0 if summary["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
