@@ -75,3 +75,18 @@ async def test_offsets_only_move_forward_within_an_epoch(store):
     assert await store.store_offset(u, "phone", "F", "1-0")  # a new life starts over
     _, stored = await store.stream_state(u, "phone", window=1)
     assert stored == ("F", "1-0")
+
+
+async def test_a_client_msg_id_is_remembered_for_dedup_ttl_only(redis_url):
+    import asyncio
+
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    short = GatewayStore(client, StreamSettings(dedup_ttl=1))
+    u = user()
+    first, _ = await short.accept(u, "d", "c", "m1", "hello")
+    assert (await short.accept(u, "d", "c", "m1", "hello"))[0] == first
+    await asyncio.sleep(1.2)
+    later, fresh = await short.accept(u, "d", "c", "m1", "hello")
+    assert fresh and later != first  # past DEDUP_TTL a resend is a new message
+    await client.delete(keys.work(0))
+    await client.aclose()
