@@ -29,6 +29,7 @@ from switchboard.shared import keys, outbound
 from switchboard.shared.protocol import EventKind
 from switchboard.shared.settings import WorkerSettings
 
+from .fencing import fence_config
 from .lease import LeaseLost, Leases
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ class Turns:
             entry = await self._next_entry(user, conversation, done)
             if entry is None:
                 return True
-            kind, text = await self._turn(user, entry)
+            kind, text = await self._turn(user, entry, token)
             status, value = await self._write(user, entry, token, done, kind, text)
             if status == "lease":
                 raise LeaseLost(f"lease of {user}/{conversation} lost before commit")
@@ -162,7 +163,7 @@ class Turns:
                 return None
             cursor = page[-1][0]
 
-    async def _turn(self, user: str, entry: InboundEntry) -> tuple[EventKind, str]:
+    async def _turn(self, user: str, entry: InboundEntry, token: str) -> tuple[EventKind, str]:
         """Run one turn with bounded attempts; after the last failed attempt the
         message is dead-lettered and answered with ``turn_error``."""
         limit = self.settings.max_attempts
@@ -174,7 +175,7 @@ class Turns:
                 await self._dead_letter(user, entry, f"the worker stopped during each of {limit} attempts", limit)
                 return EventKind.TURN_ERROR, "the assistant could not process this message"
             try:
-                return EventKind.ASSISTANT, await self._run(user, entry)
+                return EventKind.ASSISTANT, await self._run(user, entry, token)
             except TurnFailed as failed:
                 log.warning("turn failed user=%s entry=%s attempt %d/%d: %s", user, entry.id, attempt, limit,
                             failed.reason)
@@ -183,10 +184,11 @@ class Turns:
                     return EventKind.TURN_ERROR, failed.public
                 await asyncio.sleep(min(0.25 * 2 ** (attempt - 1), 5.0))
 
-    async def _run(self, user: str, entry: InboundEntry) -> str:
+    async def _run(self, user: str, entry: InboundEntry, token: str) -> str:
         """One attempt: the reply text, or :class:`TurnFailed`. Redis errors
         propagate: they are not the message's fault, the drain is retried."""
-        config = {"configurable": {"thread_id": keys.thread_id(user, entry.conversation)}}
+        config = {"configurable": {"thread_id": keys.thread_id(user, entry.conversation),
+                                   **fence_config(keys.lease(user, entry.conversation), token)}}
         human_id = message_id(entry.id)
         snapshot = await self.graph.aget_state(config)
         reply = reply_after((snapshot.values or {}).get("messages", []), human_id)
@@ -202,7 +204,7 @@ class Turns:
         except TimeoutError:  # first: TimeoutError is an OSError too
             raise TurnFailed(f"no answer within TURN_TIMEOUT={self.settings.turn_timeout:g} s",
                              f"the assistant did not answer within {self.settings.turn_timeout:g} s") from None
-        except (asyncio.CancelledError, RedisError, OSError):
+        except (asyncio.CancelledError, LeaseLost, RedisError, OSError):
             raise
         except Exception as exc:  # noqa: BLE001 - a graph bug must not stop the conversation
             raise TurnFailed(f"{type(exc).__name__}: {exc}"[:500],

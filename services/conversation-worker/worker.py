@@ -24,7 +24,6 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
-from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 from redis.exceptions import RedisError, ResponseError
 
 from switchboard.shared import connection as redisconn
@@ -33,6 +32,7 @@ from switchboard.shared.settings import WorkerSettings
 from switchboard.shared.tasks import finish
 
 from . import loader
+from .fencing import FencedRedisSaver
 from .lease import LeaseLost
 from .turns import Turns
 
@@ -66,7 +66,7 @@ class Worker:
     async def serve(self, *, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
         ttl = {"default_ttl": self.settings.checkpoint_ttl, "refresh_on_read": True} if self.settings.checkpoint_ttl else None
-        saver = AsyncRedisSaver(redis_client=self.raw, ttl=ttl)
+        saver = FencedRedisSaver(redis_client=self.raw, ttl=ttl)
         await saver.asetup()
         graph = loader.load(self.settings.graph, saver)
         self.turns = Turns(self.redis, graph, self.settings)

@@ -218,7 +218,8 @@ async def test_a_worker_paused_past_its_lease_writes_no_second_reply(cluster, tm
     cluster.start("fanout")
     cluster.start("gateway", "gw")
     cluster.start("worker", "sleepy", GRAPH=SLOW, SLOW_GRAPH_MARKS=str(marks))
-    phone = Device(cluster.services["gw"].url, token(_user()), "phone")
+    user = _user()
+    phone = Device(cluster.services["gw"].url, token(user), "phone")
     await phone.connect()
     await phone.send("c", "m1", "sleep:2 slow answer")
     await _wait_path(marks)
@@ -231,7 +232,16 @@ async def test_a_worker_paused_past_its_lease_writes_no_second_reply(cluster, tm
         sleepy.send_signal(signal.SIGCONT)
     await asyncio.sleep(4)  # the paused worker wakes up and finishes its turn
     assert len(phone.replies("m1")) == 1
-    assert "lease" in cluster.services["sleepy"].log_text()
+    assert "leaving the conversation to its new owner" in cluster.services["sleepy"].log_text()
+    # Nor did its checkpoint: the thread's history is a line, not a fork.
+    client = aioredis.Redis.from_url(cluster.redis_url)
+    saver = AsyncRedisSaver(redis_client=client)
+    await saver.asetup()
+    config = {"configurable": {"thread_id": keys.thread_id(user, "c")}}
+    parents = [t.parent_config["configurable"]["checkpoint_id"] if t.parent_config else None
+               async for t in saver.alist(config)]
+    assert parents and len(parents) == len(set(parents)), f"two checkpoints share a parent: {parents}"
+    await client.aclose()
     await phone.close()
 
 
