@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -41,13 +42,27 @@ def _run_service(name: str, main: Callable[[asyncio.Event], Awaitable[None]], en
         loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
         await main(stop)
 
-    asyncio.run(runner())
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(runner())
+    finally:
+        # asyncio.run would wait for leftover tasks without a bound; a service
+        # asked to stop must stop, so they get a few seconds, then the loop closes.
+        leftovers = asyncio.all_tasks(loop)
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            loop.run_until_complete(asyncio.wait(leftovers, timeout=3.0))
+            stuck = [t.get_name() for t in leftovers if not t.done()]
+            if stuck:
+                logging.getLogger("switchboard").error("exiting with %d stuck tasks: %s", len(stuck), stuck[:10])
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
     return 0
 
 
 def _dump_tasks() -> None:
     import io
-    import logging
 
     out = io.StringIO()
     for task in asyncio.all_tasks():

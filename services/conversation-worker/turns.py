@@ -63,6 +63,12 @@ return 1
 """
 
 
+def _retrieve(task: asyncio.Task) -> None:
+    """Mark a task's exception as seen; the caller reports it (or has moved on)."""
+    if not task.cancelled():
+        task.exception()
+
+
 @dataclass(frozen=True)
 class InboundEntry:
     id: str
@@ -124,6 +130,7 @@ class Turns:
         if token is None:
             return False
         work = asyncio.create_task(self._drain_locked(user, conversation, token))
+        work.add_done_callback(_retrieve)
         try:
             while not work.done():
                 await asyncio.wait([work], timeout=self.settings.lease_ttl / 3)

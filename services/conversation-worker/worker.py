@@ -179,7 +179,8 @@ class Worker:
         try:
             while conv.notices:
                 covered = list(conv.notices)
-                refresher = asyncio.create_task(self._keep_fresh(conv))
+                turn_done = asyncio.Event()
+                refresher = asyncio.create_task(self._keep_fresh(conv, turn_done))
                 try:
                     finished = await self.turns.drain(conv.user, conv.conversation)
                 except LeaseLost as exc:
@@ -192,7 +193,10 @@ class Worker:
                     backoff = min(backoff * 2, 5.0)
                     continue
                 finally:
-                    refresher.cancel()
+                    # Stopped by an event, not cancelled: cancelling a task in
+                    # the middle of a Redis call can leave it stuck.
+                    turn_done.set()
+                    await finish([refresher], grace=2.0)
                 if not finished:
                     # Another worker held the lease past our wait. It may have
                     # scanned before our entry arrived, so keep the notices and
@@ -207,11 +211,14 @@ class Worker:
             self.running.pop((conv.user, conv.conversation), None)
             self.slot_freed.set()
 
-    async def _keep_fresh(self, conv: ConversationTask) -> None:
+    async def _keep_fresh(self, conv: ConversationTask, done: asyncio.Event) -> None:
         """Reset the idle time of our pending notices while the turn runs."""
         interval = max(self.settings.claim_idle / 3, 0.2)
-        while True:
-            await asyncio.sleep(interval)
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), interval)
+            if done.is_set():
+                return
             by_stream: dict[str, list[str]] = {}
             for stream, notice_id in conv.notices:
                 by_stream.setdefault(stream, []).append(notice_id)

@@ -105,7 +105,7 @@ class Gateway:
                           self.settings.outbox_size, close=lambda code, why: _close_later(ws, code, why))
         conn.offer(p.Welcome(user_id=user, device_id=hello.device_id, epoch=state.epoch,
                              resume_from=where.resume_from, recovered=where.recovered))
-        log.info("welcome user=%s device=%s conn=%s resume_from=%s recovered=%s (%s)",
+        log.debug("welcome user=%s device=%s conn=%s resume_from=%s recovered=%s (%s)",
                  user, hello.device_id, conn.id, where.resume_from, where.recovered, where.source)
         writer = asyncio.create_task(_drain(ws, conn), name=f"writer-{conn.id}")
         await self.hub.add(conn)

@@ -59,6 +59,7 @@ class Chaos:
         self.memory: dict[str, list[tuple[float, int]]] = {}
         self.serial = 0
         self.redis_paused = False
+        self.slow_stops: list[str] = []
 
     # -- processes -------------------------------------------------------------------
 
@@ -107,7 +108,8 @@ class Chaos:
                 return
             name = self.rng.choice(names)
             sig = signal.SIGKILL if kind == "kill9" else signal.SIGTERM
-            await asyncio.to_thread(self.cluster.kill, name, sig)
+            if not await asyncio.to_thread(self.cluster.kill, name, sig, 30.0):
+                self.slow_stops.append(name)
             self.faults[f"{kind}:{service}"] += 1
             await self.spawn(service)
         elif kind == "drop":
@@ -233,6 +235,8 @@ class Chaos:
 
     async def check(self, url: str, quiet: bool) -> tuple[checker.Report, dict]:
         report = checker.Report()
+        for name in self.slow_stops:
+            report.add("slow_shutdown", f"{name} did not exit within 30 s of SIGTERM")
         if not quiet:
             report.add("not_settled", f"the system did not settle within {self.args.settle} s after the faults")
         client = aioredis.Redis.from_url(url, decode_responses=True)

@@ -1,0 +1,109 @@
+"""`make bench` / `switchboard bench`: run the scenarios, write figures.
+
+    python -m switchboard.bench.run [--quick] [--only NAME ...] [--out DIR]
+
+Results go to DIR/results.json, DIR/*.png, and (unless --quick) BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from switchboard.embedded_redis import EmbeddedRedis, free_port
+
+from . import report
+from .scenarios import SCENARIOS, Bench
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = 0
+    try:
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_mb": mem, "python": platform.python_version(),
+            "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+async def amain(args: argparse.Namespace) -> dict:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-", dir=out))
+    redis = None
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        redis = EmbeddedRedis(workdir / "redis", port=free_port())
+        redis.start()
+        url = redis.url
+    results: dict = {"machine": machine(), "quick": args.quick, "scenarios": {}}
+    try:
+        bench = Bench(url, workdir, args.quick)
+        names = args.only or list(SCENARIOS)
+        if args.peers and "peers" not in names:
+            names.append("peers")
+        for name in names:
+            started = time.monotonic()
+            print(f"== {name}", flush=True)
+            try:
+                if name == "peers":
+                    from .peers_scenario import peers
+
+                    value = await peers(bench)
+                else:
+                    value = await SCENARIOS[name](bench)
+            except Exception as exc:  # noqa: BLE001 - one broken scenario must not hide the others
+                value = {"error": f"{type(exc).__name__}: {exc}", "met": False}
+            value["wall_s"] = round(time.monotonic() - started, 1)
+            results["scenarios"][name] = value
+            print(json.dumps({k: v for k, v in value.items() if k != "series_ms"}, indent=1)[:2000], flush=True)
+    finally:
+        if redis is not None:
+            redis.stop()
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    report.plots(results, out)
+    if not args.quick:
+        Path(args.markdown).write_text(report.markdown(results, out))
+        print(f"wrote {args.markdown}")
+    print(f"results: {out / 'results.json'}")
+    return results
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="switchboard bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny scale: checks the suite works, not the numbers")
+    parser.add_argument("--only", nargs="*", choices=[*SCENARIOS, "peers"], help="run only these scenarios")
+    parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=None,
+                        help="also run the peer servers (default: on unless --quick)")
+    parser.add_argument("--out", default="bench-results")
+    parser.add_argument("--markdown", default="BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    if args.peers is None:
+        args.peers = not args.quick and not args.only
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    results = asyncio.run(amain(parse_args(argv)))
+    return 1 if any("error" in v for v in results["scenarios"].values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
