@@ -52,6 +52,12 @@ class Bench:
         await client.aclose()
 
 
+def _client(url: str) -> aioredis.Redis:
+    """A client that waits for a free connection instead of failing."""
+    return aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=256, timeout=30, socket_timeout=30, decode_responses=True))
+
+
 def _user(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
@@ -285,7 +291,7 @@ async def fanout(bench: Bench) -> dict:
 
         for device in devices:
             device.on_event = count
-        client = aioredis.Redis.from_url(bench.redis_url, decode_responses=True)
+        client = _client(bench.redis_url)
         store = GatewayStore(client, StreamSettings(outbound_maxlen=1_000_000))
         start = time.monotonic()
         await _append_events(store, user, events)
@@ -322,7 +328,7 @@ async def replay(bench: Bench) -> dict:
     storm_devices = bench.scale(200, 5_000)
     await bench.flush()
     cluster = bench.cluster(("fanout", "f"), ("gateway", "gw"), OUTBOUND_MAXLEN="1000000")
-    client = aioredis.Redis.from_url(bench.redis_url, decode_responses=True)
+    client = _client(bench.redis_url)
     store = GatewayStore(client, StreamSettings(outbound_maxlen=1_000_000))
     try:
         url = cluster.services["gw"].url

@@ -28,16 +28,30 @@ from .servers import PEERS, available_peers, get_peer, unavailable_peers
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.peers", description=__doc__.split("\n")[0])
-    parser.add_argument("--peers", default="", help=f"comma-separated subset of {','.join(PEERS)} (default: all available)")
-    parser.add_argument("--threads", type=int, default=20, help="concurrent threads for run_turns (default 20)")
-    parser.add_argument("--turns", type=int, default=20, help="sequential turns per thread for run_turns (default 20)")
-    parser.add_argument("--sequential", type=int, default=50, help="turns for sequential_latency (default 50)")
     parser.add_argument(
-        "--think-ms", type=float, default=float(os.environ.get("PEER_THINK_MS") or 0),
+        "--peers", default="", help=f"comma-separated subset of {','.join(PEERS)} (default: all available)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=20, help="concurrent threads for run_turns (default 20)"
+    )
+    parser.add_argument(
+        "--turns", type=int, default=20, help="sequential turns per thread for run_turns (default 20)"
+    )
+    parser.add_argument(
+        "--sequential", type=int, default=50, help="turns for sequential_latency (default 50)"
+    )
+    parser.add_argument(
+        "--think-ms",
+        type=float,
+        default=float(os.environ.get("PEER_THINK_MS") or 0),
         help="graph think time per turn in ms (default: $PEER_THINK_MS or 0)",
     )
-    parser.add_argument("--n-jobs", type=int, default=10, help="N_JOBS_PER_WORKER for langgraph-api peers (default 10)")
-    parser.add_argument("--mode", choices=("auto", *MODES), default="auto", help="turn endpoint (auto: each peer's own)")
+    parser.add_argument(
+        "--n-jobs", type=int, default=10, help="N_JOBS_PER_WORKER for langgraph-api peers (default 10)"
+    )
+    parser.add_argument(
+        "--mode", choices=("auto", *MODES), default="auto", help="turn endpoint (auto: each peer's own)"
+    )
     parser.add_argument("--out", type=Path, help="also write the figures as JSON to this file")
     parser.add_argument("--keep-logs", action="store_true", help="keep each peer's logs/ after stopping it")
     parser.add_argument("-v", "--verbose", action="store_true", help="log starts, stops and installs")
@@ -56,7 +70,9 @@ async def _smoke(name: str, args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     installed = await peer.install()
     result["install_s"] = time.perf_counter() - t0
-    print(f"  install   {result['install_s']:.1f}s ({'installed now' if installed else 'cached'})", flush=True)
+    print(
+        f"  install   {result['install_s']:.1f}s ({'installed now' if installed else 'cached'})", flush=True
+    )
     try:
         t0 = time.perf_counter()
         await peer.start()
@@ -66,7 +82,8 @@ async def _smoke(name: str, args: argparse.Namespace) -> dict:
         figures = await run_turns(peer.url, args.threads, args.turns, mode=mode)
         result["throughput"] = figures
         print(
-            f"  throughput {args.threads} threads x {args.turns} turns: {figures['ok']} ok, {figures['errors']} errors "
+            f"  throughput {args.threads} threads x {args.turns} turns: "
+            f"{figures['ok']} ok, {figures['errors']} errors "
             f"in {figures['elapsed_s']:.1f}s = {figures['turns_per_s']:.1f} turns/s  "
             f"(p50 {_ms(figures['p50_s'])}, p99 {_ms(figures['p99_s'])})",
             flush=True,
@@ -76,7 +93,9 @@ async def _smoke(name: str, args: argparse.Namespace) -> dict:
 
         latencies = await sequential_latency(peer.url, args.sequential, mode=mode)
         result["sequential"] = {
-            "turns": len(latencies), "p50_s": percentile(latencies, 50), "p99_s": percentile(latencies, 99),
+            "turns": len(latencies),
+            "p50_s": percentile(latencies, 50),
+            "p99_s": percentile(latencies, 99),
             "latencies_s": latencies,
         }
         print(
@@ -94,7 +113,10 @@ async def _smoke(name: str, args: argparse.Namespace) -> dict:
         result["stop_s"] = time.perf_counter() - t0
         leftovers = peer.leftovers()
         result["leftovers"] = leftovers
-        print(f"  stop      {result['stop_s']:.1f}s; left running: {', '.join(leftovers) if leftovers else 'nothing'}", flush=True)
+        print(
+            f"  stop      {result['stop_s']:.1f}s; left running: {', '.join(leftovers) if leftovers else 'nothing'}",
+            flush=True,
+        )
     result["ok"] = result["ok"] and not leftovers
     return result
 
@@ -120,19 +142,24 @@ async def _main(args: argparse.Namespace) -> int:
         figures = (
             f"{t['turns_per_s']:7.1f} turns/s  p50 {_ms(t['p50_s'])}  p99 {_ms(t['p99_s'])} | "
             f"sequential p50 {_ms(s['p50_s'])}  p99 {_ms(s['p99_s'])}"
-            if t and s else r.get("error", "")
+            if t and s
+            else r.get("error", "")
         )
         print(f"  {'ok  ' if r['ok'] else 'FAIL'} {r['peer']:<14} {figures}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2))
+        args.out.write_text(
+            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2)
+        )
         print(f"figures written to {args.out}")
     return 0 if results and all(r["ok"] for r in results) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
+    )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the figures
     return asyncio.run(_main(args))
 

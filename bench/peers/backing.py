@@ -74,7 +74,17 @@ class TempPostgres:
         await run_to_completion(
             ChildProcess(
                 "initdb",
-                [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ],
                 log_path=self.log_dir / "initdb.log",
                 user=user,
                 env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
@@ -85,8 +95,17 @@ class TempPostgres:
         self.process = ChildProcess(
             "postgres",
             [
-                str(bindir / "postgres"), "-D", str(data), "-p", str(self.port),
-                "-k", str(self.workdir), "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=300",
+                str(bindir / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(self.port),
+                "-k",
+                str(self.workdir),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "max_connections=300",
             ],
             log_path=self.log_dir / "postgres.log",
             user=user,
@@ -104,13 +123,21 @@ class TempPostgres:
             if (err := self.process.died()) is not None:
                 raise err
             probe = await asyncio.create_subprocess_exec(
-                str(bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port),
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                str(bindir / "pg_isready"),
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
             )
             if await probe.wait() == 0:
                 return
             if loop.time() > deadline:
-                raise PeerStartError(f"postgres not ready after {_START_TIMEOUT_S:.0f}s:\n{self.process.log_tail()}")
+                raise PeerStartError(
+                    f"postgres not ready after {_START_TIMEOUT_S:.0f}s:\n{self.process.log_tail()}"
+                )
             await asyncio.sleep(0.2)
 
     async def stop(self) -> None:
@@ -137,8 +164,19 @@ class TempRedis:
         self.process = ChildProcess(
             "redis",
             [
-                binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(self.workdir), "--daemonize", "no",
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--daemonize",
+                "no",
             ],
             log_path=self.log_dir / "redis.log",
             env={"PATH": "/usr/bin:/bin"},
@@ -154,19 +192,28 @@ class TempRedis:
         while True:
             if (err := self.process.died()) is not None:
                 raise err
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.write(b"PING\r\n")
-                await writer.drain()
-                reply = await asyncio.wait_for(reader.readline(), 2.0)
-                writer.close()
-                if reply.startswith(b"+PONG"):
-                    return
-            except (OSError, TimeoutError):
-                pass
+            if await self._pong():
+                return
             if loop.time() > deadline:
-                raise PeerStartError(f"redis not ready after {_START_TIMEOUT_S:.0f}s:\n{self.process.log_tail()}")
+                raise PeerStartError(
+                    f"redis not ready after {_START_TIMEOUT_S:.0f}s:\n{self.process.log_tail()}"
+                )
             await asyncio.sleep(0.1)
+
+    async def _pong(self) -> bool:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            return False
+        try:
+            writer.write(b"PING\r\n")
+            await writer.drain()
+            # "-LOADING ..." while it loads a dataset: not ready yet.
+            return (await asyncio.wait_for(reader.readline(), 2.0)).startswith(b"+PONG")
+        except (OSError, TimeoutError):
+            return False
+        finally:
+            writer.close()
 
     async def stop(self) -> None:
         if self.process is not None:

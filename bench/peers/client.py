@@ -72,7 +72,9 @@ async def _turn_stream(client: httpx.AsyncClient, thread_id: str, payload: dict)
     """Read the SSE stream to its end; the last ``values`` event is the final state."""
     last: Any = None
     event, data = "", []
-    async with client.stream("POST", f"/threads/{thread_id}/runs/stream", json={**payload, "stream_mode": "values"}) as response:
+    async with client.stream(
+        "POST", f"/threads/{thread_id}/runs/stream", json={**payload, "stream_mode": "values"}
+    ) as response:
         if response.status_code != 200:
             await response.aread()
             raise TurnError(f"HTTP {response.status_code}: {response.text[:200]}")
@@ -126,7 +128,9 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
 
 
-async def run_turns(url: str, threads: int, turns: int, *, mode: str = "wait", timeout: float = 120.0) -> dict:
+async def run_turns(
+    url: str, threads: int, turns: int, *, mode: str = "wait", timeout: float = 120.0
+) -> dict:
     """Throughput: ``threads`` conversations at once, each ``turns`` turns in sequence.
 
     Threads are created before the clock starts. A failed turn is counted in ``errors``
@@ -166,7 +170,9 @@ async def run_turns(url: str, threads: int, turns: int, *, mode: str = "wait", t
     }
 
 
-async def sequential_latency(url: str, turns: int, *, mode: str = "wait", timeout: float = 120.0) -> list[float]:
+async def sequential_latency(
+    url: str, turns: int, *, mode: str = "wait", timeout: float = 120.0
+) -> list[float]:
     """Seconds per turn for ``turns`` turns, one at a time, on one new thread; any failure raises TurnError."""
     _check_mode(mode)
     async with _client(url, 2, timeout) as client:

@@ -59,12 +59,12 @@ def process_input(state: ChatState) -> dict:
 
 def generate_response(state: ChatState) -> dict:
     turn = state["turn"]
-    parts = [f"Turn {turn}. You said: \"{state['last_user_text']}\"."]
+    parts = [f'Turn {turn}. You said: "{state["last_user_text"]}".']
     topic = _topic(state.get("keywords") or {}) if turn > 1 else ""
     if topic:
         parts.append(f"We have been talking about {topic}.")
     if state.get("previous_user_text"):
-        parts.append(f"Before that you said: \"{state['previous_user_text']}\".")
+        parts.append(f'Before that you said: "{state["previous_user_text"]}".')
     else:
         parts.append("This is the start of our conversation.")
     return {"messages": [AIMessage(content=" ".join(parts))]}

@@ -141,7 +141,9 @@ class ChildProcess:
         if self._proc.returncode is None or self.group_alive():
             self._signal_group(sig)
             if not await self._group_gone(timeout):
-                logger.warning("%s did not stop within %.0fs of %s; killing its group", self.name, timeout, sig.name)
+                logger.warning(
+                    "%s did not stop within %.0fs of %s; killing its group", self.name, timeout, sig.name
+                )
                 self._signal_group(signal.SIGKILL)
                 await self._group_gone(10.0)
         if self._proc.returncode is None:
@@ -170,7 +172,9 @@ async def run_to_completion(child: ChildProcess, timeout: float) -> None:
         rc = await child.wait(timeout)
     except TimeoutError:
         await child.stop(signal.SIGKILL, timeout=5.0)
-        raise PeerStartError(f"{child.name} timed out after {timeout:.0f}s; log:\n{child.log_tail()}") from None
+        raise PeerStartError(
+            f"{child.name} timed out after {timeout:.0f}s; log:\n{child.log_tail()}"
+        ) from None
     if rc != 0:
         raise PeerStartError(f"{child.name} exited with code {rc}; log:\n{child.log_tail()}")
 

@@ -23,7 +23,15 @@ import httpx
 from .backing import TempPostgres, TempRedis, backing_unavailable
 from .client import sequential_latency
 from .errors import PeerError, PeerStartError, PeerUnavailable
-from .procs import ChildProcess, child_env, free_port, port_open, processes_mentioning, run_to_completion, wait_http_ok
+from .procs import (
+    ChildProcess,
+    child_env,
+    free_port,
+    port_open,
+    processes_mentioning,
+    run_to_completion,
+    wait_http_ok,
+)
 from .venvs import DEFAULT_VENV_ROOT, PeerVenv, VenvSpec, find_python
 
 logger = logging.getLogger(__name__)
@@ -173,7 +181,9 @@ class Peer:
         return [b.process for b in (self._postgres, self._redis) if b is not None and b.process is not None]
 
     def _env(self, extra: dict[str, str]) -> dict[str, str]:
-        return child_env({**_OFFLINE, "PEER_THINK_MS": f"{self.think_ms:g}", **extra}, venv_bin=self.venv.path / "bin")
+        return child_env(
+            {**_OFFLINE, "PEER_THINK_MS": f"{self.think_ms:g}", **extra}, venv_bin=self.venv.path / "bin"
+        )
 
     async def _spawn(self, name: str, argv: list[str], cwd: Path, env: dict[str, str]) -> ChildProcess:
         proc = ChildProcess(name, argv, log_path=self.log_dir / f"{name}.log", cwd=cwd, env=env)
@@ -187,7 +197,8 @@ class Peer:
             await sequential_latency(self.url, 1, mode=self.turn_mode, timeout=60.0)
         except (PeerError, httpx.HTTPError) as exc:
             raise PeerStartError(
-                f"{self.name} is up but a first turn failed: {exc}\nlast lines of {server.log_path}:\n{server.log_tail()}"
+                f"{self.name} is up but a first turn failed: {exc}\n"
+                f"last lines of {server.log_path}:\n{server.log_tail()}"
             ) from exc
 
 
@@ -209,9 +220,18 @@ class LanggraphDev(Peer):
 
     async def _start_server(self, app: Path, database_uri: str, redis_uri: str) -> ChildProcess:
         argv = [
-            str(self.venv.bin("langgraph")), "dev",
-            "--host", "127.0.0.1", "--port", str(self.port), "--config", "langgraph.json",
-            "--no-browser", "--no-reload", "--n-jobs-per-worker", str(self.n_jobs_per_worker),
+            str(self.venv.bin("langgraph")),
+            "dev",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--config",
+            "langgraph.json",
+            "--no-browser",
+            "--no-reload",
+            "--n-jobs-per-worker",
+            str(self.n_jobs_per_worker),
         ]
         return await self._spawn("langgraph-dev", argv, app, self._env({}))
 
@@ -234,10 +254,20 @@ class Langhost(Peer):
 
     async def _start_server(self, app: Path, database_uri: str, redis_uri: str) -> ChildProcess:
         argv = [
-            str(self.venv.bin("langhost")), "serve",
-            "--host", "127.0.0.1", "--port", str(self.port), "-c", "langgraph.json",
-            "--database-uri", database_uri, "--redis-uri", redis_uri,
-            "--n-jobs-per-worker", str(self.n_jobs_per_worker),
+            str(self.venv.bin("langhost")),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "-c",
+            "langgraph.json",
+            "--database-uri",
+            database_uri,
+            "--redis-uri",
+            redis_uri,
+            "--n-jobs-per-worker",
+            str(self.n_jobs_per_worker),
         ]
         return await self._spawn("langhost", argv, app, self._env({}))
 
@@ -262,11 +292,13 @@ class Langrove(Peer):
     )
 
     async def _start_server(self, app: Path, database_uri: str, redis_uri: str) -> ChildProcess:
-        env = self._env({
-            "LANGROVE_DATABASE_URL": database_uri,
-            "LANGROVE_REDIS_URL": redis_uri,
-            "LANGROVE_CONFIG_PATH": str(app / "langgraph.json"),
-        })
+        env = self._env(
+            {
+                "LANGROVE_DATABASE_URL": database_uri,
+                "LANGROVE_REDIS_URL": redis_uri,
+                "LANGROVE_CONFIG_PATH": str(app / "langgraph.json"),
+            }
+        )
         migrate = ChildProcess(
             "langrove-migrate",
             [str(self.venv.bin("langrove")), "migrate", "--config", "langgraph.json"],
@@ -277,8 +309,14 @@ class Langrove(Peer):
         self.processes.append(migrate)
         await run_to_completion(migrate, timeout=120.0)
         argv = [
-            str(self.venv.bin("langrove")), "serve",
-            "--host", "127.0.0.1", "--port", str(self.port), "--config", "langgraph.json",
+            str(self.venv.bin("langrove")),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--config",
+            "langgraph.json",
         ]
         return await self._spawn("langrove", argv, app, env)
 

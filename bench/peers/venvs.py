@@ -83,6 +83,13 @@ def find_python(minimum: tuple[int, int]) -> Interpreter | None:
     return next((i for i in interpreters() if i.version >= minimum), None)
 
 
+def _ignore_in_git(root: Path) -> None:
+    """Keep the venvs (hundreds of MB) out of git even before .gitignore names them."""
+    marker = root / ".gitignore"
+    if not marker.exists():
+        marker.write_text("# peer virtualenvs: a cache made by bench/peers, never committed\n*\n")
+
+
 @dataclass(frozen=True)
 class VenvSpec:
     """What one peer's virtualenv must contain."""
@@ -130,18 +137,30 @@ class PeerVenv:
         if self.path.exists() and not self.python.exists():
             shutil.rmtree(self.path)  # a broken venv: start over
         self.path.mkdir(parents=True, exist_ok=True)
+        _ignore_in_git(self.path.parent)
         (self.path / _STAMP).unlink(missing_ok=True)
-        logger.info("installing %s into %s with %s (log: %s)", self.spec.name, self.path, interpreter, self.log_path)
+        logger.info(
+            "installing %s into %s with %s (log: %s)", self.spec.name, self.path, interpreter, self.log_path
+        )
         if not self.python.exists():
             await self._run([interpreter.path, "-m", "venv", str(self.path)], self.log_path)
         await self._run(
-            [str(self.python), "-m", "pip", "install", "--disable-pip-version-check", *self.spec.requirements],
+            [
+                str(self.python),
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                *self.spec.requirements,
+            ],
             self.log_path,
         )
         ok, output = await self._imports_ok()
         if not ok:
             tail = "\n".join(output.splitlines()[-15:])
-            raise PeerInstallError(f"{self.spec.name}: installed, but {self.spec.imports} do not import:\n{tail}")
+            raise PeerInstallError(
+                f"{self.spec.name}: installed, but {self.spec.imports} do not import:\n{tail}"
+            )
         (self.path / _STAMP).write_text(self._stamp_text())
         logger.info("installed %s in %.1fs", self.spec.name, time.perf_counter() - started)
         return True
@@ -160,12 +179,16 @@ class PeerVenv:
         with open(log_path, "ab") as log:
             log.write(f"$ {' '.join(argv)}\n".encode())
             log.flush()
-            proc = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
             try:
                 rc = await asyncio.wait_for(proc.wait(), _INSTALL_TIMEOUT_S)
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
-                raise PeerInstallError(f"{self.spec.name}: {argv[2]} timed out after {_INSTALL_TIMEOUT_S:.0f}s (see {log_path})") from None
+                raise PeerInstallError(
+                    f"{self.spec.name}: {argv[2]} timed out after {_INSTALL_TIMEOUT_S:.0f}s (see {log_path})"
+                ) from None
         if rc != 0:
             raise PeerInstallError(f"{self.spec.name}: {' '.join(argv[:4])} ... exited {rc} (see {log_path})")

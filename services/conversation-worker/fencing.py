@@ -19,6 +19,8 @@ from typing import Any
 
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 
+from switchboard.shared.checkpoints import use_caching_serializer
+
 from .lease import LeaseLost
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,10 @@ def fence_config(lease_key: str, token: str) -> dict[str, Any]:
 
 
 class FencedRedisSaver(AsyncRedisSaver):
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        use_caching_serializer(self)
+
     async def _check_fence(self, config: dict[str, Any]) -> None:
         fence = config.get("configurable", {}).get(FENCE)
         if not fence:

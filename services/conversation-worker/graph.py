@@ -3,6 +3,8 @@
 It follows the original design's three nodes -- process input, generate
 response, update context -- and its replies show that it remembers the
 conversation: the turn number, the topic so far, and what was said before.
+The nodes are coroutines: LangGraph runs plain functions in a thread pool,
+a hop this CPU-light graph does not need.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def _words(text: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(text) if w.lower() not in _STOP]
 
 
-def process_input(state: ChatState) -> dict:
+async def process_input(state: ChatState) -> dict:
     """Count the turn and fold the new message's words into the context."""
     human = [m for m in state["messages"] if isinstance(m, HumanMessage)]
     text = human[-1].content if human else ""
@@ -48,7 +50,7 @@ def process_input(state: ChatState) -> dict:
     }
 
 
-def generate_response(state: ChatState) -> dict:
+async def generate_response(state: ChatState) -> dict:
     turn = state["turn"]
     parts = [f"Turn {turn}. You said: \"{state['last_user_text']}\"."]
     topic = _topic(state.get("keywords") or {}) if turn > 1 else ""
@@ -68,7 +70,7 @@ def _topic(counts: dict[str, int]) -> str:
     return max(counts.items(), key=lambda kv: kv[1])[0]
 
 
-def update_context(state: ChatState) -> dict:
+async def update_context(state: ChatState) -> dict:
     """Remember the topic for the next turn (and for anyone reading the state)."""
     return {"topic": _topic(state.get("keywords") or {})}
 

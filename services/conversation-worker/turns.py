@@ -182,7 +182,7 @@ class Turns:
                 await self._dead_letter(user, entry, f"the worker stopped during each of {limit} attempts", limit)
                 return EventKind.TURN_ERROR, "the assistant could not process this message"
             try:
-                return EventKind.ASSISTANT, await self._run(user, entry, token)
+                return EventKind.ASSISTANT, await self._run(user, entry, token, first=attempt == 1)
             except TurnFailed as failed:
                 log.warning("turn failed user=%s entry=%s attempt %d/%d: %s", user, entry.id, attempt, limit,
                             failed.reason)
@@ -191,17 +191,22 @@ class Turns:
                     return EventKind.TURN_ERROR, failed.public
                 await asyncio.sleep(min(0.25 * 2 ** (attempt - 1), 5.0))
 
-    async def _run(self, user: str, entry: InboundEntry, token: str) -> str:
+    async def _run(self, user: str, entry: InboundEntry, token: str, *, first: bool) -> str:
         """One attempt: the reply text, or :class:`TurnFailed`. Redis errors
-        propagate: they are not the message's fault, the drain is retried."""
+        propagate: they are not the message's fault, the drain is retried.
+
+        Only a repeated attempt can find the turn already checkpointed (by a
+        worker that died before committing), so only then is the state read
+        first -- the first attempt saves that round trip and its decoding."""
         config = {"configurable": {"thread_id": keys.thread_id(user, entry.conversation),
                                    **fence_config(keys.lease(user, entry.conversation), token)}}
         human_id = message_id(entry.id)
-        snapshot = await self.graph.aget_state(config)
-        reply = reply_after((snapshot.values or {}).get("messages", []), human_id)
-        if reply is not None:
-            log.info("reusing checkpointed reply user=%s entry=%s", user, entry.id)
-            return reply
+        if not first:
+            snapshot = await self.graph.aget_state(config)
+            reply = reply_after((snapshot.values or {}).get("messages", []), human_id)
+            if reply is not None:
+                log.info("reusing checkpointed reply user=%s entry=%s", user, entry.id)
+                return reply
         try:
             result = await asyncio.wait_for(
                 self.graph.ainvoke({"messages": [HumanMessage(content=entry.text, id=human_id)]}, config,

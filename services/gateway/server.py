@@ -21,6 +21,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from switchboard.shared import connection as redisconn
+from switchboard.shared.checkpoints import use_caching_serializer
 from switchboard.shared import protocol as p
 from switchboard.shared import streamids
 from switchboard.shared.settings import GatewaySettings
@@ -41,7 +42,7 @@ class Gateway:
         self.raw_redis = redisconn.make_client(settings.redis, decode=False)
         self.store = GatewayStore(self.redis, settings.streams)
         self.hub = DeliveryHub(self.raw_redis, settings.server_id)
-        self.saver = AsyncRedisSaver(redis_client=self.raw_redis)
+        self.saver = use_caching_serializer(AsyncRedisSaver(redis_client=self.raw_redis))
         self.history = HistoryReader(self.saver)
 
     async def serve(self, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:

@@ -70,8 +70,10 @@ async def test_turn_checkpointed_but_not_committed_is_not_run_again(cluster, tmp
     await phone.send("c", "m1", "remember me")
     accepted = await phone.wait_frame("accepted", client_msg_id="m1")
 
-    # Play the dead worker: run the turn with the same message id and saver.
+    # Play the dead worker: count the attempt as a worker does before running,
+    # then run the turn with the same message id and saver.
     client = aioredis.Redis.from_url(cluster.redis_url)
+    await client.hset(keys.conversation(user, "c"), mapping={"attempt_of": accepted["id"], "attempts": 1})
     saver = AsyncRedisSaver(redis_client=client)
     await saver.asetup()
     graph = graphs.slow.compile(checkpointer=saver)

@@ -1,0 +1,47 @@
+"""The LangGraph checkpointer as Switchboard uses it.
+
+langgraph-checkpoint-redis revives every stored message by importing the
+module its LangChain id names (``langchain.schema.messages`` for a
+``HumanMessage``). That legacy module does not exist without the ``langchain``
+package, so each revival fails an import -- a search of ``sys.path`` on disk
+-- before falling back: most of a turn's CPU time, measured with py-spy on the
+worker. :class:`CachingSerializer` remembers each id's outcome, success or
+failure, so the search happens once per process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.checkpoint.redis.aio import AsyncRedisSaver
+from langgraph.checkpoint.redis.jsonplus_redis import JsonPlusRedisSerializer
+
+_MISSING = object()
+
+
+class CachingSerializer(JsonPlusRedisSerializer):
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._classes: dict[tuple[str, ...], Any] = {}
+
+    def _constructor_class(self, obj: dict[str, Any]) -> type[Any]:
+        id_parts = obj.get("id")
+        if not isinstance(id_parts, list) or not all(isinstance(p, str) for p in id_parts):
+            return super()._constructor_class(obj)
+        key = tuple(id_parts)
+        found = self._classes.get(key, _MISSING)
+        if found is _MISSING:
+            try:
+                found = super()._constructor_class(obj)
+            except ValueError as exc:
+                found = exc
+            if len(self._classes) < 10_000:  # bounded: ids are class names, a small set
+                self._classes[key] = found
+        if isinstance(found, ValueError):
+            raise found
+        return found
+
+
+def use_caching_serializer(saver: AsyncRedisSaver) -> AsyncRedisSaver:
+    saver.serde = CachingSerializer()
+    return saver
