@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install clean redis chaos
+.PHONY: run test install clean redis chaos bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ SEED     ?= 1
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos --duration $(DURATION) --users $(USERS) --devices $(DEVICES) \
 		--rate $(RATE) --seed $(SEED) --out chaos-results
+
+## The benchmark suite: writes bench-results/ (JSON, PNG) and BENCHMARKS.md.
+bench: $(STAMP)
+	$(BIN)/switchboard bench
 
 redis: $(STAMP)
 	$(BIN)/switchboard redis

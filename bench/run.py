@@ -47,7 +47,7 @@ async def amain(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-", dir=out))
     redis = None
-    url = os.environ.get("REDIS_URL")
+    url = args.redis_url  # never REDIS_URL from the environment: the suite empties the Redis it uses
     if not url:
         redis = EmbeddedRedis(workdir / "redis", port=free_port())
         redis.start()
@@ -93,6 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=None,
                         help="also run the peer servers (default: on unless --quick)")
     parser.add_argument("--out", default="bench-results")
+    parser.add_argument("--redis-url", help="use this Redis (it is FLUSHALLed!) instead of an embedded one")
     parser.add_argument("--markdown", default="BENCHMARKS.md")
     args = parser.parse_args(argv)
     if args.peers is None:
