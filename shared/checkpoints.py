@@ -19,6 +19,13 @@ from langgraph.checkpoint.redis.jsonplus_redis import JsonPlusRedisSerializer
 _MISSING = object()
 
 
+class _Failure:
+    __slots__ = ("message",)
+
+    def __init__(self, message: str):
+        self.message = message
+
+
 class CachingSerializer(JsonPlusRedisSerializer):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -34,11 +41,13 @@ class CachingSerializer(JsonPlusRedisSerializer):
             try:
                 found = super()._constructor_class(obj)
             except ValueError as exc:
-                found = exc
+                # Keep the message, not the exception: re-raising one exception
+                # object grows its traceback (and what its frames hold) forever.
+                found = _Failure(str(exc))
             if len(self._classes) < 10_000:  # bounded: ids are class names, a small set
                 self._classes[key] = found
-        if isinstance(found, ValueError):
-            raise found
+        if isinstance(found, _Failure):
+            raise ValueError(found.message)
         return found
 
 
