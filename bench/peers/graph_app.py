@@ -9,7 +9,8 @@ server adds its own (in memory, PostgreSQL, ...).
 Think time: a peer server loads this module itself, so the environment is the only
 way to configure it. ``PEER_THINK_MS`` (default 0) makes ``generate_response``
 await ``asyncio.sleep`` for that many milliseconds, standing in for a model call.
-At 0 the node is the plain synchronous function, exactly as in the project's graph.
+At 0 the node is exactly the project's. Like the project's graph, every node is a
+coroutine (LangGraph would run plain functions in a thread pool).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _words(text: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(text) if w.lower() not in _STOP]
 
 
-def process_input(state: ChatState) -> dict:
+async def process_input(state: ChatState) -> dict:
     """Count the turn and fold the new message's words into the context."""
     human = [m for m in state["messages"] if isinstance(m, HumanMessage)]
     text = human[-1].content if human else ""
@@ -57,7 +58,7 @@ def process_input(state: ChatState) -> dict:
     }
 
 
-def generate_response(state: ChatState) -> dict:
+async def generate_response(state: ChatState) -> dict:
     turn = state["turn"]
     parts = [f'Turn {turn}. You said: "{state["last_user_text"]}".']
     topic = _topic(state.get("keywords") or {}) if turn > 1 else ""
@@ -77,7 +78,7 @@ def _topic(counts: dict[str, int]) -> str:
     return max(counts.items(), key=lambda kv: kv[1])[0]
 
 
-def update_context(state: ChatState) -> dict:
+async def update_context(state: ChatState) -> dict:
     """Remember the topic for the next turn (and for anyone reading the state)."""
     return {"topic": _topic(state.get("keywords") or {})}
 
@@ -87,7 +88,7 @@ def _thinking(think_seconds: float):
 
     async def generate_response_after_thinking(state: ChatState) -> dict:
         await asyncio.sleep(think_seconds)
-        return generate_response(state)
+        return await generate_response(state)
 
     return generate_response_after_thinking
 
