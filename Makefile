@@ -32,7 +32,7 @@ chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos --duration $(DURATION) --users $(USERS) --devices $(DEVICES) \
 		--rate $(RATE) --seed $(SEED) --out chaos-results
 
-## The benchmark suite: writes bench-results/ (JSON, PNG) and BENCHMARKS.md.
+## The benchmark suite: writes docs/bench/ (JSON, PNG) and BENCHMARKS.md.
 bench: $(STAMP)
 	$(BIN)/switchboard bench
 

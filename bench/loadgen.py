@@ -42,7 +42,8 @@ class LoadDevice:
         self._reader: asyncio.Task | None = None
 
     async def connect(self, *, last_id: str | None = None, epoch: str | None = None) -> _Frame:
-        self.ws = await connect(self.url, max_size=None, compression=None, ping_interval=None)
+        # A generous handshake timeout: a reconnect storm queues thousands of handshakes.
+        self.ws = await connect(self.url, max_size=None, compression=None, ping_interval=None, open_timeout=120)
         await self.ws.send(json.dumps({"type": "hello", "token": self.token, "device_id": self.device_id,
                                        "last_id": last_id, "epoch": epoch}))
         self.welcome = _decode(await self.ws.recv())

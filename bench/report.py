@@ -130,6 +130,8 @@ def markdown(results: dict, out: Path) -> str:
         if "error" in value:
             row(name, "error", value["error"], "", False)
     images = "\n".join(f"![{p.stem}]({p.as_posix()})" for p in sorted(out.glob("*.png")))
+    notes_file = Path(__file__).with_name("NOTES.md")
+    notes = notes_file.read_text() if notes_file.exists() else ""
     return f"""# Benchmarks
 
 Measured by `make bench` (the programs in `bench/`); raw figures in
@@ -143,5 +145,6 @@ Run: {m['date']}. Redis: the embedded Redis 8.2 (AOF, appendfsync everysec) on t
 |---|---|---|---|---|
 {chr(10).join(rows)}
 
+{notes}
 {images}
 """

@@ -45,7 +45,13 @@ def machine() -> dict:
 async def amain(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-", dir=out))
+    if args.report_only:
+        results = json.loads((out / "results.json").read_text())
+        report.plots(results, out)
+        Path(args.markdown).write_text(report.markdown(results, out))
+        print(f"wrote {args.markdown} from {out / 'results.json'}")
+        return results
+    workdir = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))  # Redis data and service logs
     redis = None
     url = args.redis_url  # never REDIS_URL from the environment: the suite empties the Redis it uses
     if not url:
@@ -53,6 +59,10 @@ async def amain(args: argparse.Namespace) -> dict:
         redis.start()
         url = redis.url
     results: dict = {"machine": machine(), "quick": args.quick, "scenarios": {}}
+    previous = out / "results.json"
+    if args.only and previous.exists():
+        # Re-running some scenarios keeps the others' figures (each says when it ran).
+        results["scenarios"] = json.loads(previous.read_text()).get("scenarios", {})
     try:
         bench = Bench(url, workdir, args.quick)
         names = args.only or list(SCENARIOS)
@@ -71,6 +81,7 @@ async def amain(args: argparse.Namespace) -> dict:
             except Exception as exc:  # noqa: BLE001 - one broken scenario must not hide the others
                 value = {"error": f"{type(exc).__name__}: {exc}", "met": False}
             value["wall_s"] = round(time.monotonic() - started, 1)
+            value["ran_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
             results["scenarios"][name] = value
             print(json.dumps({k: v for k, v in value.items() if k != "series_ms"}, indent=1)[:2000], flush=True)
     finally:
@@ -78,7 +89,7 @@ async def amain(args: argparse.Namespace) -> dict:
             redis.stop()
     (out / "results.json").write_text(json.dumps(results, indent=2))
     report.plots(results, out)
-    if not args.quick:
+    if not args.quick and not args.no_markdown:
         Path(args.markdown).write_text(report.markdown(results, out))
         print(f"wrote {args.markdown}")
     print(f"results: {out / 'results.json'}")
@@ -92,9 +103,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", nargs="*", choices=[*SCENARIOS, "peers"], help="run only these scenarios")
     parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=None,
                         help="also run the peer servers (default: on unless --quick)")
-    parser.add_argument("--out", default="bench-results")
+    parser.add_argument("--out", default="docs/bench")
     parser.add_argument("--redis-url", help="use this Redis (it is FLUSHALLed!) instead of an embedded one")
     parser.add_argument("--markdown", default="BENCHMARKS.md")
+    parser.add_argument("--no-markdown", action="store_true", help="do not rewrite BENCHMARKS.md")
+    parser.add_argument("--report-only", action="store_true", help="rewrite plots and BENCHMARKS.md from results.json")
     args = parser.parse_args(argv)
     if args.peers is None:
         args.peers = not args.quick and not args.only
