@@ -182,11 +182,14 @@ class Gateway:
 
 
 async def _drain(ws: ServerConnection, conn: Connection) -> None:
-    """The connection's only writer: outbox -> socket, in order."""
+    """The connection's only writer: outbox -> socket, in order.
+
+    Frames are encoded to UTF-8 bytes once and sent as text frames
+    (``text=True``), without a round trip through ``str``."""
     try:
         while True:
             frame = await conn.outbox.get()
-            await ws.send(p.encode_text(frame))
+            await ws.send(p.encode(frame), text=True)
     except ConnectionClosed:
         pass
 
