@@ -54,3 +54,17 @@ class CachingSerializer(JsonPlusRedisSerializer):
 def use_caching_serializer(saver: AsyncRedisSaver) -> AsyncRedisSaver:
     saver.serde = CachingSerializer()
     return saver
+
+
+async def setup_saver(saver: AsyncRedisSaver, attempts: int = 5) -> None:
+    """``asetup()`` that tolerates other processes creating the indexes at the
+    same moment: redisvl checks for an index, then creates it, so pods starting
+    together can see "Index already exists". The index is there then; setting
+    up again skips it and finishes the rest of the set-up."""
+    for attempt in range(attempts):
+        try:
+            await saver.asetup()
+            return
+        except Exception as exc:  # noqa: BLE001 - redisvl wraps the ResponseError in its own type
+            if "already exists" not in str(exc) or attempt == attempts - 1:
+                raise

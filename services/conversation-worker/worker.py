@@ -28,6 +28,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from switchboard.shared import connection as redisconn
 from switchboard.shared import keys
+from switchboard.shared.checkpoints import setup_saver
 from switchboard.shared.settings import WorkerSettings
 from switchboard.shared.tasks import finish
 
@@ -67,7 +68,7 @@ class Worker:
         stop = stop or asyncio.Event()
         ttl = {"default_ttl": self.settings.checkpoint_ttl, "refresh_on_read": True} if self.settings.checkpoint_ttl else None
         saver = FencedRedisSaver(redis_client=self.raw, ttl=ttl)
-        await saver.asetup()
+        await setup_saver(saver)
         graph = loader.load(self.settings.graph, saver)
         self.turns = Turns(self.redis, graph, self.settings)
         for stream in self.streams:

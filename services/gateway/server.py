@@ -21,7 +21,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from switchboard.shared import connection as redisconn
-from switchboard.shared.checkpoints import use_caching_serializer
+from switchboard.shared.checkpoints import setup_saver, use_caching_serializer
 from switchboard.shared import protocol as p
 from switchboard.shared import streamids
 from switchboard.shared.settings import GatewaySettings
@@ -47,7 +47,7 @@ class Gateway:
 
     async def serve(self, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
         """Serve until ``stop`` is set; then close every socket with 1001 (reconnect)."""
-        await self.saver.asetup()
+        await setup_saver(self.saver)
         stop = stop or asyncio.Event()
         hub_task = asyncio.create_task(self.hub.run(), name="delivery-hub")
         try:

@@ -29,3 +29,20 @@ def test_messages_still_round_trip():
     message = HumanMessage("hello", id="in-1-0")
     for _ in range(3):
         assert serde.loads_typed(serde.dumps_typed({"m": [message]}))["m"][0] == message
+
+
+async def test_many_processes_can_set_up_the_checkpointer_at_once(clean_redis):
+    """Pods that start together race to create the RediSearch indexes."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+    from langgraph.checkpoint.redis.aio import AsyncRedisSaver
+
+    from switchboard.shared.checkpoints import setup_saver
+
+    clients = [aioredis.Redis.from_url(clean_redis) for _ in range(6)]
+    savers = [AsyncRedisSaver(redis_client=c) for c in clients]
+    await asyncio.gather(*(setup_saver(s) for s in savers))  # none raises "Index already exists"
+    assert all(s.checkpoints_index is not None and s._key_registry is not None for s in savers)
+    for client in clients:
+        await client.aclose()
