@@ -40,7 +40,11 @@ class Bench:
         directory = self.workdir / f"run{self._n}"
         directory.mkdir(parents=True, exist_ok=True)
         cluster = Cluster(self.redis_url, directory, env={**BENCH_ENV, **env})
-        cluster.start_many(*specs, timeout=60)
+        try:
+            cluster.start_many(*specs, timeout=60)
+        except BaseException:
+            cluster.stop()  # never leave half a cluster running
+            raise
         return cluster
 
     def scale(self, quick: int, full: int) -> int:
