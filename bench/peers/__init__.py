@@ -1,7 +1,7 @@
 """Peer servers for the benchmark: self-hosted LangGraph servers serving our graph, on loopback.
 
 Each peer runs in its own cached virtualenv (``bench/.peers/<name>/``) and serves
-``graph_app.py`` -- a standalone copy of Switchboard's default graph -- so one benchmark
+``graph_app.py`` -- Switchboard's own default graph, copied in at start -- so one benchmark
 run can compare Switchboard with what people self-host today::
 
     from bench.peers import available_peers, get_peer, run_turns, sequential_latency

@@ -1,110 +1,18 @@
-"""The graph every peer server serves: a standalone copy of Switchboard's default graph.
+"""The graph every peer server serves: Switchboard's own default graph.
 
-It is a copy of ``services/conversation-worker/graph.py`` -- same state, same three
-nodes, same replies -- that imports only langgraph and langchain-core, so each peer
-server loads it from its own virtualenv (``langgraph.json`` beside this file names
-``./graph_app.py:graph``). ``graph`` is compiled *without* a checkpointer: every
+At start the peer copies ``services/conversation-worker/graph.py`` beside this
+file as ``switchboard_graph.py`` (it imports only langgraph and langchain-core,
+so each peer's own virtualenv can load it); ``langgraph.json`` names
+``./graph_app.py:graph``. ``graph`` is compiled *without* a checkpointer: every
 server adds its own (in memory, PostgreSQL, ...).
 
-Think time: a peer server loads this module itself, so the environment is the only
-way to configure it. ``PEER_THINK_MS`` (default 0) makes ``generate_response``
+Think time: a peer server loads this module itself, so the environment is the
+only way to configure it. ``PEER_THINK_MS`` (default 0) makes the response node
 await ``asyncio.sleep`` for that many milliseconds, standing in for a model call.
-At 0 the node is exactly the project's. Like the project's graph, every node is a
-coroutine (LangGraph would run plain functions in a thread pool).
 """
 
-from __future__ import annotations
-
-import asyncio
 import os
-import re
-from collections import Counter
 
-from langchain_core.messages import AIMessage, HumanMessage
-from langgraph.graph import END, START, MessagesState, StateGraph
+from switchboard_graph import build
 
-_WORD = re.compile(r"[A-Za-z][A-Za-z'-]{3,}")
-_STOP = frozenset(
-    "about after again also because been before being could does doing down from have having here "
-    "into just like more most much only other over said same should some such than that their them "
-    "then there these they this those through very want what when where which while will with would "
-    "your yours hello thanks thank please".split()
-)
-
-
-class ChatState(MessagesState):
-    turn: int
-    keywords: dict[str, int]
-    topic: str
-    last_user_text: str
-    previous_user_text: str
-
-
-def _words(text: str) -> list[str]:
-    return [w.lower() for w in _WORD.findall(text) if w.lower() not in _STOP]
-
-
-async def process_input(state: ChatState) -> dict:
-    """Count the turn and fold the new message's words into the context."""
-    human = [m for m in state["messages"] if isinstance(m, HumanMessage)]
-    text = human[-1].content if human else ""
-    counts = Counter(state.get("keywords") or {})
-    counts.update(_words(text if isinstance(text, str) else str(text)))
-    return {
-        "turn": (state.get("turn") or 0) + 1,
-        "keywords": dict(counts),
-        "previous_user_text": state.get("last_user_text", ""),
-        "last_user_text": text,
-    }
-
-
-async def generate_response(state: ChatState) -> dict:
-    turn = state["turn"]
-    parts = [f'Turn {turn}. You said: "{state["last_user_text"]}".']
-    topic = _topic(state.get("keywords") or {}) if turn > 1 else ""
-    if topic:
-        parts.append(f"We have been talking about {topic}.")
-    if state.get("previous_user_text"):
-        parts.append(f'Before that you said: "{state["previous_user_text"]}".')
-    else:
-        parts.append("This is the start of our conversation.")
-    return {"messages": [AIMessage(content=" ".join(parts))]}
-
-
-def _topic(counts: dict[str, int]) -> str:
-    """The most frequent meaningful word so far (ties: the first seen)."""
-    if not counts:
-        return ""
-    return max(counts.items(), key=lambda kv: kv[1])[0]
-
-
-async def update_context(state: ChatState) -> dict:
-    """Remember the topic for the next turn (and for anyone reading the state)."""
-    return {"topic": _topic(state.get("keywords") or {})}
-
-
-def _thinking(think_seconds: float):
-    """``generate_response`` after a non-blocking pause, as a model call would be."""
-
-    async def generate_response_after_thinking(state: ChatState) -> dict:
-        await asyncio.sleep(think_seconds)
-        return await generate_response(state)
-
-    return generate_response_after_thinking
-
-
-def build(think_ms: float = 0.0) -> StateGraph:
-    builder = StateGraph(ChatState)
-    builder.add_node("process_input", process_input)
-    generate = _thinking(think_ms / 1000.0) if think_ms > 0 else generate_response
-    builder.add_node("generate_response", generate)
-    builder.add_node("update_context", update_context)
-    builder.add_edge(START, "process_input")
-    builder.add_edge("process_input", "generate_response")
-    builder.add_edge("generate_response", "update_context")
-    builder.add_edge("update_context", END)
-    return builder
-
-
-#: What ``langgraph.json`` names; the server attaches its own checkpointer.
 graph = build(float(os.environ.get("PEER_THINK_MS") or 0)).compile()

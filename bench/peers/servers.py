@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 _HERE = Path(__file__).resolve().parent
 _APP_FILES = ("graph_app.py", "langgraph.json")
+#: The project's default graph, served unchanged by every peer.
+_PROJECT_GRAPH = _HERE.parents[1] / "services" / "conversation-worker" / "graph.py"
 
 # The graph library is pinned to the project's own versions, so all peers (and Switchboard)
 # run the same LangGraph and the comparison is about the servers.
@@ -107,6 +109,7 @@ class Peer:
         app.mkdir()
         for name in _APP_FILES:
             shutil.copy2(_HERE / name, app / name)
+        shutil.copy2(_PROJECT_GRAPH, app / "switchboard_graph.py")  # the one graph source
         try:
             if self.needs_backing:
                 self._postgres = TempPostgres(self.tmpdir / "pg", self.log_dir)

@@ -9,6 +9,7 @@ a hop this CPU-light graph does not need.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import Counter
 
@@ -75,10 +76,24 @@ async def update_context(state: ChatState) -> dict:
     return {"topic": _topic(state.get("keywords") or {})}
 
 
-def build() -> StateGraph:
+def _after_thinking(think_seconds: float):
+    """``generate_response`` after a non-blocking pause, as a model call would take."""
+
+    async def generate_response_after_thinking(state: ChatState) -> dict:
+        await asyncio.sleep(think_seconds)
+        return await generate_response(state)
+
+    return generate_response_after_thinking
+
+
+def build(think_ms: float = 0.0) -> StateGraph:
+    """The graph; ``think_ms`` > 0 stands in for a model's time to answer
+    (benchmarks). This module imports only langgraph and langchain-core, so the
+    benchmark's peer servers load this very file too."""
     builder = StateGraph(ChatState)
     builder.add_node("process_input", process_input)
-    builder.add_node("generate_response", generate_response)
+    generate = _after_thinking(think_ms / 1000.0) if think_ms > 0 else generate_response
+    builder.add_node("generate_response", generate)
     builder.add_node("update_context", update_context)
     builder.add_edge(START, "process_input")
     builder.add_edge("process_input", "generate_response")

@@ -45,3 +45,13 @@ def test_loader_accepts_graphs_and_rejects_what_is_not_one():
 
 
 COMPILED = build().compile()
+
+
+async def test_think_time_delays_the_reply_but_does_not_change_it():
+    import time
+
+    plain = await build().compile().ainvoke({"messages": [HumanMessage("hello about boats")]})
+    start = time.perf_counter()
+    thinking = await build(think_ms=60).compile().ainvoke({"messages": [HumanMessage("hello about boats")]})
+    assert time.perf_counter() - start >= 0.06
+    assert thinking["messages"][-1].content == plain["messages"][-1].content
