@@ -30,3 +30,13 @@ async def finish(tasks: Iterable[asyncio.Task], *, grace: float, cancel_wait: fl
     for task in tasks:
         if task.done() and not task.cancelled() and task.exception() is not None:
             log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Sleep up to ``timeout`` seconds, waking early when ``event`` is set;
+    return whether it is set. The interruptible sleep of every loop here."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except TimeoutError:
+        pass
+    return event.is_set()

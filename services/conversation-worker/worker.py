@@ -30,7 +30,7 @@ from switchboard.shared import connection as redisconn
 from switchboard.shared import keys
 from switchboard.shared.checkpoints import setup_saver
 from switchboard.shared.settings import WorkerSettings
-from switchboard.shared.tasks import finish
+from switchboard.shared.tasks import finish, wait_event
 
 from . import loader
 from .fencing import FencedRedisSaver
@@ -40,6 +40,14 @@ from .turns import Turns
 log = logging.getLogger(__name__)
 
 Notice = tuple[str, str]  # (work stream, entry id): ids are unique per stream only
+
+
+def _by_stream(notices: list[Notice]) -> dict[str, list[str]]:
+    """Notice ids grouped by their work stream (one command per stream)."""
+    grouped: dict[str, list[str]] = {}
+    for stream, notice_id in notices:
+        grouped.setdefault(stream, []).append(notice_id)
+    return grouped
 
 
 @dataclass
@@ -135,8 +143,7 @@ class Worker:
             free = self.settings.concurrency - len(self.running)
             if free <= 0:
                 self.slot_freed.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.slot_freed.wait(), self.settings.read_block)
+                await wait_event(self.slot_freed, self.settings.read_block)
                 continue
             try:
                 reply = await self.redis.xreadgroup(
@@ -215,22 +222,13 @@ class Worker:
     async def _keep_fresh(self, conv: ConversationTask, done: asyncio.Event) -> None:
         """Reset the idle time of our pending notices while the turn runs."""
         interval = max(self.settings.claim_idle / 3, 0.2)
-        while not done.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), interval)
-            if done.is_set():
-                return
-            by_stream: dict[str, list[str]] = {}
-            for stream, notice_id in conv.notices:
-                by_stream.setdefault(stream, []).append(notice_id)
-            for stream, ids in by_stream.items():
+        while not await wait_event(done, interval):
+            for stream, ids in _by_stream(conv.notices).items():
                 with contextlib.suppress(RedisError, OSError):
                     await self.redis.xclaim(stream, keys.WORKER_GROUP, self.consumer, 0, ids, justid=True)
 
     async def _ack(self, notices: list[Notice]) -> None:
-        by_stream: dict[str, list[str]] = {}
-        for stream, notice_id in notices:
-            by_stream.setdefault(stream, []).append(notice_id)
+        by_stream = _by_stream(notices)
         for attempt in range(5):
             try:
                 pipe = self.redis.pipeline(transaction=True)
@@ -254,11 +252,7 @@ class Worker:
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         idle_ms = int(self.settings.claim_idle * 1000)
         interval = max(self.settings.claim_idle / 2, 0.2)
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
-            if stop.is_set():
-                return
+        while not await wait_event(stop, interval):
             for stream in self.streams:
                 free = self.settings.concurrency - len(self.running)
                 if free <= 0:

@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 from switchboard.shared import connection as redisconn
 from switchboard.shared import internal, keys, outbound
 from switchboard.shared.settings import FanoutSettings
-from switchboard.shared.tasks import finish
+from switchboard.shared.tasks import finish, wait_event
 
 from .plan import Attachment, plan, read_from
 
@@ -213,11 +213,7 @@ class Fanout:
 
     async def _sweep(self) -> None:
         await self.ready.wait()
-        while not self.stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), self.settings.sweep_interval)
-            if self.stopping.is_set():
-                return
+        while not await wait_event(self.stopping, self.settings.sweep_interval):
             try:
                 await self._announce()
                 await self._drop_dead_gateways()

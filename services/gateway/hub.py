@@ -18,7 +18,6 @@ Every outbox is bounded: a connection whose outbox is full is closed with
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import zlib
@@ -29,7 +28,7 @@ from redis.exceptions import RedisError
 
 from switchboard.shared import internal, keys
 from switchboard.shared.protocol import CloseCode, Frame
-from switchboard.shared.tasks import finish
+from switchboard.shared.tasks import finish, wait_event
 
 from .cursor import accept_batch
 
@@ -199,8 +198,7 @@ class DeliveryHub:
                 for conn in list(self.conns.values()):
                     if conn.fanout is None or self.live.get(conn.fanout[0]) != conn.fanout[1]:
                         await self._attach(conn)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.closing.wait(), MONITOR_INTERVAL)
+            await wait_event(self.closing, MONITOR_INTERVAL)
 
     async def _read_live(self) -> dict[str, str]:
         members = sorted(m.decode() for m in await self.redis.smembers(keys.fanout_members()))
