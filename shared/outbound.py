@@ -16,7 +16,6 @@ from __future__ import annotations
 import secrets
 import time
 
-from . import keys
 from .protocol import Event
 
 # Redis Lua: shared by every script that appends to an outbound stream.
@@ -95,7 +94,3 @@ def entry_to_event(entry_id: str, fields: dict[str, str]) -> Event:
         device_id=fields.get("dev") or None,
         ts=int(fields.get("ts") or 0),
     )
-
-
-def user_channel(user: str) -> str:
-    return keys.notify(user)

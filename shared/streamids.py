@@ -28,12 +28,3 @@ def is_valid(stream_id: str) -> bool:
 def later(a: str, b: str) -> bool:
     """``a > b`` in stream order."""
     return parse(a) > parse(b)
-
-
-def at_least(a: str, b: str) -> bool:
-    """``a >= b`` in stream order."""
-    return parse(a) >= parse(b)
-
-
-def newest(a: str, b: str) -> str:
-    return a if parse(a) >= parse(b) else b

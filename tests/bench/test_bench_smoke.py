@@ -33,4 +33,4 @@ def test_the_quick_suite_runs_every_scenario(tmp_path):
     assert scenarios["throughput"]["system"]["turns"] > 0 and scenarios["throughput"]["floor"]["turns"] > 0
     assert scenarios["replay"]["storm"]["gaps"] == 0
     assert (out / "turn_latency.png").exists() and (out / "throughput.png").exists()
-    assert results["machine"]["cores"] >= 1
+    assert {"cpu", "cores", "memory_mb", "python"} <= set(results["machine"])  # the table describes the machine

@@ -60,6 +60,7 @@ class Chaos:
         self.serial = 0
         self.redis_paused = False
         self.slow_stops: list[str] = []
+        self._plan: list[str] | None = None  #: fault kinds still to inject once each
 
     # -- processes -------------------------------------------------------------------
 
@@ -95,7 +96,7 @@ class Chaos:
 
     async def fault(self) -> None:
         """Every kind of fault once, in a seeded order; then at random."""
-        if not hasattr(self, "_plan"):
+        if self._plan is None:
             self._plan = self._fault_kinds()
             self.rng.shuffle(self._plan)
         kind = self._plan.pop() if self._plan else self.rng.choice(self._fault_kinds() + ["drop", "dup_resend"])
@@ -260,7 +261,7 @@ class Chaos:
             "users": len(self.users),
             "devices": sum(len(u.devices) for u in self.users),
             "messages": sum(u.sent for u in self.users),
-            "accepted": len(records and {(u, c) for u, c, _ in records}),
+            "accepted": len({(u, c) for u, c, _ in records}),
             "events": sum(len(s) for s in streams.values()),
             "dead_letters": dead,
             "faults": dict(sorted(self.faults.items())),

@@ -7,8 +7,7 @@ from switchboard.shared.settings import GatewaySettings, SettingsError, WorkerSe
 def test_stream_ids_compare_numerically_not_as_text():
     assert streamids.later("10-0", "9-5")
     assert streamids.later("5-10", "5-9")
-    assert not streamids.later("5-9", "5-9") and streamids.at_least("5-9", "5-9")
-    assert streamids.newest("1-1", "1-2") == "1-2"
+    assert not streamids.later("5-9", "5-9")
     for bad in ("", "5", "a-b", "5-", "-5", "1-2-3"):
         assert not streamids.is_valid(bad)
 
