@@ -7,11 +7,26 @@ package, so each revival fails an import -- a search of ``sys.path`` on disk
 -- before falling back: most of a turn's CPU time, measured with py-spy on the
 worker. :class:`CachingSerializer` remembers each id's outcome, success or
 failure, so the search happens once per process.
+
+Writing is the other cost that grows with the conversation: every checkpoint
+holds every message, and LangChain's ``to_json`` walks each message's pydantic
+fields (about 60 us a message, measured). Messages are values in LangGraph's
+state -- a node changes the conversation by returning new messages, not by
+editing old ones -- so :class:`CachingSerializer` also remembers each message
+object's encoded form while the object lives, and a turn encodes only the
+messages it added. An attribute re-assigned on a remembered message (``m.content
+= ...``) is noticed and re-encoded; a change made *inside* one of its values
+(``m.additional_kwargs["k"] = v``) is not: a graph that edits messages that way
+must run with ``CHECKPOINT_CACHE=0``, which turns this off.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
+
+import orjson
+from langchain_core.load.serializable import Serializable
 
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 from langgraph.checkpoint.redis.jsonplus_redis import JsonPlusRedisSerializer
@@ -26,10 +41,50 @@ class _Failure:
         self.message = message
 
 
+#: Upper bound on remembered encodings; live messages are far fewer normally
+#: (the worker's checkpoint cache bounds them), this only caps the worst case.
+MAX_REMEMBERED = 200_000
+
+
 class CachingSerializer(JsonPlusRedisSerializer):
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, remember_encodings: bool = True, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._classes: dict[tuple[str, ...], Any] = {}
+        self._remember = remember_encodings
+        # id(message) -> (weak reference, its attribute values, its encoding).
+        # The weak reference's callback drops the entry when the message dies,
+        # before its id can be reused by another object.
+        self._encoded: dict[int, tuple[weakref.ref, tuple[Any, ...], Any]] = {}
+
+    def _default_handler(self, obj: Any) -> Any:
+        if not (self._remember and isinstance(obj, Serializable)):
+            return super()._default_handler(obj)
+        key = id(obj)
+        fields = tuple(obj.__dict__.values())
+        known = self._encoded.get(key)
+        if known is not None and known[0]() is obj and _same(known[1], fields):
+            return known[2]
+        # Kept as JSON text (an orjson Fragment): later checkpoints splice it
+        # in without walking or encoding it again.
+        encoded = orjson.Fragment(orjson.dumps(super()._default_handler(obj), default=self._default_handler))
+        if len(self._encoded) < MAX_REMEMBERED:
+            try:
+                ref = weakref.ref(obj, lambda _, key=key, table=self._encoded: table.pop(key, None))
+            except TypeError:  # not weakly referenceable: encode it every time
+                return encoded
+            self._encoded[key] = (ref, fields, encoded)
+        return encoded
+
+    def _preprocess_redis_json(self, obj: Any, **kwargs: Any) -> Any:
+        # A LangChain object passes through the library's walk unchanged (it
+        # is none of the types it rewrites); skip the walk's type tests.
+        if self._remember and isinstance(obj, Serializable):
+            return obj
+        return super()._preprocess_redis_json(obj, **kwargs)
+
+    def remembered(self) -> int:
+        """How many encodings are remembered now (for tests and metrics)."""
+        return len(self._encoded)
 
     def _constructor_class(self, obj: dict[str, Any]) -> type[Any]:
         id_parts = obj.get("id")
@@ -51,8 +106,13 @@ class CachingSerializer(JsonPlusRedisSerializer):
         return found
 
 
-def use_caching_serializer(saver: AsyncRedisSaver) -> AsyncRedisSaver:
-    saver.serde = CachingSerializer()
+def _same(before: tuple[Any, ...], now: tuple[Any, ...]) -> bool:
+    """The same attribute objects, by identity (cheap; see the module notes)."""
+    return len(before) == len(now) and all(a is b for a, b in zip(before, now))
+
+
+def use_caching_serializer(saver: AsyncRedisSaver, *, remember_encodings: bool = True) -> AsyncRedisSaver:
+    saver.serde = CachingSerializer(remember_encodings=remember_encodings)
     return saver
 
 

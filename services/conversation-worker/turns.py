@@ -29,7 +29,7 @@ from switchboard.shared import keys, outbound
 from switchboard.shared.protocol import EventKind
 from switchboard.shared.settings import WorkerSettings
 
-from .fencing import fence_config
+from .fencing import FencedRedisSaver, fence_config
 from .lease import LeaseLost, Leases
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,8 @@ class Turns:
         self.leases = Leases(redis, settings.lease_ttl)
         self._commit = redis.register_script(_COMMIT)
         self._begin_attempt = redis.register_script(_BEGIN_ATTEMPT)
+        saver = graph.checkpointer
+        self.saver = saver if isinstance(saver, FencedRedisSaver) else None
 
     async def drain(self, user: str, conversation: str) -> bool:
         """Run every pending turn of the conversation. Return False if another
@@ -131,14 +133,19 @@ class Turns:
             return False
         work = asyncio.create_task(self._drain_locked(user, conversation, token))
         work.add_done_callback(_retrieve)
+        ok = False
         try:
             while not work.done():
                 await asyncio.wait([work], timeout=self.settings.lease_ttl / 3)
                 if not work.done() and not await self.leases.renew(lease_key, token):
                     work.cancel()
                     raise LeaseLost(f"lease of {user}/{conversation} lost")
-            return work.result()
+            result = work.result()
+            ok = True
+            return result
         finally:
+            if not ok and self.saver is not None:
+                self.saver.forget(keys.thread_id(user, conversation))
             if not work.done():
                 work.cancel()
             try:
@@ -147,7 +154,10 @@ class Turns:
                 log.debug("lease release failed for %s/%s", user, conversation)
 
     async def _drain_locked(self, user: str, conversation: str, token: str) -> bool:
-        done = await self.redis.hget(keys.conversation(user, conversation), "done") or "0-0"
+        done, newest = await self.redis.hmget(keys.conversation(user, conversation), "done", "ckpt")
+        done = done or "0-0"
+        if self.saver is not None:
+            self.saver.validate(keys.thread_id(user, conversation), newest)
         while True:
             entry = await self._next_entry(user, conversation, done)
             if entry is None:
@@ -199,7 +209,8 @@ class Turns:
         worker that died before committing), so only then is the state read
         first -- the first attempt saves that round trip and its decoding."""
         config = {"configurable": {"thread_id": keys.thread_id(user, entry.conversation),
-                                   **fence_config(keys.lease(user, entry.conversation), token)}}
+                                   **fence_config(keys.lease(user, entry.conversation), token,
+                                                  keys.conversation(user, entry.conversation))}}
         human_id = message_id(entry.id)
         if not first:
             snapshot = await self.graph.aget_state(config)

@@ -75,7 +75,7 @@ class Worker:
     async def serve(self, *, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
         ttl = {"default_ttl": self.settings.checkpoint_ttl, "refresh_on_read": True} if self.settings.checkpoint_ttl else None
-        saver = FencedRedisSaver(redis_client=self.raw, ttl=ttl)
+        saver = FencedRedisSaver(redis_client=self.raw, ttl=ttl, cache_size=self.settings.checkpoint_cache)
         await setup_saver(saver)
         graph = loader.load(self.settings.graph, saver)
         self.turns = Turns(self.redis, graph, self.settings)

@@ -1,0 +1,134 @@
+"""The worker's kept newest checkpoint, against a real Redis: it must read
+exactly what the library would read from Redis, and never hide a checkpoint
+written by another worker."""
+
+import gc
+
+import pytest
+import redis.asyncio as aioredis
+from langchain_core.messages import AIMessage, HumanMessage
+
+from switchboard.shared.checkpoints import CachingSerializer, setup_saver
+from switchboard.worker.fencing import FencedRedisSaver, fence_config
+from switchboard.worker.graph import build
+from switchboard.worker.lease import LeaseLost
+
+THREAD = "u1:c1"
+
+
+@pytest.fixture
+async def client(clean_redis):
+    redis = aioredis.Redis.from_url(clean_redis)
+    yield redis
+    await redis.aclose()
+
+
+async def _saver(client, **kw) -> FencedRedisSaver:
+    saver = FencedRedisSaver(redis_client=client, **kw)
+    await setup_saver(saver)
+    return saver
+
+
+def _config(token: str = "tok-a") -> dict:
+    return {"configurable": {"thread_id": THREAD, **fence_config("lease", token, "conv")}}
+
+
+async def _turn(graph, text: str, n: int, token: str = "tok-a") -> dict:
+    return await graph.ainvoke({"messages": [HumanMessage(text, id=f"in-{n}")]}, _config(token),
+                               durability="exit")
+
+
+async def test_kept_copy_reads_exactly_what_redis_holds(client):
+    await client.set("lease", "tok-a")
+    saver = await _saver(client)
+    graph = build().compile(checkpointer=saver)
+    for n in range(5):
+        await _turn(graph, f"tell me about sailing boats {n}", n)
+    assert saver.hits == 4  # every turn after the first read its state from memory
+    kept = await saver.aget_tuple(_config())
+    stored = await (await _saver(client, cache_size=0)).aget_tuple({"configurable": {"thread_id": THREAD}})
+    assert kept.checkpoint["id"] == stored.checkpoint["id"] == (await client.hget("conv", "ckpt")).decode()
+    assert kept.checkpoint["channel_values"] == stored.checkpoint["channel_values"]
+    assert kept.checkpoint["channel_versions"] == stored.checkpoint["channel_versions"]
+    assert kept.checkpoint["versions_seen"] == stored.checkpoint["versions_seen"]
+    assert kept.metadata == stored.metadata and kept.parent_config == stored.parent_config
+    assert kept.pending_writes == stored.pending_writes == []
+    # The copy handed out is the graph's to change: the kept one stays as it was.
+    kept.checkpoint["channel_values"]["turn"] = 99
+    assert (await saver.aget_tuple(_config())).checkpoint["channel_values"]["turn"] == 5
+
+
+async def test_a_turn_run_by_another_worker_is_never_hidden(client):
+    await client.set("lease", "tok-a")
+    first = await _saver(client)
+    graph_a = build().compile(checkpointer=first)
+    await _turn(graph_a, "hello", 1)
+    # The conversation moves to another worker (a hand-over, a failover) ...
+    await client.set("lease", "tok-b")
+    second = await _saver(client)
+    await _turn(build().compile(checkpointer=second), "second turn elsewhere", 2, token="tok-b")
+    # ... and back: the first worker checks its copy when it takes the lease.
+    await client.set("lease", "tok-a")
+    first.validate(THREAD, (await client.hget("conv", "ckpt")).decode())
+    result = await _turn(graph_a, "third", 3)
+    assert [m.id for m in result["messages"] if isinstance(m, HumanMessage)] == ["in-1", "in-2", "in-3"]
+    assert result["turn"] == 3
+
+
+async def test_a_write_without_the_lease_is_refused_and_forgets_the_copy(client):
+    await client.set("lease", "tok-a")
+    saver = await _saver(client)
+    graph = build().compile(checkpointer=saver)
+    await _turn(graph, "hello", 1)
+    before = await client.hget("conv", "ckpt")
+    await client.set("lease", "someone-else")
+    with pytest.raises(LeaseLost):
+        await _turn(graph, "too late", 2)
+    assert await client.hget("conv", "ckpt") == before  # the newest id is not moved
+    assert THREAD not in saver._newest
+    stored = await saver.aget_tuple({"configurable": {"thread_id": THREAD}})
+    assert stored.checkpoint["channel_values"]["turn"] == 1
+
+
+async def test_pending_writes_send_the_next_read_to_redis(client):
+    await client.set("lease", "tok-a")
+    saver = await _saver(client)
+    graph = build().compile(checkpointer=saver)
+    await _turn(graph, "hello", 1)
+    tup = await saver.aget_tuple(_config())
+    await saver.aput_writes({**tup.config, "configurable": {**tup.config["configurable"], **_config()["configurable"]}},
+                            [("topic", "from a pending write")], "task-1")
+    hits = saver.hits
+    fresh = await saver.aget_tuple(_config())
+    assert saver.hits == hits and [w[2] for w in fresh.pending_writes] == ["from a pending write"]
+
+
+async def test_the_copies_are_bounded(client):
+    await client.set("lease", "tok-a")
+    saver = await _saver(client, cache_size=2)
+    graph = build().compile(checkpointer=saver)
+    for n in range(4):
+        await graph.ainvoke({"messages": [HumanMessage("hi", id=f"in-{n}")]},
+                            {"configurable": {"thread_id": f"t{n}", **fence_config("lease", "tok-a", "conv")}},
+                            durability="exit")
+    assert list(saver._newest) == ["t2", "t3"]
+
+
+def test_remembered_encodings_follow_the_messages():
+    serde = CachingSerializer()
+    message = AIMessage("first answer", id="a-1")
+    once = serde.dumps_typed({"messages": [message]})
+    assert serde.dumps_typed({"messages": [message]}) == once and serde.remembered() == 1
+    message.content = "an edited answer"  # a re-assigned attribute is noticed
+    assert b"an edited answer" in serde.dumps_typed({"messages": [message]})[1]
+    assert serde.loads_typed(serde.dumps_typed({"messages": [message]}))["messages"][0] == message
+    del message
+    gc.collect()
+    assert serde.remembered() == 0  # an encoding lives no longer than its message
+
+
+def test_remembering_can_be_turned_off():
+    serde = CachingSerializer(remember_encodings=False)
+    message = AIMessage("answer", id="a-1")
+    assert serde.loads_typed(serde.dumps_typed({"messages": [message]}))["messages"][0] == message
+    assert serde.remembered() == 0
