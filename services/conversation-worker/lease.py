@@ -1,14 +1,14 @@
 """A conversation lease: at most one worker runs a conversation's turns.
 
-``SET key token NX PX ttl`` takes it; renewal and release compare the token
-first (Lua), so a worker that stalled past its lease can neither extend nor
+``SET key token NX PX ttl`` takes it (inside :mod:`.turns`' begin script,
+which learns where the conversation stands in the same call); renewal and
+release compare the token first (Lua), so a worker that stalled past its lease can neither extend nor
 drop a lease another worker now holds. The commit script checks the token
 too, which makes the lease a fencing token for the reply.
 """
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 
 import redis.asyncio as aioredis
@@ -39,23 +39,9 @@ class Leases:
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
 
-    async def try_acquire(self, key: str) -> str | None:
-        token = secrets.token_hex(8)
-        if await self.redis.set(key, token, nx=True, px=self.ttl_ms):
-            return token
-        return None
-
-    async def acquire(self, key: str, *, max_wait: float) -> str | None:
-        """Wait (with back-off) up to ``max_wait`` seconds for the lease."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max_wait
-        delay = 0.01
-        while True:
-            token = await self.try_acquire(key)
-            if token is not None or loop.time() >= deadline:
-                return token
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.25)
+    @staticmethod
+    def new_token() -> str:
+        return secrets.token_hex(8)
 
     async def renew(self, key: str, token: str) -> bool:
         return bool(await self._renew(keys=[key], args=[token, self.ttl_ms]))

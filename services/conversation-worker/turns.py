@@ -6,6 +6,11 @@ next entry after ``done`` until none is left. The reply and the new ``done`` are
 written by one Lua script that first checks the lease token and the expected
 ``done`` -- so a reply is written once, by the lease holder, or not at all.
 
+Round trips are few because a turn is on the hot path: one script takes the
+lease and finds the first entry (counting the attempt at it); the commit script
+finds the next one the same way, and releases the lease when none is left. A
+turn is thus two scripts plus the checkpoint write.
+
 Re-running a turn is safe: the user's message enters the graph with the id
 ``in-<entry id>``, so a worker that finds that message already in the
 checkpoint (its predecessor died after checkpointing, before committing)
@@ -37,23 +42,64 @@ log = logging.getLogger(__name__)
 #: Inbound entries scanned per round trip when looking for a conversation's next.
 SCAN_PAGE = 200
 
-# KEYS: lease, conv, out, meta
-# ARGV: token, expected_done, new_done, new_epoch, maxlen, channel, fields...
-_COMMIT = outbound.APPEND_LUA + r"""
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'', 'lease'} end
+# Finds the conversation's next inbound entry after `after` within one page of
+# the user's inbound stream, and counts the attempt at it durably *before* it
+# runs -- so a message that crashes the worker process is counted too (a
+# poison message). Returns {'entry', id, cmid, dev, text, attempt},
+# {'more', last id scanned} (a full page of other conversations' entries) or
+# {'none'}.
+_NEXT_ENTRY = r"""
+local function next_entry(inbound, conv, after, conversation, page)
+  local entries = redis.call('XRANGE', inbound, '(' .. after, '+', 'COUNT', page)
+  for _, e in ipairs(entries) do
+    local f = {}
+    for i = 1, #e[2], 2 do f[e[2][i]] = e[2][i + 1] end
+    if f['conv'] == conversation then
+      local attempt = 1
+      if redis.call('HGET', conv, 'attempt_of') == e[1] then
+        attempt = redis.call('HINCRBY', conv, 'attempts', 1)
+      else
+        redis.call('HSET', conv, 'attempt_of', e[1], 'attempts', 1)
+      end
+      return {'entry', e[1], f['cmid'] or '', f['dev'] or '', f['text'] or '', attempt}
+    end
+  end
+  if #entries >= page then return {'more', entries[#entries][1]} end
+  return {'none'}
+end
+"""
+
+# Taking a conversation in one round trip: the lease, where it stands (`done`,
+# the newest checkpoint's id) and its next entry.
+# KEYS: lease, conv, inbound   ARGV: token, lease ttl ms, conversation, page
+_BEGIN = _NEXT_ENTRY + r"""
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'busy'} end
+local state = redis.call('HMGET', KEYS[2], 'done', 'ckpt')
+local done = state[1] or '0-0'
+local found = next_entry(KEYS[3], KEYS[2], done, ARGV[3], tonumber(ARGV[4]))
+return {'ok', done, state[2] or '', unpack(found)}
+"""
+
+# The reply, exactly once: written only by the lease holder, only if `done` is
+# where the turn started. Then the next entry, in the same round trip; with
+# none left the lease is released here too.
+# KEYS: lease, conv, out, meta, inbound
+# ARGV: token, expected_done, new_done, new_epoch, maxlen, channel, conversation, page, fields...
+_COMMIT = outbound.APPEND_LUA + _NEXT_ENTRY + r"""
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lease', ''} end
 local done = redis.call('HGET', KEYS[2], 'done') or '0-0'
-if done ~= ARGV[2] then return {done, 'stale'} end
+if done ~= ARGV[2] then return {'stale', done} end
 local fields = {}
-for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 local r = append_event(KEYS[3], KEYS[4], ARGV[6], ARGV[4], tonumber(ARGV[5]), fields)
 redis.call('HSET', KEYS[2], 'done', ARGV[3], 'reply', r[1])
 redis.call('HDEL', KEYS[2], 'attempt_of', 'attempts')
-return {r[1], 'ok'}
+local found = next_entry(KEYS[5], KEYS[2], ARGV[3], ARGV[7], tonumber(ARGV[8]))
+if found[1] == 'none' then redis.call('DEL', KEYS[1]) end
+return {'ok', r[1], unpack(found)}
 """
 
-# KEYS: conv   ARGV: inbound id
-# Counts the attempts at one entry durably *before* running it, so a message
-# that crashes the worker process is counted too (a poison message).
+# KEYS: conv   ARGV: inbound id  (a retry in place: one more attempt)
 _BEGIN_ATTEMPT = r"""
 if redis.call('HGET', KEYS[1], 'attempt_of') == ARGV[1] then
   return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
@@ -113,12 +159,32 @@ def _text(content: Any) -> str:
     return "".join(part.get("text", "") for part in content if isinstance(part, dict))
 
 
+@dataclass(frozen=True)
+class Next:
+    """Where a scan left off: an entry to run (with its attempt number), a
+    cursor to scan on from, or nothing left."""
+
+    entry: InboundEntry | None = None
+    attempt: int = 0
+    cursor: str | None = None
+
+
+def _parse_next(conversation: str, reply: Sequence[Any]) -> Next:
+    if reply[0] == "entry":
+        _, entry_id, cmid, device, text, attempt = reply
+        return Next(InboundEntry(entry_id, conversation, cmid, device, text), int(attempt))
+    if reply[0] == "more":
+        return Next(cursor=reply[1])
+    return Next()
+
+
 class Turns:
     def __init__(self, redis: aioredis.Redis, graph: CompiledStateGraph, settings: WorkerSettings):
         self.redis = redis
         self.graph = graph
         self.settings = settings
         self.leases = Leases(redis, settings.lease_ttl)
+        self._begin = redis.register_script(_BEGIN)
         self._commit = redis.register_script(_COMMIT)
         self._begin_attempt = redis.register_script(_BEGIN_ATTEMPT)
         saver = graph.checkpointer
@@ -128,64 +194,97 @@ class Turns:
         """Run every pending turn of the conversation. Return False if another
         worker holds the lease (it will run them), True when all are done."""
         lease_key = keys.lease(user, conversation)
-        token = await self.leases.acquire(lease_key, max_wait=self.settings.lease_ttl * 2)
-        if token is None:
+        begun = await self._take(user, conversation, max_wait=self.settings.lease_ttl * 2)
+        if begun is None:
             return False
-        work = asyncio.create_task(self._drain_locked(user, conversation, token))
+        token, done, first = begun
+        work = asyncio.create_task(self._drain_locked(user, conversation, token, done, first))
         work.add_done_callback(_retrieve)
-        ok = False
+        released = ok = False
         try:
             while not work.done():
                 await asyncio.wait([work], timeout=self.settings.lease_ttl / 3)
                 if not work.done() and not await self.leases.renew(lease_key, token):
                     work.cancel()
                     raise LeaseLost(f"lease of {user}/{conversation} lost")
-            result = work.result()
+            released = work.result()
             ok = True
-            return result
+            return True
         finally:
             if not ok and self.saver is not None:
                 self.saver.forget(keys.thread_id(user, conversation))
             if not work.done():
                 work.cancel()
-            try:
-                await self.leases.release(lease_key, token)
-            except Exception:  # noqa: BLE001 - the lease expires on its own
-                log.debug("lease release failed for %s/%s", user, conversation)
+            if not released:
+                try:
+                    await self.leases.release(lease_key, token)
+                except Exception:  # noqa: BLE001 - the lease expires on its own
+                    log.debug("lease release failed for %s/%s", user, conversation)
 
-    async def _drain_locked(self, user: str, conversation: str, token: str) -> bool:
-        done, newest = await self.redis.hmget(keys.conversation(user, conversation), "done", "ckpt")
-        done = done or "0-0"
-        if self.saver is not None:
-            self.saver.validate(keys.thread_id(user, conversation), newest)
+    async def _take(self, user: str, conversation: str, *, max_wait: float) -> tuple[str, str, Next] | None:
+        """Take the lease (waiting with back-off up to ``max_wait`` seconds)
+        and learn, in the same call, ``done`` and the next entry to run."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_wait
+        delay = 0.01
+        keys_ = [keys.lease(user, conversation), keys.conversation(user, conversation), keys.inbound(user)]
         while True:
-            entry = await self._next_entry(user, conversation, done)
-            if entry is None:
-                return True
-            kind, text = await self._turn(user, entry, token)
-            status, value = await self._write(user, entry, token, done, kind, text)
+            token = self.leases.new_token()
+            reply = await self._begin(keys=keys_, args=[token, self.leases.ttl_ms, conversation, SCAN_PAGE])
+            if reply[0] == "ok":
+                _, done, newest, *found = reply
+                if self.saver is not None:
+                    self.saver.validate(keys.thread_id(user, conversation), newest or None)
+                return token, done, _parse_next(conversation, found)
+            if loop.time() >= deadline:
+                return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+    async def _drain_locked(self, user: str, conversation: str, token: str, done: str, found: Next) -> bool:
+        """Run the turns; True if the last commit released the lease."""
+        while True:
+            if found.entry is None:
+                found = await self._scan_on(user, conversation, found.cursor if found.cursor else None, done)
+                if found.entry is None:
+                    return False
+            entry = found.entry
+            kind, text = await self._turn(user, entry, token, found.attempt)
+            status, value, rest = await self._write(user, entry, token, done, kind, text)
             if status == "lease":
                 raise LeaseLost(f"lease of {user}/{conversation} lost before commit")
-            done = entry.id if status == "ok" else value
+            if status != "ok":  # `done` moved under us: scan again from where it is
+                done, found = value, Next(cursor=value)
+                continue
+            done = entry.id
+            found = _parse_next(conversation, rest)
+            if found.entry is None and found.cursor is None:
+                return True  # nothing left: the commit released the lease
 
-    async def _next_entry(self, user: str, conversation: str, after: str) -> InboundEntry | None:
-        cursor = after
+    async def _scan_on(self, user: str, conversation: str, cursor: str | None, done: str) -> Next:
+        """Scan the inbound stream page by page (after a full page of other
+        conversations' entries, or after ``done`` moved), counting the attempt
+        at the entry found."""
+        if cursor is None:
+            return Next()
         while True:
             page = await self.redis.xrange(keys.inbound(user), min=f"({cursor}", count=SCAN_PAGE)
             for entry_id, fields in page:
                 if fields.get("conv") == conversation:
-                    return InboundEntry(entry_id, conversation, fields.get("cmid", ""),
-                                        fields.get("dev", ""), fields.get("text", ""))
+                    attempt = await self._begin_attempt(keys=[keys.conversation(user, conversation)],
+                                                        args=[entry_id])
+                    return Next(InboundEntry(entry_id, conversation, fields.get("cmid", ""),
+                                             fields.get("dev", ""), fields.get("text", "")), int(attempt))
             if len(page) < SCAN_PAGE:
-                return None
+                return Next()
             cursor = page[-1][0]
 
-    async def _turn(self, user: str, entry: InboundEntry, token: str) -> tuple[EventKind, str]:
-        """Run one turn with bounded attempts; after the last failed attempt the
-        message is dead-lettered and answered with ``turn_error``."""
+    async def _turn(self, user: str, entry: InboundEntry, token: str, attempt: int) -> tuple[EventKind, str]:
+        """Run one turn with bounded attempts (``attempt`` is already counted);
+        after the last failed attempt the message is dead-lettered and
+        answered with ``turn_error``."""
         limit = self.settings.max_attempts
         while True:
-            attempt = await self._begin_attempt(keys=[keys.conversation(user, entry.conversation)], args=[entry.id])
             if attempt > limit:
                 # Every earlier attempt ended with the worker gone (killed,
                 # crashed, out of memory) before it could record the outcome.
@@ -200,6 +299,8 @@ class Turns:
                     await self._dead_letter(user, entry, failed.reason, attempt)
                     return EventKind.TURN_ERROR, failed.public
                 await asyncio.sleep(min(0.25 * 2 ** (attempt - 1), 5.0))
+            attempt = int(await self._begin_attempt(keys=[keys.conversation(user, entry.conversation)],
+                                                    args=[entry.id]))
 
     async def _run(self, user: str, entry: InboundEntry, token: str, *, first: bool) -> str:
         """One attempt: the reply text, or :class:`TurnFailed`. Redis errors
@@ -245,13 +346,15 @@ class Turns:
                   user, entry.conversation, entry.id, attempts, reason)
 
     async def _write(self, user: str, entry: InboundEntry, token: str, done: str, kind: EventKind,
-                     text: str) -> tuple[str, str]:
+                     text: str) -> tuple[str, str, list[Any]]:
+        """Commit the reply; returns (status, reply id or current done, the
+        next-entry scan that followed an ``ok``)."""
         fields = outbound.event_fields(kind.value, entry.conversation, text, client_msg_id=entry.client_msg_id,
                                        device_id=None, ts=outbound.now_ms(), inbound_id=entry.id)
-        value, status = await self._commit(
+        status, value, *rest = await self._commit(
             keys=[keys.lease(user, entry.conversation), keys.conversation(user, entry.conversation),
-                  keys.outbound(user), keys.meta(user)],
+                  keys.outbound(user), keys.meta(user), keys.inbound(user)],
             args=[token, done, entry.id, outbound.new_epoch(), self.settings.streams.outbound_maxlen,
-                  keys.notify(user), *fields],
+                  keys.notify(user), entry.conversation, SCAN_PAGE, *fields],
         )
-        return status, value
+        return status, value, rest

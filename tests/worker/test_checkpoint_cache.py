@@ -132,3 +132,43 @@ def test_remembering_can_be_turned_off():
     message = AIMessage("answer", id="a-1")
     assert serde.loads_typed(serde.dumps_typed({"messages": [message]}))["messages"][0] == message
     assert serde.remembered() == 0
+
+
+async def test_turns_find_entries_past_full_pages_and_release_the_lease(clean_redis):
+    """The begin and commit scripts scan one page each; a conversation whose
+    next message sits behind more than a page of another conversation's is
+    still found, in order, and the lease is gone once nothing is left."""
+    from switchboard.shared import keys
+    from switchboard.shared.settings import WorkerSettings
+    from switchboard.worker.turns import SCAN_PAGE, Turns
+
+    redis = aioredis.Redis.from_url(clean_redis, decode_responses=True)
+    raw = aioredis.Redis.from_url(clean_redis)
+    saver = await _saver(raw)
+    turns = Turns(redis, build().compile(checkpointer=saver), WorkerSettings())
+    inbound = keys.inbound("u")
+
+    async def add(conv: str, text: str) -> str:
+        return await redis.xadd(inbound, {"conv": conv, "cmid": text, "dev": "d", "text": text})
+
+    mine = [await add("a", "first")]
+    for i in range(SCAN_PAGE + 20):
+        await add("b", f"other {i}")
+    mine.append(await add("a", "second"))
+    for i in range(SCAN_PAGE * 2):
+        await add("b", f"more {i}")
+    mine.append(await add("a", "third"))
+    assert await turns.drain("u", "a") is True
+    assert await redis.exists(keys.lease("u", "a")) == 0
+    assert await redis.hget(keys.conversation("u", "a"), "done") == mine[-1]
+    replies = [fields for _, fields in await redis.xrange(keys.outbound("u"))]
+    assert [(r["kind"], r["in"]) for r in replies] == [("assistant", entry) for entry in mine]
+    assert saver.hits == 2  # the second and third turns read their state from memory
+    state = await turns.graph.aget_state({"configurable": {"thread_id": keys.thread_id("u", "a")}})
+    assert [m.content for m in state.values["messages"] if isinstance(m, HumanMessage)] == \
+        ["first", "second", "third"]
+    # A drain with nothing to do takes the lease, finds nothing and gives it back.
+    assert await turns.drain("u", "a") is True
+    assert await redis.exists(keys.lease("u", "a")) == 0
+    await redis.aclose()
+    await raw.aclose()
