@@ -90,3 +90,31 @@ async def test_a_client_msg_id_is_remembered_for_dedup_ttl_only(redis_url):
     assert fresh and later != first  # past DEDUP_TTL a resend is a new message
     await client.delete(keys.work(0))
     await client.aclose()
+
+
+async def test_the_replay_window_starts_before_the_newest_events(redis_url):
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    store = GatewayStore(client, StreamSettings(outbound_maxlen=1000, work_shards=1))
+    u = user()
+    empty, _ = await store.stream_state(u, "d", window=3)
+    assert (empty.last_id, empty.window_start) == ("0-0", "0-0")
+    await store.accept_many(u, "d", "c", [(f"m{i}", f"text {i}") for i in range(5)])
+    ids = [entry_id for entry_id, _ in await client.xrange(keys.outbound(u))]
+    for window, start in ((0, ids[-1]), (3, ids[1]), (4, ids[0]), (5, "0-0"), (100, "0-0")):
+        state, _ = await store.stream_state(u, "d", window=window)
+        assert (state.last_id, state.window_start) == (ids[-1], start), window
+    await client.delete(keys.work(0))
+    await client.aclose()
+
+
+async def test_accept_many_appends_like_accept_in_order(store):
+    u = user()
+    work_before = await store.redis.xlen(keys.work(0))
+    in_ids = await store.accept_many(u, "d", "c", [("m1", "one"), ("m2", "two")])
+    again = await store.accept_many(u, "d", "c", [("m2", "two, resent"), ("m3", "three")])
+    assert again[0] == in_ids[1]  # deduplicated per client_msg_id, as accept does
+    out = await store.redis.xrange(keys.outbound(u))
+    assert [f["text"] for _, f in out] == ["one", "two", "three"]
+    assert [f["in"] for _, f in out] == [*in_ids, again[1]]
+    assert await store.redis.xlen(keys.work(0)) - work_before == 4  # a notice per accept
+    await store.redis.delete(keys.work(0))
