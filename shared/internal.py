@@ -36,13 +36,28 @@ class Detach(Control, tag="detach"):
 ControlMessage = Union[Attach, Detach]
 
 
-class Delivery(msgspec.Struct, array_like=True):
+class Target(msgspec.Struct, array_like=True):
+    """One connection a :class:`Delivery` is for."""
+
     conn: str
-    prev: str  #: the cursor this batch continues from
-    events: list[Event]
+    prev: str  #: the cursor this connection's part of the batch continues from
     #: True when events after ``prev`` were trimmed before they could be
     #: delivered: the connection cannot continue exactly and must resync.
     lost: bool = False
+
+
+class Delivery(msgspec.Struct, array_like=True):
+    """One read of a user's outbound stream, for all of that user's
+    connections on one gateway.
+
+    ``events`` holds every event after the smallest ``prev`` of the targets
+    that are not lost, so each target finds in it every event after its own
+    ``prev``. The events travel once per gateway, not once per connection, and
+    the gateway encodes each one once for all the connections it goes to.
+    """
+
+    targets: list[Target]
+    events: list[Event]
 
 
 _control_decoder = msgspec.msgpack.Decoder(ControlMessage)

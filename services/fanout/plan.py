@@ -9,6 +9,7 @@ rely on to detect gaps (:mod:`switchboard.gateway.cursor`).
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -45,7 +46,8 @@ def plan(attachments: Iterable[Attachment], events: Sequence[Event], *, start: s
     An attachment whose cursor is older than ``trimmed`` (the newest id removed
     by retention) would silently miss events: it gets a ``lost`` batch instead.
     """
-    keyed = [(streamids.parse(e.id), e) for e in events]
+    # ``events`` come from one XRANGE, so they are in stream order.
+    event_keys = [streamids.parse(e.id) for e in events]
     start_key = streamids.parse(start)
     trimmed_key = streamids.parse(trimmed)
     batches: list[Batch] = []
@@ -56,8 +58,34 @@ def plan(attachments: Iterable[Attachment], events: Sequence[Event], *, start: s
         if cursor_key < trimmed_key:
             batches.append(Batch(att, att.cursor, [], lost=True))
             continue
-        fresh = [e for k, e in keyed if k > cursor_key]
+        fresh = list(events[bisect_right(event_keys, cursor_key):])
         if fresh:
             batches.append(Batch(att, att.cursor, fresh))
             att.cursor = fresh[-1].id
     return batches
+
+
+@dataclass(frozen=True)
+class GatewayBatch:
+    """The batches of one read that go to one gateway, merged into one message."""
+
+    gateway: str
+    targets: list[Batch]
+    events: list[Event]  #: every event any non-lost target needs, once
+
+
+def by_gateway(batches: Iterable[Batch]) -> list[GatewayBatch]:
+    """Merge the batches of one read per gateway.
+
+    Every batch of one read is a suffix of that read, so the longest one holds
+    every other's events: it is the only list that needs to travel. A lost
+    batch carries no events.
+    """
+    targets: dict[str, list[Batch]] = {}
+    longest: dict[str, list[Event]] = {}
+    for batch in batches:
+        gateway = batch.attachment.gateway
+        targets.setdefault(gateway, []).append(batch)
+        if len(batch.events) > len(longest.get(gateway, ())):
+            longest[gateway] = batch.events
+    return [GatewayBatch(gateway, group, longest.get(gateway, [])) for gateway, group in targets.items()]

@@ -33,7 +33,7 @@ from switchboard.shared import internal, keys, outbound
 from switchboard.shared.settings import FanoutSettings
 from switchboard.shared.tasks import finish, wait_event
 
-from .plan import Attachment, plan, read_from
+from .plan import Attachment, by_gateway, plan, read_from
 
 log = logging.getLogger(__name__)
 
@@ -194,11 +194,15 @@ class Fanout:
             entries, trimmed = results[2 * i], results[2 * i + 1] or "0-0"
             events = [outbound.entry_to_event(eid, fields) for eid, fields in entries]
             attachments = self.users.get(user, {})
-            for batch in plan(list(attachments.values()), events, start=start, trimmed=trimmed):
-                delivery = internal.Delivery(conn=batch.attachment.conn, prev=batch.prev,
-                                             events=batch.events, lost=batch.lost)
-                publish.publish(keys.gateway_delivery(batch.attachment.gateway), internal.encode(delivery))
-                sent.append(batch.attachment.gateway)
+            batches = plan(list(attachments.values()), events, start=start, trimmed=trimmed)
+            # One message per gateway carries the events once for all of the
+            # user's connections there.
+            for group in by_gateway(batches):
+                targets = [internal.Target(conn=b.attachment.conn, prev=b.prev, lost=b.lost) for b in group.targets]
+                delivery = internal.Delivery(targets=targets, events=group.events)
+                publish.publish(keys.gateway_delivery(group.gateway), internal.encode(delivery))
+                sent.append(group.gateway)
+            for batch in batches:
                 if batch.lost:
                     attachments.pop(batch.attachment.conn, None)
             if len(entries) == self.settings.batch:

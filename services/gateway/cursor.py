@@ -1,8 +1,9 @@
 """Accepting delivery batches on a connection: the gap/duplicate rule.
 
-A fanout sends events in batches; each batch holds *every* event of the user's
-outbound stream in ``(prev, last event]``. A connection that has delivered up to
-``last`` can therefore:
+A fanout sends events in batches; for each connection a batch is meant for,
+it holds *every* event of the user's outbound stream in ``(prev, last event]``
+(``prev`` is per connection). A connection that has delivered up to ``last``
+can therefore:
 
 - take the events after ``last`` from a batch with ``prev <= last`` (a batch
   that overlaps what was delivered, e.g. after a re-attach, is trimmed, never
@@ -13,17 +14,46 @@ outbound stream in ``(prev, last event]``. A connection that has delivered up to
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from typing import TypeVar
 
 from switchboard.shared import streamids
+from switchboard.shared.protocol import Event, encode
 
 E = TypeVar("E")
 
 
+def first_fresh(last: str, prev: str, keys: Sequence[tuple[int, int]]) -> int | None:
+    """The index in a batch of the first event to deliver, or None on a gap
+    (then nothing may be delivered). ``keys`` are the batch's event ids, parsed,
+    in stream order."""
+    if streamids.later(prev, last):
+        return None
+    return bisect_right(keys, streamids.parse(last))
+
+
 def accept_batch(last: str, prev: str, ids_and_events: Sequence[tuple[str, E]]) -> tuple[list[E], bool]:
     """Return ``(events to deliver, gap)``; on a gap nothing is delivered."""
-    if streamids.later(prev, last):
+    start = first_fresh(last, prev, [streamids.parse(entry_id) for entry_id, _ in ids_and_events])
+    if start is None:
         return [], True
-    last_key = streamids.parse(last)
-    return [event for entry_id, event in ids_and_events if streamids.parse(entry_id) > last_key], False
+    return [event for _, event in ids_and_events[start:]], False
+
+
+class Batch:
+    """The events of one delivery, parsed and encoded once for every
+    connection they go to."""
+
+    def __init__(self, events: Sequence[Event]):
+        self.ids = [event.id for event in events]
+        self.keys = [streamids.parse(entry_id) for entry_id in self.ids]
+        if any(a >= b for a, b in zip(self.keys, self.keys[1:])):
+            # The rule above needs stream order; a batch out of order is a bug
+            # upstream, and delivering it could repeat or skip events.
+            raise ValueError("batch events are not in stream order")
+        self.frames = [encode(event) for event in events]
+
+    def first_fresh(self, last: str, prev: str) -> int | None:
+        """See :func:`first_fresh`."""
+        return first_fresh(last, prev, self.keys)

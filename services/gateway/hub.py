@@ -21,16 +21,17 @@ import asyncio
 import logging
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from switchboard.shared import internal, keys
-from switchboard.shared.protocol import CloseCode, Frame
+from switchboard.shared.protocol import CloseCode, Frame, encode
 from switchboard.shared.tasks import finish, wait_event
 
-from .cursor import accept_batch
+from .cursor import Batch
+from .outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -50,23 +51,25 @@ class Connection:
         self.device = device
         self.epoch = epoch
         self.last = last  #: newest event id put in the outbox
-        self.outbox: asyncio.Queue[Frame] = asyncio.Queue(outbox_size)
+        self.outbox = Outbox(outbox_size)
         self.fanout: tuple[str, str] | None = None  #: (fanout id, incarnation)
         self._close = close
         self.overflowed = False
         self._last_attach = 0.0
 
-    def offer(self, frame: Frame) -> bool:
-        """Queue a frame for the socket; on overflow, close the connection (4008)."""
+    def offer(self, frames: Sequence[bytes]) -> bool:
+        """Queue encoded frames for the socket; on overflow, close the connection (4008)."""
         if self.overflowed:
             return False
-        try:
-            self.outbox.put_nowait(frame)
-        except asyncio.QueueFull:
+        if not self.outbox.offer(frames):
             self.overflowed = True
             self._close(CloseCode.SLOW_CONSUMER, "outbox full; reconnect with last_id")
             return False
         return True
+
+    async def reply(self, frame: Frame) -> None:
+        """Queue the answer to one of the client's frames, waiting for room."""
+        await self.outbox.put(encode(frame))
 
 
 def choose_fanout(user: str, live: dict[str, str]) -> str | None:
@@ -169,24 +172,30 @@ class DeliveryHub:
         except Exception:  # noqa: BLE001 - a malformed internal message must not stop delivery
             log.exception("undecodable delivery dropped")
             return
-        conn = self.conns.get(delivery.conn)
-        if conn is None or conn.overflowed:
-            return
-        if delivery.lost:
-            if delivery.prev == conn.last:
-                conn.overflowed = True  # deliver nothing more on this connection
-                conn._close(CloseCode.RESYNC, "events were trimmed before delivery; reconnect")
-            return
-        fresh, gap = accept_batch(conn.last, delivery.prev, [(e.id, e) for e in delivery.events])
-        if gap:
-            if time.monotonic() - conn._last_attach > RESYNC_HOLDOFF:
-                log.info("gap on %s (have %s, batch from %s): re-attaching", conn.id, conn.last, delivery.prev)
-                await self._attach(conn)
-            return
-        for event in fresh:
-            if not conn.offer(event):
-                return
-            conn.last = event.id
+        batch: Batch | None = None  # built on first use: deliveries for closed connections cost nothing
+        for target in delivery.targets:
+            conn = self.conns.get(target.conn)
+            if conn is None or conn.overflowed:
+                continue
+            if target.lost:
+                if target.prev == conn.last:
+                    conn.overflowed = True  # deliver nothing more on this connection
+                    conn._close(CloseCode.RESYNC, "events were trimmed before delivery; reconnect")
+                continue
+            if batch is None:
+                try:
+                    batch = Batch(delivery.events)
+                except ValueError:
+                    log.exception("malformed delivery dropped")
+                    return
+            start = batch.first_fresh(conn.last, target.prev)
+            if start is None:
+                if time.monotonic() - conn._last_attach > RESYNC_HOLDOFF:
+                    log.info("gap on %s (have %s, batch from %s): re-attaching", conn.id, conn.last, target.prev)
+                    await self._attach(conn)
+                continue
+            if start < len(batch.ids) and conn.offer(batch.frames[start:]):
+                conn.last = batch.ids[-1]
 
     async def _monitor(self) -> None:
         while not self.closing.is_set():

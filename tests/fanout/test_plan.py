@@ -1,4 +1,4 @@
-from switchboard.fanout.plan import Attachment, plan, read_from
+from switchboard.fanout.plan import Attachment, by_gateway, plan, read_from
 from switchboard.shared.protocol import Event
 
 
@@ -38,3 +38,18 @@ def test_a_cursor_behind_the_trimmed_mark_is_lost_not_skipped():
     assert [b.attachment.conn for b in batches if not b.lost] == ["fine"]
     exact = att("exact", "5-0")  # everything after the newest trimmed id is retained
     assert not plan([exact], [ev(6)], start="5-0", trimmed="5-0")[0].lost
+
+
+def test_one_message_per_gateway_carries_the_longest_suffix_once():
+    a, b, c = att("a", "3-0"), att("b", "5-0"), Attachment("gw2", "c", "u", "4-0")
+    lost = att("lost", "1-0")
+    batches = plan([a, b, c, lost], [ev(4), ev(5), ev(6)], start="1-0", trimmed="2-0")
+    groups = {g.gateway: g for g in by_gateway(batches)}
+    assert set(groups) == {"gw", "gw2"}
+    gw = groups["gw"]
+    assert [e.id for e in gw.events] == ["4-0", "5-0", "6-0"]  # a's batch, which holds b's
+    assert {(t.attachment.conn, t.prev, t.lost) for t in gw.targets} == {
+        ("a", "3-0", False), ("b", "5-0", False), ("lost", "1-0", True)}
+    assert [e.id for e in groups["gw2"].events] == ["5-0", "6-0"]
+    only_lost = by_gateway(plan([att("x", "1-0")], [ev(4)], start="1-0", trimmed="2-0"))
+    assert only_lost[0].events == [] and only_lost[0].targets[0].lost

@@ -1,13 +1,15 @@
 import time
 
 import jwt
+import msgspec
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
 from switchboard.gateway import auth
-from switchboard.gateway.cursor import accept_batch
+from switchboard.gateway.cursor import Batch, accept_batch
 from switchboard.gateway.history import to_history
 from switchboard.gateway.hub import choose_fanout
+from switchboard.shared.protocol import Event
 
 SECRET = "s" * 32
 
@@ -65,3 +67,21 @@ def test_every_gateway_picks_the_same_fanout_for_a_user():
     before = {f"user-{i}": choose_fanout(f"user-{i}", live) for i in range(100)}
     after = {u: choose_fanout(u, {"f1": "i1", "f2": "i2"}) for u in before}
     assert all(after[u] == before[u] for u in before if before[u] != "f3")
+
+
+def test_a_shared_batch_serves_each_connection_from_its_own_position():
+    events = [Event(id=f"{i}-0", conversation_id="c", kind="user", text=str(i)) for i in (4, 5, 6)]
+    shared = Batch(events)
+    assert shared.first_fresh("3-0", "3-0") == 0
+    assert shared.first_fresh("5-0", "5-0") == 2
+    assert shared.first_fresh("6-0", "4-0") == 3  # has everything already
+    assert shared.first_fresh("3-0", "4-0") is None  # 4-0 would be missing: a gap
+    assert [msgspec.json.decode(f)["id"] for f in shared.frames] == ["4-0", "5-0", "6-0"]
+
+
+def test_a_batch_out_of_stream_order_is_refused():
+    events = [Event(id=i, conversation_id="c", kind="user", text="x") for i in ("5-0", "4-0")]
+    with pytest.raises(ValueError):
+        Batch(events)
+    with pytest.raises(ValueError):
+        Batch(events[:1] * 2)  # a repeated id, too
