@@ -1,17 +1,23 @@
 """The worker's checkpointer: written only by the conversation's lease holder,
 and read from memory while that holder keeps the conversation.
 
-*Fencing.* A worker that stalls past its lease (a long GC pause, a frozen VM)
-may wake up in the middle of a turn that another worker has since run. Its
-reply is refused by the commit script; this saver refuses its checkpoint too,
-so the conversation's LangGraph state does not fork. The turn's config carries
-the fence (``configurable["switchboard_fence"]``: lease key, token and the
-conversation's hash); every checkpoint write first checks, in one Lua call,
-that the lease still holds the token -- and records the new checkpoint's id in
-the conversation hash (``ckpt``). The check and the library's write are
-separate calls, so a lease lost in between can still let one write through;
-the lease TTL (seconds) dwarfs that window, and the reply stays fenced
-atomically either way.
+*Fencing, and one commit.* A worker that stalls past its lease (a long GC
+pause, a frozen VM) may wake up in the middle of a turn that another worker
+has since run. Its reply is refused by the commit script; its checkpoint must
+be refused too, or the conversation's LangGraph state would fork. The turn's
+config carries the fence (``configurable["switchboard_fence"]``: lease key,
+token and the conversation's hash). The turn's final checkpoint (the graph's
+own namespace; LangGraph writes it once, at the end, with
+``durability="exit"``) is not written by :meth:`aput`: it is encoded into the
+library's document and handed to the turn's commit script (:meth:`take`), which
+stores it together with the reply, under the lease check, in one atomic step.
+A turn is then either wholly committed -- checkpoint, reply, ``done`` -- or
+not at all. Any other write of a leased turn (pending writes, a subgraph's
+checkpoint, a second checkpoint) first stores what is waiting, in the same
+fenced way (:data:`WRITE_LUA`), so writes reach Redis in LangGraph's order.
+The document is the library's own (``checkpoint:<thread>:<ns>:<id>`` JSON plus
+the ``checkpoint_latest`` pointer), so the library reads it back, lists it and
+searches it as usual; a test compares the two field for field.
 
 *The newest checkpoint, kept.* Loading a thread's newest checkpoint from
 Redis costs a lookup plus decoding every message of the conversation -- the
@@ -30,11 +36,14 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import CheckpointTuple, copy_checkpoint
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
+from langgraph.checkpoint.redis.util import to_storage_safe_id, to_storage_safe_str
 
 from switchboard.shared.checkpoints import use_caching_serializer
 
@@ -44,12 +53,46 @@ log = logging.getLogger(__name__)
 
 FENCE = "switchboard_fence"
 
-# KEYS: lease, conv   ARGV: token, new checkpoint id ('' for a writes-only call)
-_FENCE = r"""
+#: Lua: store a checkpoint document as the library does (the JSON document,
+#: the thread's latest pointer, the TTL if any), and name it newest in the
+#: conversation hash. Used by the commit script and by :data:`WRITE_LUA`.
+STORE_LUA = r"""
+local function store_checkpoint(conv, key, latest, id, document, ttl_ms)
+  redis.call('JSON.SET', key, '$', document)
+  redis.call('SET', latest, key)
+  redis.call('HSET', conv, 'ckpt', id)
+  if tonumber(ttl_ms) > 0 then
+    redis.call('PEXPIRE', key, ttl_ms)
+    redis.call('PEXPIRE', latest, ttl_ms)
+  end
+end
+"""
+
+# KEYS: lease, conv, checkpoint, latest   ARGV: token, checkpoint id, document, ttl ms
+WRITE_LUA = STORE_LUA + r"""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[2], 'ckpt', ARGV[2]) end
+store_checkpoint(KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[4])
 return 1
 """
+
+# KEYS: lease   ARGV: token
+_CHECK = r"""
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class PendingCheckpoint:
+    """A turn's final checkpoint, encoded, waiting for the commit script."""
+
+    checkpoint_id: str
+    key: str
+    latest_key: str
+    document: bytes
+
+    def keys(self) -> list[str]:
+        return [self.key, self.latest_key]
 
 
 def fence_config(lease_key: str, token: str, conversation_key: str) -> dict[str, Any]:
@@ -71,8 +114,15 @@ class FencedRedisSaver(AsyncRedisSaver):
         use_caching_serializer(self, remember_encodings=cache_size > 0)
         self.cache_size = cache_size
         self._newest: OrderedDict[str, CheckpointTuple] = OrderedDict()
-        self._fence_script = self._redis.register_script(_FENCE)
+        self._pending: dict[str, tuple[tuple[str, str, str], PendingCheckpoint]] = {}
+        self._write_script = self._redis.register_script(WRITE_LUA)
+        self._check_script = self._redis.register_script(_CHECK)
         self.hits = 0  #: reads served from memory (tests, metrics)
+
+    @property
+    def ttl_ms(self) -> int:
+        minutes = (self.ttl_config or {}).get("default_ttl")
+        return int(minutes * 60_000) if minutes else 0
 
     # -- the kept copy ----------------------------------------------------------------
 
@@ -83,7 +133,15 @@ class FencedRedisSaver(AsyncRedisSaver):
             del self._newest[thread_id]
 
     def forget(self, thread_id: str) -> None:
+        """Drop what is kept of a thread: its copy, and a checkpoint waiting
+        for a commit that will not happen."""
         self._newest.pop(thread_id, None)
+        self._pending.pop(thread_id, None)
+
+    def take(self, thread_id: str) -> PendingCheckpoint | None:
+        """The turn's final checkpoint, for the commit script to store."""
+        waiting = self._pending.pop(thread_id, None)
+        return waiting[1] if waiting else None
 
     def _keep(self, thread_id: str, kept: CheckpointTuple) -> None:
         if self.cache_size <= 0:
@@ -105,35 +163,104 @@ class FencedRedisSaver(AsyncRedisSaver):
 
     # -- fenced writes ----------------------------------------------------------------
 
-    async def _check_fence(self, config: RunnableConfig, new_id: str) -> None:
+    async def store_waiting(self, thread_id: str) -> None:
+        """Store a waiting checkpoint now (fenced), before a later write."""
+        waiting = self._pending.pop(thread_id, None)
+        if waiting is None:
+            return
+        (lease_key, token, conversation_key), pending = waiting
+        stored = await self._write_script(
+            keys=[lease_key, conversation_key, *pending.keys()],
+            args=[token, pending.checkpoint_id, pending.document, self.ttl_ms])
+        if not stored:
+            self.forget(thread_id)
+            raise LeaseLost(f"checkpoint write refused: lease {lease_key} lost")
+
+    async def _check_fence(self, config: RunnableConfig) -> None:
         fence = _fence(config)
         if not fence:
             return
-        lease_key, token, conversation_key = fence
-        if not await self._fence_script(keys=[lease_key, conversation_key], args=[token, new_id]):
+        lease_key, token, _ = fence
+        if not await self._check_script(keys=[lease_key], args=[token]):
             log.warning("refused checkpoint write for %s: the lease is no longer ours", lease_key)
             raise LeaseLost(f"checkpoint write refused: lease {lease_key} lost")
 
     async def aput(self, config, checkpoint, metadata, new_versions):  # noqa: ANN001 - LangGraph's signature
         thread_id = config["configurable"]["thread_id"]
-        root = _is_root(config)
-        self.forget(thread_id)
-        await self._check_fence(config, checkpoint["id"] if root else "")
-        saved = await super().aput(config, checkpoint, metadata, new_versions)
-        if root and _fence(config):
-            parent_id = config["configurable"].get("checkpoint_id")
-            parent = ({"configurable": {"thread_id": thread_id, "checkpoint_ns": "", "checkpoint_id": parent_id}}
-                      if parent_id else None)
-            kept = copy_checkpoint(checkpoint)
-            self._keep(thread_id, CheckpointTuple(
-                config={"configurable": {"thread_id": thread_id, "checkpoint_ns": "",
-                                         "checkpoint_id": checkpoint["id"]}},
-                checkpoint=kept, metadata=dict(metadata), parent_config=parent, pending_writes=[]))
+        fence = _fence(config)
+        await self.store_waiting(thread_id)
+        self._newest.pop(thread_id, None)
+        if not (fence and _is_root(config)):
+            await self._check_fence(config)
+            return await super().aput(config, checkpoint, metadata, new_versions)
+        configurable = config["configurable"]
+        parent_id = configurable.get("checkpoint_id")
+        if parent_id == checkpoint["id"]:
+            parent_id = None
+        run_id = configurable.get("run_id", metadata.get("run_id"))
+        self._pending[thread_id] = (fence, self._document(thread_id, parent_id, run_id, checkpoint, metadata))
+        parent = ({"configurable": {"thread_id": thread_id, "checkpoint_ns": "", "checkpoint_id": parent_id}}
+                  if parent_id else None)
+        saved = {"configurable": {"thread_id": thread_id, "checkpoint_ns": "", "checkpoint_id": checkpoint["id"]}}
+        self._keep(thread_id, CheckpointTuple(config=saved, checkpoint=copy_checkpoint(checkpoint),
+                                              metadata=dict(metadata), parent_config=parent, pending_writes=[]))
         return saved
 
     async def aput_writes(self, config, writes, task_id, task_path=""):  # noqa: ANN001
-        # Pending writes (an interrupt, a failed step) belong to the stored
-        # checkpoint: the next read must see them, so it goes to Redis.
-        self.forget(config["configurable"]["thread_id"])
-        await self._check_fence(config, "")
+        # Pending writes (an interrupt, a failed step) belong to a stored
+        # checkpoint, and the next read must see them: it goes to Redis.
+        thread_id = config["configurable"]["thread_id"]
+        await self.store_waiting(thread_id)
+        self._newest.pop(thread_id, None)
+        await self._check_fence(config)
         return await super().aput_writes(config, writes, task_id, task_path)
+
+    # -- the library's document ----------------------------------------------------------
+
+    def _document(self, thread_id: str, parent_id: str | None, run_id: str | None, checkpoint: Any,
+                  metadata: Any) -> PendingCheckpoint:
+        """The JSON document the library's ``aput`` stores for a checkpoint of
+        the graph's own namespace, encoded in one pass (messages already
+        encoded are spliced in; see :mod:`switchboard.shared.checkpoints`)."""
+        checkpoint_id = checkpoint["id"]
+        body = {k: v for k, v in checkpoint.items() if k != "pending_sends"}
+        body["channel_versions"] = {k: str(v) for k, v in checkpoint["channel_versions"].items()}
+        serde = self.serde
+        try:
+            encoded = orjson.Fragment(orjson.dumps(
+                {"type": "json", **serde._preprocess_redis_json(body), "pending_sends": []},
+                default=serde._default_handler))
+        except TypeError:  # bytes inside the state: the library's own (msgpack) route
+            encoded = self._dump_checkpoint(copy_checkpoint(checkpoint))
+        document = {
+            "thread_id": to_storage_safe_id(thread_id),
+            "run_id": to_storage_safe_id(run_id) if run_id else "",
+            "checkpoint_ns": to_storage_safe_str(""),
+            "checkpoint_id": to_storage_safe_id(checkpoint_id),
+            "parent_checkpoint_id": to_storage_safe_id(parent_id) if parent_id else "",
+            "checkpoint_ts": _ulid_ms(checkpoint_id),
+            "checkpoint": encoded,
+            "metadata": self._dump_metadata(metadata),
+            "has_writes": False,
+        }
+        if "source" in metadata and "step" in metadata:
+            document["source"] = metadata["source"]
+            document["step"] = metadata["step"]
+        return PendingCheckpoint(
+            checkpoint_id=checkpoint_id,
+            key=self._make_redis_checkpoint_key_cached(thread_id, "", checkpoint_id),
+            latest_key=self._make_redis_checkpoint_latest_key(thread_id, ""),
+            document=orjson.dumps(document),
+        )
+
+
+def _ulid_ms(checkpoint_id: str) -> float:
+    """The library's ``checkpoint_ts``: the id read as a ULID, else now."""
+    try:
+        from ulid import ULID
+
+        return ULID.from_str(checkpoint_id).timestamp
+    except Exception:  # noqa: BLE001 - the library falls back the same way
+        import time
+
+        return time.time() * 1000

@@ -34,7 +34,7 @@ from switchboard.shared import keys, outbound
 from switchboard.shared.protocol import EventKind
 from switchboard.shared.settings import WorkerSettings
 
-from .fencing import FencedRedisSaver, fence_config
+from .fencing import STORE_LUA, FencedRedisSaver, fence_config
 from .lease import LeaseLost, Leases
 
 log = logging.getLogger(__name__)
@@ -83,14 +83,17 @@ return {'ok', done, state[2] or '', unpack(found)}
 # The reply, exactly once: written only by the lease holder, only if `done` is
 # where the turn started. Then the next entry, in the same round trip; with
 # none left the lease is released here too.
-# KEYS: lease, conv, out, meta, inbound
-# ARGV: token, expected_done, new_done, new_epoch, maxlen, channel, conversation, page, fields...
-_COMMIT = outbound.APPEND_LUA + _NEXT_ENTRY + r"""
+# The turn's checkpoint (if the graph wrote one) is stored in the same step.
+# KEYS: lease, conv, out, meta, inbound, checkpoint, latest checkpoint
+# ARGV: token, expected_done, new_done, new_epoch, maxlen, channel, conversation, page,
+#       checkpoint id ('' for none), checkpoint document, checkpoint ttl ms, fields...
+_COMMIT = outbound.APPEND_LUA + STORE_LUA + _NEXT_ENTRY + r"""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lease', ''} end
 local done = redis.call('HGET', KEYS[2], 'done') or '0-0'
 if done ~= ARGV[2] then return {'stale', done} end
+if ARGV[9] ~= '' then store_checkpoint(KEYS[2], KEYS[6], KEYS[7], ARGV[9], ARGV[10], ARGV[11]) end
 local fields = {}
-for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 12, #ARGV do fields[#fields + 1] = ARGV[i] end
 local r = append_event(KEYS[3], KEYS[4], ARGV[6], ARGV[4], tonumber(ARGV[5]), fields)
 redis.call('HSET', KEYS[2], 'done', ARGV[3], 'reply', r[1])
 redis.call('HDEL', KEYS[2], 'attempt_of', 'attempts')
@@ -254,6 +257,8 @@ class Turns:
             if status == "lease":
                 raise LeaseLost(f"lease of {user}/{conversation} lost before commit")
             if status != "ok":  # `done` moved under us: scan again from where it is
+                if self.saver is not None:  # and the turn's checkpoint was not stored
+                    self.saver.forget(keys.thread_id(user, conversation))
                 done, found = value, Next(cursor=value)
                 continue
             done = entry.id
@@ -351,10 +356,14 @@ class Turns:
         next-entry scan that followed an ``ok``)."""
         fields = outbound.event_fields(kind.value, entry.conversation, text, client_msg_id=entry.client_msg_id,
                                        device_id=None, ts=outbound.now_ms(), inbound_id=entry.id)
+        pending = self.saver.take(keys.thread_id(user, entry.conversation)) if self.saver is not None else None
+        checkpoint_keys = pending.keys() if pending else [keys.lease(user, entry.conversation)] * 2
+        checkpoint_args = ([pending.checkpoint_id, pending.document, self.saver.ttl_ms] if pending
+                           else ["", "", 0])
         status, value, *rest = await self._commit(
             keys=[keys.lease(user, entry.conversation), keys.conversation(user, entry.conversation),
-                  keys.outbound(user), keys.meta(user), keys.inbound(user)],
+                  keys.outbound(user), keys.meta(user), keys.inbound(user), *checkpoint_keys],
             args=[token, done, entry.id, outbound.new_epoch(), self.settings.streams.outbound_maxlen,
-                  keys.notify(user), entry.conversation, SCAN_PAGE, *fields],
+                  keys.notify(user), entry.conversation, SCAN_PAGE, *checkpoint_args, *fields],
         )
         return status, value, rest

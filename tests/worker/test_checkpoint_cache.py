@@ -34,8 +34,11 @@ def _config(token: str = "tok-a") -> dict:
 
 
 async def _turn(graph, text: str, n: int, token: str = "tok-a") -> dict:
-    return await graph.ainvoke({"messages": [HumanMessage(text, id=f"in-{n}")]}, _config(token),
-                               durability="exit")
+    """A turn, and its checkpoint stored as the commit script would (fenced)."""
+    result = await graph.ainvoke({"messages": [HumanMessage(text, id=f"in-{n}")]}, _config(token),
+                                 durability="exit")
+    await graph.checkpointer.store_waiting(THREAD)
+    return result
 
 
 async def test_kept_copy_reads_exactly_what_redis_holds(client):
@@ -111,6 +114,7 @@ async def test_the_copies_are_bounded(client):
         await graph.ainvoke({"messages": [HumanMessage("hi", id=f"in-{n}")]},
                             {"configurable": {"thread_id": f"t{n}", **fence_config("lease", "tok-a", "conv")}},
                             durability="exit")
+        await saver.store_waiting(f"t{n}")
     assert list(saver._newest) == ["t2", "t3"]
 
 
@@ -172,3 +176,42 @@ async def test_turns_find_entries_past_full_pages_and_release_the_lease(clean_re
     assert await redis.exists(keys.lease("u", "a")) == 0
     await redis.aclose()
     await raw.aclose()
+
+
+async def test_the_commit_stores_the_library_document_field_for_field(client):
+    """The document the commit script stores is the one the library's own
+    ``aput`` stores (so the library reads, lists and searches it as usual)."""
+    import json
+
+    from langgraph.checkpoint.redis.aio import AsyncRedisSaver
+
+    captured = []
+
+    class Recording(AsyncRedisSaver):
+        async def aput(self, config, checkpoint, metadata, new_versions):  # noqa: ANN001
+            captured.append((config, checkpoint, metadata))
+            return await super().aput(config, checkpoint, metadata, new_versions)
+
+    library = Recording(redis_client=client)
+    await setup_saver(library)
+    graph = build().compile(checkpointer=library)
+    for n in range(3):
+        await graph.ainvoke({"messages": [HumanMessage(f"sailing {n} ünïcode", id=f"in-{n}")]},
+                            {"configurable": {"thread_id": THREAD}}, durability="exit")
+    ours = await _saver(client)
+    for config, checkpoint, metadata in captured:
+        parent = config["configurable"].get("checkpoint_id")
+        pending = ours._document(THREAD, parent, None, checkpoint, metadata)
+        stored = await client.json().get(pending.key)
+        mine = json.loads(pending.document)
+        for doc in (stored, mine):
+            doc.pop("checkpoint_ts")  # the time of writing
+        assert mine == stored and mine["checkpoint"]["channel_values"]["messages"]
+        assert await client.get(pending.latest_key) is not None
+    # And what the commit path stores is read back by the library like its own.
+    await client.set("lease", "tok-a")
+    graph = build().compile(checkpointer=ours)
+    await _turn(graph, "after the library", 9)
+    history = [t async for t in ours.alist({"configurable": {"thread_id": THREAD}})]
+    assert len(history) == 4 and history[0].checkpoint["channel_values"]["turn"] == 4
+    assert history[0].parent_config["configurable"]["checkpoint_id"] == history[1].checkpoint["id"]
