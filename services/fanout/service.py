@@ -29,10 +29,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from switchboard.shared import connection as redisconn
-from switchboard.shared import internal, keys, outbound
+from switchboard.shared import internal, keys
 from switchboard.shared.settings import FanoutSettings
 from switchboard.shared.tasks import finish, wait_event
 
+from . import read
 from .plan import Attachment, by_gateway, plan, read_from
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class Fanout:
         self.incarnation = secrets.token_hex(6)
         self.redis = redisconn.make_client(settings.redis)
         self.raw = redisconn.make_client(settings.redis, decode=False)
+        self.reader = read.OutboundReader(self.raw)
         self.users: dict[str, dict[str, Attachment]] = {}
         self.dirty: set[str] = set()
         self.wake = asyncio.Event()
@@ -181,18 +183,14 @@ class Fanout:
         reads = [(u, read_from(self.users[u].values())) for u in users if self.users.get(u)]
         if not reads:
             return
-        # MULTI: the read and the trim mark must be one snapshot, or a trim in
-        # between could hide a gap.
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = self.raw.pipeline(transaction=False)
         for user, start in reads:
-            pipe.xrange(keys.outbound(user), min=f"({start}", count=self.settings.batch)
-            pipe.hget(keys.meta(user), "trimmed")
+            await self.reader.queue(pipe, user, start, self.settings.batch)
         results = await pipe.execute()
         publish = self.raw.pipeline(transaction=False)
         sent: list[str] = []
-        for i, (user, start) in enumerate(reads):
-            entries, trimmed = results[2 * i], results[2 * i + 1] or "0-0"
-            events = [outbound.entry_to_event(eid, fields) for eid, fields in entries]
+        for (user, start), reply in zip(reads, results):
+            events, trimmed = read.parse(reply)
             attachments = self.users.get(user, {})
             batches = plan(list(attachments.values()), events, start=start, trimmed=trimmed)
             # One message per gateway carries the events once for all of the
@@ -205,7 +203,7 @@ class Fanout:
             for batch in batches:
                 if batch.lost:
                     attachments.pop(batch.attachment.conn, None)
-            if len(entries) == self.settings.batch:
+            if len(events) == self.settings.batch:
                 self._mark(user)  # more to read
         if sent:
             receivers = await publish.execute()
