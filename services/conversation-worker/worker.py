@@ -7,8 +7,11 @@ through the consumer group ``workers``. The loop is arq-shaped:
    (the concurrency bound is the number of conversations running at once);
 2. *start*: a notice joins the running task of its conversation, or starts one;
 3. *run*: the task drains the conversation under its lease (:mod:`.turns`);
-4. *finish*: the notices it has covered are acknowledged and deleted
-   (``XACK`` + ``XDEL`` in one ``MULTI``), shielded from cancellation.
+4. *finish*: the notices it has covered are queued for acknowledgement; one
+   *acker* acknowledges and deletes everything queued (``XACK`` + ``XDEL`` in
+   one ``MULTI``), so under load one round trip covers many turns. A notice
+   not yet acknowledged when the worker dies is claimed and finds its turn
+   done: nothing runs twice.
 
 A worker killed at any instant leaves its notices pending; the *claimer* of
 every other worker takes notices idle for ``CLAIM_IDLE`` seconds
@@ -41,6 +44,9 @@ log = logging.getLogger(__name__)
 
 Notice = tuple[str, str]  # (work stream, entry id): ids are unique per stream only
 
+#: Notices acknowledged per round trip at most.
+ACK_BATCH = 1000
+
 
 def _by_stream(notices: list[Notice]) -> dict[str, list[str]]:
     """Notice ids grouped by their work stream (one command per stream)."""
@@ -70,7 +76,8 @@ class Worker:
         self.slot_freed = asyncio.Event()
         self.turns: Turns | None = None
         self.ready = asyncio.Event()
-        self._background: set[asyncio.Task] = set()
+        self._acks: list[Notice] = []  # bounded by what the running conversations covered
+        self._ack_wanted = asyncio.Event()
 
     async def serve(self, *, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
@@ -87,6 +94,8 @@ class Worker:
         self.ready.set()
         reader = asyncio.create_task(self._read_loop(stop), name="worker-read")
         claimer = asyncio.create_task(self._claim_loop(stop), name="worker-claim")
+        acks_done = asyncio.Event()
+        acker = asyncio.create_task(self._ack_loop(acks_done), name="worker-ack")
         try:
             await stop.wait()
         finally:
@@ -96,6 +105,9 @@ class Worker:
             # returned is started, and so covered by _finish_running.
             await finish([reader, claimer], grace=self.settings.read_block + 1.0)
             await self._finish_running(max(0.0, deadline - asyncio.get_running_loop().time()))
+            acks_done.set()  # the acker sends what is queued, then ends
+            self._ack_wanted.set()
+            await finish([acker], grace=5.0)
             await self.redis.aclose()
             await self.raw.aclose()
 
@@ -168,7 +180,7 @@ class Worker:
     def _start(self, notice: Notice, fields: dict[str, str] | None) -> None:
         if not fields or "user" not in fields or "conv" not in fields:
             # A deleted or malformed notice: nothing to run; acknowledge it.
-            self._spawn_ack([notice])
+            self._queue_ack([notice])
             return
         key = (fields["user"], fields["conv"])
         running = self.running.get(key)
@@ -211,7 +223,7 @@ class Worker:
                     # try again rather than acknowledge work nobody did.
                     log.info("conversation %s/%s busy elsewhere; waiting", conv.user, conv.conversation)
                     continue
-                await asyncio.shield(self._ack(covered))
+                self._queue_ack(covered)
                 conv.notices = [n for n in conv.notices if n not in covered]
         except Exception:
             log.exception("conversation %s/%s crashed; its notices stay pending", conv.user, conv.conversation)
@@ -242,10 +254,22 @@ class Worker:
                 await asyncio.sleep(0.2 * (attempt + 1))
         # Left pending: a claimer re-runs the drain, which finds nothing to do.
 
-    def _spawn_ack(self, notices: list[Notice]) -> None:
-        task = asyncio.create_task(self._ack(notices))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def _queue_ack(self, notices: list[Notice]) -> None:
+        self._acks.extend(notices)
+        self._ack_wanted.set()
+
+    async def _ack_loop(self, done: asyncio.Event) -> None:
+        """Acknowledge queued notices, many per round trip; after ``done`` is
+        set, send what is left and end."""
+        while True:
+            if not self._acks:
+                if done.is_set():
+                    return
+                self._ack_wanted.clear()
+                await self._ack_wanted.wait()  # set by _queue_ack, and with `done`
+                continue
+            batch, self._acks = self._acks[:ACK_BATCH], self._acks[ACK_BATCH:]
+            await self._ack(batch)
 
     # -- claim ----------------------------------------------------------------------------
 
@@ -267,4 +291,4 @@ class Worker:
                     log.info("claimed notice %s %s from a stalled worker", stream, notice_id)
                     self._start((stream, notice_id), fields)
                 if deleted:
-                    self._spawn_ack([(stream, d) for d in deleted])
+                    self._queue_ack([(stream, d) for d in deleted])

@@ -228,3 +228,33 @@ async def test_history_returns_the_conversation(system):
     error = await phone.wait_frame("error")
     assert error["code"] == "unknown_conversation"
     await phone.close()
+
+
+async def test_answered_work_notices_are_acknowledged_and_deleted(system):
+    """The acker acknowledges every notice a turn covered (many per round
+    trip); nothing is left pending for a claimer to redo."""
+    import redis.asyncio as aioredis
+
+    from switchboard.shared import keys
+
+    devices = [Device(system.services["gw-a"].url, token(_user()), "phone") for _ in range(5)]
+    for device in devices:
+        await device.connect()
+    for round_ in range(3):
+        for device in devices:
+            await device.send("c", f"m{round_}", f"message {round_}")
+        for device in devices:
+            await device.wait_reply(f"m{round_}")
+    client = aioredis.Redis.from_url(system.redis_url)
+    try:
+        for _ in range(50):
+            pending = (await client.xpending(keys.work(0), keys.WORKER_GROUP))["pending"]
+            length = await client.xlen(keys.work(0))
+            if pending == 0 and length == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert (pending, length) == (0, 0)
+    finally:
+        await client.aclose()
+    for device in devices:
+        await device.close()
