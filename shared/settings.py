@@ -131,6 +131,7 @@ class WorkerSettings:
     graph: str = "switchboard.worker.graph:graph"
     checkpoint_ttl: float | None = None  #: minutes; None keeps checkpoints forever
     checkpoint_cache: int = 1000  #: conversations whose newest checkpoint stays in memory (0: none)
+    checkpoint_keep: int = 20  #: checkpoints kept per conversation (0: all)
     concurrency: int = 64  #: conversations run at once by one worker
     turn_timeout: float = 60.0  #: seconds one graph run may take
     lease_ttl: float = 15.0  #: seconds a conversation lease lives without renewal
@@ -148,6 +149,7 @@ class WorkerSettings:
             graph=_get(env, "GRAPH", "switchboard.worker.graph:graph"),
             checkpoint_ttl=ttl or None,
             checkpoint_cache=_int(env, "CHECKPOINT_CACHE", 1000, minimum=0),
+            checkpoint_keep=_int(env, "CHECKPOINT_KEEP", 20, minimum=0),
             concurrency=_int(env, "WORKER_CONCURRENCY", 64, minimum=1),
             turn_timeout=_float(env, "TURN_TIMEOUT", 60.0, minimum=0.1),
             lease_ttl=_float(env, "LEASE_TTL", 15.0, minimum=0.5),

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 #: Inbound entries scanned per round trip when looking for a conversation's next.
 SCAN_PAGE = 200
 
+#: Conversations whose turns since their last prune are counted (a bound).
+UNPRUNED_MAX = 100_000
+
 # Finds the conversation's next inbound entry after `after` within one page of
 # the user's inbound stream, and counts the attempt at it durably *before* it
 # runs -- so a message that crashes the worker process is counted too (a
@@ -192,6 +195,7 @@ class Turns:
         self._begin_attempt = redis.register_script(_BEGIN_ATTEMPT)
         saver = graph.checkpointer
         self.saver = saver if isinstance(saver, FencedRedisSaver) else None
+        self._unpruned: dict[str, int] = {}  # turns committed per thread since its last prune
 
     async def drain(self, user: str, conversation: str) -> bool:
         """Run every pending turn of the conversation. Return False if another
@@ -212,7 +216,6 @@ class Turns:
                     raise LeaseLost(f"lease of {user}/{conversation} lost")
             released = work.result()
             ok = True
-            return True
         finally:
             if not ok and self.saver is not None:
                 self.saver.forget(keys.thread_id(user, conversation))
@@ -223,6 +226,29 @@ class Turns:
                     await self.leases.release(lease_key, token)
                 except Exception:  # noqa: BLE001 - the lease expires on its own
                     log.debug("lease release failed for %s/%s", user, conversation)
+        await self._prune(keys.thread_id(user, conversation))
+        return True
+
+    async def _prune(self, thread_id: str) -> None:
+        """Keep the newest ``CHECKPOINT_KEEP`` checkpoints of a conversation.
+
+        Every checkpoint holds the whole conversation, so keeping them all
+        costs storage that grows with the *square* of its length. The library
+        prunes (documents, pending writes, registry); it is asked once every
+        ``CHECKPOINT_KEEP / 2`` turns, so the cost per turn stays small and at
+        most ``1.5 * CHECKPOINT_KEEP`` checkpoints exist. Pruning only ever
+        removes older checkpoints, so it needs no lease."""
+        keep = self.settings.checkpoint_keep
+        if keep <= 0 or self.saver is None:
+            return
+        count = self._unpruned.get(thread_id, 0)
+        if count < max(1, keep // 2):
+            return
+        self._unpruned.pop(thread_id, None)
+        try:
+            await self.saver.aprune([thread_id], keep_last=keep)
+        except Exception as exc:  # noqa: BLE001 - storage is reclaimed on a later turn
+            log.warning("pruning checkpoints of %s failed: %s", thread_id, exc)
 
     async def _take(self, user: str, conversation: str, *, max_wait: float) -> tuple[str, str, Next] | None:
         """Take the lease (waiting with back-off up to ``max_wait`` seconds)
@@ -262,6 +288,10 @@ class Turns:
                 done, found = value, Next(cursor=value)
                 continue
             done = entry.id
+            thread = keys.thread_id(user, conversation)
+            if len(self._unpruned) >= UNPRUNED_MAX and thread not in self._unpruned:
+                self._unpruned.clear()  # bounded; a forgotten count only delays a prune
+            self._unpruned[thread] = self._unpruned.get(thread, 0) + 1
             found = _parse_next(conversation, rest)
             if found.entry is None and found.cursor is None:
                 return True  # nothing left: the commit released the lease

@@ -215,3 +215,27 @@ async def test_the_commit_stores_the_library_document_field_for_field(client):
     history = [t async for t in ours.alist({"configurable": {"thread_id": THREAD}})]
     assert len(history) == 4 and history[0].checkpoint["channel_values"]["turn"] == 4
     assert history[0].parent_config["configurable"]["checkpoint_id"] == history[1].checkpoint["id"]
+
+
+async def test_old_checkpoints_are_pruned_to_checkpoint_keep(clean_redis):
+    from dataclasses import replace
+
+    from switchboard.shared import keys
+    from switchboard.shared.settings import WorkerSettings
+    from switchboard.worker.turns import Turns
+
+    redis = aioredis.Redis.from_url(clean_redis, decode_responses=True)
+    raw = aioredis.Redis.from_url(clean_redis)
+    saver = await _saver(raw)
+    turns = Turns(redis, build().compile(checkpointer=saver), replace(WorkerSettings(), checkpoint_keep=4))
+    thread = keys.thread_id("u", "a")
+    counts = []
+    for n in range(12):
+        await redis.xadd(keys.inbound("u"), {"conv": "a", "cmid": f"m{n}", "dev": "d", "text": f"turn {n}"})
+        assert await turns.drain("u", "a") is True
+        counts.append(len([t async for t in saver.alist({"configurable": {"thread_id": thread}})]))
+    assert max(counts) <= 4 + 4 // 2 and counts[-1] >= 4  # bounded, and the newest are kept
+    state = await turns.graph.aget_state({"configurable": {"thread_id": thread}})
+    assert state.values["turn"] == 12  # the newest checkpoint holds the whole conversation
+    await redis.aclose()
+    await raw.aclose()
