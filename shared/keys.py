@@ -59,8 +59,12 @@ def notify(user: str) -> str:
 
 
 def thread_id(user: str, conversation_id: str) -> str:
-    """LangGraph thread id of a conversation (user ids contain no ``/``)."""
-    return f"{user}/{conversation_id}"
+    """LangGraph thread id of a conversation (user ids contain no ``/``).
+
+    It carries the user's hash tag, so the checkpointer's keys for the thread
+    (``checkpoint:{u:USER}/CONV:...``) live in the user's Cluster slot too:
+    the worker's commit script stores a turn's checkpoint with its reply."""
+    return f"{{u:{user}}}/{conversation_id}"
 
 
 # -- work distribution ----------------------------------------------------------
