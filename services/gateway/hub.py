@@ -2,17 +2,22 @@
 
 Each connection is *attached* to one live fanout (rendezvous hashing on the
 user id over the live fanouts) with the cursor it has delivered up to. Fanouts
-publish batches on this gateway's channel; :func:`cursor.accept_batch` decides
-what a batch adds. The hub re-attaches a connection, from exactly its cursor,
-whenever delivery may have been interrupted:
+publish batches on this gateway's channel; :mod:`.cursor` decides what a batch
+adds. The hub re-attaches a connection, from exactly its cursor, whenever
+delivery may have been interrupted:
 
 - its fanout died or restarted (the fanout's liveness key vanished or carries a
   new incarnation),
 - this gateway's own subscription was interrupted (pub/sub is at-most-once),
 - a batch revealed a gap.
 
-Every outbox is bounded: a connection whose outbox is full is closed with
-``SLOW_CONSUMER`` (4008) and reconnects with ``last_id``.
+Every outbox is bounded, and the user's outbound stream in Redis is where
+events wait, not the gateway: when a batch does not fit, the connection takes
+what fits and is *paused* -- detached from its fanout, so nothing more is read
+for it -- until its outbox is half empty; then it is attached again from its
+cursor. A replay of any length thus flows at the pace the client reads. A
+connection whose outbox stays full for ``SLOW_CONSUMER_AFTER`` seconds is
+closed with ``SLOW_CONSUMER`` (4008) and reconnects with ``last_id``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import asyncio
 import logging
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -39,6 +44,9 @@ log = logging.getLogger(__name__)
 MONITOR_INTERVAL = 1.0
 #: Seconds during which a connection is not re-attached twice for a gap.
 RESYNC_HOLDOFF = 0.25
+#: Seconds a paused connection may wait for room in its outbox before it is
+#: closed as a slow consumer.
+SLOW_CONSUMER_AFTER = 10.0
 
 
 class Connection:
@@ -54,18 +62,17 @@ class Connection:
         self.outbox = Outbox(outbox_size)
         self.fanout: tuple[str, str] | None = None  #: (fanout id, incarnation)
         self._close = close
-        self.overflowed = False
+        self.closed = False  #: being closed: deliver nothing more
+        self.resumer: asyncio.Task | None = None  #: set while paused (see the module docstring)
         self._last_attach = 0.0
 
-    def offer(self, frames: Sequence[bytes]) -> bool:
-        """Queue encoded frames for the socket; on overflow, close the connection (4008)."""
-        if self.overflowed:
-            return False
-        if not self.outbox.offer(frames):
-            self.overflowed = True
-            self._close(CloseCode.SLOW_CONSUMER, "outbox full; reconnect with last_id")
-            return False
-        return True
+    @property
+    def paused(self) -> bool:
+        return self.resumer is not None
+
+    def close(self, code: CloseCode, why: str) -> None:
+        self.closed = True
+        self._close(code, why)
 
     async def reply(self, frame: Frame) -> None:
         """Queue the answer to one of the client's frames, waiting for room."""
@@ -98,16 +105,13 @@ class DeliveryHub:
 
     async def remove(self, conn: Connection) -> None:
         self.conns.pop(conn.id, None)
-        if conn.fanout is not None:
-            message = internal.encode(internal.Detach(conn=conn.id, user=conn.user))
-            try:
-                await self.redis.publish(keys.fanout_control(conn.fanout[0]), message)
-            except RedisError as exc:
-                # The fanout drops attachments of dead gateways and of unknown
-                # connections on its own; a lost detach costs only a little work.
-                log.debug("detach of %s not sent: %s", conn.id, exc)
+        if conn.resumer is not None:
+            conn.resumer.cancel()
+        await self._detach(conn)
 
     async def _attach(self, conn: Connection) -> None:
+        if conn.paused:
+            return  # its resumer attaches it once its outbox has room
         conn._last_attach = time.monotonic()
         fid = choose_fanout(conn.user, self.live)
         if fid is None:
@@ -122,6 +126,39 @@ class DeliveryHub:
             conn.fanout = None
             return
         conn.fanout = (fid, self.live[fid]) if receivers else None
+
+    async def _detach(self, conn: Connection) -> None:
+        if conn.fanout is None:
+            return
+        message = internal.encode(internal.Detach(conn=conn.id, user=conn.user))
+        try:
+            await self.redis.publish(keys.fanout_control(conn.fanout[0]), message)
+        except RedisError as exc:
+            # The fanout drops attachments of dead gateways and of unknown
+            # connections on its own; a lost detach costs only a little work
+            # (deliveries to a paused connection are ignored).
+            log.debug("detach of %s not sent: %s", conn.id, exc)
+
+    # -- pausing -----------------------------------------------------------------
+
+    def _pause(self, conn: Connection) -> None:
+        log.debug("pausing %s at %s: outbox full", conn.id, conn.last)
+        conn.resumer = asyncio.create_task(self._resume_when_drained(conn), name=f"resume-{conn.id}")
+        conn.resumer.add_done_callback(_log_failure)
+
+    async def _resume_when_drained(self, conn: Connection) -> None:
+        """Stop reading for a connection until half its outbox is free, then
+        attach it again from its cursor (what it was sent up to)."""
+        await self._detach(conn)
+        try:
+            await asyncio.wait_for(conn.outbox.wait_room(max(1, conn.outbox.size // 2)), SLOW_CONSUMER_AFTER)
+        except TimeoutError:
+            conn.close(CloseCode.SLOW_CONSUMER,
+                       f"outbox full for {SLOW_CONSUMER_AFTER:g} s; reconnect with last_id")
+            return
+        conn.resumer = None
+        if self.conns.get(conn.id) is conn:
+            await self._attach(conn)
 
     # -- running ---------------------------------------------------------------
 
@@ -175,12 +212,11 @@ class DeliveryHub:
         batch: Batch | None = None  # built on first use: deliveries for closed connections cost nothing
         for target in delivery.targets:
             conn = self.conns.get(target.conn)
-            if conn is None or conn.overflowed:
-                continue
+            if conn is None or conn.closed or conn.paused:
+                continue  # a paused connection is attached again from its cursor
             if target.lost:
                 if target.prev == conn.last:
-                    conn.overflowed = True  # deliver nothing more on this connection
-                    conn._close(CloseCode.RESYNC, "events were trimmed before delivery; reconnect")
+                    conn.close(CloseCode.RESYNC, "events were trimmed before delivery; reconnect")
                 continue
             if batch is None:
                 try:
@@ -194,8 +230,12 @@ class DeliveryHub:
                     log.info("gap on %s (have %s, batch from %s): re-attaching", conn.id, conn.last, target.prev)
                     await self._attach(conn)
                 continue
-            if start < len(batch.ids) and conn.offer(batch.frames[start:]):
-                conn.last = batch.ids[-1]
+            fresh = batch.frames[start:]
+            taken = conn.outbox.offer(fresh)
+            if taken:
+                conn.last = batch.ids[start + taken - 1]
+            if taken < len(fresh):
+                self._pause(conn)
 
     async def _monitor(self) -> None:
         while not self.closing.is_set():
@@ -215,3 +255,8 @@ class DeliveryHub:
             return {}
         values = await self.redis.mget([keys.fanout_alive(m) for m in members])
         return {m: v.decode() for m, v in zip(members, values) if v is not None}
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task %s failed", task.get_name(), exc_info=task.exception())

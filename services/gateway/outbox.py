@@ -6,12 +6,11 @@ an event going to several connections of a user is encoded once, and the
 writer can take everything that is queued and send it in one socket write
 instead of one write (one system call) per frame.
 
-What happens at the bound (``size`` frames) depends on who is writing:
+At the bound (``size`` frames) nobody writes past it:
 
 - :meth:`Outbox.offer` -- deliveries from the hub, which must never wait for
-  one slow client -- refuses, and the caller closes the connection with
-  ``SLOW_CONSUMER`` (4008); the client reconnects with ``last_id`` and loses
-  nothing;
+  one slow client -- queues only what fits and says how much that was; the
+  hub holds the rest back in Redis (see :mod:`.hub`, *pausing*);
 - :meth:`Outbox.put` -- replies to the client's own frames -- waits for room,
   which stops reading that client's frames until it reads its own.
 """
@@ -28,32 +27,42 @@ class Outbox:
         self.size = size
         self._frames: deque[bytes] = deque()
         self._nonempty = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
+        self._taken = asyncio.Event()  #: set whenever frames leave; waiters re-check
 
     def __len__(self) -> int:
         return len(self._frames)
 
-    def offer(self, frames: Sequence[bytes]) -> bool:
-        """Queue all of ``frames``, or none of them if they do not fit."""
-        if len(self._frames) + len(frames) > self.size:
-            return False
-        if frames:
-            self._frames.extend(frames)
-            self._changed()
-        return True
+    @property
+    def room(self) -> int:
+        return self.size - len(self._frames)
+
+    def offer(self, frames: Sequence[bytes]) -> int:
+        """Queue the leading frames of ``frames`` that fit; return how many."""
+        count = min(len(frames), self.room)
+        if count:
+            self._frames.extend(frames[:count])
+            self._nonempty.set()
+        return count
 
     async def put(self, frame: bytes) -> None:
         """Queue one frame, waiting for room."""
-        while len(self._frames) >= self.size:
-            await self._room.wait()
+        await self.wait_room(1)
         self._frames.append(frame)
-        self._changed()
+        self._nonempty.set()
+
+    async def wait_room(self, frames: int) -> None:
+        """Wait until ``frames`` more frames would fit."""
+        while self.room < frames:
+            # Nothing runs between this check and the wait: clearing here
+            # cannot lose a wake-up.
+            self._taken.clear()
+            await self._taken.wait()
 
     async def take(self, max_frames: int, max_bytes: int) -> list[bytes]:
         """Wait for at least one frame; return the oldest ones, in order, up to
         ``max_frames`` frames and (beyond the first) ``max_bytes`` bytes."""
         while not self._frames:
+            self._nonempty.clear()
             await self._nonempty.wait()
         frames = [self._frames.popleft()]
         size = len(frames[0])
@@ -61,15 +70,7 @@ class Outbox:
             frame = self._frames.popleft()
             frames.append(frame)
             size += len(frame)
-        self._changed()
-        return frames
-
-    def _changed(self) -> None:
-        if self._frames:
-            self._nonempty.set()
-        else:
+        if not self._frames:
             self._nonempty.clear()
-        if len(self._frames) < self.size:
-            self._room.set()
-        else:
-            self._room.clear()
+        self._taken.set()
+        return frames

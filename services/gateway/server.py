@@ -104,8 +104,9 @@ class Gateway:
         where = resume.resolve(state, last_id=hello.last_id, epoch=hello.epoch, stored=stored)
         conn = Connection(uuid.uuid4().hex, user, hello.device_id, state.epoch, where.resume_from,
                           self.settings.outbox_size, close=lambda code, why: _close_later(ws, code, why))
-        conn.offer([p.encode(p.Welcome(user_id=user, device_id=hello.device_id, epoch=state.epoch,
-                                       resume_from=where.resume_from, recovered=where.recovered))])
+        # The first frame of an empty outbox (of at least 16): it always fits.
+        conn.outbox.offer([p.encode(p.Welcome(user_id=user, device_id=hello.device_id, epoch=state.epoch,
+                                              resume_from=where.resume_from, recovered=where.recovered))])
         log.debug("welcome user=%s device=%s conn=%s resume_from=%s recovered=%s (%s)",
                  user, hello.device_id, conn.id, where.resume_from, where.recovered, where.source)
         writer = asyncio.create_task(_drain(ws, conn), name=f"writer-{conn.id}")
