@@ -3,6 +3,7 @@ and what Redis holds. Pure functions, tested on their own (test_checker.py)."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,39 @@ def check_replies(stream: list[tuple[str, dict[str, str]]], accepted: dict[str, 
             report.add("reply_count", f"{user} {cmid}: {replies[cmid]} replies")
         if users[cmid] != 1:
             report.add("user_event_count", f"{user} {cmid}: {users[cmid]} user events")
+
+
+_REPLY_NUMBER = re.compile(r"^reply (\d+) to: ")
+
+
+def check_history(conversation: str, human_ids: list[str], replies: list[tuple[str, str]],
+                  report: Report) -> None:
+    """The conversation's LangGraph history, as stored: each message at most
+    once, in inbound order, and every answered one in it -- at the place its
+    reply was computed from (the test graph says ``reply <n> to: ...``, n =
+    the human messages in the state it ran on). A turn run twice, a lost or
+    forked checkpoint, or a reply committed without its checkpoint breaks one
+    of these. ``human_ids`` are the state's ``in-<inbound id>`` message ids;
+    ``replies`` the (inbound id, text) of the conversation's assistant events."""
+    counts = Counter(human_ids)
+    for message_id, n in counts.items():
+        if n > 1:
+            report.add("history_duplicate", f"{conversation}: {message_id} {n} times in the history")
+    inbound = [m[len("in-"):] for m in human_ids if m and m.startswith("in-")]
+    if any(streamids.parse(a) > streamids.parse(b) for a, b in zip(inbound, inbound[1:])):
+        report.add("history_order", f"{conversation}: history out of inbound order: {inbound[:10]}...")
+    position: dict[str, int] = {}
+    for i, message_id in enumerate(human_ids):
+        position.setdefault(message_id, i)
+    for inbound_id, text in replies:
+        where = position.get(f"in-{inbound_id}")
+        if where is None:
+            report.add("history_missing", f"{conversation}: answered {inbound_id} is not in the history")
+            continue
+        match = _REPLY_NUMBER.match(text)
+        if match and int(match.group(1)) != where + 1:
+            report.add("history_fork", f"{conversation}: the reply to {inbound_id} was computed on "
+                                       f"{match.group(1)} messages, the history has it at {where + 1}")
 
 
 def check_device(log: DeviceLog, stream: list[tuple[str, dict[str, str]]], report: Report,

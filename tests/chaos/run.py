@@ -26,6 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 
 from switchboard.embedded_redis import EmbeddedRedis, free_port
 from switchboard.shared import keys
@@ -234,6 +235,24 @@ class Chaos:
                     return False
         return True
 
+    async def _check_histories(self, url: str, streams: dict[str, list], report: checker.Report) -> None:
+        """Each conversation's stored LangGraph history against its replies."""
+        raw = aioredis.Redis.from_url(url)
+        saver = AsyncRedisSaver(redis_client=raw)
+        try:
+            for user, stream in streams.items():
+                replies: dict[str, list[tuple[str, str]]] = {}
+                for _, fields in stream:
+                    if fields.get("kind") == "assistant":
+                        replies.setdefault(fields["conv"], []).append((fields["in"], fields["text"]))
+                for conversation, answered in replies.items():
+                    stored = await saver.aget_tuple({"configurable": {"thread_id": keys.thread_id(user, conversation)}})
+                    messages = stored.checkpoint["channel_values"].get("messages", []) if stored else []
+                    human_ids = [m.id for m in messages if getattr(m, "type", "") == "human"]
+                    checker.check_history(f"{user}/{conversation}", human_ids, answered, report)
+        finally:
+            await raw.aclose()
+
     async def check(self, url: str, quiet: bool) -> tuple[checker.Report, dict]:
         report = checker.Report()
         for name in self.slow_stops:
@@ -253,6 +272,7 @@ class Chaos:
                 checker.check_device(device.log, stream, report)
         dead = await client.xlen(keys.dead_letters())
         await client.aclose()
+        await self._check_histories(url, streams, report)
         memory = checker.check_memory(self.memory, report, limit_mb=self.args.memory_limit)
         counts = self.stats.counts
         summary = {

@@ -2,7 +2,8 @@
 proves nothing), and pass a clean run."""
 
 from tests.chaos.checker import (
-    DeviceLog, Report, Segment, check_accept_ids, check_device, check_memory, check_replies, group_accepts,
+    DeviceLog, Report, Segment, check_accept_ids, check_device, check_history, check_memory, check_replies,
+    group_accepts,
 )
 
 
@@ -72,3 +73,21 @@ def test_changed_accept_ids_and_memory_growth_are_caught():
     report = Report()
     check_memory({"big": flat}, report, limit_mb=50)
     assert report.violations == {"memory_limit": 1}
+
+
+def history(human_ids: list[str], replies: list[tuple[str, str]]) -> Report:
+    report = Report()
+    check_history("u/c", human_ids, replies, report)
+    return report
+
+
+def test_history_checks_pass_a_clean_conversation_and_catch_each_fault():
+    clean = ["in-1-0", "in-3-0", "in-5-0"]
+    replies = [("1-0", "reply 1 to: a"), ("3-0", "reply 2 to: b"), ("5-0", "reply 3 to: c")]
+    assert history(clean, replies).ok
+    assert history(clean[:2], replies[:2]).ok  # a message still waiting for its turn
+    assert set(history(["in-1-0", "in-3-0", "in-3-0"], replies[:2]).violations) == {"history_duplicate"}
+    assert set(history(["in-3-0", "in-1-0"], []).violations) == {"history_order"}
+    assert set(history(["in-1-0"], replies[:2]).violations) == {"history_missing"}
+    # The turn was computed on a history the store no longer has (a lost checkpoint).
+    assert set(history(["in-3-0", "in-5-0"], [("5-0", "reply 3 to: c")]).violations) == {"history_fork"}
