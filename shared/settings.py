@@ -130,7 +130,7 @@ class WorkerSettings:
     server_id: str = dataclasses.field(default_factory=default_server_id)
     graph: str = "switchboard.worker.graph:graph"
     checkpoint_ttl: float | None = None  #: minutes; None keeps checkpoints forever
-    checkpoint_cache: int = 1000  #: conversations whose newest checkpoint stays in memory (0: none)
+    checkpoint_cache: int = 256  #: conversations whose newest checkpoint stays in memory (0: none)
     checkpoint_keep: int = 20  #: checkpoints kept per conversation (0: all)
     concurrency: int = 64  #: conversations run at once by one worker
     turn_timeout: float = 60.0  #: seconds one graph run may take
@@ -148,7 +148,7 @@ class WorkerSettings:
             **_common(env),
             graph=_get(env, "GRAPH", "switchboard.worker.graph:graph"),
             checkpoint_ttl=ttl or None,
-            checkpoint_cache=_int(env, "CHECKPOINT_CACHE", 1000, minimum=0),
+            checkpoint_cache=_int(env, "CHECKPOINT_CACHE", 256, minimum=0),
             checkpoint_keep=_int(env, "CHECKPOINT_KEEP", 20, minimum=0),
             concurrency=_int(env, "WORKER_CONCURRENCY", 64, minimum=1),
             turn_timeout=_float(env, "TURN_TIMEOUT", 60.0, minimum=0.1),

@@ -109,7 +109,7 @@ def _is_root(config: RunnableConfig) -> bool:
 
 
 class FencedRedisSaver(AsyncRedisSaver):
-    def __init__(self, *args: Any, cache_size: int = 1000, **kwargs: Any):
+    def __init__(self, *args: Any, cache_size: int = 256, **kwargs: Any):
         super().__init__(*args, **kwargs)
         use_caching_serializer(self, remember_encodings=cache_size > 0)
         self.cache_size = cache_size

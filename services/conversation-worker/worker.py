@@ -176,6 +176,9 @@ class Worker:
             for stream, entries in reply or []:
                 for notice_id, fields in entries:
                     self._start((stream, notice_id), fields)
+            # Let the conversations just started send their first command
+            # before this loop sends its next blocking read.
+            await asyncio.sleep(0)
 
     def _start(self, notice: Notice, fields: dict[str, str] | None) -> None:
         if not fields or "user" not in fields or "conv" not in fields:
