@@ -43,7 +43,9 @@ class LoadDevice:
 
     async def connect(self, *, last_id: str | None = None, epoch: str | None = None) -> _Frame:
         # A generous handshake timeout: a reconnect storm queues thousands of handshakes.
-        self.ws = await connect(self.url, max_size=None, compression=None, ping_interval=None, open_timeout=120)
+        # proxy=None: no proxy lookup in the environment for every connection.
+        self.ws = await connect(self.url, max_size=None, compression=None, ping_interval=None, open_timeout=120,
+                                proxy=None)
         await self.ws.send(json.dumps({"type": "hello", "token": self.token, "device_id": self.device_id,
                                        "last_id": last_id, "epoch": epoch}))
         self.welcome = _decode(await self.ws.recv())

@@ -34,6 +34,13 @@ from .store import GatewayStore
 
 log = logging.getLogger(__name__)
 
+#: Connections the kernel may hold for accept (capped by net.core.somaxconn).
+#: asyncio's default, 100, is far below a reconnect storm after a gateway or
+#: network failure: every connection beyond it is dropped by the kernel and
+#: the device's TCP retries after 1, 3, 7, 15 ... seconds, which is what such
+#: a storm's duration then measures.
+LISTEN_BACKLOG = 4096
+
 
 class Gateway:
     def __init__(self, settings: GatewaySettings):
@@ -63,6 +70,7 @@ class Gateway:
                 ping_interval=s.heartbeat_interval,
                 ping_timeout=s.heartbeat_interval,
                 close_timeout=2,
+                backlog=LISTEN_BACKLOG,
             ) as server:
                 port = next(iter(server.sockets)).getsockname()[1]
                 log.info("gateway %s listening on ws://%s:%s/ws", s.server_id, s.host, port)
