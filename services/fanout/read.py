@@ -32,13 +32,23 @@ _decode = msgspec.msgpack.Decoder(tuple[str, list[tuple[str, list[str]]]]).decod
 
 
 class OutboundReader:
+    """Queues reads on a pipeline by the script's SHA. (redis-py's ``Script``
+    on a pipeline first asks ``SCRIPT EXISTS`` at every execute: one more
+    round trip per delivery.) The script is loaded at start (:meth:`load`);
+    Redis answers ``NOSCRIPT`` after a restart or flush, and the caller loads
+    it again and retries."""
+
     def __init__(self, redis: aioredis.Redis):
         # ``redis`` must not decode responses: the reply is msgpack bytes.
+        self.redis = redis
         self._read = redis.register_script(_READ)
 
-    async def queue(self, pipe: aioredis.client.Pipeline, user: str, after: str, count: int) -> None:
+    async def load(self) -> None:
+        await self.redis.script_load(_READ)
+
+    def queue(self, pipe: aioredis.client.Pipeline, user: str, after: str, count: int) -> None:
         """Queue the read of up to ``count`` events after ``after`` on ``pipe``."""
-        await self._read(keys=[keys.outbound(user), keys.meta(user)], args=[after, count], client=pipe)
+        pipe.evalsha(self._read.sha, 2, keys.outbound(user), keys.meta(user), after, count)
 
 
 def parse(reply: bytes) -> tuple[list[Event], str]:

@@ -12,8 +12,10 @@ from switchboard.shared.settings import StreamSettings
 
 
 async def _read(client: aioredis.Redis, user: str, after: str, count: int):
+    reader = OutboundReader(client)
+    await reader.load()
     pipe = client.pipeline(transaction=False)
-    await OutboundReader(client).queue(pipe, user, after, count)
+    reader.queue(pipe, user, after, count)
     (reply,) = await pipe.execute()
     return parse(reply)
 
@@ -40,3 +42,26 @@ async def test_reads_events_after_the_cursor_with_the_trim_mark(redis_url):
     await text.delete(keys.work(0))
     await text.aclose()
     await raw.aclose()
+
+
+async def test_the_fanout_reloads_its_script_after_redis_forgets_it(redis_url):
+    """Reads go by SHA (no SCRIPT EXISTS per delivery); after a restart or a
+    flush Redis answers NOSCRIPT, and the fanout loads the script again."""
+    from switchboard.fanout.service import Fanout
+    from switchboard.shared.settings import FanoutSettings, RedisSettings
+
+    text = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    store = GatewayStore(text, StreamSettings(work_shards=1))
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    await store.accept_many(user, "phone", "c", [("m0", "hello")])
+    fanout = Fanout(FanoutSettings(redis=RedisSettings(url=redis_url)))
+    try:
+        await text.script_flush()
+        (reply,) = await fanout._read([(user, "0-0")])
+        events, _ = parse(reply)
+        assert [e.text for e in events] == ["hello"]
+    finally:
+        await fanout.raw.aclose()
+        await fanout.redis.aclose()
+        await text.delete(keys.work(0))
+        await text.aclose()
