@@ -161,11 +161,11 @@ class Gateway:
         except (RedisError, OSError) as exc:
             log.warning("storage error for user=%s conn=%s: %s", conn.user, conn.id, exc)
             await conn.reply(p.Error(code=p.ErrorCode.UNAVAILABLE, message="storage unavailable, retry",
-                                          client_msg_id=getattr(frame, "client_msg_id", None)))
+                                     client_msg_id=getattr(frame, "client_msg_id", None)))
         except Exception:
             log.exception("frame handling failed for user=%s conn=%s", conn.user, conn.id)
             await conn.reply(p.Error(code=p.ErrorCode.INTERNAL, message="internal error",
-                                          client_msg_id=getattr(frame, "client_msg_id", None)))
+                                     client_msg_id=getattr(frame, "client_msg_id", None)))
 
     async def _dispatch(self, conn: Connection, frame: p.ClientFrame) -> None:
         match frame:
