@@ -1,11 +1,12 @@
 """The gateway's Redis operations: accept a message, store an offset, read the
 state of the outbound stream. Each is one Lua script in the user's slot, so it
-is atomic and costs one round trip.
+is atomic, and costs one round trip (accept: with its work notice).
 """
 
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from switchboard.shared import keys, outbound
 from switchboard.shared.settings import StreamSettings
@@ -76,6 +77,11 @@ class GatewayStore:
         self._state = redis.register_script(_STATE)
         self._store_offset = redis.register_script(_STORE_OFFSET)
 
+    async def load(self) -> None:
+        """Load the accept script (at start: else the first accept after a
+        Redis start meets NOSCRIPT, and sends its notice twice, harmlessly)."""
+        await self.redis.script_load(_ACCEPT)
+
     async def accept(self, user: str, device: str, conversation: str, client_msg_id: str,
                      text: str) -> tuple[str, bool]:
         """Durably append a message; return ``(inbound id, fresh)``.
@@ -85,9 +91,23 @@ class GatewayStore:
         gateway that died between the append and the notice is repaired by the
         client's resend.
         """
-        in_id, fresh = await self._accept(*self._accept_call(user, device, conversation, client_msg_id, text))
-        await self.redis.xadd(*self._work_notice(user, conversation, in_id))
-        return in_id, bool(fresh)
+        # The notice needs nothing from the script's answer and is sent
+        # whatever it is, so both go in one round trip: a pipeline runs them
+        # in order on one connection. By SHA: redis-py's Script on a pipeline
+        # would ask SCRIPT EXISTS first, another round trip.
+        script_keys, args = self._accept_call(user, device, conversation, client_msg_id, text)
+        for attempt in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.evalsha(self._accept.sha, len(script_keys), *script_keys, *args)
+            pipe.xadd(*self._work_notice(user, conversation))
+            try:
+                (in_id, fresh), _ = await pipe.execute()
+                return in_id, bool(fresh)
+            except NoScriptError:  # Redis restarted or was flushed: load it, go again
+                if attempt:
+                    raise
+                await self.redis.script_load(_ACCEPT)
+        raise AssertionError("unreachable")
 
     async def accept_many(self, user: str, device: str, conversation: str,
                           messages: list[tuple[str, str]]) -> list[str]:
@@ -99,8 +119,8 @@ class GatewayStore:
             await self._accept(*self._accept_call(user, device, conversation, client_msg_id, text), client=pipe)
         in_ids = [in_id for in_id, _ in await pipe.execute()]
         pipe = self.redis.pipeline(transaction=False)
-        for in_id in in_ids:
-            pipe.xadd(*self._work_notice(user, conversation, in_id))
+        for _ in in_ids:
+            pipe.xadd(*self._work_notice(user, conversation))
         await pipe.execute()
         return in_ids
 
@@ -114,11 +134,13 @@ class GatewayStore:
              keys.notify(user)],
         )
 
-    def _work_notice(self, user: str, conversation: str, in_id: str) -> tuple[str, dict[str, str]]:
-        """The stream and fields of a work notice. No MAXLEN: trimming would
-        drop un-acked notices. Workers delete each notice once it is done (XACK
-        + XDEL), so the stream holds only the backlog."""
-        return keys.work(keys.work_shard(user, self.streams.work_shards)), {"user": user, "conv": conversation, "in": in_id}
+    def _work_notice(self, user: str, conversation: str) -> tuple[str, dict[str, str]]:
+        """The stream and fields of a work notice: "this conversation has
+        work" (the worker runs every entry after ``done``, so a notice needs no
+        entry id). No MAXLEN: trimming would drop un-acked notices. Workers
+        delete each notice once it is done (XACK + XDEL), so the stream holds
+        only the backlog."""
+        return keys.work(keys.work_shard(user, self.streams.work_shards)), {"user": user, "conv": conversation}
 
     async def stream_state(self, user: str, device: str, window: int) -> tuple[StreamState, tuple[str, str] | None]:
         epoch, trimmed, last, start, stored = await self._state(

@@ -14,7 +14,9 @@ from switchboard.shared.settings import StreamSettings
 @pytest.fixture
 async def store(redis_url):
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    yield GatewayStore(client, StreamSettings(outbound_maxlen=16, work_shards=1))
+    store = GatewayStore(client, StreamSettings(outbound_maxlen=16, work_shards=1))
+    await store.load()
+    yield store
     await client.aclose()
 
 
@@ -118,3 +120,23 @@ async def test_accept_many_appends_like_accept_in_order(store):
     assert [f["in"] for _, f in out] == [*in_ids, again[1]]
     assert await store.redis.xlen(keys.work(0)) - work_before == 4  # a notice per accept
     await store.redis.delete(keys.work(0))
+
+
+async def test_accept_survives_redis_forgetting_its_script(redis_url):
+    """Accept sends its script by SHA with the notice in one pipeline; after a
+    restart or flush (NOSCRIPT) it loads the script and goes again."""
+    import redis.asyncio as aioredis
+
+    from switchboard.gateway.store import GatewayStore
+    from switchboard.shared.settings import StreamSettings
+
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    store = GatewayStore(client, StreamSettings(work_shards=1))
+    await client.script_flush()
+    in_id, fresh = await store.accept("u-noscript", "phone", "c", "m1", "hello")
+    assert fresh and (await client.xrange(keys.inbound("u-noscript")))[0][0] == in_id
+    notices = [f for _, f in await client.xrange(keys.work(0)) if f.get("user") == "u-noscript"]
+    assert notices and all(n == {"user": "u-noscript", "conv": "c"} for n in notices)
+    assert await store.accept("u-noscript", "phone", "c", "m1", "hello") == (in_id, False)
+    await client.delete(keys.work(0))
+    await client.aclose()
