@@ -61,7 +61,7 @@ class CloseCode(enum.IntEnum):
     4001    UNAUTHORIZED        get a new token, then reconnect
     4002    PROTOCOL_ERROR      fix the client (no ``hello`` first)
     4003    HELLO_TIMEOUT       reconnect, sending ``hello`` promptly
-    4008    SLOW_CONSUMER       reconnect with last_id (outbox overflowed)
+    4008    SLOW_CONSUMER       reconnect with last_id (outbox full for 10 s)
     4009    RESYNC              reconnect with last_id (delivery could not resume)
     ======  ==================  =============================================
 

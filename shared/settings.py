@@ -106,7 +106,7 @@ class GatewaySettings:
     hello_timeout: float = 10.0  #: seconds a new connection has to send ``hello``
     jwt_secret: str = DEV_JWT_SECRET
     replay_window: int = 100  #: events a new device receives after ``welcome``
-    outbox_size: int = 1024  #: frames queued per connection before it is closed 4008
+    outbox_size: int = 1024  #: frames queued per connection; full pauses delivery (4008 after 10 s full)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:

@@ -55,6 +55,7 @@ class Gateway:
     async def serve(self, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
         """Serve until ``stop`` is set; then close every socket with 1001 (reconnect)."""
         await setup_saver(self.saver)
+        await self.store.load()
         stop = stop or asyncio.Event()
         hub_task = asyncio.create_task(self.hub.run(), name="delivery-hub")
         try:
