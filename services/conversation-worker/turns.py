@@ -330,6 +330,11 @@ class Turns:
             except TurnFailed as failed:
                 log.warning("turn failed user=%s entry=%s attempt %d/%d: %s", user, entry.id, attempt, limit,
                             failed.reason)
+                if self.saver is not None:
+                    # A failed attempt's output is discarded: a checkpoint it
+                    # left waiting (say, it timed out just after LangGraph handed
+                    # it over) is neither retried from nor committed.
+                    self.saver.forget(keys.thread_id(user, entry.conversation))
                 if attempt >= limit:
                     await self._dead_letter(user, entry, failed.reason, attempt)
                     return EventKind.TURN_ERROR, failed.public
