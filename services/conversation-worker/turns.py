@@ -76,7 +76,9 @@ end
 # the newest checkpoint's id) and its next entry.
 # KEYS: lease, conv, inbound   ARGV: token, lease ttl ms, conversation, page
 _BEGIN = _NEXT_ENTRY + r"""
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'busy'} end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {'busy', redis.call('GET', KEYS[1]) or ''}
+end
 local state = redis.call('HMGET', KEYS[2], 'done', 'ckpt')
 local done = state[1] or '0-0'
 local found = next_entry(KEYS[3], KEYS[2], done, ARGV[3], tonumber(ARGV[4]))
@@ -196,6 +198,7 @@ class Turns:
         saver = graph.checkpointer
         self.saver = saver if isinstance(saver, FencedRedisSaver) else None
         self._unpruned: dict[str, int] = {}  # turns committed per thread since its last prune
+        self._tokens: set[str] = set()  # lease tokens of the drains running now
 
     async def drain(self, user: str, conversation: str) -> bool:
         """Run every pending turn of the conversation. Return False if another
@@ -205,6 +208,7 @@ class Turns:
         if begun is None:
             return False
         token, done, first = begun
+        self._tokens.add(token)
         work = asyncio.create_task(self._drain_locked(user, conversation, token, done, first))
         work.add_done_callback(_retrieve)
         released = ok = False
@@ -224,8 +228,9 @@ class Turns:
             if not released:
                 try:
                     await self.leases.release(lease_key, token)
-                except Exception:  # noqa: BLE001 - the lease expires on its own
+                except Exception:  # noqa: BLE001 - it expires, or this process takes it back
                     log.debug("lease release failed for %s/%s", user, conversation)
+            self._tokens.discard(token)
         await self._prune(keys.thread_id(user, conversation))
         return True
 
@@ -265,6 +270,11 @@ class Turns:
                 if self.saver is not None:
                     self.saver.validate(keys.thread_id(user, conversation), newest or None)
                 return token, done, _parse_next(conversation, found)
+            holder = reply[1] if len(reply) > 1 else ""
+            if self.leases.is_orphan(holder, self._tokens):
+                log.info("taking back %s/%s: its lease was left by this process", user, conversation)
+                await self.leases.release(keys_[0], holder)
+                continue
             if loop.time() >= deadline:
                 return None
             await asyncio.sleep(delay)

@@ -239,3 +239,34 @@ async def test_old_checkpoints_are_pruned_to_checkpoint_keep(clean_redis):
     assert state.values["turn"] == 12  # the newest checkpoint holds the whole conversation
     await redis.aclose()
     await raw.aclose()
+
+
+async def test_a_lease_this_process_left_behind_is_taken_back_at_once(clean_redis):
+    """Releasing a lease can fail (Redis down, or restarted from its AOF with
+    the lease in it); the process that left it takes it back at once. A lease
+    of another process is waited for, never taken."""
+    import time
+    from dataclasses import replace
+
+    from switchboard.shared import keys
+    from switchboard.shared.settings import WorkerSettings
+    from switchboard.worker.turns import Turns
+
+    redis = aioredis.Redis.from_url(clean_redis, decode_responses=True)
+    raw = aioredis.Redis.from_url(clean_redis)
+    settings = replace(WorkerSettings(), lease_ttl=30.0)
+    turns = Turns(redis, build().compile(checkpointer=await _saver(raw)), settings)
+    await redis.xadd(keys.inbound("u"), {"conv": "a", "cmid": "m1", "dev": "d", "text": "hello"})
+    await redis.set(keys.lease("u", "a"), turns.leases.prefix + "0123456789abcdef", px=30_000)
+    started = time.monotonic()
+    assert await turns.drain("u", "a") is True
+    assert time.monotonic() - started < 5  # not the 30 s lease TTL
+    assert [f["kind"] for _, f in await redis.xrange(keys.outbound("u"))] == ["assistant"]
+
+    other = Turns(redis, turns.graph, replace(WorkerSettings(), lease_ttl=0.5))
+    await redis.xadd(keys.inbound("u"), {"conv": "a", "cmid": "m2", "dev": "d", "text": "again"})
+    await redis.set(keys.lease("u", "a"), turns.leases.prefix + "fedcba9876543210", px=30_000)
+    assert await other.drain("u", "a") is False  # another process's lease: waited for, not taken
+    assert len(await redis.xrange(keys.outbound("u"))) == 1
+    await redis.aclose()
+    await raw.aclose()
