@@ -16,29 +16,9 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Sequence
-from typing import TypeVar
 
 from switchboard.shared import streamids
 from switchboard.shared.protocol import Event, encode
-
-E = TypeVar("E")
-
-
-def first_fresh(last: str, prev: str, keys: Sequence[tuple[int, int]]) -> int | None:
-    """The index in a batch of the first event to deliver, or None on a gap
-    (then nothing may be delivered). ``keys`` are the batch's event ids, parsed,
-    in stream order."""
-    if streamids.later(prev, last):
-        return None
-    return bisect_right(keys, streamids.parse(last))
-
-
-def accept_batch(last: str, prev: str, ids_and_events: Sequence[tuple[str, E]]) -> tuple[list[E], bool]:
-    """Return ``(events to deliver, gap)``; on a gap nothing is delivered."""
-    start = first_fresh(last, prev, [streamids.parse(entry_id) for entry_id, _ in ids_and_events])
-    if start is None:
-        return [], True
-    return [event for _, event in ids_and_events[start:]], False
 
 
 class Batch:
@@ -55,5 +35,9 @@ class Batch:
         self.frames = [encode(event) for event in events]
 
     def first_fresh(self, last: str, prev: str) -> int | None:
-        """See :func:`first_fresh`."""
-        return first_fresh(last, prev, self.keys)
+        """For a connection that has delivered up to ``last``, given this
+        batch's ``prev`` for it: the index of the first event to deliver, or
+        None on a gap (then nothing may be delivered)."""
+        if streamids.later(prev, last):
+            return None
+        return bisect_right(self.keys, streamids.parse(last))

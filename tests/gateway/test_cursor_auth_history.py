@@ -6,7 +6,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
 from switchboard.gateway import auth
-from switchboard.gateway.cursor import Batch, accept_batch
+from switchboard.gateway.cursor import Batch
 from switchboard.gateway.history import to_history
 from switchboard.gateway.hub import choose_fanout
 from switchboard.shared.protocol import Event
@@ -14,21 +14,24 @@ from switchboard.shared.protocol import Event
 SECRET = "s" * 32
 
 
-def batch(*ids):
-    return [(i, i) for i in ids]
+def accept(last: str, prev: str, *ids: str) -> tuple[list[str], bool]:
+    """``(ids delivered, gap)`` for a connection at ``last`` given a batch."""
+    batch = Batch([Event(id=i, conversation_id="c", kind="user", text=i) for i in ids])
+    start = batch.first_fresh(last, prev)
+    return ([], True) if start is None else (batch.ids[start:], False)
 
 
 def test_a_contiguous_batch_is_taken_whole():
-    assert accept_batch("5-0", "5-0", batch("6-0", "7-0")) == (["6-0", "7-0"], False)
+    assert accept("5-0", "5-0", "6-0", "7-0") == (["6-0", "7-0"], False)
 
 
 def test_an_overlapping_batch_delivers_only_what_is_new():
-    assert accept_batch("7-0", "5-0", batch("6-0", "7-0", "8-0")) == (["8-0"], False)
-    assert accept_batch("9-0", "5-0", batch("6-0", "7-0")) == ([], False)
+    assert accept("7-0", "5-0", "6-0", "7-0", "8-0") == (["8-0"], False)
+    assert accept("9-0", "5-0", "6-0", "7-0") == ([], False)
 
 
 def test_a_batch_starting_after_the_cursor_is_a_gap():
-    assert accept_batch("5-0", "6-0", batch("7-0")) == ([], True)
+    assert accept("5-0", "6-0", "7-0") == ([], True)
 
 
 def test_tokens_verify_and_fail_with_reasons():
