@@ -8,7 +8,12 @@ stream read (``BLOCK``), or a reply can be lost mid-flight.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from .settings import RedisSettings
 
@@ -34,3 +39,31 @@ def make_client(settings: RedisSettings, *, max_connections: int | None = None,
     """
     pool = make_pool(settings, max_connections=max_connections, decode=decode)
     return aioredis.Redis.from_pool(pool)  # the client owns (and closes) its pool
+
+
+def queue_script(pipe: aioredis.client.Pipeline, script: AsyncScript, keys: Sequence[Any],
+                 args: Sequence[Any]) -> None:
+    """Queue a script call on a pipeline by its SHA. (redis-py's ``Script``
+    on a pipeline asks ``SCRIPT EXISTS`` first at every execute: one more
+    round trip each time; run the pipeline with :func:`execute_scripted`.)"""
+    pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+
+async def execute_scripted(client: aioredis.Redis, scripts: Sequence[AsyncScript],
+                           fill: Callable[[aioredis.client.Pipeline], None]) -> list[Any]:
+    """Run a pipeline that ``fill`` queues (with :func:`queue_script`).
+
+    Redis forgets scripts on a restart or flush and answers ``NOSCRIPT``;
+    then the scripts are loaded and the pipeline is filled and run once more,
+    so its other commands run twice: they must be safe to repeat."""
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=False)
+        fill(pipe)
+        try:
+            return await pipe.execute()
+        except NoScriptError:
+            if attempt:
+                raise
+            for script in scripts:
+                await client.script_load(script.script)
+    raise AssertionError("unreachable")

@@ -26,7 +26,7 @@ import secrets
 from collections import defaultdict
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from switchboard.shared import connection as redisconn
 from switchboard.shared import internal, keys
@@ -179,24 +179,11 @@ class Fanout:
                     self.dirty.update(round_users)
                     await asyncio.sleep(0.2)
 
-    async def _read(self, reads: list[tuple[str, str]]) -> list[bytes]:
-        for attempt in range(2):
-            pipe = self.raw.pipeline(transaction=False)
-            for user, start in reads:
-                self.reader.queue(pipe, user, start, self.settings.batch)
-            try:
-                return await pipe.execute()
-            except NoScriptError:
-                if attempt:
-                    raise
-                await self.reader.load()  # Redis restarted or was flushed
-        raise AssertionError("unreachable")
-
     async def _deliver(self, users: list[str]) -> None:
         reads = [(u, read_from(self.users[u].values())) for u in users if self.users.get(u)]
         if not reads:
             return
-        results = await self._read(reads)
+        results = await self.reader.read(reads, self.settings.batch)
         publish = self.raw.pipeline(transaction=False)
         sent: list[str] = []
         for (user, start), reply in zip(reads, results):

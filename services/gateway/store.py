@@ -6,9 +6,9 @@ is atomic, and costs one round trip (accept: with its work notice).
 from __future__ import annotations
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
 
 from switchboard.shared import keys, outbound
+from switchboard.shared.connection import execute_scripted, queue_script
 from switchboard.shared.settings import StreamSettings
 
 from .resume import StreamState, parse_offset
@@ -93,36 +93,30 @@ class GatewayStore:
         """
         # The notice needs nothing from the script's answer and is sent
         # whatever it is, so both go in one round trip: a pipeline runs them
-        # in order on one connection. By SHA: redis-py's Script on a pipeline
-        # would ask SCRIPT EXISTS first, another round trip.
+        # in order on one connection.
         script_keys, args = self._accept_call(user, device, conversation, client_msg_id, text)
-        for attempt in range(2):
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.evalsha(self._accept.sha, len(script_keys), *script_keys, *args)
+
+        def fill(pipe: aioredis.client.Pipeline) -> None:
+            queue_script(pipe, self._accept, script_keys, args)
             pipe.xadd(*self._work_notice(user, conversation))
-            try:
-                (in_id, fresh), _ = await pipe.execute()
-                return in_id, bool(fresh)
-            except NoScriptError:  # Redis restarted or was flushed: load it, go again
-                if attempt:
-                    raise
-                await self.redis.script_load(_ACCEPT)
-        raise AssertionError("unreachable")
+
+        (in_id, fresh), _ = await execute_scripted(self.redis, [self._accept], fill)
+        return in_id, bool(fresh)
 
     async def accept_many(self, user: str, device: str, conversation: str,
                           messages: list[tuple[str, str]]) -> list[str]:
-        """:meth:`accept` each ``(client_msg_id, text)``, in order, in two round
-        trips rather than two per message: for loading a stream in bulk
+        """:meth:`accept` each ``(client_msg_id, text)``, in order, in one round
+        trip rather than one per message: for loading a stream in bulk
         (benchmarks). Return the inbound ids."""
-        pipe = self.redis.pipeline(transaction=False)
-        for client_msg_id, text in messages:
-            await self._accept(*self._accept_call(user, device, conversation, client_msg_id, text), client=pipe)
-        in_ids = [in_id for in_id, _ in await pipe.execute()]
-        pipe = self.redis.pipeline(transaction=False)
-        for _ in in_ids:
-            pipe.xadd(*self._work_notice(user, conversation))
-        await pipe.execute()
-        return in_ids
+
+        def fill(pipe: aioredis.client.Pipeline) -> None:
+            for client_msg_id, text in messages:
+                queue_script(pipe, self._accept, *self._accept_call(user, device, conversation, client_msg_id, text))
+            for _ in messages:
+                pipe.xadd(*self._work_notice(user, conversation))
+
+        replies = await execute_scripted(self.redis, [self._accept], fill)
+        return [in_id for in_id, _ in replies[:len(messages)]]
 
     def _accept_call(self, user: str, device: str, conversation: str, client_msg_id: str,
                      text: str) -> tuple[list, list]:

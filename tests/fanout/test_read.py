@@ -12,11 +12,7 @@ from switchboard.shared.settings import StreamSettings
 
 
 async def _read(client: aioredis.Redis, user: str, after: str, count: int):
-    reader = OutboundReader(client)
-    await reader.load()
-    pipe = client.pipeline(transaction=False)
-    reader.queue(pipe, user, after, count)
-    (reply,) = await pipe.execute()
+    (reply,) = await OutboundReader(client).read([(user, after)], count)
     return parse(reply)
 
 
@@ -57,7 +53,7 @@ async def test_the_fanout_reloads_its_script_after_redis_forgets_it(redis_url):
     fanout = Fanout(FanoutSettings(redis=RedisSettings(url=redis_url)))
     try:
         await text.script_flush()
-        (reply,) = await fanout._read([(user, "0-0")])
+        (reply,) = await fanout.reader.read([(user, "0-0")], 10)
         events, _ = parse(reply)
         assert [e.text for e in events] == ["hello"]
     finally:
