@@ -45,26 +45,28 @@ SCAN_PAGE = 200
 #: Conversations whose turns since their last prune are counted (a bound).
 UNPRUNED_MAX = 100_000
 
-# Finds the conversation's next inbound entry after `after` within one page of
-# the user's inbound stream, and counts the attempt at it durably *before* it
-# runs -- so a message that crashes the worker process is counted too (a
-# poison message). Returns {'entry', id, cmid, dev, text, attempt},
-# {'more', last id scanned} (a full page of other conversations' entries) or
-# {'none'}.
-_NEXT_ENTRY = r"""
+# `begin_attempt` counts an attempt at an entry durably *before* it runs -- so a
+# message that crashes the worker process is counted too (a poison message).
+# `next_entry` finds the conversation's next inbound entry after `after` within
+# one page of the user's inbound stream and begins an attempt at it. It returns
+# {'entry', id, cmid, dev, text, attempt}, {'more', last id scanned} (a full
+# page of other conversations' entries) or {'none'}.
+_ENTRIES = r"""
+local function begin_attempt(conv, id)
+  if redis.call('HGET', conv, 'attempt_of') == id then
+    return redis.call('HINCRBY', conv, 'attempts', 1)
+  end
+  redis.call('HSET', conv, 'attempt_of', id, 'attempts', 1)
+  return 1
+end
+
 local function next_entry(inbound, conv, after, conversation, page)
   local entries = redis.call('XRANGE', inbound, '(' .. after, '+', 'COUNT', page)
   for _, e in ipairs(entries) do
     local f = {}
     for i = 1, #e[2], 2 do f[e[2][i]] = e[2][i + 1] end
     if f['conv'] == conversation then
-      local attempt = 1
-      if redis.call('HGET', conv, 'attempt_of') == e[1] then
-        attempt = redis.call('HINCRBY', conv, 'attempts', 1)
-      else
-        redis.call('HSET', conv, 'attempt_of', e[1], 'attempts', 1)
-      end
-      return {'entry', e[1], f['cmid'] or '', f['dev'] or '', f['text'] or '', attempt}
+      return {'entry', e[1], f['cmid'] or '', f['dev'] or '', f['text'] or '', begin_attempt(conv, e[1])}
     end
   end
   if #entries >= page then return {'more', entries[#entries][1]} end
@@ -72,10 +74,20 @@ local function next_entry(inbound, conv, after, conversation, page)
 end
 """
 
+# KEYS: inbound, conv   ARGV: after, conversation, page  (scanning on past a full page)
+_SCAN = _ENTRIES + r"""
+return next_entry(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]))
+"""
+
+# KEYS: conv   ARGV: inbound id  (a retry in place: one more attempt)
+_BEGIN_ATTEMPT = _ENTRIES + r"""
+return begin_attempt(KEYS[1], ARGV[1])
+"""
+
 # Taking a conversation in one round trip: the lease, where it stands (`done`,
 # the newest checkpoint's id) and its next entry.
 # KEYS: lease, conv, inbound   ARGV: token, lease ttl ms, conversation, page
-_BEGIN = _NEXT_ENTRY + r"""
+_BEGIN = _ENTRIES + r"""
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {'busy', redis.call('GET', KEYS[1]) or ''}
 end
@@ -92,7 +104,7 @@ return {'ok', done, state[2] or '', unpack(found)}
 # KEYS: lease, conv, out, meta, inbound, checkpoint, latest checkpoint
 # ARGV: token, expected_done, new_done, new_epoch, maxlen, channel, conversation, page,
 #       checkpoint id ('' for none), checkpoint document, checkpoint ttl ms, fields...
-_COMMIT = outbound.APPEND_LUA + STORE_LUA + _NEXT_ENTRY + r"""
+_COMMIT = outbound.APPEND_LUA + STORE_LUA + _ENTRIES + r"""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lease', ''} end
 local done = redis.call('HGET', KEYS[2], 'done') or '0-0'
 if done ~= ARGV[2] then return {'stale', done} end
@@ -105,15 +117,6 @@ redis.call('HDEL', KEYS[2], 'attempt_of', 'attempts')
 local found = next_entry(KEYS[5], KEYS[2], ARGV[3], ARGV[7], tonumber(ARGV[8]))
 if found[1] == 'none' then redis.call('DEL', KEYS[1]) end
 return {'ok', r[1], unpack(found)}
-"""
-
-# KEYS: conv   ARGV: inbound id  (a retry in place: one more attempt)
-_BEGIN_ATTEMPT = r"""
-if redis.call('HGET', KEYS[1], 'attempt_of') == ARGV[1] then
-  return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-end
-redis.call('HSET', KEYS[1], 'attempt_of', ARGV[1], 'attempts', 1)
-return 1
 """
 
 
@@ -194,6 +197,7 @@ class Turns:
         self.leases = Leases(redis, settings.lease_ttl)
         self._begin = redis.register_script(_BEGIN)
         self._commit = redis.register_script(_COMMIT)
+        self._scan = redis.register_script(_SCAN)
         self._begin_attempt = redis.register_script(_BEGIN_ATTEMPT)
         saver = graph.checkpointer
         self.saver = saver if isinstance(saver, FencedRedisSaver) else None
@@ -284,7 +288,7 @@ class Turns:
         """Run the turns; True if the last commit released the lease."""
         while True:
             if found.entry is None:
-                found = await self._scan_on(user, conversation, found.cursor if found.cursor else None, done)
+                found = await self._scan_on(user, conversation, found.cursor)
                 if found.entry is None:
                     return False
             entry = found.entry
@@ -306,23 +310,16 @@ class Turns:
             if found.entry is None and found.cursor is None:
                 return True  # nothing left: the commit released the lease
 
-    async def _scan_on(self, user: str, conversation: str, cursor: str | None, done: str) -> Next:
-        """Scan the inbound stream page by page (after a full page of other
-        conversations' entries, or after ``done`` moved), counting the attempt
-        at the entry found."""
-        if cursor is None:
-            return Next()
-        while True:
-            page = await self.redis.xrange(keys.inbound(user), min=f"({cursor}", count=SCAN_PAGE)
-            for entry_id, fields in page:
-                if fields.get("conv") == conversation:
-                    attempt = await self._begin_attempt(keys=[keys.conversation(user, conversation)],
-                                                        args=[entry_id])
-                    return Next(InboundEntry(entry_id, conversation, fields.get("cmid", ""),
-                                             fields.get("dev", ""), fields.get("text", "")), int(attempt))
-            if len(page) < SCAN_PAGE:
-                return Next()
-            cursor = page[-1][0]
+    async def _scan_on(self, user: str, conversation: str, cursor: str | None) -> Next:
+        """Scan on from ``cursor`` (after a full page of other conversations'
+        entries, or after ``done`` moved), a page per round trip, to the
+        conversation's next entry (its attempt begun) or to the end."""
+        found = Next(cursor=cursor)
+        while found.entry is None and found.cursor is not None:
+            reply = await self._scan(keys=[keys.inbound(user), keys.conversation(user, conversation)],
+                                     args=[found.cursor, conversation, SCAN_PAGE])
+            found = _parse_next(conversation, reply)
+        return found
 
     async def _turn(self, user: str, entry: InboundEntry, token: str, attempt: int) -> tuple[EventKind, str]:
         """Run one turn with bounded attempts (``attempt`` is already counted);
