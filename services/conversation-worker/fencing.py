@@ -75,13 +75,6 @@ store_checkpoint(KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[4])
 return 1
 """
 
-# KEYS: lease   ARGV: token
-_CHECK = r"""
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-return 1
-"""
-
-
 @dataclass(frozen=True)
 class PendingCheckpoint:
     """A turn's final checkpoint, encoded, waiting for the commit script."""
@@ -116,7 +109,6 @@ class FencedRedisSaver(AsyncRedisSaver):
         self._newest: OrderedDict[str, CheckpointTuple] = OrderedDict()
         self._pending: dict[str, tuple[tuple[str, str, str], PendingCheckpoint]] = {}
         self._write_script = self._redis.register_script(WRITE_LUA)
-        self._check_script = self._redis.register_script(_CHECK)
         self.hits = 0  #: reads served from memory (tests, metrics)
 
     @property
@@ -181,7 +173,8 @@ class FencedRedisSaver(AsyncRedisSaver):
         if not fence:
             return
         lease_key, token, _ = fence
-        if not await self._check_script(keys=[lease_key], args=[token]):
+        holder = await self._redis.get(lease_key)
+        if (holder.decode() if isinstance(holder, bytes) else holder) != token:
             log.warning("refused checkpoint write for %s: the lease is no longer ours", lease_key)
             raise LeaseLost(f"checkpoint write refused: lease {lease_key} lost")
 

@@ -104,6 +104,11 @@ async def test_pending_writes_send_the_next_read_to_redis(client):
     hits = saver.hits
     fresh = await saver.aget_tuple(_config())
     assert saver.hits == hits and [w[2] for w in fresh.pending_writes] == ["from a pending write"]
+    await client.set("lease", "someone-else")  # pending writes are fenced too
+    with pytest.raises(LeaseLost):
+        await saver.aput_writes({**tup.config, "configurable": {**tup.config["configurable"],
+                                                                **_config()["configurable"]}},
+                                [("topic", "too late")], "task-2")
 
 
 async def test_the_copies_are_bounded(client):
