@@ -15,6 +15,7 @@ import os
 import pwd
 import shutil
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from .errors import PeerStartError, PeerUnavailable
@@ -52,14 +53,39 @@ def backing_unavailable() -> str | None:
     return "missing " + " and ".join(missing) if missing else None
 
 
-class TempPostgres:
-    """A PostgreSQL cluster in ``workdir``; ``start()`` returns its URI (database ``postgres``)."""
+class _TempServer:
+    """A server process in ``workdir`` on a free loopback port."""
+
+    name = "server"
 
     def __init__(self, workdir: Path, log_dir: Path) -> None:
         self.workdir = workdir
         self.log_dir = log_dir
         self.port = 0
         self.process: ChildProcess | None = None
+
+    async def _wait_ready(self, ready: Callable[[], Awaitable[bool]], poll: float) -> None:
+        """Poll ``ready`` until it says yes; fail if the process dies or the
+        start-up timeout passes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _START_TIMEOUT_S
+        assert self.process is not None
+        while True:
+            if (err := self.process.died()) is not None:
+                raise err
+            if await ready():
+                return
+            if loop.time() > deadline:
+                raise PeerStartError(
+                    f"{self.name} not ready after {_START_TIMEOUT_S:.0f}s:\n{self.process.log_tail()}"
+                )
+            await asyncio.sleep(poll)
+
+
+class TempPostgres(_TempServer):
+    """A PostgreSQL cluster in ``workdir``; ``start()`` returns its URI (database ``postgres``)."""
+
+    name = "postgres"
 
     async def start(self) -> str:
         bindir = postgres_bindir()
@@ -112,33 +138,21 @@ class TempPostgres:
             env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
         )
         await self.process.start()
-        await self._wait_ready(bindir)
+        await self._wait_ready(lambda: self._accepting(bindir), poll=0.2)
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
-    async def _wait_ready(self, bindir: Path) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _START_TIMEOUT_S
-        assert self.process is not None
-        while True:
-            if (err := self.process.died()) is not None:
-                raise err
-            probe = await asyncio.create_subprocess_exec(
-                str(bindir / "pg_isready"),
-                "-q",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
-            if await probe.wait() == 0:
-                return
-            if loop.time() > deadline:
-                raise PeerStartError(
-                    f"postgres not ready after {_START_TIMEOUT_S:.0f}s:\n{self.process.log_tail()}"
-                )
-            await asyncio.sleep(0.2)
+    async def _accepting(self, bindir: Path) -> bool:
+        probe = await asyncio.create_subprocess_exec(
+            str(bindir / "pg_isready"),
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        return await probe.wait() == 0
 
     async def stop(self) -> None:
         # SIGINT is PostgreSQL's "fast" shutdown: roll back open transactions, checkpoint, exit.
@@ -146,14 +160,10 @@ class TempPostgres:
             await self.process.stop(signal.SIGINT, timeout=30.0)
 
 
-class TempRedis:
+class TempRedis(_TempServer):
     """A Redis server with persistence off; ``start()`` returns its URI (db 0)."""
 
-    def __init__(self, workdir: Path, log_dir: Path) -> None:
-        self.workdir = workdir
-        self.log_dir = log_dir
-        self.port = 0
-        self.process: ChildProcess | None = None
+    name = "redis"
 
     async def start(self) -> str:
         binary = redis_server()
@@ -182,23 +192,8 @@ class TempRedis:
             env={"PATH": "/usr/bin:/bin"},
         )
         await self.process.start()
-        await self._wait_ready()
+        await self._wait_ready(self._pong, poll=0.1)
         return f"redis://127.0.0.1:{self.port}/0"
-
-    async def _wait_ready(self) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _START_TIMEOUT_S
-        assert self.process is not None
-        while True:
-            if (err := self.process.died()) is not None:
-                raise err
-            if await self._pong():
-                return
-            if loop.time() > deadline:
-                raise PeerStartError(
-                    f"redis not ready after {_START_TIMEOUT_S:.0f}s:\n{self.process.log_tail()}"
-                )
-            await asyncio.sleep(0.1)
 
     async def _pong(self) -> bool:
         try:
