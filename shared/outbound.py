@@ -70,9 +70,9 @@ def now_ms() -> int:
 
 
 def event_fields(kind: str, conversation_id: str, text: str, *, client_msg_id: str | None,
-                 device_id: str | None, ts: int, inbound_id: str) -> list[str]:
+                 device_id: str | None, ts: int, inbound_id: str, seq: int | None = None) -> list[str]:
     """Flat field list of an outbound entry (stream fields are strings)."""
-    return [
+    fields = [
         "kind", kind,
         "conv", conversation_id,
         "text", text,
@@ -81,6 +81,9 @@ def event_fields(kind: str, conversation_id: str, text: str, *, client_msg_id: s
         "ts", str(ts),
         "in", inbound_id,
     ]
+    if seq is not None:
+        fields += ["seq", str(seq)]
+    return fields
 
 
 def entry_to_event(entry_id: str, fields: dict[str, str]) -> Event:
@@ -93,4 +96,5 @@ def entry_to_event(entry_id: str, fields: dict[str, str]) -> Event:
         client_msg_id=fields.get("cmid") or None,
         device_id=fields.get("dev") or None,
         ts=int(fields.get("ts") or 0),
+        seq=int(seq) if (seq := fields.get("seq")) else None,
     )

@@ -83,6 +83,7 @@ class CloseCode(enum.IntEnum):
 class EventKind(str, enum.Enum):
     USER = "user"  #: a user's message, to every device of the user
     ASSISTANT = "assistant"  #: the graph's complete reply to one message
+    DELTA = "delta"  #: a piece of a reply still being written (``seq`` 0 starts it afresh)
     TURN_ERROR = "turn_error"  #: the graph failed on one message; the conversation goes on
 
 
@@ -146,6 +147,7 @@ class Event(Frame, tag="event"):
     client_msg_id: str | None = None
     device_id: str | None = None
     ts: int = 0
+    seq: int | None = None  #: ``delta`` only: 0, 1, 2 ... within one attempt at the reply
 
 
 class HistoryMessage(msgspec.Struct):

@@ -48,6 +48,15 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
     return value
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _get(env, name, "1" if default else "0").strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a boolean (1/0, true/false, yes/no, on/off)")
+
+
 def default_server_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -140,6 +149,8 @@ class WorkerSettings:
     max_attempts: int = 3  #: attempts at one message before it is dead-lettered
     dead_letter_maxlen: int = 10_000  #: dead-letter entries kept
     shutdown_grace: float = 25.0  #: seconds running turns get to finish on SIGTERM
+    stream_deltas: bool = True  #: stream chat models' tokens to devices as ``delta`` events
+    delta_interval: float = 0.05  #: seconds between a reply's delta writes after its first
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
@@ -157,6 +168,8 @@ class WorkerSettings:
             max_attempts=_int(env, "MAX_ATTEMPTS", 3, minimum=1),
             dead_letter_maxlen=_int(env, "DEAD_LETTER_MAXLEN", 10_000, minimum=10),
             shutdown_grace=_float(env, "SHUTDOWN_GRACE", 25.0, minimum=0.0),
+            stream_deltas=_bool(env, "STREAM_DELTAS", True),
+            delta_interval=_float(env, "DELTA_INTERVAL", 0.05, minimum=0.0),
         )
 
 

@@ -34,6 +34,7 @@ from switchboard.shared import keys, outbound
 from switchboard.shared.protocol import EventKind
 from switchboard.shared.settings import WorkerSettings
 
+from .deltas import DeltaWriter, content_text
 from .fencing import STORE_LUA, FencedRedisSaver, fence_config
 from .lease import LeaseLost, Leases
 
@@ -159,15 +160,9 @@ def reply_after(messages: Sequence[Any], human_id: str) -> str | None:
                 if kind == "human":
                     break
                 if kind == "ai":
-                    texts.append(_text(later.content))
+                    texts.append(content_text(later.content))
             return "\n".join(t for t in texts if t) if texts else None
     return None
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
 
 
 @dataclass(frozen=True)
@@ -199,6 +194,8 @@ class Turns:
         self._commit = redis.register_script(_COMMIT)
         self._scan = redis.register_script(_SCAN)
         self._begin_attempt = redis.register_script(_BEGIN_ATTEMPT)
+        self.deltas = (DeltaWriter(redis, interval=settings.delta_interval, maxlen=settings.streams.outbound_maxlen)
+                       if settings.stream_deltas else None)
         saver = graph.checkpointer
         self.saver = saver if isinstance(saver, FencedRedisSaver) else None
         self._unpruned: dict[str, int] = {}  # turns committed per thread since its last prune
@@ -366,12 +363,21 @@ class Turns:
             if reply is not None:
                 log.info("reusing checkpointed reply user=%s entry=%s", user, entry.id)
                 return reply
+        stream = None
+        if self.deltas is not None:
+            stream = self.deltas.stream(user, entry.conversation, token=token, client_msg_id=entry.client_msg_id,
+                                        inbound_id=entry.id)
+            config["callbacks"] = [stream]
         try:
-            result = await asyncio.wait_for(
-                self.graph.ainvoke({"messages": [HumanMessage(content=entry.text, id=human_id)]}, config,
-                                   durability="exit"),
-                timeout=self.settings.turn_timeout,
-            )
+            try:
+                result = await asyncio.wait_for(
+                    self.graph.ainvoke({"messages": [HumanMessage(content=entry.text, id=human_id)]}, config,
+                                       durability="exit"),
+                    timeout=self.settings.turn_timeout,
+                )
+            finally:
+                if stream is not None:
+                    await stream.close()  # no delta may follow the final event
         except TimeoutError:  # first: TimeoutError is an OSError too
             raise TurnFailed(f"no answer within TURN_TIMEOUT={self.settings.turn_timeout:g} s",
                              f"the assistant did not answer within {self.settings.turn_timeout:g} s") from None

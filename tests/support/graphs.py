@@ -50,3 +50,13 @@ async def _slow(state: MessagesState) -> dict:
 
 #: Replies "reply <n> to: <text>"; sleeps on "sleep:<s>", raises on "fail".
 slow = _single(_slow)
+
+
+def _streaming_slowly():
+    from switchboard.worker.graph import build
+
+    return build(stream=True, token_ms=150)
+
+
+#: The default assistant, its reply streamed a word every 150 ms (time to drop mid-reply).
+streaming_slowly = _streaming_slowly()

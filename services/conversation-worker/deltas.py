@@ -1,0 +1,199 @@
+"""Streaming a reply while the graph writes it: ``delta`` events.
+
+While a turn runs, the text its chat models stream (LangChain's
+``on_llm_new_token``) is appended to the user's outbound stream as ``delta``
+events. They are ordinary events: durable, delivered to every device of the
+user, and replayed after a reconnect like any other, so a device that drops
+in the middle of a reply picks it up from its ``last_id`` with nothing missing
+and nothing twice. The final ``assistant`` event (written by the commit, with
+the whole text) follows the last delta and supersedes them.
+
+*Attempts.* A delta's ``seq`` counts from 0 within one attempt at the reply.
+If the attempt fails (the graph raised, the worker died), the next attempt's
+deltas start again at ``seq`` 0: a client that sees ``seq`` 0 starts the reply
+afresh. Deltas are written by the lease holder only (the script checks the
+token, as the commit does), so a worker that stalled past its lease cannot
+interleave a stale attempt's text with the current one.
+
+*How many.* A reply's first piece is written at once (the latency to the first
+delta is what a user notices); after that at most one write every
+``DELTA_INTERVAL`` seconds, each carrying every piece streamed meanwhile, so a
+fast model does not turn every token into an event (each delta is an entry
+of the outbound stream and counts against ``OUTBOUND_MAXLEN``). One write is
+in flight at a time. What is still waiting when the turn ends is not written:
+the final event carries the whole reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+from uuid import UUID
+
+import redis.asyncio as aioredis
+from langchain_core.callbacks import AsyncCallbackHandler
+
+from switchboard.shared import keys, outbound
+from switchboard.shared.protocol import EventKind
+from switchboard.shared.tasks import wait_event
+
+from .lease import LeaseLost
+
+log = logging.getLogger(__name__)
+
+#: Tags that keep a chat model's tokens out of the stream (LangGraph's and
+#: LangSmith's conventions), e.g. for a model that only routes or summarises.
+NOSTREAM_TAGS = frozenset({"nostream", "langsmith:nostream"})
+
+# KEYS: lease, out, meta   ARGV: token, new epoch, maxlen, channel, fields...
+# Returns the delta's id, or 0 when the lease is no longer the caller's.
+_DELTA = outbound.APPEND_LUA + r"""
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local fields = {}
+for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+return append_event(KEYS[2], KEYS[3], ARGV[4], ARGV[2], tonumber(ARGV[3]), fields)[1]
+"""
+
+
+def content_text(content: Any) -> str:
+    """The text of a message's content: a string, or the text blocks of a list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") if isinstance(part, dict) else part if isinstance(part, str) else ""
+                       for part in content)
+    return ""
+
+
+class DeltaWriter:
+    """Writes one conversation's deltas; one instance per worker."""
+
+    def __init__(self, redis: aioredis.Redis, *, interval: float, maxlen: int):
+        self.redis = redis
+        self.interval = interval
+        self.maxlen = maxlen
+        self.script = redis.register_script(_DELTA)
+
+    def stream(self, user: str, conversation: str, *, token: str, client_msg_id: str,
+               inbound_id: str) -> ReplyStream:
+        return ReplyStream(self, user, conversation, token=token, client_msg_id=client_msg_id,
+                           inbound_id=inbound_id)
+
+
+class ReplyStream(AsyncCallbackHandler):
+    """One attempt at one reply: a LangChain callback handler that turns the
+    streamed tokens of the turn's chat models into ``delta`` events.
+
+    Pass it in the graph's ``callbacks``; it listens to chat models only (not
+    to every node, which would cost each turn). A failed write (the lease is
+    gone, Redis is down) is raised into the graph at the next token, which
+    ends the attempt the way any other failure of the turn does.
+    """
+
+    # Chat-model callbacks only; everything else is skipped by the manager.
+    ignore_chain = True
+    ignore_agent = True
+    ignore_retriever = True
+    ignore_custom_event = True
+    raise_error = True  #: a lost lease must stop the turn, not be logged and ignored
+    run_inline = True  #: tokens are handled in order, in the model's own task
+
+    def __init__(self, writer: DeltaWriter, user: str, conversation: str, *, token: str,
+                 client_msg_id: str, inbound_id: str):
+        self.writer = writer
+        self.user = user
+        self.conversation = conversation
+        self.token = token
+        self.client_msg_id = client_msg_id
+        self.inbound_id = inbound_id
+        self.seq = 0  #: deltas written so far
+        self.error: BaseException | None = None
+        self._pieces: list[str] = []
+        self._muted: set[UUID] = set()
+        self._run: UUID | None = None  #: the model run the last piece came from
+        self._any_text = False
+        self._closing = asyncio.Event()
+        self._flusher: asyncio.Task | None = None
+
+    # -- LangChain callbacks ---------------------------------------------------------
+
+    async def on_chat_model_start(self, serialized: dict[str, Any], messages: Any, *, run_id: UUID,
+                                  tags: list[str] | None = None, **kwargs: Any) -> None:
+        if tags and NOSTREAM_TAGS.intersection(tags):
+            self._muted.add(run_id)
+
+    async def on_llm_new_token(self, token: str, *, chunk: Any = None, run_id: UUID, **kwargs: Any) -> None:
+        if run_id in self._muted:
+            return
+        text = token if isinstance(token, str) else ""
+        if not text and chunk is not None:
+            text = content_text(getattr(getattr(chunk, "message", None), "content", None))
+        self.add(text, run_id)
+
+    async def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._muted.discard(run_id)
+
+    async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._muted.discard(run_id)
+
+    # LangChain chat models stream (rather than generate in one piece) when a
+    # handler with these two methods is attached: its streaming-handler protocol.
+    def tap_output_aiter(self, run_id: UUID, output: Any) -> Any:
+        return output
+
+    def tap_output_iter(self, run_id: UUID, output: Any) -> Any:
+        return output
+
+    # -- writing ------------------------------------------------------------------------
+
+    def add(self, text: str, run_id: UUID | None = None) -> None:
+        """Queue a piece of the reply. Pieces of a second model run are set
+        apart by a newline, as the final reply joins its messages."""
+        if self.error is not None:
+            raise self.error
+        if not text or self._closing.is_set():
+            return
+        if run_id != self._run:
+            if self._any_text:
+                text = "\n" + text
+            self._run = run_id
+        self._any_text = True
+        self._pieces.append(text)
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush(), name=f"deltas-{self.user}/{self.conversation}")
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pieces and not self._closing.is_set():
+                text = "".join(self._pieces)
+                self._pieces.clear()
+                started = loop.time()
+                await self._write(text)
+                pause = self.writer.interval - (loop.time() - started)
+                if pause > 0:
+                    await wait_event(self._closing, pause)
+        except Exception as exc:  # noqa: BLE001 - handed to the graph at its next token
+            self.error = exc
+        finally:
+            self._flusher = None
+
+    async def _write(self, text: str) -> None:
+        fields = outbound.event_fields(EventKind.DELTA.value, self.conversation, text,
+                                       client_msg_id=self.client_msg_id, device_id=None, ts=outbound.now_ms(),
+                                       inbound_id=self.inbound_id, seq=self.seq)
+        written = await self.writer.script(
+            keys=[keys.lease(self.user, self.conversation), keys.outbound(self.user), keys.meta(self.user)],
+            args=[self.token, outbound.new_epoch(), self.writer.maxlen, keys.notify(self.user), *fields])
+        if not written:
+            raise LeaseLost(f"lease of {self.user}/{self.conversation} lost while streaming")
+        self.seq += 1
+
+    async def close(self) -> None:
+        """End the attempt's stream: wait for a write in flight (so no delta
+        can follow the final event); pieces not yet written are dropped."""
+        self._closing.set()
+        flusher = self._flusher
+        if flusher is not None:
+            await asyncio.shield(flusher)
