@@ -36,6 +36,7 @@ class LoadDevice:
         self.last_id: str | None = None
         self.event_ids: list[str] | None = None  #: set to a list to record every event id
         self.replies: dict[str, float] = {}  #: client_msg_id -> monotonic arrival of its reply
+        self.first_deltas: dict[str, float] = {}  #: client_msg_id -> arrival of its reply's first delta
         self.accepted: dict[str, float] = {}
         self.waiters: dict[str, asyncio.Future] = {}
         self.on_event: Callable[[_Frame, float], None] | None = None
@@ -63,7 +64,9 @@ class LoadDevice:
                     self.last_id = frame.id
                     if self.event_ids is not None:
                         self.event_ids.append(frame.id)
-                    if frame.kind in ("assistant", "turn_error") and frame.client_msg_id:
+                    if frame.kind == "delta" and frame.client_msg_id not in self.first_deltas:
+                        self.first_deltas[frame.client_msg_id] = now
+                    elif frame.kind in ("assistant", "turn_error") and frame.client_msg_id:
                         self.replies[frame.client_msg_id] = now
                         waiter = self.waiters.pop(frame.client_msg_id, None)
                         if waiter is not None and not waiter.done():

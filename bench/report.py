@@ -51,10 +51,11 @@ def plots(results: dict, out: Path) -> list[Path]:
     if load:
         fig, ax = plt.subplots(figsize=(7, 3.6))
         x = [p["offered_per_s"] for p in load]
-        ax.plot(x, [p["final"].get("p50_ms", math.nan) for p in load], marker="o", label="p50 final")
-        ax.plot(x, [p["final"].get("p99_ms", math.nan) for p in load], marker="o", label="p99 final")
+        for key, label in (("first_delta", "first delta"), ("final", "final event")):
+            ax.plot(x, [p.get(key, {}).get("p50_ms", math.nan) for p in load], marker="o", label=f"p50 {label}")
+            ax.plot(x, [p.get(key, {}).get("p99_ms", math.nan) for p in load], marker="o", label=f"p99 {label}")
         ax.set(xlabel="offered turns per second", ylabel="latency (ms)", yscale="log",
-               title="Latency vs offered load (200 ms think time)")
+               title="Latency vs offered load (200 ms to first token, streamed reply)")
         ax.legend()
         _save(fig, out / "offered_load.png")
         made.append(out / "offered_load.png")
@@ -106,10 +107,11 @@ def markdown(results: dict, out: Path) -> str:
             row("3 peers", "switchboard ÷ best peer, sequential p50", p["latency_ratio"], "≤ 0.5", p["met_latency"])
     if "offered_load" in s and "points" in s["offered_load"]:
         for point in s["offered_load"]["points"]:
-            row("4 offered load", f"{point['offered_per_s']}/s offered: achieved, p50/p99 final (ms)",
-                f"{point['achieved_per_s']}/s, {point['final'].get('p50_ms')}/{point['final'].get('p99_ms')}",
-                "", None)
-        row("4 offered load", "latency to first delta", "not measured (no streaming yet)", "", False)
+            first = point.get("first_delta", {})
+            row("4 offered load", f"{point['offered_per_s']}/s offered: achieved; p50/p99 first delta; "
+                "p50/p99 final (ms)",
+                f"{point['achieved_per_s']}/s; {first.get('p50_ms')}/{first.get('p99_ms')}; "
+                f"{point['final'].get('p50_ms')}/{point['final'].get('p99_ms')}", "", None)
     if "connections" in s and "rss_per_connection_kib" in s["connections"]:
         c = s["connections"]
         row("5 connections", f"RSS per idle connection at {c['connections']} (KiB)", c["rss_per_connection_kib"],

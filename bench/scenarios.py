@@ -19,11 +19,13 @@ from switchboard.shared import keys
 from switchboard.shared.settings import StreamSettings
 from switchboard.worker.graph import build
 
+from .graphs import THINK_MS, TOKEN_MS
 from .harness import Cluster, token
 from .loadgen import LoadDevice
 from .stats import percentile, summary_ms
 
 THINK_GRAPH = "tests.support.graphs:slow"  # "sleep:<s> ..." texts think for <s> seconds
+REALISTIC_GRAPH = "switchboard.bench.graphs:realistic"
 BENCH_ENV = {"LOG_LEVEL": "INFO", "CLAIM_IDLE": "15", "LEASE_TTL": "15", "FANOUT_SWEEP": "2",
              "FANOUT_ALIVE_TTL": "3", "OUTBOUND_MAXLEN": "100000", "WORKER_CONCURRENCY": "128"}
 
@@ -182,15 +184,18 @@ async def throughput(bench: Bench) -> dict:
             "met": ratio >= 1.0}
 
 
-# -- 4. offered load with a thinking graph -----------------------------------------------------
+# -- 4. offered load with a realistic, streaming graph -----------------------------------------
 
 
 async def offered_load(bench: Bench) -> dict:
+    """Turns offered at a fixed rate (open loop), each a new conversation, with
+    :data:`switchboard.bench.graphs.realistic`: 200 ms to the first token, then
+    a word every 10 ms, streamed as ``delta`` events. Latency to the first
+    delta and to the final event, as the rate rises to saturation."""
     rates = [5, 10, 20] if bench.quick else [10, 25, 50, 100, 150, 200, 300]
     seconds = bench.scale(3, 10)
     await bench.flush()
-    cluster = bench.cluster(("fanout", "f"), ("worker", "w"), ("gateway", "gw"), GRAPH=THINK_GRAPH,
-                            PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    cluster = bench.cluster(("fanout", "f"), ("worker", "w"), ("gateway", "gw"), GRAPH=REALISTIC_GRAPH)
     points = []
     try:
         users = 50
@@ -210,25 +215,27 @@ async def offered_load(bench: Bench) -> dict:
                     await asyncio.sleep(delay)
                 device = devices[i % users]
                 cmid = f"r{rate}-{i}"
-                # Each conversation gets its own id: turns of one conversation queue.
-                sends.append((device, cmid, await device.send(f"c{rate}-{i}", cmid, "sleep:0.2 think about it")))
-            latencies = []
+                # Each turn is a new conversation: turns of one conversation queue.
+                sends.append((device, cmid, await device.send(f"c{rate}-{i}", cmid, "think about it")))
+            finals, firsts = [], []
             timeouts = 0
             for device, cmid, sent in sends:
                 try:
-                    latencies.append(await device.reply(cmid, timeout=60) - sent)
+                    finals.append(await device.reply(cmid, timeout=60) - sent)
                 except TimeoutError:
                     timeouts += 1
+                    continue
+                if cmid in device.first_deltas:
+                    firsts.append(device.first_deltas[cmid] - sent)
             elapsed = max(device.replies.get(cmid, start) for device, cmid, _ in sends) - start
-            points.append({"offered_per_s": rate, "achieved_per_s": round(len(latencies) / max(elapsed, 1e-9), 1),
-                           "final": summary_ms(latencies), "timeouts": timeouts})
+            points.append({"offered_per_s": rate, "achieved_per_s": round(len(finals) / max(elapsed, 1e-9), 1),
+                           "first_delta": summary_ms(firsts), "final": summary_ms(finals),
+                           "streamed": len(firsts), "timeouts": timeouts})
         for device in devices:
             await device.close()
     finally:
         cluster.stop()
-    return {"think_ms": 200, "points": points,
-            "first_delta": "not measured: token streaming (delta events) is not implemented yet",
-            "met": None}
+    return {"think_ms": THINK_MS, "token_ms": TOKEN_MS, "points": points, "met": None}
 
 
 # -- 5. connections ---------------------------------------------------------------------------

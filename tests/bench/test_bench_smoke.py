@@ -32,5 +32,8 @@ def test_the_quick_suite_runs_every_scenario(tmp_path):
     assert scenarios["turn_latency"]["end_to_end"]["n"] == scenarios["turn_latency"]["turns"]
     assert scenarios["throughput"]["system"]["turns"] > 0 and scenarios["throughput"]["floor"]["turns"] > 0
     assert scenarios["replay"]["storm"]["gaps"] == 0
+    for point in scenarios["offered_load"]["points"]:  # the realistic graph streams: first deltas are measured
+        assert point["first_delta"]["n"] == point["final"]["n"] > 0, point
+        assert point["first_delta"]["p50_ms"] < point["final"]["p50_ms"], point
     assert (out / "turn_latency.png").exists() and (out / "throughput.png").exists()
     assert {"cpu", "cores", "memory_mb", "python"} <= set(results["machine"])  # the table describes the machine
