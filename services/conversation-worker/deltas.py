@@ -20,8 +20,9 @@ delta is what a user notices); after that at most one write every
 ``DELTA_INTERVAL`` seconds, each carrying every piece streamed meanwhile, so a
 fast model does not turn every token into an event (each delta is an entry
 of the outbound stream and counts against ``OUTBOUND_MAXLEN``). One write is
-in flight at a time. What is still waiting when the turn ends is not written:
-the final event carries the whole reply.
+in flight at a time. When the graph returns, what is still waiting is written
+at once, before the commit: the deltas of the attempt that produced the
+reply hold all the text it streamed.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ class ReplyStream(AsyncCallbackHandler):
         apart by a newline, as the final reply joins its messages."""
         if self.error is not None:
             raise self.error
-        if not text or self._closing.is_set():
+        if not text:
             return
         if run_id != self._run:
             if self._any_text:
@@ -166,7 +167,7 @@ class ReplyStream(AsyncCallbackHandler):
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            while self._pieces and not self._closing.is_set():
+            while self._pieces:
                 text = "".join(self._pieces)
                 self._pieces.clear()
                 started = loop.time()
@@ -191,9 +192,13 @@ class ReplyStream(AsyncCallbackHandler):
         self.seq += 1
 
     async def close(self) -> None:
-        """End the attempt's stream: wait for a write in flight (so no delta
-        can follow the final event); pieces not yet written are dropped."""
+        """End the attempt's stream: write what is waiting now, without the
+        interval's pause, and return when no write is in flight, so no delta
+        can follow the final event. A failed write is not raised here: the
+        commit that follows checks the lease again."""
         self._closing.set()
+        if self._flusher is None and self._pieces and self.error is None:
+            self._flusher = asyncio.create_task(self._flush(), name=f"deltas-{self.user}/{self.conversation}")
         flusher = self._flusher
         if flusher is not None:
             await asyncio.shield(flusher)

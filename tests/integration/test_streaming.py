@@ -162,17 +162,28 @@ async def test_a_delta_is_written_only_by_the_lease_holder(clean_redis):
     stream.add(", world")
     await asyncio.sleep(0.2)
     stream.add(" and the rest")
-    await stream.close()  # ends the stream: what was not written yet is left to the final event
+    await stream.close()  # writes what is waiting at once, and returns with no write in flight
     entries = await client.xrange(keys.outbound(user))
     assert [(f["kind"], f["text"], f["seq"], f["cmid"]) for _, f in entries] == [
-        (EventKind.DELTA.value, "Hello", "0", "m1"), (EventKind.DELTA.value, ", world", "1", "m1")]
+        (EventKind.DELTA.value, "Hello", "0", "m1"), (EventKind.DELTA.value, ", world", "1", "m1"),
+        (EventKind.DELTA.value, " and the rest", "2", "m1")]
+
+    # The interval bounds the writes: pieces streamed meanwhile are joined into one delta.
+    spaced = DeltaWriter(client, interval=0.3, maxlen=1000).stream(
+        user, conversation, token="mine", client_msg_id="m2", inbound_id="2-0")
+    for word in ["One", " two", " three", " four"]:
+        spaced.add(word)
+        await asyncio.sleep(0.02)
+    await spaced.close()
+    texts = [f["text"] for _, f in await client.xrange(keys.outbound(user)) if f["cmid"] == "m2"]
+    assert texts == ["One", " two three four"]
 
     await client.set(lease, "someone-else")  # the lease moved on (this worker stalled)
     late = writer.stream(user, conversation, token="mine", client_msg_id="m1", inbound_id="1-0")
     late.add("stale words")
     await asyncio.sleep(0.2)
     await late.close()
-    assert len(await client.xrange(keys.outbound(user))) == 2  # refused
+    assert len(await client.xrange(keys.outbound(user))) == 5  # refused
     assert isinstance(late.error, LeaseLost)
     try:
         late.add("more")
