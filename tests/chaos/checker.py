@@ -72,6 +72,40 @@ def check_replies(stream: list[tuple[str, dict[str, str]]], accepted: dict[str, 
             report.add("user_event_count", f"{user} {cmid}: {users[cmid]} user events")
 
 
+def check_deltas(stream: list[tuple[str, dict[str, str]]], user: str, report: Report) -> None:
+    """Streamed replies, in the stream's order: no delta of a message after
+    its final event; each attempt's deltas numbered 0, 1, 2 ... (``seq`` 0
+    starts an attempt); and every attempt's text a prefix of the final reply
+    (the test graph answers the same on every attempt), so no stale attempt's
+    words were interleaved with the current one's."""
+    finished: set[str] = set()
+    last_seq: dict[str, int] = {}
+    attempt_text: dict[str, list[str]] = defaultdict(list)  # cmid -> texts of every attempt
+    for entry_id, fields in stream:
+        cmid = fields.get("cmid", "")
+        kind = fields.get("kind")
+        if kind in REPLY_KINDS:
+            finished.add(cmid)
+            if kind == "assistant":
+                for text in attempt_text.pop(cmid, []):
+                    if not fields.get("text", "").startswith(text):
+                        report.add("delta_text", f"{user} {cmid}: streamed {text!r}, the reply is "
+                                                 f"{fields.get('text')!r}")
+            continue
+        if kind != "delta":
+            continue
+        if cmid in finished:
+            report.add("delta_after_reply", f"{user} {cmid}: delta {entry_id} after the final event")
+        seq = int(fields.get("seq", "-1"))
+        if seq == 0:
+            attempt_text[cmid].append("")
+        elif seq != last_seq.get(cmid, -2) + 1 or not attempt_text[cmid]:
+            report.add("delta_seq", f"{user} {cmid}: delta {entry_id} has seq {seq} after {last_seq.get(cmid)}")
+            attempt_text[cmid].append("")
+        last_seq[cmid] = seq
+        attempt_text[cmid][-1] += fields.get("text", "")
+
+
 _REPLY_NUMBER = re.compile(r"^reply (\d+) to: ")
 
 

@@ -156,8 +156,9 @@ class ChaosUser:
     async def new_message(self) -> None:
         cmid = uuid.uuid4().hex
         think = self.rng.choice(["0", "0", "0.05", "0.1", "0.3"])
+        streamed = " streamed" if self.rng.random() < 0.5 else ""  # the reply comes as deltas, then the final
         frame = {"type": "send", "conversation_id": f"c{self.rng.randint(0, 2)}", "client_msg_id": cmid,
-                 "text": f"sleep:{think} {self.name} says {self.sent}"}
+                 "text": f"sleep:{think} {self.name} says {self.sent}{streamed}"}
         self.sent += 1
         self.pending[cmid] = (frame, 0.0)
         await self._try_send(cmid)

@@ -268,6 +268,7 @@ class Chaos:
             stream = await client.xrange(keys.outbound(user.name))
             streams[user.name] = stream
             checker.check_replies(stream, accepted.get(user.name, {}), user.name, report)
+            checker.check_deltas(stream, user.name, report)
             for device in user.devices:
                 checker.check_device(device.log, stream, report)
         dead = await client.xlen(keys.dead_letters())

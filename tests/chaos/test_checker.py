@@ -2,7 +2,8 @@
 proves nothing), and pass a clean run."""
 
 from tests.chaos.checker import (
-    DeviceLog, Report, Segment, check_accept_ids, check_device, check_history, check_memory, check_replies,
+    DeviceLog, Report, Segment, check_accept_ids, check_deltas, check_device, check_history, check_memory,
+    check_replies,
     group_accepts,
 )
 
@@ -91,3 +92,27 @@ def test_history_checks_pass_a_clean_conversation_and_catch_each_fault():
     assert set(history(["in-1-0"], replies[:2]).violations) == {"history_missing"}
     # The turn was computed on a history the store no longer has (a lost checkpoint).
     assert set(history(["in-3-0", "in-5-0"], [("5-0", "reply 3 to: c")]).violations) == {"history_fork"}
+
+
+def delta(i: int, seq: int, text: str, cmid: str = "a") -> tuple[str, dict]:
+    return f"{i}-0", {"conv": "c", "kind": "delta", "cmid": cmid, "seq": str(seq), "text": text}
+
+
+def test_delta_checks_pass_streams_and_retries_and_catch_each_fault():
+    final = entry(9, "assistant", "a", "reply 1 to: hi")
+    clean = [entry(1, cmid="a"), delta(2, 0, "reply"), delta(3, 1, " 1 to"),
+             delta(4, 0, "reply 1"), delta(5, 1, " to:"), delta(6, 2, " hi"), final]  # a retry restarts at 0
+    report = Report()
+    check_deltas(clean, "u", report)
+    assert report.ok, report.examples
+
+    def violations(stream: list) -> Report:
+        found = Report()
+        check_deltas(stream, "u", found)
+        return found
+
+    assert violations(clean + [delta(10, 3, "!")]).violations["delta_after_reply"] == 1
+    assert violations([delta(2, 0, "reply"), delta(3, 2, " to"), final]).violations["delta_seq"] == 1
+    assert violations([delta(2, 1, "reply"), final]).violations["delta_seq"] == 1  # no start
+    interleaved = [delta(2, 0, "reply"), delta(3, 1, " 2 to"), final]  # a stale attempt's words
+    assert violations(interleaved).violations["delta_text"] == 1

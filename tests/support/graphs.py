@@ -6,7 +6,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langgraph.graph import END, START, MessagesState, StateGraph
 
 
@@ -45,10 +45,20 @@ async def _slow(state: MessagesState) -> dict:
         raise RuntimeError("the graph was asked to fail")
     if text.startswith("crash"):
         os._exit(3)  # a poison message: takes the whole worker process down
-    return {"messages": [AIMessage(content=f"reply {_count_turns(state)} to: {text}")]}
+    reply = f"reply {_count_turns(state)} to: {text}"
+    if "streamed" in text.split():
+        reply = (await _speaker().ainvoke([SystemMessage(content=reply)])).content
+    return {"messages": [AIMessage(content=reply)]}
 
 
-#: Replies "reply <n> to: <text>"; sleeps on "sleep:<s>", raises on "fail".
+def _speaker():
+    from switchboard.worker.graph import ReadingModel
+
+    return ReadingModel(token_ms=20)
+
+
+#: Replies "reply <n> to: <text>"; sleeps on "sleep:<s>", raises on "fail";
+#: a text with the word "streamed" gets its reply streamed, a word every 20 ms.
 slow = _single(_slow)
 
 
