@@ -4,7 +4,9 @@ Every append goes through one Lua function so that, atomically in the user's
 slot, the stream's *life* (epoch) exists, the event is appended, the stream is
 trimmed to its retention while the newest trimmed id is recorded (so a resume
 can tell "nothing missing" from "events were trimmed"), and the fanout tier is
-notified on the user's channel.
+notified on the user's channel. The notice carries the event itself and the
+id of the entry before it (:func:`parse_notice`): a fanout whose connections
+are all at that id delivers the event without reading the stream.
 
 An epoch names one life of the stream: it is created with the stream, so a
 stream lost with Redis data (or deleted) comes back with a new epoch and every
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import secrets
 import time
+
+import msgspec
 
 from .protocol import Event
 
@@ -42,6 +46,9 @@ end
 
 local function append_event(out, meta, channel, new_epoch, maxlen, fields)
   local epoch = ensure_life(out, meta, new_epoch)
+  local newest = redis.call('XREVRANGE', out, '+', '-', 'COUNT', 1)
+  local prev = '0-0'
+  if #newest > 0 then prev = newest[1][1] end
   local id = redis.call('XADD', out, '*', unpack(fields))
   local len = redis.call('XLEN', out)
   -- Trim in batches of maxlen/16 to amortise; remember the newest trimmed id.
@@ -50,7 +57,7 @@ local function append_event(out, meta, channel, new_epoch, maxlen, fields)
     redis.call('HSET', meta, 'trimmed', old[#old][1])
     redis.call('XTRIM', out, 'MAXLEN', maxlen)
   end
-  redis.call('PUBLISH', channel, id)
+  redis.call('PUBLISH', channel, cmsgpack.pack({prev, id, fields}))
   return {id, epoch}
 end
 """
@@ -59,6 +66,30 @@ ENSURE_LIFE_LUA = APPEND_LUA + r"""
 -- KEYS: out, meta   ARGV: new_epoch
 return ensure_life(KEYS[1], KEYS[2], ARGV[1])
 """
+
+
+class Notice(msgspec.Struct, array_like=True):
+    """What an append publishes on the user's notify channel."""
+
+    prev: str  #: the stream's newest entry before this one ('0-0': none)
+    id: str
+    fields: list[str]  #: the entry's fields, flat
+
+    def event(self) -> Event:
+        pairs = iter(self.fields)
+        return entry_to_event(self.id, dict(zip(pairs, pairs)))
+
+
+_notice_decoder = msgspec.msgpack.Decoder(Notice)
+
+
+def parse_notice(data: bytes) -> Notice | None:
+    """The notice of an append, or None for anything else (a malformed or
+    older-format notice still says "read this user")."""
+    try:
+        return _notice_decoder.decode(data)
+    except msgspec.DecodeError:
+        return None
 
 
 def new_epoch() -> str:

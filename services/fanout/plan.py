@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from switchboard.shared import streamids
+from switchboard.shared.outbound import Notice
 from switchboard.shared.protocol import Event
 
 
@@ -36,6 +37,22 @@ class Batch:
 def read_from(attachments: Iterable[Attachment]) -> str:
     """The exclusive start of the next read: the smallest cursor."""
     return min((a.cursor for a in attachments), key=streamids.parse, default=streamids.ZERO)
+
+
+def continuing(notices: Sequence[Notice], start: str) -> list[Event] | None:
+    """The events of ``notices`` (in publish order) after ``start``, if they
+    follow ``start`` without a hole -- the first names ``start`` as the entry
+    before it, each next one the previous -- so they can be delivered without
+    reading the stream. ``[]`` when all were delivered already; None when the
+    stream must be read (a notice was missed, or the chain begins elsewhere)."""
+    start_key = streamids.parse(start)
+    after = [n for n in notices if streamids.parse(n.id) > start_key]
+    expected = start
+    for notice in after:
+        if notice.prev != expected:
+            return None
+        expected = notice.id
+    return [n.event() for n in after]
 
 
 def plan(attachments: Iterable[Attachment], events: Sequence[Event], *, start: str,

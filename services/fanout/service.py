@@ -11,7 +11,10 @@ Loop structure:
   (attach/detach from gateways) and one notify channel per attached user
   (published by every append to the user's outbound stream);
 - *pump*: for each user marked dirty, read the outbound stream after the
-  smallest cursor and publish one batch per connection (:mod:`.plan`);
+  smallest cursor and publish one batch per connection (:mod:`.plan`). A
+  notice carries its event and the id before it, so when the notices since
+  the last delivery continue the smallest cursor without a hole, they are
+  delivered as they are, without reading the stream (the live path);
 - *sweep*: refresh the liveness key, mark every user dirty (so a lost notify
   costs at most one sweep interval), and drop attachments of gateways that no
   longer listen.
@@ -29,12 +32,13 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from switchboard.shared import connection as redisconn
-from switchboard.shared import internal, keys
+from switchboard.shared import internal, keys, outbound, streamids
+from switchboard.shared.protocol import Event
 from switchboard.shared.settings import FanoutSettings
 from switchboard.shared.tasks import finish, wait_event
 
 from . import read
-from .plan import Attachment, by_gateway, plan, read_from
+from .plan import Attachment, by_gateway, continuing, plan, read_from
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,9 @@ class Fanout:
         self.reader = read.OutboundReader(self.raw)
         self.users: dict[str, dict[str, Attachment]] = {}
         self.dirty: set[str] = set()
+        self.must_read: set[str] = set()  #: dirty users whose stream must be read (not only notices)
+        self.notices: dict[str, list[outbound.Notice]] = {}  #: per user, since its last delivery
+        self.counts = {"reads": 0, "direct": 0}  #: users read vs delivered from notices (tests, metrics)
         self.wake = asyncio.Event()
         self.ready = asyncio.Event()
         self._pubsub: aioredis.client.PubSub | None = None
@@ -104,6 +111,8 @@ class Fanout:
                     self.incarnation = secrets.token_hex(6)
                     self.users.clear()
                     self.dirty.clear()
+                    self.must_read.clear()
+                    self.notices.clear()
                 await self._announce()
                 first = False
                 self._pubsub = pubsub
@@ -137,8 +146,16 @@ class Fanout:
             return
         # A notify channel: sb:{u:<user>}:notify
         user = _user_of_channel(channel)
-        if user is not None and user in self.users:
+        if user is None or user not in self.users:
+            return
+        notice = outbound.parse_notice(data)
+        pending = self.notices.setdefault(user, [])
+        if notice is None or len(pending) >= self.settings.batch:
+            self.notices.pop(user, None)  # bounded: past a batch, reading is as good
             self._mark(user)
+        else:
+            pending.append(notice)
+            self._mark(user, read=False)
 
     async def _attach(self, message: internal.Attach) -> None:
         attachments = self.users.get(message.user)
@@ -157,11 +174,14 @@ class Fanout:
         attachments.pop(conn, None)
         if not attachments:
             del self.users[user]
+            self.notices.pop(user, None)
             if self._pubsub is not None:
                 await self._pubsub.unsubscribe(keys.notify(user))
 
-    def _mark(self, user: str) -> None:
+    def _mark(self, user: str, *, read: bool = True) -> None:
         self.dirty.add(user)
+        if read:
+            self.must_read.add(user)
         self.wake.set()
 
     # -- pump ----------------------------------------------------------------------
@@ -177,17 +197,34 @@ class Fanout:
                 except (RedisError, OSError) as exc:
                     log.warning("fanout read failed: %s; retrying", exc)
                     self.dirty.update(round_users)
+                    self.must_read.update(round_users)  # their notices are gone with the round
                     await asyncio.sleep(0.2)
 
     async def _deliver(self, users: list[str]) -> None:
-        reads = [(u, read_from(self.users[u].values())) for u in users if self.users.get(u)]
-        if not reads:
-            return
-        results = await self.reader.read(reads, self.settings.batch)
+        reads: list[tuple[str, str]] = []
+        ready: list[tuple[str, str, list[Event], str]] = []  # user, start, events, trimmed
+        for user in users:
+            notices = self.notices.pop(user, [])
+            if not self.users.get(user):
+                self.must_read.discard(user)
+                continue
+            start = read_from(self.users[user].values())
+            events = None if user in self.must_read else continuing(notices, start)
+            self.must_read.discard(user)
+            if events is None:
+                reads.append((user, start))
+            elif events:
+                # No hole after ``start``, so no attachment can have lost events to trimming.
+                ready.append((user, start, events, streamids.ZERO))
+        if reads:
+            results = await self.reader.read(reads, self.settings.batch)
+            for (user, start), reply in zip(reads, results):
+                ready.append((user, start, *read.parse(reply)))
+        self.counts["reads"] += len(reads)
+        self.counts["direct"] += len(ready) - len(reads)
         publish = self.raw.pipeline(transaction=False)
         sent: list[str] = []
-        for (user, start), reply in zip(reads, results):
-            events, trimmed = read.parse(reply)
+        for user, start, events, trimmed in ready:
             attachments = self.users.get(user, {})
             batches = plan(list(attachments.values()), events, start=start, trimmed=trimmed)
             # One message per gateway carries the events once for all of the
@@ -200,7 +237,7 @@ class Fanout:
             for batch in batches:
                 if batch.lost:
                     attachments.pop(batch.attachment.conn, None)
-            if len(events) == self.settings.batch:
+            if len(events) >= self.settings.batch:
                 self._mark(user)  # more to read
         if sent:
             receivers = await publish.execute()
@@ -221,6 +258,7 @@ class Fanout:
                 continue
             for user in self.users:
                 self.dirty.add(user)
+                self.must_read.add(user)
             if self.users:
                 self.wake.set()
 

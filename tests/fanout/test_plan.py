@@ -53,3 +53,22 @@ def test_one_message_per_gateway_carries_the_longest_suffix_once():
     assert [e.id for e in groups["gw2"].events] == ["5-0", "6-0"]
     only_lost = by_gateway(plan([att("x", "1-0")], [ev(4)], start="1-0", trimmed="2-0"))
     assert only_lost[0].events == [] and only_lost[0].targets[0].lost
+
+
+def test_notices_are_delivered_as_they_are_only_when_they_continue_the_cursor():
+    from switchboard.fanout.plan import continuing
+    from switchboard.shared.outbound import Notice
+
+    def notice(prev: str, id_: str) -> Notice:
+        return Notice(prev, id_, ["kind", "assistant", "conv", "c", "text", f"t{id_}", "cmid", "m", "dev", "",
+                                  "ts", "1", "in", "1-0"])
+
+    chain = [notice("0-0", "1-0"), notice("1-0", "2-0"), notice("2-0", "3-0")]
+    assert [e.id for e in continuing(chain, "0-0")] == ["1-0", "2-0", "3-0"]
+    assert continuing(chain, "0-0")[1].text == "t2-0" and continuing(chain, "0-0")[1].kind == "assistant"
+    assert [e.id for e in continuing(chain, "1-0")] == ["2-0", "3-0"]  # delivered ones are skipped
+    assert continuing(chain, "3-0") == []  # nothing new: no read needed
+    assert continuing(chain[1:], "0-0") is None  # the notice of 1-0 was missed: read the stream
+    assert continuing([chain[0], chain[2]], "0-0") is None  # a hole in the middle
+    assert continuing([], "5-0") == []
+    assert continuing([notice("4-0", "6-0")], "5-0") is None  # starts elsewhere (say, after a trim)

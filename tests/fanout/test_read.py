@@ -61,3 +61,67 @@ async def test_the_fanout_reloads_its_script_after_redis_forgets_it(redis_url):
         await fanout.redis.aclose()
         await text.delete(keys.work(0))
         await text.aclose()
+
+
+async def test_live_events_are_delivered_from_their_notices_exactly(redis_url):
+    """While a connection keeps up, each append's notice carries the event and
+    the id before it, and the fanout delivers it without reading the stream;
+    a missed notice falls back to a read. Either way the batches continue
+    exactly (each ``prev`` is the previous batch's last id)."""
+    import asyncio
+
+    from switchboard.fanout.service import Fanout
+    from switchboard.shared import internal
+    from switchboard.shared.settings import FanoutSettings, RedisSettings
+
+    text = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    raw = aioredis.Redis.from_url(redis_url)
+    store = GatewayStore(text, StreamSettings(work_shards=1))
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    await store.accept_many(user, "phone", "c", [("m0", "before attach")])
+    fanout = Fanout(FanoutSettings(redis=RedisSettings(url=redis_url), server_id=f"f-{user}", sweep_interval=60))
+    serving = asyncio.create_task(fanout.serve())
+    gateway = raw.pubsub()
+    await gateway.subscribe(keys.gateway_delivery("gw-test"))
+    try:
+        await asyncio.wait_for(fanout.ready.wait(), 10)
+        await raw.publish(keys.fanout_control(fanout.id),
+                          internal.encode(internal.Attach(gateway="gw-test", conn="k1", user=user, cursor="0-0")))
+        received: list[tuple[str, list[str]]] = []
+
+        async def collect(count: int) -> None:
+            while sum(len(events) for _, events in received) < count:
+                message = await gateway.get_message(ignore_subscribe_messages=True, timeout=5)
+                if message is not None:
+                    delivery = internal.decode_delivery(message["data"])
+                    received.append((delivery.targets[0].prev, [e.id for e in delivery.events]))
+
+        await asyncio.wait_for(collect(1), 10)  # the attach reads what was there
+        assert fanout.counts["reads"] >= 1
+        for i in range(20):
+            await store.accept(user, "phone", "c", f"live{i}", f"live {i}")
+            await asyncio.wait_for(collect(2 + i), 10)
+        assert fanout.counts["direct"] >= 15, fanout.counts  # live events came from their notices
+
+        ids = [entry_id for entry_id, _ in await text.xrange(keys.outbound(user))]
+        reads_before = fanout.counts["reads"]
+        # An entry whose notice never came: the next notice does not continue the cursor.
+        skipped = await text.xadd(keys.outbound(user), {"kind": "user", "conv": "c", "text": "no notice"})
+        await store.accept(user, "phone", "c", "after-gap", "after the gap")
+        await asyncio.wait_for(collect(len(ids) + 2), 10)
+        assert fanout.counts["reads"] > reads_before  # the chain was broken: the stream was read
+
+        delivered = [entry_id for _, events in received for entry_id in events]
+        stream = [entry_id for entry_id, _ in await text.xrange(keys.outbound(user))]
+        assert delivered == stream and skipped in delivered  # everything, once, in order
+        previous = "0-0"
+        for prev, events in received:
+            assert prev == previous
+            previous = events[-1]
+    finally:
+        fanout.stopping.set()
+        await asyncio.wait_for(serving, 10)
+        await gateway.aclose()
+        await text.delete(keys.work(0))
+        await text.aclose()
+        await raw.aclose()
