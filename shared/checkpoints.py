@@ -18,11 +18,22 @@ messages it added. An attribute re-assigned on a remembered message (``m.content
 = ...``) is noticed and re-encoded; a change made *inside* one of its values
 (``m.additional_kwargs["k"] = v``) is not: a graph that edits messages that way
 must run with ``CHECKPOINT_CACHE=0``, which turns this off.
+
+A long conversation's message list is encoded the same way, a level up
+(:meth:`CachingSerializer.encode_list`): LangGraph's reducer returns a new list
+that begins with the very message objects of the last one, so the list's
+encoding is the last one's with the new messages' encodings appended --
+instead of one call back into Python per message, which profiling showed to
+be a third of the worker's time at a few hundred turns.
 """
 
 from __future__ import annotations
 
+import operator
 import weakref
+from itertools import chain
+from collections import OrderedDict
+from collections.abc import Hashable
 from typing import Any
 
 import orjson
@@ -55,6 +66,10 @@ class CachingSerializer(JsonPlusRedisSerializer):
         # The weak reference's callback drops the entry when the message dies,
         # before its id can be reused by another object.
         self._encoded: dict[int, tuple[weakref.ref, tuple[Any, ...], Any]] = {}
+        # key -> the list last encoded under it: its items, their attribute
+        # values and its encoding (LRU, bounded).
+        self._lists: OrderedDict[Hashable, _EncodedList] = OrderedDict()
+        self.max_lists = MAX_LISTS
 
     def _default_handler(self, obj: Any) -> Any:
         if not (self._remember and isinstance(obj, Serializable)):
@@ -74,6 +89,45 @@ class CachingSerializer(JsonPlusRedisSerializer):
                 return encoded
             self._encoded[key] = (ref, fields, encoded)
         return encoded
+
+    def encode_list(self, key: Hashable, items: list[Any]) -> orjson.Fragment | None:
+        """The JSON of a list of LangChain objects (a conversation's messages),
+        as ``orjson.dumps`` would write it here, reusing the encoding last made
+        under ``key`` for as long a prefix as holds the very same, unchanged
+        objects. None when the list is not one this applies to (empty, or an
+        item is not a LangChain object): encode it the usual way."""
+        if not (self._remember and items):
+            return None
+        # Every item's attribute values, and the comparisons below, run in C
+        # (map over builtins): per item this costs far less than one call back.
+        try:
+            fields = list(map(tuple, map(dict.values, map(vars, items))))
+        except TypeError:  # an item without attributes (a str, a dict): not a list for this
+            return None
+        previous = self._lists.get(key)
+        kept = 0
+        if previous is not None and len(items) >= len(previous.items):
+            head = fields[:len(previous.items)]
+            if (all(map(operator.is_, items, previous.items))
+                    and list(map(len, head)) == list(map(len, previous.fields))
+                    and all(map(operator.is_, chain.from_iterable(head), chain.from_iterable(previous.fields)))):
+                kept = len(previous.items)
+        fresh = items[kept:]  # (the kept ones were checked when they were new)
+        if not all(isinstance(item, Serializable) for item in fresh):
+            return None
+        parts = [orjson.dumps(item, default=self._default_handler) for item in fresh]
+        if kept:
+            encoded = b"".join([previous.encoded[:-1], b",", b",".join(parts), b"]"]) if parts else previous.encoded
+        else:
+            encoded = b"[" + b",".join(parts) + b"]"
+        self._lists[key] = _EncodedList(list(items), fields, encoded)
+        self._lists.move_to_end(key)
+        while len(self._lists) > self.max_lists:
+            self._lists.popitem(last=False)
+        return orjson.Fragment(encoded)
+
+    def forget_list(self, key: Hashable) -> None:
+        self._lists.pop(key, None)
 
     def _preprocess_redis_json(self, obj: Any, **kwargs: Any) -> Any:
         # A LangChain object passes through the library's walk unchanged (it
@@ -104,6 +158,20 @@ class CachingSerializer(JsonPlusRedisSerializer):
         if isinstance(found, _Failure):
             raise ValueError(found.message)
         return found
+
+
+#: Lists whose encoding is kept by default (the worker keeps one per
+#: conversation whose checkpoint it keeps: ``CHECKPOINT_CACHE``).
+MAX_LISTS = 256
+
+
+class _EncodedList:
+    __slots__ = ("items", "fields", "encoded")
+
+    def __init__(self, items: list[Any], fields: list[tuple[Any, ...]], encoded: bytes):
+        self.items = items
+        self.fields = fields
+        self.encoded = encoded
 
 
 def _same(before: tuple[Any, ...], now: tuple[Any, ...]) -> bool:

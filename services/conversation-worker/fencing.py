@@ -45,7 +45,7 @@ from langgraph.checkpoint.base import CheckpointTuple, copy_checkpoint
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 from langgraph.checkpoint.redis.util import to_storage_safe_id, to_storage_safe_str
 
-from switchboard.shared.checkpoints import use_caching_serializer
+from switchboard.shared.checkpoints import CachingSerializer, use_caching_serializer
 
 from .lease import LeaseLost
 
@@ -105,6 +105,7 @@ class FencedRedisSaver(AsyncRedisSaver):
     def __init__(self, *args: Any, cache_size: int = 256, **kwargs: Any):
         super().__init__(*args, **kwargs)
         use_caching_serializer(self, remember_encodings=cache_size > 0)
+        self.serde.max_lists = max(cache_size, 1)
         self.cache_size = cache_size
         self._newest: OrderedDict[str, CheckpointTuple] = OrderedDict()
         self._pending: dict[str, tuple[tuple[str, str, str], PendingCheckpoint]] = {}
@@ -220,6 +221,12 @@ class FencedRedisSaver(AsyncRedisSaver):
         body["channel_versions"] = {k: str(v) for k, v in checkpoint["channel_versions"].items()}
         serde = self.serde
         try:
+            values = body.get("channel_values")
+            if isinstance(values, dict) and isinstance(serde, CachingSerializer):
+                body["channel_values"] = values = dict(values)
+                for name, value in values.items():
+                    if isinstance(value, list):  # the messages: encoded once each, a list kept per thread
+                        values[name] = serde.encode_list((thread_id, name), value) or value
             encoded = orjson.Fragment(orjson.dumps(
                 {"type": "json", **serde._preprocess_redis_json(body), "pending_sends": []},
                 default=serde._default_handler))

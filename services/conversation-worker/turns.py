@@ -152,8 +152,9 @@ def message_id(entry_id: str) -> str:
 def reply_after(messages: Sequence[Any], human_id: str) -> str | None:
     """The reply already recorded for the human message ``human_id``, if any:
     the text of the AI messages that follow it, up to the next human message."""
-    for index, message in enumerate(messages):
-        if getattr(message, "id", None) == human_id:
+    # From the end: the message is the newest human one, or close to it.
+    for index in range(len(messages) - 1, -1, -1):
+        if getattr(messages[index], "id", None) == human_id:
             texts = []
             for later in messages[index + 1:]:
                 kind = getattr(later, "type", "")
