@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 #: Inbound entries scanned per round trip when looking for a conversation's next.
 SCAN_PAGE = 200
 
+#: Seconds a drain whose lease renewal failed waits for its work to finish:
+#: the last commit releases the lease, and its reply may still be on its way.
+RELEASE_GRACE = 1.0
+
 #: Conversations whose turns since their last prune are counted (a bound).
 UNPRUNED_MAX = 100_000
 
@@ -218,8 +222,13 @@ class Turns:
             while not work.done():
                 await asyncio.wait([work], timeout=self.settings.lease_ttl / 3)
                 if not work.done() and not await self.leases.renew(lease_key, token):
-                    work.cancel()
-                    raise LeaseLost(f"lease of {user}/{conversation} lost")
+                    # Either the lease was lost, or the commit that found nothing
+                    # left released it and its reply is on its way: let the work
+                    # finish (every write it could still make is fenced), then stop it.
+                    await asyncio.wait([work], timeout=RELEASE_GRACE)
+                    if not work.done():
+                        work.cancel()
+                        raise LeaseLost(f"lease of {user}/{conversation} lost")
             released = work.result()
             ok = True
         finally:

@@ -2,6 +2,7 @@
 exactly what the library would read from Redis, and never hide a checkpoint
 written by another worker."""
 
+import asyncio
 import gc
 
 import pytest
@@ -273,5 +274,33 @@ async def test_a_lease_this_process_left_behind_is_taken_back_at_once(clean_redi
     await redis.set(keys.lease("u", "a"), turns.leases.prefix + "fedcba9876543210", px=30_000)
     assert await other.drain("u", "a") is False  # another process's lease: waited for, not taken
     assert len(await redis.xrange(keys.outbound("u"))) == 1
+    await redis.aclose()
+    await raw.aclose()
+
+
+async def test_a_commit_that_releases_the_lease_while_a_renewal_is_due_is_not_a_lost_lease(clean_redis):
+    """The last commit of a drain releases the lease itself; a renewal timer
+    firing before the drain has seen that reply finds no lease. That is not a
+    lost lease: the drain finishes normally (its notices are acknowledged)."""
+    from dataclasses import replace
+
+    from switchboard.shared import keys
+    from switchboard.shared.settings import WorkerSettings
+    from switchboard.worker.turns import Turns
+
+    class SlowToSeeTheCommit(Turns):
+        async def _write(self, *args, **kwargs):  # noqa: ANN002, ANN003
+            result = await super()._write(*args, **kwargs)
+            await asyncio.sleep(0.5)  # a busy event loop between the reply and its handling
+            return result
+
+    redis = aioredis.Redis.from_url(clean_redis, decode_responses=True)
+    raw = aioredis.Redis.from_url(clean_redis)
+    saver = await _saver(raw)
+    turns = SlowToSeeTheCommit(redis, build().compile(checkpointer=saver),
+                               replace(WorkerSettings(), lease_ttl=0.6))  # renewal every 0.2 s
+    await redis.xadd(keys.inbound("u"), {"conv": "a", "cmid": "m1", "dev": "d", "text": "hello"})
+    assert await turns.drain("u", "a") is True
+    assert await redis.hget(keys.conversation("u", "a"), "done") is not None
     await redis.aclose()
     await raw.aclose()
