@@ -50,15 +50,21 @@ def _streamed_text(events: list[dict], cmid: str) -> tuple[str, list[int]]:
     return "".join(e["text"] for e in last), [e["seq"] for e in last]
 
 
-async def test_a_streamed_reply_arrives_as_deltas_then_the_final_event(cluster):
+async def _start(cluster, worker: str, *devices: str, **env: str) -> list[Device]:
+    """A fanout, a gateway and a worker (``env``: its settings), and the named
+    devices of one new user, connected."""
     cluster.start("fanout")
     cluster.start("gateway", "gw")
-    cluster.start("worker", "w", GRAPH=STREAMING, DELTA_INTERVAL="0")
+    cluster.start("worker", worker, **env)
     user = _user()
-    phone = Device(cluster.services["gw"].url, token(user), "phone")
-    laptop = Device(cluster.services["gw"].url, token(user), "laptop")
-    await phone.connect()
-    await laptop.connect()
+    connected = [Device(cluster.services["gw"].url, token(user), name) for name in devices]
+    for device in connected:
+        await device.connect()
+    return connected
+
+
+async def test_a_streamed_reply_arrives_as_deltas_then_the_final_event(cluster):
+    phone, laptop = await _start(cluster, "w", "phone", "laptop", GRAPH=STREAMING, DELTA_INTERVAL="0")
     await phone.send("c", "m1", "tell me about sailing boats")
     final = await phone.wait_reply("m1")
     await laptop.wait_reply("m1")
@@ -86,14 +92,7 @@ async def test_a_streamed_reply_arrives_as_deltas_then_the_final_event(cluster):
 
 
 async def test_a_device_that_drops_mid_reply_resumes_it_exactly(cluster):
-    cluster.start("fanout")
-    cluster.start("gateway", "gw")
-    cluster.start("worker", "w", GRAPH=SLOWLY)
-    user = _user()
-    watcher = Device(cluster.services["gw"].url, token(user), "watcher")  # stays connected throughout
-    phone = Device(cluster.services["gw"].url, token(user), "phone")
-    await watcher.connect()
-    await phone.connect()
+    watcher, phone = await _start(cluster, "w", "watcher", "phone", GRAPH=SLOWLY)  # the watcher stays connected
     await phone.send("c", "m1", "tell me a long story about the sea")
     await phone.wait_for(lambda: len(_deltas(phone, "m1")) >= 2)
     await phone.drop()
@@ -113,12 +112,7 @@ async def test_a_device_that_drops_mid_reply_resumes_it_exactly(cluster):
 
 
 async def test_a_worker_killed_mid_reply_streams_it_again_from_seq_0(cluster):
-    cluster.start("fanout")
-    cluster.start("gateway", "gw")
-    cluster.start("worker", "doomed", GRAPH=SLOWLY)
-    user = _user()
-    phone = Device(cluster.services["gw"].url, token(user), "phone")
-    await phone.connect()
+    (phone,) = await _start(cluster, "doomed", "phone", GRAPH=SLOWLY)
     await phone.send("c", "m1", "tell me a long story about the sea")
     await phone.wait_for(lambda: len(_deltas(phone, "m1")) >= 3)
     cluster.kill("doomed", signal.SIGKILL)
@@ -137,12 +131,7 @@ async def test_a_worker_killed_mid_reply_streams_it_again_from_seq_0(cluster):
 
 
 async def test_no_deltas_when_streaming_is_off(cluster):
-    cluster.start("fanout")
-    cluster.start("gateway", "gw")
-    cluster.start("worker", "w", GRAPH=STREAMING, STREAM_DELTAS="0")
-    user = _user()
-    phone = Device(cluster.services["gw"].url, token(user), "phone")
-    await phone.connect()
+    (phone,) = await _start(cluster, "w", "phone", GRAPH=STREAMING, STREAM_DELTAS="0")
     await phone.send("c", "m1", "hello there")
     final = await phone.wait_reply("m1")
     assert final["text"].startswith("Turn 1.")
