@@ -181,3 +181,39 @@ async def test_a_delta_is_written_only_by_the_lease_holder(clean_redis):
     else:
         raise AssertionError("a stream that lost its lease must raise into the graph")
     await client.aclose()
+
+
+async def test_a_lease_lost_while_streaming_stops_the_graph(clean_redis):
+    """The graph runs on only as long as its deltas are accepted: a refused
+    write ends the attempt with LeaseLost at the model's next token."""
+    from langchain_core.messages import HumanMessage
+
+    from switchboard.worker.graph import build
+
+    client = aioredis.Redis.from_url(clean_redis, decode_responses=True)
+    user = _user()
+    lease = keys.lease(user, "c")
+    await client.set(lease, "mine")
+    stream = DeltaWriter(client, interval=0.0, maxlen=1000).stream(
+        user, "c", token="mine", client_msg_id="m1", inbound_id="1-0")
+    graph = build(stream=True, token_ms=50).compile()
+
+    async def take_the_lease_after_the_first_delta() -> None:
+        while not await client.xlen(keys.outbound(user)):
+            await asyncio.sleep(0.01)
+        await client.set(lease, "another-worker")
+
+    thief = asyncio.create_task(take_the_lease_after_the_first_delta())
+    try:
+        await graph.ainvoke({"messages": [HumanMessage("tell me a long story about the sea")]},
+                            {"callbacks": [stream]})
+    except LeaseLost:
+        pass
+    else:
+        raise AssertionError("the graph ran to the end without its lease")
+    finally:
+        await thief
+        await stream.close()
+    written = await client.xlen(keys.outbound(user))
+    assert 1 <= written < 10  # the reply has ~20 words: the run stopped early
+    await client.aclose()
