@@ -379,15 +379,11 @@ class Turns:
                                         inbound_id=entry.id)
             config["callbacks"] = [stream]
         try:
-            try:
-                result = await asyncio.wait_for(
-                    self.graph.ainvoke({"messages": [HumanMessage(content=entry.text, id=human_id)]}, config,
-                                       durability="exit"),
-                    timeout=self.settings.turn_timeout,
-                )
-            finally:
-                if stream is not None:
-                    await stream.close()  # no delta may follow the final event
+            result = await asyncio.wait_for(
+                self.graph.ainvoke({"messages": [HumanMessage(content=entry.text, id=human_id)]}, config,
+                                   durability="exit"),
+                timeout=self.settings.turn_timeout,
+            )
         except TimeoutError:  # first: TimeoutError is an OSError too
             raise TurnFailed(f"no answer within TURN_TIMEOUT={self.settings.turn_timeout:g} s",
                              f"the assistant did not answer within {self.settings.turn_timeout:g} s") from None
@@ -396,6 +392,9 @@ class Turns:
         except Exception as exc:  # noqa: BLE001 - a graph bug must not stop the conversation
             raise TurnFailed(f"{type(exc).__name__}: {exc}"[:500],
                              f"the assistant failed on this message ({type(exc).__name__})") from None
+        finally:
+            if stream is not None:
+                await stream.close()  # no delta may follow the final event
         return reply_after(result.get("messages", []) if isinstance(result, dict) else [], human_id) or ""
 
     async def _dead_letter(self, user: str, entry: InboundEntry, reason: str, attempts: int) -> None:
