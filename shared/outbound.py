@@ -76,8 +76,7 @@ class Notice(msgspec.Struct, array_like=True):
     fields: list[str]  #: the entry's fields, flat
 
     def event(self) -> Event:
-        pairs = iter(self.fields)
-        return entry_to_event(self.id, dict(zip(pairs, pairs)))
+        return flat_entry_to_event(self.id, self.fields)
 
 
 _notice_decoder = msgspec.msgpack.Decoder(Notice)
@@ -129,3 +128,10 @@ def entry_to_event(entry_id: str, fields: dict[str, str]) -> Event:
         ts=int(fields.get("ts") or 0),
         seq=int(seq) if (seq := fields.get("seq")) else None,
     )
+
+
+def flat_entry_to_event(entry_id: str, flat: list[str]) -> Event:
+    """:func:`entry_to_event` of fields as Redis returns them inside Lua
+    (and packs them): ``[field, value, field, value, ...]``."""
+    pairs = iter(flat)
+    return entry_to_event(entry_id, dict(zip(pairs, pairs)))

@@ -54,9 +54,4 @@ class OutboundReader:
 def parse(reply: bytes) -> tuple[list[Event], str]:
     """``(events in stream order, newest trimmed id)`` of one read."""
     trimmed, entries = _decode(reply)
-    return [outbound.entry_to_event(entry_id, _fields(flat)) for entry_id, flat in entries], trimmed
-
-
-def _fields(flat: list[str]) -> dict[str, str]:
-    pairs = iter(flat)
-    return dict(zip(pairs, pairs))
+    return [outbound.flat_entry_to_event(entry_id, flat) for entry_id, flat in entries], trimmed
