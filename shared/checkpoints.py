@@ -57,8 +57,13 @@ class _Failure:
 MAX_REMEMBERED = 200_000
 
 
+#: Lists whose encoding is kept by default (the worker keeps one per
+#: conversation whose checkpoint it keeps: ``CHECKPOINT_CACHE``).
+MAX_LISTS = 256
+
+
 class CachingSerializer(JsonPlusRedisSerializer):
-    def __init__(self, *args: Any, remember_encodings: bool = True, **kwargs: Any):
+    def __init__(self, *args: Any, remember_encodings: bool = True, max_lists: int = MAX_LISTS, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._classes: dict[tuple[str, ...], Any] = {}
         self._remember = remember_encodings
@@ -69,7 +74,7 @@ class CachingSerializer(JsonPlusRedisSerializer):
         # key -> the list last encoded under it: its items, their attribute
         # values and its encoding (LRU, bounded).
         self._lists: OrderedDict[Hashable, _EncodedList] = OrderedDict()
-        self.max_lists = MAX_LISTS
+        self.max_lists = max_lists
 
     def _default_handler(self, obj: Any) -> Any:
         if not (self._remember and isinstance(obj, Serializable)):
@@ -126,9 +131,6 @@ class CachingSerializer(JsonPlusRedisSerializer):
             self._lists.popitem(last=False)
         return orjson.Fragment(encoded)
 
-    def forget_list(self, key: Hashable) -> None:
-        self._lists.pop(key, None)
-
     def _preprocess_redis_json(self, obj: Any, **kwargs: Any) -> Any:
         # A LangChain object passes through the library's walk unchanged (it
         # is none of the types it rewrites); skip the walk's type tests.
@@ -160,11 +162,6 @@ class CachingSerializer(JsonPlusRedisSerializer):
         return found
 
 
-#: Lists whose encoding is kept by default (the worker keeps one per
-#: conversation whose checkpoint it keeps: ``CHECKPOINT_CACHE``).
-MAX_LISTS = 256
-
-
 class _EncodedList:
     __slots__ = ("items", "fields", "encoded")
 
@@ -179,8 +176,9 @@ def _same(before: tuple[Any, ...], now: tuple[Any, ...]) -> bool:
     return len(before) == len(now) and all(a is b for a, b in zip(before, now))
 
 
-def use_caching_serializer(saver: AsyncRedisSaver, *, remember_encodings: bool = True) -> AsyncRedisSaver:
-    saver.serde = CachingSerializer(remember_encodings=remember_encodings)
+def use_caching_serializer(saver: AsyncRedisSaver, *, remember_encodings: bool = True,
+                           max_lists: int = MAX_LISTS) -> AsyncRedisSaver:
+    saver.serde = CachingSerializer(remember_encodings=remember_encodings, max_lists=max_lists)
     return saver
 
 

@@ -45,7 +45,7 @@ from langgraph.checkpoint.base import CheckpointTuple, copy_checkpoint
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 from langgraph.checkpoint.redis.util import to_storage_safe_id, to_storage_safe_str
 
-from switchboard.shared.checkpoints import CachingSerializer, use_caching_serializer
+from switchboard.shared.checkpoints import use_caching_serializer
 
 from .lease import LeaseLost
 
@@ -104,8 +104,8 @@ def _is_root(config: RunnableConfig) -> bool:
 class FencedRedisSaver(AsyncRedisSaver):
     def __init__(self, *args: Any, cache_size: int = 256, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        use_caching_serializer(self, remember_encodings=cache_size > 0)
-        self.serde.max_lists = max(cache_size, 1)
+        # One kept message list per kept checkpoint.
+        use_caching_serializer(self, remember_encodings=cache_size > 0, max_lists=max(cache_size, 1))
         self.cache_size = cache_size
         self._newest: OrderedDict[str, CheckpointTuple] = OrderedDict()
         self._pending: dict[str, tuple[tuple[str, str, str], PendingCheckpoint]] = {}
@@ -222,7 +222,7 @@ class FencedRedisSaver(AsyncRedisSaver):
         serde = self.serde
         try:
             values = body.get("channel_values")
-            if isinstance(values, dict) and isinstance(serde, CachingSerializer):
+            if isinstance(values, dict):
                 body["channel_values"] = values = dict(values)
                 for name, value in values.items():
                     if isinstance(value, list):  # the messages: encoded once each, a list kept per thread

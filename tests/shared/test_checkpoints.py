@@ -82,7 +82,7 @@ def test_a_growing_message_list_is_encoded_by_appending_and_stays_exact():
     assert serde.encode_list(("thread", "other"), ["plain", {"a": 1}]) is None  # not LangChain objects
     assert CachingSerializer(remember_encodings=False).encode_list("k", first) is None  # CHECKPOINT_CACHE=0
 
-    serde.max_lists = 2
+    bounded = CachingSerializer(max_lists=2)
     for n in range(5):
-        serde.encode_list(("t", n), first)
-    assert len(serde._lists) == 2  # bounded
+        bounded.encode_list(("t", n), first)
+    assert len(bounded._lists) == 2  # bounded
