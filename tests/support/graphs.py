@@ -9,6 +9,8 @@ from pathlib import Path
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langgraph.graph import END, START, MessagesState, StateGraph
 
+from switchboard.worker.graph import ReadingModel, build
+
 
 def _last_text(state: MessagesState) -> str:
     humans = [m for m in state["messages"] if isinstance(m, HumanMessage)]
@@ -47,14 +49,11 @@ async def _slow(state: MessagesState) -> dict:
         os._exit(3)  # a poison message: takes the whole worker process down
     reply = f"reply {_count_turns(state)} to: {text}"
     if "streamed" in text.split():
-        reply = (await _speaker().ainvoke([SystemMessage(content=reply)])).content
+        reply = (await _SPEAKER.ainvoke([SystemMessage(content=reply)])).content
     return {"messages": [AIMessage(content=reply)]}
 
 
-def _speaker():
-    from switchboard.worker.graph import ReadingModel
-
-    return ReadingModel(token_ms=20)
+_SPEAKER = ReadingModel(token_ms=20)
 
 
 #: Replies "reply <n> to: <text>"; sleeps on "sleep:<s>", raises on "fail";
@@ -62,11 +61,5 @@ def _speaker():
 slow = _single(_slow)
 
 
-def _streaming_slowly():
-    from switchboard.worker.graph import build
-
-    return build(stream=True, token_ms=150)
-
-
 #: The default assistant, its reply streamed a word every 150 ms (time to drop mid-reply).
-streaming_slowly = _streaming_slowly()
+streaming_slowly = build(stream=True, token_ms=150)
