@@ -38,6 +38,11 @@ def test_settings_come_from_the_environment_with_documented_defaults():
     assert w.checkpoint_ttl == 30 and w.graph == "pkg.mod:g"
     assert WorkerSettings.from_env({}).checkpoint_ttl is None
     assert w.redis.socket_timeout > w.read_block  # a blocking read must never time out the socket
+    assert (WorkerSettings.from_env({}).stream_deltas, WorkerSettings.from_env({}).delta_interval) == (True, 0.05)
+    assert WorkerSettings.from_env({"STREAM_DELTAS": "off"}).stream_deltas is False
+    assert WorkerSettings.from_env({"STREAM_DELTAS": "1", "DELTA_INTERVAL": "0"}).delta_interval == 0.0
+    with pytest.raises(SettingsError, match="STREAM_DELTAS"):
+        WorkerSettings.from_env({"STREAM_DELTAS": "maybe"})
 
 
 @pytest.mark.parametrize("env", [{"WEBSOCKET_PORT": "http"}, {"MAX_MESSAGE_SIZE": "10"},
