@@ -2,14 +2,19 @@
 
 Each connection is *attached* to one live fanout (rendezvous hashing on the
 user id over the live fanouts) with the cursor it has delivered up to. Fanouts
-publish batches on this gateway's channel; :mod:`.cursor` decides what a batch
-adds. The hub re-attaches a connection, from exactly its cursor, whenever
-delivery may have been interrupted:
+publish batches on this gateway's channel. What a batch does to a connection
+-- deliver, pause, re-attach, resync, nothing -- is decided by its
+:class:`~.delivery.DeliveryState` (no I/O, tested on its own); the hub only
+carries the decisions out: it queues frames, publishes attach and detach
+messages, runs the wait of a paused connection, and closes. The hub
+re-attaches a connection, from exactly its cursor, whenever delivery may have
+been interrupted:
 
 - its fanout died or restarted (the fanout's liveness key vanished or carries a
   new incarnation),
 - this gateway's own subscription was interrupted (pub/sub is at-most-once),
-- a batch revealed a gap.
+- a batch revealed a gap, or its fanout dropped it (a lost target) while the
+  connection may still continue exactly.
 
 Every outbox is bounded, and the user's outbound stream in Redis is where
 events wait, not the gateway: when a batch does not fit, the connection takes
@@ -25,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import zlib
 from collections.abc import Callable
 
 import redis.asyncio as aioredis
@@ -35,22 +39,23 @@ from switchboard.shared import internal, keys
 from switchboard.shared.protocol import CloseCode, Frame, encode
 from switchboard.shared.tasks import finish, wait_event
 
-from .cursor import Batch
+from .cursor import DeliveryEvents
+from .delivery import Deliver, DeliveryState, Ignore, Reattach, Resync, resume_room
+from .delivery import choose_fanout  # noqa: F401 - imported from here by tests/chaos
 from .outbox import Outbox
 
 log = logging.getLogger(__name__)
 
 #: Seconds between checks of fanout liveness.
 MONITOR_INTERVAL = 1.0
-#: Seconds during which a connection is not re-attached twice for a gap.
-RESYNC_HOLDOFF = 0.25
 #: Seconds a paused connection may wait for room in its outbox before it is
 #: closed as a slow consumer.
 SLOW_CONSUMER_AFTER = 10.0
 
 
 class Connection:
-    """Delivery state of one WebSocket connection (no socket in here)."""
+    """One WebSocket connection as the hub sees it: who it is, its outbox and
+    its :class:`~.delivery.DeliveryState` (no socket in here)."""
 
     def __init__(self, conn_id: str, user: str, device: str, epoch: str, last: str,
                  outbox_size: int, close: Callable[[CloseCode, str], None]):
@@ -58,32 +63,36 @@ class Connection:
         self.user = user
         self.device = device
         self.epoch = epoch
-        self.last = last  #: newest event id put in the outbox
+        self.delivery = DeliveryState(last)
         self.outbox = Outbox(outbox_size)
-        self.fanout: tuple[str, str] | None = None  #: (fanout id, incarnation)
         self._close = close
-        self.closed = False  #: being closed: deliver nothing more
-        self.resumer: asyncio.Task | None = None  #: set while paused (see the module docstring)
-        self._last_attach = 0.0
+        self.resumer: asyncio.Task | None = None  #: runs while paused (see the module docstring)
+        #: ``extra`` of every log line about this connection: the fields the
+        #: JSON log format reports (:mod:`switchboard.shared.logs`).
+        self.log_context = {"user": user, "device": device, "conn": conn_id}
+
+    @property
+    def last(self) -> str:
+        """The newest event id put in the outbox."""
+        return self.delivery.last
 
     @property
     def paused(self) -> bool:
-        return self.resumer is not None
+        return self.delivery.paused
+
+    @property
+    def closed(self) -> bool:
+        return self.delivery.closed
 
     def close(self, code: CloseCode, why: str) -> None:
-        self.closed = True
+        """Deliver nothing more, and have the socket closed with ``code``."""
+        log.warning("closing connection %s with %d: %s", self.id, code, why, extra=self.log_context)
+        self.delivery.closed = True
         self._close(code, why)
 
     async def reply(self, frame: Frame) -> None:
         """Queue the answer to one of the client's frames, waiting for room."""
         await self.outbox.put(encode(frame))
-
-
-def choose_fanout(user: str, live: dict[str, str]) -> str | None:
-    """Rendezvous hashing: every gateway picks the same fanout for a user."""
-    if not live:
-        return None
-    return max(live, key=lambda fid: (zlib.crc32(f"{fid}|{user}".encode()), fid))
 
 
 class DeliveryHub:
@@ -110,39 +119,36 @@ class DeliveryHub:
         await self._detach(conn)
 
     async def _attach(self, conn: Connection) -> None:
-        if conn.paused:
-            return  # its resumer attaches it once its outbox has room
-        conn._last_attach = time.monotonic()
-        fid = choose_fanout(conn.user, self.live)
-        if fid is None:
-            conn.fanout = None  # retried by the monitor when a fanout is live
+        fanout = conn.delivery.start_attach(conn.user, self.live, time.monotonic())
+        if fanout is None:
             return
         message = internal.encode(internal.Attach(gateway=self.gateway_id, conn=conn.id,
                                                   user=conn.user, cursor=conn.last))
         try:
-            receivers = await self.redis.publish(keys.fanout_control(fid), message)
+            receivers = await self.redis.publish(keys.fanout_control(fanout[0]), message)
         except RedisError as exc:
-            log.warning("attach of %s to fanout %s failed: %s", conn.id, fid, exc)
-            conn.fanout = None
+            log.warning("attach of %s to fanout %s failed: %s", conn.id, fanout[0], exc, extra=conn.log_context)
+            conn.delivery.attached(None)
             return
-        conn.fanout = (fid, self.live[fid]) if receivers else None
+        conn.delivery.attached(fanout if receivers else None)
 
     async def _detach(self, conn: Connection) -> None:
-        if conn.fanout is None:
+        fanout = conn.delivery.fanout
+        if fanout is None:
             return
         message = internal.encode(internal.Detach(conn=conn.id, user=conn.user))
         try:
-            await self.redis.publish(keys.fanout_control(conn.fanout[0]), message)
+            await self.redis.publish(keys.fanout_control(fanout[0]), message)
         except RedisError as exc:
             # The fanout drops attachments of dead gateways and of unknown
             # connections on its own; a lost detach costs only a little work
             # (deliveries to a paused connection are ignored).
-            log.debug("detach of %s not sent: %s", conn.id, exc)
+            log.debug("detach of %s not sent: %s", conn.id, exc, extra=conn.log_context)
 
     # -- pausing -----------------------------------------------------------------
 
     def _pause(self, conn: Connection) -> None:
-        log.debug("pausing %s at %s: outbox full", conn.id, conn.last)
+        log.debug("pausing %s at %s: outbox full", conn.id, conn.last, extra=conn.log_context)
         conn.resumer = asyncio.create_task(self._resume_when_drained(conn), name=f"resume-{conn.id}")
         conn.resumer.add_done_callback(_log_failure)
 
@@ -151,12 +157,13 @@ class DeliveryHub:
         attach it again from its cursor (what it was sent up to)."""
         await self._detach(conn)
         try:
-            await asyncio.wait_for(conn.outbox.wait_room(max(1, conn.outbox.size // 2)), SLOW_CONSUMER_AFTER)
+            await asyncio.wait_for(conn.outbox.wait_room(resume_room(conn.outbox.size)), SLOW_CONSUMER_AFTER)
         except TimeoutError:
             conn.close(CloseCode.SLOW_CONSUMER,
                        f"outbox full for {SLOW_CONSUMER_AFTER:g} s; reconnect with last_id")
             return
         conn.resumer = None
+        conn.delivery.resumed()
         if self.conns.get(conn.id) is conn:
             await self._attach(conn)
 
@@ -204,38 +211,37 @@ class DeliveryHub:
                     pass
 
     async def _on_delivery(self, data: bytes) -> None:
+        """Carry out, for each connection a delivery is for, what its
+        :meth:`~.delivery.DeliveryState.on_batch` decides."""
         try:
             delivery = internal.decode_delivery(data)
         except Exception:  # noqa: BLE001 - a malformed internal message must not stop delivery
             log.exception("undecodable delivery dropped")
             return
-        batch: Batch | None = None  # built on first use: deliveries for closed connections cost nothing
+        # Parsed and encoded on first use: a delivery for closed connections costs nothing.
+        events = DeliveryEvents(delivery.events)
         for target in delivery.targets:
             conn = self.conns.get(target.conn)
-            if conn is None or conn.closed or conn.paused:
-                continue  # a paused connection is attached again from its cursor
-            if target.lost:
-                if target.prev == conn.last:
-                    conn.close(CloseCode.RESYNC, "events were trimmed before delivery; reconnect")
+            if conn is None:
                 continue
-            if batch is None:
-                try:
-                    batch = Batch(delivery.events)
-                except ValueError:
-                    log.exception("malformed delivery dropped")
-                    return
-            start = batch.first_fresh(conn.last, target.prev)
-            if start is None:
-                if time.monotonic() - conn._last_attach > RESYNC_HOLDOFF:
-                    log.info("gap on %s (have %s, batch from %s): re-attaching", conn.id, conn.last, target.prev)
+            try:
+                decision = conn.delivery.on_batch(target, events, conn.outbox.room, time.monotonic())
+            except ValueError:
+                log.exception("malformed delivery dropped")
+                return
+            match decision:
+                case Deliver(start=start, count=count, pause=pause):
+                    # ``count`` is at most the room just measured, so all of it is queued.
+                    conn.outbox.offer(events.frames[start:start + count])
+                    if pause:
+                        self._pause(conn)
+                case Reattach(why=why):
+                    log.info("re-attaching %s: %s", conn.id, why, extra=conn.log_context)
                     await self._attach(conn)
-                continue
-            fresh = batch.frames[start:]
-            taken = conn.outbox.offer(fresh)
-            if taken:
-                conn.last = batch.ids[start + taken - 1]
-            if taken < len(fresh):
-                self._pause(conn)
+                case Resync(why=why):
+                    conn.close(CloseCode.RESYNC, why)
+                case Ignore():
+                    pass
 
     async def _monitor(self) -> None:
         while not self.closing.is_set():
@@ -245,7 +251,7 @@ class DeliveryHub:
                 log.warning("cannot read fanout liveness: %s", exc)
             else:
                 for conn in list(self.conns.values()):
-                    if conn.fanout is None or self.live.get(conn.fanout[0]) != conn.fanout[1]:
+                    if conn.delivery.needs_attach(self.live):
                         await self._attach(conn)
             await wait_event(self.closing, MONITOR_INTERVAL)
 

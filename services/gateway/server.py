@@ -238,8 +238,8 @@ _closing: set[asyncio.Task] = set()
 
 
 def _close_later(ws: ServerConnection, code: p.CloseCode, why: str) -> None:
-    """Close from synchronous code (the hub); the task is kept until it ends."""
-    log.warning("closing connection %s with %d: %s", ws.id, code, why)
+    """Close from synchronous code (the hub, which logs why); the task is
+    kept until it ends."""
     task = asyncio.get_running_loop().create_task(ws.close(code, why))
     _closing.add(task)
     task.add_done_callback(_closing.discard)

@@ -6,9 +6,8 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
 from switchboard.gateway import auth
-from switchboard.gateway.cursor import Batch
+from switchboard.gateway.cursor import DeliveryEvents
 from switchboard.gateway.history import to_history
-from switchboard.gateway.hub import choose_fanout
 from switchboard.shared.protocol import Event
 
 SECRET = "s" * 32
@@ -16,7 +15,7 @@ SECRET = "s" * 32
 
 def accept(last: str, prev: str, *ids: str) -> tuple[list[str], bool]:
     """``(ids delivered, gap)`` for a connection at ``last`` given a batch."""
-    batch = Batch([Event(id=i, conversation_id="c", kind="user", text=i) for i in ids])
+    batch = DeliveryEvents([Event(id=i, conversation_id="c", kind="user", text=i) for i in ids])
     start = batch.first_fresh(last, prev)
     return ([], True) if start is None else (batch.ids[start:], False)
 
@@ -60,21 +59,9 @@ def test_history_keeps_user_and_assistant_text_newest_last():
     assert [m.text for m in to_history(messages, 2)] == ["q2", "a2"]
 
 
-def test_every_gateway_picks_the_same_fanout_for_a_user():
-    live = {"f1": "i1", "f2": "i2", "f3": "i3"}
-    picks = {choose_fanout(f"user-{i}", live) for i in range(100)}
-    assert picks == {"f1", "f2", "f3"}
-    assert choose_fanout("alice", live) == choose_fanout("alice", dict(reversed(list(live.items()))))
-    assert choose_fanout("alice", {}) is None
-    # Losing one fanout moves only that fanout's users.
-    before = {f"user-{i}": choose_fanout(f"user-{i}", live) for i in range(100)}
-    after = {u: choose_fanout(u, {"f1": "i1", "f2": "i2"}) for u in before}
-    assert all(after[u] == before[u] for u in before if before[u] != "f3")
-
-
 def test_a_shared_batch_serves_each_connection_from_its_own_position():
     events = [Event(id=f"{i}-0", conversation_id="c", kind="user", text=str(i)) for i in (4, 5, 6)]
-    shared = Batch(events)
+    shared = DeliveryEvents(events)
     assert shared.first_fresh("3-0", "3-0") == 0
     assert shared.first_fresh("5-0", "5-0") == 2
     assert shared.first_fresh("6-0", "4-0") == 3  # has everything already
@@ -85,6 +72,8 @@ def test_a_shared_batch_serves_each_connection_from_its_own_position():
 def test_a_batch_out_of_stream_order_is_refused():
     events = [Event(id=i, conversation_id="c", kind="user", text="x") for i in ("5-0", "4-0")]
     with pytest.raises(ValueError):
-        Batch(events)
+        DeliveryEvents(events).first_fresh("0-0", "0-0")
     with pytest.raises(ValueError):
-        Batch(events[:1] * 2)  # a repeated id, too
+        DeliveryEvents(events[:1] * 2).first_fresh("0-0", "0-0")  # a repeated id, too
+    with pytest.raises(ValueError):
+        DeliveryEvents(events).first_fresh("0-0", "9-0")  # even where it would be a gap

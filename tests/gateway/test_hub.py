@@ -1,6 +1,8 @@
 """The delivery hub against a real Redis and real pub/sub, with a stand-in
 fanout (a subscription to its control channel): a batch larger than the
-outbox is taken in part and the rest is held back in Redis, never dropped."""
+outbox is taken in part and the rest is held back in Redis, never dropped;
+a connection its fanout dropped is re-attached or resynced, never left
+waiting."""
 
 from __future__ import annotations
 
@@ -40,8 +42,8 @@ async def setup(clean_redis):
         assert message is not None, "no control message"
         return internal.decode_control(message["data"])
 
-    async def deliver(conn: str, prev: str, batch: list[Event]) -> None:
-        delivery = internal.Delivery(targets=[internal.Target(conn=conn, prev=prev)], events=batch)
+    async def deliver(conn: str, prev: str, batch: list[Event], *, lost: bool = False) -> None:
+        delivery = internal.Delivery(targets=[internal.Target(conn=conn, prev=prev, lost=lost)], events=batch)
         assert await raw.publish(hub.channel, internal.encode(delivery)) == 1
 
     yield hub, next_control, deliver
@@ -93,4 +95,33 @@ async def test_a_connection_whose_outbox_stays_full_is_closed_as_slow(setup, mon
     await deliver("c2", "0-0", events(1, 20))
     await _until(lambda: closes == [CloseCode.SLOW_CONSUMER])
     assert conn.closed and conn.last == "16-0"
+    await hub.remove(conn)
+
+
+async def test_a_connection_its_fanout_dropped_behind_its_cursor_is_attached_again(setup):
+    hub, next_control, deliver = setup
+    closes: list[CloseCode] = []
+    conn = Connection("c3", "u3", "d", "E", "0-0", 16, close=lambda code, why: closes.append(code))
+    await hub.add(conn)
+    await next_control()
+    await deliver("c3", "0-0", events(1, 5))
+    await _until(lambda: conn.last == "5-0")
+    # The fanout read from an older cursor, found it trimmed and dropped the
+    # attachment; the connection, at 5-0, is asked for again from there.
+    await deliver("c3", "0-0", [], lost=True)
+    assert await next_control() == internal.Attach(gateway="gw-test", conn="c3", user="u3", cursor="5-0")
+    await deliver("c3", "5-0", events(6, 1))
+    await _until(lambda: conn.last == "6-0")
+    assert closes == []
+
+
+async def test_a_connection_missing_trimmed_events_is_resynced(setup):
+    hub, next_control, deliver = setup
+    closes: list[CloseCode] = []
+    conn = Connection("c4", "u4", "d", "E", "2-0", 16, close=lambda code, why: closes.append(code))
+    await hub.add(conn)
+    await next_control()
+    await deliver("c4", "4-0", [], lost=True)  # (2-0, 4-0] never arrived, and the rest is trimmed
+    await _until(lambda: closes == [CloseCode.RESYNC])
+    assert conn.closed
     await hub.remove(conn)
