@@ -107,7 +107,8 @@ class Gateway:
         try:
             state, stored = await self.store.stream_state(user, hello.device_id, self.settings.replay_window)
         except RedisError as exc:
-            log.warning("hello of %s/%s failed: %s", user, hello.device_id, exc)
+            log.warning("hello of %s/%s failed: %s", user, hello.device_id, exc,
+                        extra={"user": user, "device": hello.device_id})
             await _refuse(ws, p.ErrorCode.UNAVAILABLE, "storage unavailable, retry", p.CloseCode.INTERNAL_ERROR)
             return
         where = resume.resolve(state, last_id=hello.last_id, epoch=hello.epoch, stored=stored)
@@ -117,7 +118,8 @@ class Gateway:
         conn.outbox.offer([p.encode(p.Welcome(user_id=user, device_id=hello.device_id, epoch=state.epoch,
                                               resume_from=where.resume_from, recovered=where.recovered))])
         log.debug("welcome user=%s device=%s conn=%s resume_from=%s recovered=%s (%s)",
-                 user, hello.device_id, conn.id, where.resume_from, where.recovered, where.source)
+                  user, hello.device_id, conn.id, where.resume_from, where.recovered, where.source,
+                  extra=conn.log_context)
         writer = asyncio.create_task(_drain(ws, conn), name=f"writer-{conn.id}")
         await self.hub.add(conn)
         try:
@@ -160,11 +162,11 @@ class Gateway:
         except p.FrameError as exc:
             await conn.reply(exc.to_frame())
         except (RedisError, OSError) as exc:
-            log.warning("storage error for user=%s conn=%s: %s", conn.user, conn.id, exc)
+            log.warning("storage error for user=%s conn=%s: %s", conn.user, conn.id, exc, extra=conn.log_context)
             await conn.reply(p.Error(code=p.ErrorCode.UNAVAILABLE, message="storage unavailable, retry",
                                      client_msg_id=getattr(frame, "client_msg_id", None)))
         except Exception:
-            log.exception("frame handling failed for user=%s conn=%s", conn.user, conn.id)
+            log.exception("frame handling failed for user=%s conn=%s", conn.user, conn.id, extra=conn.log_context)
             await conn.reply(p.Error(code=p.ErrorCode.INTERNAL, message="internal error",
                                      client_msg_id=getattr(frame, "client_msg_id", None)))
 
@@ -173,7 +175,7 @@ class Gateway:
             case p.Send(conversation_id=conv, client_msg_id=cmid, text=text):
                 in_id, fresh = await self.store.accept(conn.user, conn.device, conv, cmid, text)
                 if not fresh:
-                    log.info("duplicate send user=%s cmid=%s -> %s", conn.user, cmid, in_id)
+                    log.info("duplicate send user=%s cmid=%s -> %s", conn.user, cmid, in_id, extra=conn.log_context)
                 await conn.reply(p.Accepted(client_msg_id=cmid, id=in_id))
             case p.Ack(id=entry_id):
                 if streamids.later(entry_id, conn.last):
