@@ -52,7 +52,14 @@ async def test_trimming_records_the_newest_trimmed_id(store):
     assert state.window_start == all_out[-6]
     old = resolve(state, last_id="1-0", epoch=state.epoch, stored=None)
     assert old.recovered is False and old.resume_from == trimmed
-    assert ids  # inbound ids were issued for every message
+    # Every message got its own inbound entry (the inbound stream is not
+    # trimmed at this length), and the retained events are the newest
+    # messages' user events, none missing in between.
+    assert ids == [entry_id for entry_id, _ in await store.redis.xrange(keys.inbound(u))]
+    assert len(set(ids)) == 40
+    retained = await store.redis.xrange(keys.outbound(u))
+    assert [fields["in"] for _, fields in retained] == ids[-len(retained):]
+    assert [fields["cmid"] for _, fields in retained] == [f"m{i}" for i in range(40 - len(retained), 40)]
     await store.redis.delete(keys.work(0))
 
 
