@@ -1,10 +1,13 @@
-"""Which events go to which connection: a pure function with its own tests.
+"""Which events go to which connection: pure functions with their own tests.
 
 The fanout reads a user's outbound stream once, from the smallest cursor among
-the user's attached connections, and cuts that read into one batch per
-connection. Because the read is contiguous from the smallest cursor, every
-batch holds *all* events in ``(cursor, last event]`` -- the property gateways
-rely on to detect gaps (:mod:`switchboard.gateway.cursor`).
+the user's attached connections (or takes the events of the user's append
+notices, when they continue that cursor), and cuts those events into one
+:class:`ConnectionBatch` per connection, then merges those into one
+:class:`GatewayBatch` per gateway. Because the events are contiguous from the
+smallest cursor, every connection's batch holds *all* events in ``(cursor,
+last event]`` -- the property gateways rely on to detect gaps
+(:mod:`switchboard.gateway.cursor`).
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from switchboard.shared import streamids
-from switchboard.shared.outbound import Notice
+from switchboard.shared import outbound, streamids
 from switchboard.shared.protocol import Event
 
 
 @dataclass
 class Attachment:
+    """One connection attached here, by the gateway it lives on."""
+
     gateway: str
     conn: str
     user: str
@@ -27,7 +31,10 @@ class Attachment:
 
 
 @dataclass(frozen=True)
-class Batch:
+class ConnectionBatch:
+    """What one read sends one connection: every event after ``prev`` (its
+    cursor before the read), or ``lost`` when some of those were trimmed."""
+
     attachment: Attachment
     prev: str
     events: list[Event]
@@ -39,7 +46,7 @@ def read_from(attachments: Iterable[Attachment]) -> str:
     return min((a.cursor for a in attachments), key=streamids.parse, default=streamids.ZERO)
 
 
-def continuing(notices: Sequence[Notice], start: str) -> list[Event] | None:
+def continuing(notices: Sequence[outbound.Notice], start: str) -> list[Event] | None:
     """The events of ``notices`` (in publish order) after ``start``, if they
     follow ``start`` without a hole -- the first names ``start`` as the entry
     before it, each next one the previous -- so they can be delivered without
@@ -56,7 +63,7 @@ def continuing(notices: Sequence[Notice], start: str) -> list[Event] | None:
 
 
 def plan(attachments: Iterable[Attachment], events: Sequence[Event], *, start: str,
-         trimmed: str) -> list[Batch]:
+         trimmed: str) -> list[ConnectionBatch]:
     """Cut ``events`` -- every event after ``start`` up to the last one -- into
     batches, and advance each attachment's cursor past what it is sent.
 
@@ -67,38 +74,39 @@ def plan(attachments: Iterable[Attachment], events: Sequence[Event], *, start: s
     event_keys = [streamids.parse(e.id) for e in events]
     start_key = streamids.parse(start)
     trimmed_key = streamids.parse(trimmed)
-    batches: list[Batch] = []
+    batches: list[ConnectionBatch] = []
     for att in attachments:
         cursor_key = streamids.parse(att.cursor)
         if cursor_key < start_key:
             continue  # not covered by this read; the caller reads again
         if cursor_key < trimmed_key:
-            batches.append(Batch(att, att.cursor, [], lost=True))
+            batches.append(ConnectionBatch(att, att.cursor, [], lost=True))
             continue
         fresh = list(events[bisect_right(event_keys, cursor_key):])
         if fresh:
-            batches.append(Batch(att, att.cursor, fresh))
+            batches.append(ConnectionBatch(att, att.cursor, fresh))
             att.cursor = fresh[-1].id
     return batches
 
 
 @dataclass(frozen=True)
 class GatewayBatch:
-    """The batches of one read that go to one gateway, merged into one message."""
+    """The connection batches of one read that go to one gateway, merged into
+    one message."""
 
     gateway: str
-    targets: list[Batch]
+    targets: list[ConnectionBatch]
     events: list[Event]  #: every event any non-lost target needs, once
 
 
-def by_gateway(batches: Iterable[Batch]) -> list[GatewayBatch]:
+def by_gateway(batches: Iterable[ConnectionBatch]) -> list[GatewayBatch]:
     """Merge the batches of one read per gateway.
 
     Every batch of one read is a suffix of that read, so the longest one holds
     every other's events: it is the only list that needs to travel. A lost
     batch carries no events.
     """
-    targets: dict[str, list[Batch]] = {}
+    targets: dict[str, list[ConnectionBatch]] = {}
     longest: dict[str, list[Event]] = {}
     for batch in batches:
         gateway = batch.attachment.gateway
