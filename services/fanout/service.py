@@ -1,9 +1,10 @@
 """The fanout service.
 
-State is soft: attachments live in memory and are rebuilt by gateways, which
-re-attach from their own cursors whenever this instance's *incarnation*
-changes (restart, or a lost control subscription). So a fanout can be killed
-at any moment without losing or repeating an event.
+State is soft: attachments live in memory (a :class:`~.registry.Registry`,
+which decides what each user needs; this module only does the I/O) and are
+rebuilt by gateways, which re-attach from their own cursors whenever this
+instance's *incarnation* changes (restart, or a lost control subscription).
+So a fanout can be killed at any moment without losing or repeating an event.
 
 Loop structure:
 
@@ -26,7 +27,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections import defaultdict
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -38,7 +38,7 @@ from switchboard.shared.settings import FanoutSettings
 from switchboard.shared.tasks import finish, wait_event
 
 from . import read
-from .plan import Attachment, by_gateway, continuing, plan, read_from
+from .registry import GatewayWatch, Registry, Round
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +54,12 @@ class Fanout:
         self.redis = redisconn.make_client(settings.redis)
         self.raw = redisconn.make_client(settings.redis, decode=False)
         self.reader = read.OutboundReader(self.raw)
-        self.users: dict[str, dict[str, Attachment]] = {}
-        self.dirty: set[str] = set()
-        self.must_read: set[str] = set()  #: dirty users whose stream must be read (not only notices)
-        self.notices: dict[str, list[outbound.Notice]] = {}  #: per user, since its last delivery
+        self.registry = Registry(settings.batch)
         self.counts = {"reads": 0, "direct": 0}  #: users read vs delivered from notices (tests, metrics)
         self.wake = asyncio.Event()
         self.ready = asyncio.Event()
         self._pubsub: aioredis.client.PubSub | None = None
-        self._silent_gateways: dict[str, int] = defaultdict(int)
+        self.gateways = GatewayWatch()
         self.stopping = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------
@@ -109,10 +106,7 @@ class Fanout:
                     # Attach requests may have been missed: a new incarnation
                     # makes every gateway re-attach its connections.
                     self.incarnation = secrets.token_hex(6)
-                    self.users.clear()
-                    self.dirty.clear()
-                    self.must_read.clear()
-                    self.notices.clear()
+                    self.registry.clear()
                 await self._announce()
                 first = False
                 self._pubsub = pubsub
@@ -146,43 +140,26 @@ class Fanout:
             return
         # A notify channel: sb:{u:<user>}:notify
         user = _user_of_channel(channel)
-        if user is None or user not in self.users:
+        if user is None or user not in self.registry:
             return
-        notice = outbound.parse_notice(data)
-        pending = self.notices.setdefault(user, [])
-        if notice is None or len(pending) >= self.settings.batch:
-            self.notices.pop(user, None)  # bounded: past a batch, reading is as good
-            self._mark(user)
-        else:
-            pending.append(notice)
-            self._mark(user, read=False)
+        if self.registry.on_notice(user, outbound.parse_notice(data)):
+            self.wake.set()
 
     async def _attach(self, message: internal.Attach) -> None:
-        attachments = self.users.get(message.user)
-        if attachments is None:
-            attachments = self.users[message.user] = {}
+        if message.user not in self.registry:
             assert self._pubsub is not None
             # Subscribe before reading, so no append after the read is missed.
             await self._pubsub.subscribe(keys.notify(message.user))
-        attachments[message.conn] = Attachment(message.gateway, message.conn, message.user, message.cursor)
-        self._mark(message.user)
+        self.registry.attach(message.gateway, message.conn, message.user, message.cursor)
+        self.wake.set()
 
     async def _detach(self, user: str, conn: str) -> None:
-        attachments = self.users.get(user)
-        if attachments is None:
-            return
-        attachments.pop(conn, None)
-        if not attachments:
-            del self.users[user]
-            self.notices.pop(user, None)
-            if self._pubsub is not None:
-                await self._pubsub.unsubscribe(keys.notify(user))
+        if self.registry.detach(user, conn):
+            await self._unsubscribe(user)
 
-    def _mark(self, user: str, *, read: bool = True) -> None:
-        self.dirty.add(user)
-        if read:
-            self.must_read.add(user)
-        self.wake.set()
+    async def _unsubscribe(self, user: str) -> None:
+        if self._pubsub is not None:
+            await self._pubsub.unsubscribe(keys.notify(user))
 
     # -- pump ----------------------------------------------------------------------
 
@@ -190,60 +167,42 @@ class Fanout:
         while not self.stopping.is_set():
             await self.wake.wait()
             self.wake.clear()
-            while self.dirty:
-                round_users = [self.dirty.pop() for _ in range(min(USERS_PER_ROUND, len(self.dirty)))]
+            while self.registry.dirty:
+                round_ = self.registry.take_round(USERS_PER_ROUND)
                 try:
-                    await self._deliver(round_users)
+                    await self._deliver(round_)
                 except (RedisError, OSError) as exc:
                     log.warning("fanout read failed: %s; retrying", exc)
-                    self.dirty.update(round_users)
-                    self.must_read.update(round_users)  # their notices are gone with the round
+                    self.registry.retry(round_)
                     await asyncio.sleep(0.2)
 
-    async def _deliver(self, users: list[str]) -> None:
-        reads: list[tuple[str, str]] = []
-        ready: list[tuple[str, str, list[Event], str]] = []  # user, start, events, trimmed
-        for user in users:
-            notices = self.notices.pop(user, [])
-            if not self.users.get(user):
-                self.must_read.discard(user)
-                continue
-            start = read_from(self.users[user].values())
-            events = None if user in self.must_read else continuing(notices, start)
-            self.must_read.discard(user)
-            if events is None:
-                reads.append((user, start))
-            elif events:
-                # No hole after ``start``, so no attachment can have lost events to trimming.
-                ready.append((user, start, events, streamids.ZERO))
-        if reads:
-            results = await self.reader.read(reads, self.settings.batch)
-            for (user, start), reply in zip(reads, results):
-                ready.append((user, start, *read.parse(reply)))
-        self.counts["reads"] += len(reads)
-        self.counts["direct"] += len(ready) - len(reads)
+    async def _deliver(self, round_: Round) -> None:
+        """Read what the round needs read, and publish what each user's
+        connections get, one message per gateway, in one round trip."""
+        # No hole after ``start`` in notices, so no attachment can have lost events to trimming.
+        ready: list[tuple[str, str, list[Event], str]] = [  # user, start, events, trimmed
+            (d.user, d.start, d.events, streamids.ZERO) for d in round_.direct]
+        if round_.reads:
+            results = await self.reader.read([(r.user, r.start) for r in round_.reads], self.settings.batch)
+            for r, reply in zip(round_.reads, results):
+                ready.append((r.user, r.start, *read.parse(reply)))
+        self.counts["reads"] += len(round_.reads)
+        self.counts["direct"] += len(round_.direct)
         publish = self.raw.pipeline(transaction=False)
         sent: list[str] = []
         for user, start, events, trimmed in ready:
-            attachments = self.users.get(user, {})
-            batches = plan(list(attachments.values()), events, start=start, trimmed=trimmed)
             # One message per gateway carries the events once for all of the
             # user's connections there.
-            for group in by_gateway(batches):
+            for group in self.registry.cut(user, start, events, trimmed):
                 targets = [internal.Target(conn=b.attachment.conn, prev=b.prev, lost=b.lost) for b in group.targets]
                 delivery = internal.Delivery(targets=targets, events=group.events)
                 publish.publish(keys.gateway_delivery(group.gateway), internal.encode(delivery))
                 sent.append(group.gateway)
-            for batch in batches:
-                if batch.lost:
-                    attachments.pop(batch.attachment.conn, None)
-            if len(events) >= self.settings.batch:
-                self._mark(user)  # more to read
         if sent:
             receivers = await publish.execute()
             for gateway, count in zip(sent, receivers):
                 if count:
-                    self._silent_gateways.pop(gateway, None)
+                    self.gateways.heard(gateway)
 
     # -- sweep -----------------------------------------------------------------------
 
@@ -256,31 +215,22 @@ class Fanout:
             except (RedisError, OSError) as exc:
                 log.warning("fanout sweep failed: %s", exc)
                 continue
-            for user in self.users:
-                self.dirty.add(user)
-                self.must_read.add(user)
-            if self.users:
+            if self.registry.mark_all():
                 self.wake.set()
 
     async def _drop_dead_gateways(self) -> None:
-        gateways = sorted({a.gateway for atts in self.users.values() for a in atts.values()})
+        gateways = self.registry.gateways()
         if not gateways:
             return
         counts = await self.redis.pubsub_numsub(*[keys.gateway_delivery(g) for g in gateways])
         for gateway, (_, subscribers) in zip(gateways, counts):
             if subscribers:
-                self._silent_gateways.pop(gateway, None)
-                continue
-            self._silent_gateways[gateway] += 1
-            if self._silent_gateways[gateway] >= 2:
-                # Two sweeps without a subscriber: the gateway is gone (a gateway
-                # that comes back re-attaches everything on its own).
+                self.gateways.heard(gateway)
+            elif self.gateways.silent(gateway):
+                # A gateway that comes back re-attaches everything on its own.
                 log.info("gateway %s no longer listens; dropping its attachments", gateway)
-                for user in list(self.users):
-                    for conn, att in list(self.users[user].items()):
-                        if att.gateway == gateway:
-                            await self._detach(user, conn)
-                del self._silent_gateways[gateway]
+                for user in self.registry.drop_gateway(gateway):
+                    await self._unsubscribe(user)
 
 
 def _user_of_channel(channel: str) -> str | None:
