@@ -33,8 +33,9 @@ chaos: $(STAMP)
 		--rate $(RATE) --seed $(SEED) --out chaos-results
 
 ## The benchmark suite: writes docs/bench/ (JSON, PNG) and BENCHMARKS.md.
+## Its options go in BENCH_ARGS, e.g. `make bench BENCH_ARGS=--quick` (`python -m bench --help` lists them).
 bench: $(STAMP)
-	$(BIN)/switchboard bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 redis: $(STAMP)
 	$(BIN)/switchboard redis

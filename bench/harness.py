@@ -29,7 +29,8 @@ FAST_ENV = {
     "FANOUT_ALIVE_TTL": "1.5",
     "HELLO_TIMEOUT": "3",
     "PYTHONUNBUFFERED": "1",
-    # Workers import test graphs as tests.support.graphs.
+    # The repository root, from which workers import the graphs GRAPH names
+    # (bench.graphs, tests.support.graphs): neither ships in the package.
     "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
 }
 

@@ -1,6 +1,6 @@
-"""`make bench` / `switchboard bench`: run the scenarios, write figures.
+"""`make bench` / `python -m bench`: run the scenarios, write figures.
 
-    python -m switchboard.bench.run [--quick] [--only NAME ...] [--out DIR]
+    python -m bench [--quick] [--only NAME ...] [--out DIR]    (from the repository root)
 
 Results go to DIR/results.json, DIR/*.png, and (unless --quick) BENCHMARKS.md.
 """
@@ -97,7 +97,7 @@ async def amain(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="switchboard bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny scale: checks the suite works, not the numbers")
     parser.add_argument("--only", nargs="*", choices=[*SCENARIOS, "peers"], help="run only these scenarios")

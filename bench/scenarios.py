@@ -4,7 +4,6 @@ figures; the runner (:mod:`.run`) writes them out with plots and a table."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from pathlib import Path
@@ -24,8 +23,8 @@ from .harness import Cluster, token
 from .loadgen import LoadDevice
 from .stats import percentile, summary_ms
 
-THINK_GRAPH = "tests.support.graphs:slow"  # "sleep:<s> ..." texts think for <s> seconds
-REALISTIC_GRAPH = "switchboard.bench.graphs:realistic"
+THINK_GRAPH = "bench.graphs:thinking"  # "sleep:<s> ..." texts think for <s> seconds
+REALISTIC_GRAPH = "bench.graphs:realistic"
 BENCH_ENV = {"LOG_LEVEL": "INFO", "CLAIM_IDLE": "15", "LEASE_TTL": "15", "FANOUT_SWEEP": "2",
              "FANOUT_ALIVE_TTL": "3", "OUTBOUND_MAXLEN": "100000", "WORKER_CONCURRENCY": "128"}
 
@@ -189,7 +188,7 @@ async def throughput(bench: Bench) -> dict:
 
 async def offered_load(bench: Bench) -> dict:
     """Turns offered at a fixed rate (open loop), each a new conversation, with
-    :data:`switchboard.bench.graphs.realistic`: 200 ms to the first token, then
+    :data:`bench.graphs.realistic`: 200 ms to the first token, then
     a word every 10 ms, streamed as ``delta`` events. Latency to the first
     delta and to the final event, as the rate rises to saturation."""
     rates = [5, 10, 20] if bench.quick else [10, 25, 50, 100, 150, 200, 300]
@@ -420,7 +419,7 @@ async def scaling(bench: Bench) -> dict:
     for workers in (1, 2):
         await bench.flush()
         specs = [("fanout", "f"), ("gateway", "gw")] + [("worker", f"w{i}") for i in range(workers)]
-        cluster = bench.cluster(*specs, GRAPH=THINK_GRAPH, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+        cluster = bench.cluster(*specs, GRAPH=THINK_GRAPH)  # the harness puts bench/ on PYTHONPATH
         try:
             # A graph that waits 20 ms (an LLM call, say) so workers overlap turns.
             out["workers"][str(workers)] = await _closed_loop([cluster.services["gw"].url], conversations, turns,

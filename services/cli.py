@@ -10,7 +10,6 @@ typed settings object built here.
     switchboard redis        the embedded Redis only
     switchboard token USER   print a signed development token for USER
     switchboard deadletters  show messages the workers gave up on
-    switchboard bench        the benchmark suite (--quick for a smoke run)
 """
 
 from __future__ import annotations
@@ -231,11 +230,6 @@ def _wait_for_port(host: str, port: int, children: list[subprocess.Popen], timeo
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:
-        # The benchmark suite has its own options; hand them over untouched.
-        from switchboard.bench.run import main as bench_main
-
-        return bench_main(argv[1:])
     parser = argparse.ArgumentParser(prog="switchboard", description="LangGraph conversations over WebSockets.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run Redis and every service locally").set_defaults(func=cmd_run)
@@ -243,7 +237,6 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("worker", help="run one conversation worker").set_defaults(func=cmd_worker)
     sub.add_parser("fanout", help="run one fanout").set_defaults(func=cmd_fanout)
     sub.add_parser("redis", help="run the embedded Redis only").set_defaults(func=cmd_redis)
-    sub.add_parser("bench", help="run the benchmark suite (see BENCHMARKS.md; --help for its options)")
     dead = sub.add_parser("deadletters", help="show messages the workers gave up on")
     dead.add_argument("--count", type=int, default=20)
     dead.set_defaults(func=cmd_deadletters)

@@ -3,13 +3,39 @@ its figures. The numbers themselves are for `make bench`, not for tests."""
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from switchboard.bench.stats import percentile, summary_ms
+from bench.stats import percentile, summary_ms
+
+ROOT = Path(__file__).resolve().parents[2]  # `python -m bench` runs from the repository root
+
+
+def test_bench_depends_on_the_package_and_never_on_tests():
+    """tests -> bench -> switchboard, one way: no bench module imports from
+    ``tests`` or names one of its modules (``GRAPH="tests...."``, say)."""
+    found = []
+    for path in sorted((ROOT / "bench").rglob("*.py")):
+        if ".peers" in path.relative_to(ROOT).parts:
+            continue  # the peer servers' cached virtualenvs
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] if node.level == 0 else []
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                names = [node.value]
+            else:
+                continue
+            found += [f"{path.relative_to(ROOT)}:{node.lineno}: {name!r}"
+                      for name in names if re.match(r"tests(?:[.:]|$)", name)]
+    assert not found, found
 
 
 def test_percentiles_are_nearest_rank():
@@ -21,7 +47,7 @@ def test_percentiles_are_nearest_rank():
 @pytest.mark.timeout(900)
 def test_the_quick_suite_runs_every_scenario(tmp_path):
     out = tmp_path / "bench"
-    run = subprocess.run([sys.executable, "-m", "switchboard.cli", "bench", "--quick", "--out", str(out)],
+    run = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=ROOT,
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
