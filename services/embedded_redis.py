@@ -14,8 +14,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from switchboard.shared.errors import SwitchboardError
 
-class EmbeddedRedisError(RuntimeError):
+
+class EmbeddedRedisError(SwitchboardError, RuntimeError):
     pass
 
 

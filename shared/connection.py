@@ -4,6 +4,18 @@ redis-py's asyncio ``ConnectionPool`` raises ``MaxConnectionsError`` when the po
 is exhausted; a ``BlockingConnectionPool`` makes callers wait instead, which is
 what a bounded service wants. The socket timeout must exceed every blocking
 stream read (``BLOCK``), or a reply can be lost mid-flight.
+
+*Restarts.* When Redis restarts, every pooled connection is dead, and each
+is found dead only when a command is sent on it: without a retry, the first
+command on each stale connection would fail after Redis is back. The pool's
+connections therefore retry a command once more (after reconnecting) on a
+connection error -- the error a stale connection gives, and the one a
+restarting Redis gives while it loads (``LOADING``, a ``BusyLoadingError``).
+Timeouts are not retried: the command may be running. A retried command may
+have run already (the connection broke after Redis executed it and before
+the reply), so every command the services send is safe to repeat: the
+scripts check state first (the accept's dedup key, the commit's ``done``,
+a delta's ``seq``), and a repeated notice or publish is harmless.
 """
 
 from __future__ import annotations
@@ -12,8 +24,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+#: Retries of a command on a connection error (a stale pooled connection
+#: reconnects on the first); with back-off, they also ride out a short blip.
+RETRIES = 3
 
 from .settings import RedisSettings
 
@@ -28,6 +48,8 @@ def make_pool(settings: RedisSettings, *, max_connections: int | None = None,
         socket_connect_timeout=5.0,
         health_check_interval=30,
         decode_responses=decode,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), RETRIES,
+                    supported_errors=(RedisConnectionError,)),
     )
 
 
@@ -67,3 +89,17 @@ async def execute_scripted(client: aioredis.Redis, scripts: Sequence[AsyncScript
             for script in scripts:
                 await client.script_load(script.script)
     raise AssertionError("unreachable")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was caused by, Redis being unreachable (a
+    connection refused, reset or lost, a timeout, Redis still loading) rather
+    than by what was asked of it. Libraries that wrap Redis errors in their
+    own types (redisvl) keep the original as the cause, so the chain is read."""
+    seen = 0
+    while exc is not None and seen < 16:
+        if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False

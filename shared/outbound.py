@@ -1,9 +1,10 @@
 """The outbound stream of a user: how events are appended, trimmed and read.
 
-Every append goes through one Lua function so that, atomically in the user's
-slot, the stream's *life* (epoch) exists, the event is appended, the stream is
-trimmed to its retention while the newest trimmed id is recorded (so a resume
-can tell "nothing missing" from "events were trimmed"), and the fanout tier is
+Every append goes through one Lua function (``append_event`` in
+``shared/lua/lib/outbound.lua``) so that, atomically in the user's slot, the
+stream's *life* (epoch) exists, the event is appended, the stream is trimmed
+to its retention while the newest trimmed id is recorded (so a resume can
+tell "nothing missing" from "events were trimmed"), and the fanout tier is
 notified on the user's channel. The notice carries the event itself and the
 id of the entry before it (:func:`parse_notice`): a fanout whose connections
 are all at that id delivers the event without reading the stream.
@@ -20,53 +21,8 @@ import time
 
 import msgspec
 
+from .fields import EventField
 from .protocol import Event
-
-# Redis Lua: shared by every script that appends to an outbound stream.
-APPEND_LUA = r"""
-local function ensure_life(out, meta, new_epoch)
-  if redis.call('EXISTS', out) == 0 then
-    -- XGROUP CREATE MKSTREAM creates an empty stream: the life starts now.
-    redis.call('XGROUP', 'CREATE', out, 'sb-life', '$', 'MKSTREAM')
-    redis.call('HSET', meta, 'epoch', new_epoch, 'trimmed', '0-0')
-    return new_epoch
-  end
-  local epoch = redis.call('HGET', meta, 'epoch')
-  if not epoch then
-    -- The stream survived its metadata: start a new life, and count every
-    -- retained entry as possibly preceded by lost ones.
-    local first = redis.call('XRANGE', out, '-', '+', 'COUNT', 1)
-    local trimmed = '0-0'
-    if #first > 0 then trimmed = first[1][1] end
-    redis.call('HSET', meta, 'epoch', new_epoch, 'trimmed', trimmed)
-    epoch = new_epoch
-  end
-  return epoch
-end
-
-local function append_event(out, meta, channel, new_epoch, maxlen, fields)
-  local epoch = ensure_life(out, meta, new_epoch)
-  local newest = redis.call('XREVRANGE', out, '+', '-', 'COUNT', 1)
-  local prev = '0-0'
-  if #newest > 0 then prev = newest[1][1] end
-  local id = redis.call('XADD', out, '*', unpack(fields))
-  local len = redis.call('XLEN', out)
-  -- Trim in batches of maxlen/16 to amortise; remember the newest trimmed id.
-  if len > maxlen + math.floor(maxlen / 16) then
-    local old = redis.call('XRANGE', out, '-', '+', 'COUNT', len - maxlen)
-    redis.call('HSET', meta, 'trimmed', old[#old][1])
-    redis.call('XTRIM', out, 'MAXLEN', maxlen)
-  end
-  redis.call('PUBLISH', channel, cmsgpack.pack({prev, id, fields}))
-  return {id, epoch}
-end
-"""
-
-ENSURE_LIFE_LUA = APPEND_LUA + r"""
--- KEYS: out, meta   ARGV: new_epoch
-return ensure_life(KEYS[1], KEYS[2], ARGV[1])
-"""
-
 
 class Notice(msgspec.Struct, array_like=True):
     """What an append publishes on the user's notify channel."""
@@ -103,16 +59,16 @@ def event_fields(kind: str, conversation_id: str, text: str, *, client_msg_id: s
                  device_id: str | None, ts: int, inbound_id: str, seq: int | None = None) -> list[str]:
     """Flat field list of an outbound entry (stream fields are strings)."""
     fields = [
-        "kind", kind,
-        "conv", conversation_id,
-        "text", text,
-        "cmid", client_msg_id or "",
-        "dev", device_id or "",
-        "ts", str(ts),
-        "in", inbound_id,
+        EventField.KIND, kind,
+        EventField.CONV, conversation_id,
+        EventField.TEXT, text,
+        EventField.CMID, client_msg_id or "",
+        EventField.DEV, device_id or "",
+        EventField.TS, str(ts),
+        EventField.IN, inbound_id,
     ]
     if seq is not None:
-        fields += ["seq", str(seq)]
+        fields += [EventField.SEQ, str(seq)]
     return fields
 
 
@@ -120,13 +76,13 @@ def entry_to_event(entry_id: str, fields: dict[str, str]) -> Event:
     """Turn a raw outbound stream entry into the wire ``event`` frame."""
     return Event(
         id=entry_id,
-        conversation_id=fields.get("conv", ""),
-        kind=fields.get("kind", ""),
-        text=fields.get("text", ""),
-        client_msg_id=fields.get("cmid") or None,
-        device_id=fields.get("dev") or None,
-        ts=int(fields.get("ts") or 0),
-        seq=int(seq) if (seq := fields.get("seq")) else None,
+        conversation_id=fields.get(EventField.CONV, ""),
+        kind=fields.get(EventField.KIND, ""),
+        text=fields.get(EventField.TEXT, ""),
+        client_msg_id=fields.get(EventField.CMID) or None,
+        device_id=fields.get(EventField.DEV) or None,
+        ts=int(fields.get(EventField.TS) or 0),
+        seq=int(seq) if (seq := fields.get(EventField.SEQ)) else None,
     )
 
 

@@ -18,6 +18,8 @@ from typing import Annotated, Literal, Union
 
 import msgspec
 
+from .errors import SwitchboardError
+
 PROTOCOL_VERSION = 1
 
 # -- field types -------------------------------------------------------------
@@ -179,7 +181,7 @@ _server_decoder = msgspec.json.Decoder(ServerFrame)
 _encoder = msgspec.json.Encoder()
 
 
-class FrameError(Exception):
+class FrameError(SwitchboardError):
     """A client frame that cannot be accepted; ``code`` goes into the error frame."""
 
     def __init__(self, code: ErrorCode, message: str, client_msg_id: str | None = None):

@@ -13,11 +13,13 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .errors import SwitchboardError
+
 DEV_JWT_SECRET = "switchboard-dev-secret-change-me"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-class SettingsError(ValueError):
+class SettingsError(SwitchboardError, ValueError):
     """An environment variable has a value that cannot be used."""
 
 

@@ -29,33 +29,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from typing import Any
 from uuid import UUID
 
-import redis.asyncio as aioredis
 from langchain_core.callbacks import AsyncCallbackHandler
 
-from switchboard.shared import keys, outbound
+from switchboard.shared import outbound
 from switchboard.shared.protocol import EventKind
 from switchboard.shared.tasks import wait_event
 
-from .lease import LeaseLost
+from .lease import LeaseLostError
+from .store import WorkerStore
 
 log = logging.getLogger(__name__)
 
 #: Tags that keep a chat model's tokens out of the stream (LangGraph's and
 #: LangSmith's conventions), e.g. for a model that only routes or summarises.
 NOSTREAM_TAGS = frozenset({"nostream", "langsmith:nostream"})
-
-# KEYS: lease, out, meta   ARGV: token, new epoch, maxlen, channel, fields...
-# Returns the delta's id, or 0 when the lease is no longer the caller's.
-_DELTA = outbound.APPEND_LUA + r"""
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local fields = {}
-for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
-return append_event(KEYS[2], KEYS[3], ARGV[4], ARGV[2], tonumber(ARGV[3]), fields)[1]
-"""
-
 
 def content_text(content: Any) -> str:
     """The text of a message's content: a string, or the text blocks of a list."""
@@ -70,11 +61,9 @@ def content_text(content: Any) -> str:
 class DeltaWriter:
     """Writes one conversation's deltas; one instance per worker."""
 
-    def __init__(self, redis: aioredis.Redis, *, interval: float, maxlen: int):
-        self.redis = redis
+    def __init__(self, store: WorkerStore, *, interval: float):
+        self.store = store
         self.interval = interval
-        self.maxlen = maxlen
-        self.script = redis.register_script(_DELTA)
 
     def stream(self, user: str, conversation: str, *, token: str, client_msg_id: str,
                inbound_id: str) -> ReplyStream:
@@ -109,6 +98,7 @@ class ReplyStream(AsyncCallbackHandler):
         self.client_msg_id = client_msg_id
         self.inbound_id = inbound_id
         self.seq = 0  #: deltas written so far
+        self._name = secrets.token_hex(4)  #: this attempt's, in each delta's mark
         self.error: BaseException | None = None
         self._pieces: list[str] = []
         self._muted: set[UUID] = set()
@@ -184,11 +174,10 @@ class ReplyStream(AsyncCallbackHandler):
         fields = outbound.event_fields(EventKind.DELTA.value, self.conversation, text,
                                        client_msg_id=self.client_msg_id, device_id=None, ts=outbound.now_ms(),
                                        inbound_id=self.inbound_id, seq=self.seq)
-        written = await self.writer.script(
-            keys=[keys.lease(self.user, self.conversation), keys.outbound(self.user), keys.meta(self.user)],
-            args=[self.token, outbound.new_epoch(), self.writer.maxlen, keys.notify(self.user), *fields])
+        written = await self.writer.store.write_delta(self.user, self.conversation, token=self.token,
+                                                      mark=f"{self._name}|{self.seq}", fields=fields)
         if not written:
-            raise LeaseLost(f"lease of {self.user}/{self.conversation} lost while streaming")
+            raise LeaseLostError(f"lease of {self.user}/{self.conversation} lost while streaming")
         self.seq += 1
 
     async def close(self) -> None:

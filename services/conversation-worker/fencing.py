@@ -5,8 +5,8 @@ and read from memory while that holder keeps the conversation.
 pause, a frozen VM) may wake up in the middle of a turn that another worker
 has since run. Its reply is refused by the commit script; its checkpoint must
 be refused too, or the conversation's LangGraph state would fork. The turn's
-config carries the fence (``configurable["switchboard_fence"]``: lease key,
-token and the conversation's hash). The turn's final checkpoint (the graph's
+config carries the fence (``configurable["switchboard_fence"]``: lease key
+and token). The turn's final checkpoint (the graph's
 own namespace; LangGraph writes it once, at the end, with
 ``durability="exit"``) is not written by :meth:`aput`: it is encoded into the
 library's document and handed to the turn's commit script (:meth:`take`), which
@@ -14,7 +14,8 @@ stores it together with the reply, under the lease check, in one atomic step.
 A turn is then either wholly committed -- checkpoint, reply, ``done`` -- or
 not at all. Any other write of a leased turn (pending writes, a subgraph's
 checkpoint, a second checkpoint) first stores what is waiting, in the same
-fenced way (:data:`WRITE_LUA`), so writes reach Redis in LangGraph's order.
+fenced way (the ``store_checkpoint`` script), so writes reach Redis in
+LangGraph's order.
 The document is the library's own (``checkpoint:<thread>:<ns>:<id>`` JSON plus
 the ``checkpoint_latest`` pointer), so the library reads it back, lists it and
 searches it as usual; a test compares the two field for field.
@@ -24,10 +25,12 @@ Redis costs a lookup plus decoding every message of the conversation -- the
 cost that grows with each turn. While a worker holds a conversation's lease it
 is the only writer, so the checkpoint it wrote last *is* the newest one. The
 saver keeps it (a bounded LRU of ``CHECKPOINT_CACHE`` conversations) and
-serves the next turn's read from memory, provided the conversation hash still
-names it: :meth:`FencedRedisSaver.validate` compares ``ckpt`` when the worker
-takes the lease, so a turn run meanwhile by another worker (a hand-over, a
-failover) is never hidden by a stale copy. Anything unusual -- a failed write,
+serves the next turn's read from memory, provided the thread's latest
+pointer still names it: :meth:`FencedRedisSaver.validate` compares the
+pointer the begin script read when the worker took the lease, so a turn run
+meanwhile by another worker (a hand-over, a failover), a checkpoint written
+through the library by another process (an operator's ``aupdate_state``) and
+an expired one (``CHECKPOINT_TTL``) are never hidden by a stale copy. Anything unusual -- a failed write,
 pending writes (interrupts), a lost lease -- drops the kept copy, and the
 library reads Redis as before.
 """
@@ -45,35 +48,15 @@ from langgraph.checkpoint.base import CheckpointTuple, copy_checkpoint
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 from langgraph.checkpoint.redis.util import to_storage_safe_id, to_storage_safe_str
 
+from switchboard.shared import scripts
 from switchboard.shared.checkpoints import use_caching_serializer
 
-from .lease import LeaseLost
+from .lease import LeaseLostError
+from .store import CheckpointWrite
 
 log = logging.getLogger(__name__)
 
 FENCE = "switchboard_fence"
-
-#: Lua: store a checkpoint document as the library does (the JSON document,
-#: the thread's latest pointer, the TTL if any), and name it newest in the
-#: conversation hash. Used by the commit script and by :data:`WRITE_LUA`.
-STORE_LUA = r"""
-local function store_checkpoint(conv, key, latest, id, document, ttl_ms)
-  redis.call('JSON.SET', key, '$', document)
-  redis.call('SET', latest, key)
-  redis.call('HSET', conv, 'ckpt', id)
-  if tonumber(ttl_ms) > 0 then
-    redis.call('PEXPIRE', key, ttl_ms)
-    redis.call('PEXPIRE', latest, ttl_ms)
-  end
-end
-"""
-
-# KEYS: lease, conv, checkpoint, latest   ARGV: token, checkpoint id, document, ttl ms
-WRITE_LUA = STORE_LUA + r"""
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-store_checkpoint(KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[4])
-return 1
-"""
 
 @dataclass(frozen=True)
 class PendingCheckpoint:
@@ -84,15 +67,12 @@ class PendingCheckpoint:
     latest_key: str
     document: bytes
 
-    def keys(self) -> list[str]:
-        return [self.key, self.latest_key]
+
+def fence_config(lease_key: str, token: str) -> dict[str, Any]:
+    return {FENCE: (lease_key, token)}
 
 
-def fence_config(lease_key: str, token: str, conversation_key: str) -> dict[str, Any]:
-    return {FENCE: (lease_key, token, conversation_key)}
-
-
-def _fence(config: RunnableConfig) -> tuple[str, str, str] | None:
+def _fence(config: RunnableConfig) -> tuple[str, str] | None:
     return (config.get("configurable") or {}).get(FENCE)
 
 
@@ -108,8 +88,8 @@ class FencedRedisSaver(AsyncRedisSaver):
         use_caching_serializer(self, remember_encodings=cache_size > 0, max_lists=max(cache_size, 1))
         self.cache_size = cache_size
         self._newest: OrderedDict[str, CheckpointTuple] = OrderedDict()
-        self._pending: dict[str, tuple[tuple[str, str, str], PendingCheckpoint]] = {}
-        self._write_script = self._redis.register_script(WRITE_LUA)
+        self._pending: dict[str, tuple[tuple[str, str], PendingCheckpoint]] = {}
+        self._store_script = scripts.register(self._redis, "store_checkpoint")["store_checkpoint"]
         self.hits = 0  #: reads served from memory (tests, metrics)
 
     @property
@@ -119,10 +99,19 @@ class FencedRedisSaver(AsyncRedisSaver):
 
     # -- the kept copy ----------------------------------------------------------------
 
-    def validate(self, thread_id: str, newest_id: str | None) -> None:
-        """Keep the copy of ``thread_id`` only if Redis names it the newest."""
+    def latest_key(self, thread_id: str) -> str:
+        """The library's pointer to the thread's newest checkpoint document."""
+        return self._make_redis_checkpoint_latest_key(thread_id, "")
+
+    def validate(self, thread_id: str, latest: str | None) -> None:
+        """Keep the copy of ``thread_id`` only if the thread's latest pointer
+        (read by the begin script) names its document: a checkpoint the
+        library wrote meanwhile (another worker, an operator's
+        ``aupdate_state``) moves the pointer, and an expired one
+        (``CHECKPOINT_TTL``) removes it."""
         kept = self._newest.get(thread_id)
-        if kept is not None and kept.checkpoint["id"] != newest_id:
+        if kept is not None and (latest is None or latest != self._make_redis_checkpoint_key_cached(
+                thread_id, "", kept.checkpoint["id"])):
             del self._newest[thread_id]
 
     def forget(self, thread_id: str) -> None:
@@ -131,10 +120,15 @@ class FencedRedisSaver(AsyncRedisSaver):
         self._newest.pop(thread_id, None)
         self._pending.pop(thread_id, None)
 
-    def take(self, thread_id: str) -> PendingCheckpoint | None:
-        """The turn's final checkpoint, for the commit script to store."""
+    def take(self, thread_id: str, token: str) -> CheckpointWrite | None:
+        """The turn's final checkpoint, for the commit script to store: only
+        one written under the committing lease ``token`` (an attempt cut short
+        may have left one behind)."""
         waiting = self._pending.pop(thread_id, None)
-        return waiting[1] if waiting else None
+        if waiting is None or waiting[0][1] != token:
+            return None
+        pending = waiting[1]
+        return CheckpointWrite(pending.key, pending.latest_key, pending.document, self.ttl_ms)
 
     def _keep(self, thread_id: str, kept: CheckpointTuple) -> None:
         if self.cache_size <= 0:
@@ -156,33 +150,38 @@ class FencedRedisSaver(AsyncRedisSaver):
 
     # -- fenced writes ----------------------------------------------------------------
 
-    async def store_waiting(self, thread_id: str) -> None:
-        """Store a waiting checkpoint now (fenced), before a later write."""
+    async def store_waiting(self, thread_id: str, fence: tuple[str, str] | None = None) -> None:
+        """Store a waiting checkpoint now (fenced), before a later write.
+
+        With ``fence`` (the later write's), a checkpoint another attempt left
+        waiting -- one cut short, whose graph wrote it on its way out -- is
+        dropped instead: a failed attempt's output is never stored."""
         waiting = self._pending.pop(thread_id, None)
         if waiting is None:
             return
-        (lease_key, token, conversation_key), pending = waiting
-        stored = await self._write_script(
-            keys=[lease_key, conversation_key, *pending.keys()],
-            args=[token, pending.checkpoint_id, pending.document, self.ttl_ms])
+        (lease_key, token), pending = waiting
+        if fence is not None and fence != (lease_key, token):
+            return
+        stored = await self._store_script(keys=[lease_key, pending.key, pending.latest_key],
+                                          args=[token, pending.document, self.ttl_ms])
         if not stored:
             self.forget(thread_id)
-            raise LeaseLost(f"checkpoint write refused: lease {lease_key} lost")
+            raise LeaseLostError(f"checkpoint write refused: lease {lease_key} lost")
 
     async def _check_fence(self, config: RunnableConfig) -> None:
         fence = _fence(config)
         if not fence:
             return
-        lease_key, token, _ = fence
+        lease_key, token = fence
         holder = await self._redis.get(lease_key)
         if (holder.decode() if isinstance(holder, bytes) else holder) != token:
             log.warning("refused checkpoint write for %s: the lease is no longer ours", lease_key)
-            raise LeaseLost(f"checkpoint write refused: lease {lease_key} lost")
+            raise LeaseLostError(f"checkpoint write refused: lease {lease_key} lost")
 
     async def aput(self, config, checkpoint, metadata, new_versions):  # noqa: ANN001 - LangGraph's signature
         thread_id = config["configurable"]["thread_id"]
         fence = _fence(config)
-        await self.store_waiting(thread_id)
+        await self.store_waiting(thread_id, fence)
         self._newest.pop(thread_id, None)
         if not (fence and _is_root(config)):
             await self._check_fence(config)
@@ -204,7 +203,7 @@ class FencedRedisSaver(AsyncRedisSaver):
         # Pending writes (an interrupt, a failed step) belong to a stored
         # checkpoint, and the next read must see them: it goes to Redis.
         thread_id = config["configurable"]["thread_id"]
-        await self.store_waiting(thread_id)
+        await self.store_waiting(thread_id, _fence(config))
         self._newest.pop(thread_id, None)
         await self._check_fence(config)
         return await super().aput_writes(config, writes, task_id, task_path)

@@ -14,8 +14,10 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
+from switchboard.shared.errors import SwitchboardError
 
-class GraphLoadError(Exception):
+
+class GraphLoadError(SwitchboardError):
     pass
 
 

@@ -31,13 +31,14 @@ from redis.exceptions import RedisError, ResponseError
 
 from switchboard.shared import connection as redisconn
 from switchboard.shared import keys
+from switchboard.shared.fields import WorkField
 from switchboard.shared.checkpoints import setup_saver
 from switchboard.shared.settings import WorkerSettings
 from switchboard.shared.tasks import finish, wait_event
 
 from . import loader
 from .fencing import FencedRedisSaver
-from .lease import LeaseLost
+from .lease import LeaseLostError
 from .turns import Turns
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ class Worker:
         try:
             pipe = self.redis.pipeline(transaction=True)
             for stream, notice_id in conv.notices:
-                pipe.xadd(stream, {"user": conv.user, "conv": conv.conversation})
+                pipe.xadd(stream, {WorkField.USER: conv.user, WorkField.CONV: conv.conversation})
                 pipe.xack(stream, keys.WORKER_GROUP, notice_id)
                 pipe.xdel(stream, notice_id)
             await pipe.execute()
@@ -181,11 +182,11 @@ class Worker:
             await asyncio.sleep(0)
 
     def _start(self, notice: Notice, fields: dict[str, str] | None) -> None:
-        if not fields or "user" not in fields or "conv" not in fields:
+        if not fields or WorkField.USER not in fields or WorkField.CONV not in fields:
             # A deleted or malformed notice: nothing to run; acknowledge it.
             self._queue_ack([notice])
             return
-        key = (fields["user"], fields["conv"])
+        key = (fields[WorkField.USER], fields[WorkField.CONV])
         running = self.running.get(key)
         if running is not None:
             running.notices.append(notice)
@@ -206,7 +207,7 @@ class Worker:
                 refresher = asyncio.create_task(self._keep_fresh(conv, turn_done))
                 try:
                     finished = await self.turns.drain(conv.user, conv.conversation)
-                except LeaseLost as exc:
+                except LeaseLostError as exc:
                     # We stalled and another worker took over; it owns the turn now.
                     log.warning("%s; leaving the conversation to its new owner", exc)
                     return

@@ -1,8 +1,8 @@
 """Reading a user's outbound stream for delivery: one script call per user.
 
 The events and the newest trimmed id must be one snapshot (a trim between the
-two reads could hide a gap), so one Lua script, which Redis runs atomically,
-reads both.
+two reads could hide a gap), so one script (``shared/lua/read_outbound.lua``),
+which Redis runs atomically, reads both.
 
 The script hands them back as a single msgpack string, which msgspec decodes
 in C. Measured with redis-py's pure-Python reply parser, this cut a
@@ -18,18 +18,9 @@ from collections.abc import Sequence
 import msgspec
 import redis.asyncio as aioredis
 
-from switchboard.shared import keys, outbound
+from switchboard.shared import keys, outbound, scripts
 from switchboard.shared.connection import execute_scripted, queue_script
 from switchboard.shared.protocol import Event
-
-# KEYS: out, meta   ARGV: after (exclusive), count
-# Returns msgpack [trimmed, [[id, [field, value, ...]], ...]]; an empty Lua
-# table packs as an empty array.
-_READ = r"""
-local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', tonumber(ARGV[2]))
-local trimmed = redis.call('HGET', KEYS[2], 'trimmed') or '0-0'
-return cmsgpack.pack({trimmed, entries})
-"""
 
 _decode = msgspec.msgpack.Decoder(tuple[str, list[tuple[str, list[str]]]]).decode
 
@@ -38,7 +29,7 @@ class OutboundReader:
     def __init__(self, redis: aioredis.Redis):
         # ``redis`` must not decode responses: the reply is msgpack bytes.
         self.redis = redis
-        self._read = redis.register_script(_READ)
+        self._read = scripts.register(redis, "read_outbound")["read_outbound"]
 
     async def read(self, reads: Sequence[tuple[str, str]], count: int) -> list[bytes]:
         """Up to ``count`` events after each ``(user, after)``, in one round

@@ -7,13 +7,14 @@ import time
 import jwt
 import msgspec
 
+from switchboard.shared.errors import SwitchboardError
 from switchboard.shared.protocol import Name
 
 ALGORITHMS = ["HS256"]
 _name_decoder = msgspec.json.Decoder(Name)
 
 
-class AuthError(Exception):
+class AuthError(SwitchboardError):
     """The token cannot be accepted; the message is safe to show the client."""
 
 

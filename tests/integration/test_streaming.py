@@ -11,8 +11,10 @@ import redis.asyncio as aioredis
 
 from switchboard.shared import keys
 from switchboard.shared.protocol import EventKind
+from switchboard.shared.settings import StreamSettings
 from switchboard.worker.deltas import DeltaWriter
-from switchboard.worker.lease import LeaseLost
+from switchboard.worker.lease import LeaseLostError
+from switchboard.worker.store import WorkerStore
 from tests.support.client import Device
 from tests.support.cluster import token
 
@@ -139,12 +141,16 @@ async def test_no_deltas_when_streaming_is_off(cluster):
     await phone.close()
 
 
+def _store(client) -> WorkerStore:
+    return WorkerStore(client, StreamSettings(outbound_maxlen=1000), lease_ttl=15.0)
+
+
 async def test_a_delta_is_written_only_by_the_lease_holder(clean_redis):
     client = aioredis.Redis.from_url(clean_redis, decode_responses=True)
     user, conversation = _user(), "c"
     lease = keys.lease(user, conversation)
     await client.set(lease, "mine")
-    writer = DeltaWriter(client, interval=0.0, maxlen=1000)
+    writer = DeltaWriter(_store(client), interval=0.0)
     stream = writer.stream(user, conversation, token="mine", client_msg_id="m1", inbound_id="1-0")
     stream.add("Hello")
     await asyncio.sleep(0.2)
@@ -158,7 +164,7 @@ async def test_a_delta_is_written_only_by_the_lease_holder(clean_redis):
         (EventKind.DELTA.value, " and the rest", "2", "m1")]
 
     # The interval bounds the writes: pieces streamed meanwhile are joined into one delta.
-    spaced = DeltaWriter(client, interval=0.3, maxlen=1000).stream(
+    spaced = DeltaWriter(_store(client), interval=0.3).stream(
         user, conversation, token="mine", client_msg_id="m2", inbound_id="2-0")
     for word in ["One", " two", " three", " four"]:
         spaced.add(word)
@@ -173,10 +179,10 @@ async def test_a_delta_is_written_only_by_the_lease_holder(clean_redis):
     await asyncio.sleep(0.2)
     await late.close()
     assert len(await client.xrange(keys.outbound(user))) == 5  # refused
-    assert isinstance(late.error, LeaseLost)
+    assert isinstance(late.error, LeaseLostError)
     try:
         late.add("more")
-    except LeaseLost:
+    except LeaseLostError:
         pass
     else:
         raise AssertionError("a stream that lost its lease must raise into the graph")
@@ -185,7 +191,7 @@ async def test_a_delta_is_written_only_by_the_lease_holder(clean_redis):
 
 async def test_a_lease_lost_while_streaming_stops_the_graph(clean_redis):
     """The graph runs on only as long as its deltas are accepted: a refused
-    write ends the attempt with LeaseLost at the model's next token."""
+    write ends the attempt with LeaseLostError at the model's next token."""
     from langchain_core.messages import HumanMessage
 
     from switchboard.worker.graph import build
@@ -194,7 +200,7 @@ async def test_a_lease_lost_while_streaming_stops_the_graph(clean_redis):
     user = _user()
     lease = keys.lease(user, "c")
     await client.set(lease, "mine")
-    stream = DeltaWriter(client, interval=0.0, maxlen=1000).stream(
+    stream = DeltaWriter(_store(client), interval=0.0).stream(
         user, "c", token="mine", client_msg_id="m1", inbound_id="1-0")
     graph = build(stream=True, token_ms=50).compile()
 
@@ -207,7 +213,7 @@ async def test_a_lease_lost_while_streaming_stops_the_graph(clean_redis):
     try:
         await graph.ainvoke({"messages": [HumanMessage("tell me a long story about the sea")]},
                             {"callbacks": [stream]})
-    except LeaseLost:
+    except LeaseLostError:
         pass
     else:
         raise AssertionError("the graph ran to the end without its lease")

@@ -30,7 +30,8 @@ def _single(node) -> StateGraph:
 
 
 async def _slow(state: MessagesState) -> dict:
-    """Marks that a turn started (a file per message), then sleeps if asked.
+    """Marks that a turn started (a file per process and message, a line per
+    attempt), then sleeps if asked.
 
     ``sleep:<seconds> ...`` sleeps; ``fail ...`` raises; ``crash ...`` kills the
     worker process. SLOW_GRAPH_MARKS names
@@ -40,7 +41,8 @@ async def _slow(state: MessagesState) -> dict:
     marks = os.environ.get("SLOW_GRAPH_MARKS")
     if marks:
         Path(marks).mkdir(parents=True, exist_ok=True)
-        (Path(marks) / f"{os.getpid()}-{abs(hash(text))}").write_text(text)
+        with open(Path(marks) / f"{os.getpid()}-{abs(hash(text))}", "a") as mark:
+            mark.write(text + "\n")
     if text.startswith("sleep:"):
         await asyncio.sleep(float(text.split()[0].split(":", 1)[1]))
     if text.startswith("fail"):

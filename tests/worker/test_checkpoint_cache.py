@@ -12,7 +12,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 from switchboard.shared.checkpoints import CachingSerializer, setup_saver
 from switchboard.worker.fencing import FencedRedisSaver, fence_config
 from switchboard.worker.graph import build
-from switchboard.worker.lease import LeaseLost
+from switchboard.worker.lease import LeaseLostError
 
 THREAD = "u1:c1"
 
@@ -31,7 +31,13 @@ async def _saver(client, **kw) -> FencedRedisSaver:
 
 
 def _config(token: str = "tok-a") -> dict:
-    return {"configurable": {"thread_id": THREAD, **fence_config("lease", token, "conv")}}
+    return {"configurable": {"thread_id": THREAD, **fence_config("lease", token)}}
+
+
+async def _latest(client, saver: FencedRedisSaver) -> str | None:
+    """The thread's latest checkpoint pointer, as the begin script reads it."""
+    pointer = await client.get(saver.latest_key(THREAD))
+    return pointer.decode() if pointer is not None else None
 
 
 async def _turn(graph, text: str, n: int, token: str = "tok-a") -> dict:
@@ -51,7 +57,8 @@ async def test_kept_copy_reads_exactly_what_redis_holds(client):
     assert saver.hits == 4  # every turn after the first read its state from memory
     kept = await saver.aget_tuple(_config())
     stored = await (await _saver(client, cache_size=0)).aget_tuple({"configurable": {"thread_id": THREAD}})
-    assert kept.checkpoint["id"] == stored.checkpoint["id"] == (await client.hget("conv", "ckpt")).decode()
+    assert kept.checkpoint["id"] == stored.checkpoint["id"]
+    assert (await _latest(client, saver)).endswith(kept.checkpoint["id"])
     assert kept.checkpoint["channel_values"] == stored.checkpoint["channel_values"]
     assert kept.checkpoint["channel_versions"] == stored.checkpoint["channel_versions"]
     assert kept.checkpoint["versions_seen"] == stored.checkpoint["versions_seen"]
@@ -73,7 +80,7 @@ async def test_a_turn_run_by_another_worker_is_never_hidden(client):
     await _turn(build().compile(checkpointer=second), "second turn elsewhere", 2, token="tok-b")
     # ... and back: the first worker checks its copy when it takes the lease.
     await client.set("lease", "tok-a")
-    first.validate(THREAD, (await client.hget("conv", "ckpt")).decode())
+    first.validate(THREAD, await _latest(client, first))
     result = await _turn(graph_a, "third", 3)
     assert [m.id for m in result["messages"] if isinstance(m, HumanMessage)] == ["in-1", "in-2", "in-3"]
     assert result["turn"] == 3
@@ -84,11 +91,11 @@ async def test_a_write_without_the_lease_is_refused_and_forgets_the_copy(client)
     saver = await _saver(client)
     graph = build().compile(checkpointer=saver)
     await _turn(graph, "hello", 1)
-    before = await client.hget("conv", "ckpt")
+    before = await _latest(client, saver)
     await client.set("lease", "someone-else")
-    with pytest.raises(LeaseLost):
+    with pytest.raises(LeaseLostError):
         await _turn(graph, "too late", 2)
-    assert await client.hget("conv", "ckpt") == before  # the newest id is not moved
+    assert await _latest(client, saver) == before  # the newest checkpoint is not moved
     assert THREAD not in saver._newest
     stored = await saver.aget_tuple({"configurable": {"thread_id": THREAD}})
     assert stored.checkpoint["channel_values"]["turn"] == 1
@@ -106,7 +113,7 @@ async def test_pending_writes_send_the_next_read_to_redis(client):
     fresh = await saver.aget_tuple(_config())
     assert saver.hits == hits and [w[2] for w in fresh.pending_writes] == ["from a pending write"]
     await client.set("lease", "someone-else")  # pending writes are fenced too
-    with pytest.raises(LeaseLost):
+    with pytest.raises(LeaseLostError):
         await saver.aput_writes({**tup.config, "configurable": {**tup.config["configurable"],
                                                                 **_config()["configurable"]}},
                                 [("topic", "too late")], "task-2")
@@ -118,7 +125,7 @@ async def test_the_copies_are_bounded(client):
     graph = build().compile(checkpointer=saver)
     for n in range(4):
         await graph.ainvoke({"messages": [HumanMessage("hi", id=f"in-{n}")]},
-                            {"configurable": {"thread_id": f"t{n}", **fence_config("lease", "tok-a", "conv")}},
+                            {"configurable": {"thread_id": f"t{n}", **fence_config("lease", "tok-a")}},
                             durability="exit")
         await saver.store_waiting(f"t{n}")
     assert list(saver._newest) == ["t2", "t3"]
@@ -150,7 +157,8 @@ async def test_turns_find_entries_past_full_pages_and_release_the_lease(clean_re
     still found, in order, and the lease is gone once nothing is left."""
     from switchboard.shared import keys
     from switchboard.shared.settings import WorkerSettings
-    from switchboard.worker.turns import SCAN_PAGE, Turns
+    from switchboard.worker.store import SCAN_PAGE
+    from switchboard.worker.turns import Turns
 
     redis = aioredis.Redis.from_url(clean_redis, decode_responses=True)
     raw = aioredis.Redis.from_url(clean_redis)
@@ -263,7 +271,7 @@ async def test_a_lease_this_process_left_behind_is_taken_back_at_once(clean_redi
     settings = replace(WorkerSettings(), lease_ttl=30.0)
     turns = Turns(redis, build().compile(checkpointer=await _saver(raw)), settings)
     await redis.xadd(keys.inbound("u"), {"conv": "a", "cmid": "m1", "dev": "d", "text": "hello"})
-    await redis.set(keys.lease("u", "a"), turns.leases.prefix + "0123456789abcdef", px=30_000)
+    await redis.set(keys.lease("u", "a"), turns.tokens.prefix + "0123456789abcdef", px=30_000)
     started = time.monotonic()
     assert await turns.drain("u", "a") is True
     assert time.monotonic() - started < 5  # not the 30 s lease TTL
@@ -271,7 +279,7 @@ async def test_a_lease_this_process_left_behind_is_taken_back_at_once(clean_redi
 
     other = Turns(redis, turns.graph, replace(WorkerSettings(), lease_ttl=0.5))
     await redis.xadd(keys.inbound("u"), {"conv": "a", "cmid": "m2", "dev": "d", "text": "again"})
-    await redis.set(keys.lease("u", "a"), turns.leases.prefix + "fedcba9876543210", px=30_000)
+    await redis.set(keys.lease("u", "a"), turns.tokens.prefix + "fedcba9876543210", px=30_000)
     assert await other.drain("u", "a") is False  # another process's lease: waited for, not taken
     assert len(await redis.xrange(keys.outbound("u"))) == 1
     await redis.aclose()
@@ -289,8 +297,8 @@ async def test_a_commit_that_releases_the_lease_while_a_renewal_is_due_is_not_a_
     from switchboard.worker.turns import Turns
 
     class SlowToSeeTheCommit(Turns):
-        async def _write(self, *args, **kwargs):  # noqa: ANN002, ANN003
-            result = await super()._write(*args, **kwargs)
+        async def _commit(self, *args, **kwargs):  # noqa: ANN002, ANN003
+            result = await super()._commit(*args, **kwargs)
             await asyncio.sleep(0.5)  # a busy event loop between the reply and its handling
             return result
 

@@ -1,0 +1,221 @@
+"""The worker's Redis operations, each one script (``shared/lua``), each
+answering with a small result type.
+
+A conversation's progress is ``done``: the id of the last inbound entry whose
+reply is committed. :meth:`WorkerStore.begin` takes the lease and finds the
+next entry after ``done`` (counting the attempt at it) in one round trip;
+:meth:`WorkerStore.commit` writes the reply, the turn's checkpoint and the new
+``done`` in one atomic step, checked against the lease token and the expected
+``done`` -- so a reply is written once, by the lease holder, or not at all --
+and finds the next entry in the same call, releasing the lease when none is
+left. A turn is thus two scripts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import redis.asyncio as aioredis
+
+from switchboard.shared import keys, outbound, scripts
+from switchboard.shared.fields import ConvField
+from switchboard.shared.settings import StreamSettings
+
+#: Inbound entries scanned per round trip when looking for a conversation's next.
+SCAN_PAGE = 200
+
+
+@dataclass(frozen=True)
+class InboundEntry:
+    """One accepted ``send`` of a conversation."""
+
+    id: str
+    conversation: str
+    client_msg_id: str
+    device: str
+    text: str
+
+
+# -- where a scan ends ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The conversation's next entry, with an attempt at it begun (and counted)."""
+
+    entry: InboundEntry
+    number: int  #: 1 for the first attempt
+
+
+@dataclass(frozen=True)
+class ScanOn:
+    """A full page of other conversations' entries: scan on after ``cursor``."""
+
+    cursor: str
+
+
+@dataclass(frozen=True)
+class NoneLeft:
+    """No entry of the conversation after ``done``."""
+
+
+Found = Union[Attempt, ScanOn, NoneLeft]
+
+
+def _found(conversation: str, reply: Sequence[Any]) -> Found:
+    if reply[0] == "entry":
+        _, entry_id, cmid, device, text, attempt = reply
+        return Attempt(InboundEntry(entry_id, conversation, cmid, device, text), int(attempt))
+    if reply[0] == "more":
+        return ScanOn(reply[1])
+    return NoneLeft()
+
+
+# -- taking a conversation ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Begun:
+    """The lease is the caller's."""
+
+    done: str  #: id of the last committed entry ('0-0': none)
+    latest: str | None  #: the thread's latest checkpoint pointer (a document key), if any
+    found: Found
+
+
+@dataclass(frozen=True)
+class Busy:
+    """Another token holds the lease."""
+
+    holder: str
+
+
+# -- committing a turn ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Committed:
+    reply_id: str  #: the reply's event id
+    found: Found  #: the next entry; with :class:`NoneLeft` the lease was released
+
+    @property
+    def released(self) -> bool:
+        return isinstance(self.found, NoneLeft)
+
+
+@dataclass(frozen=True)
+class AlreadyDone:
+    """``done`` already is this entry: the commit ran before (a retried call
+    whose answer was lost), or another worker committed the turn."""
+
+    holds_lease: bool
+
+
+@dataclass(frozen=True)
+class DoneMoved:
+    """``done`` moved elsewhere since the turn began: nothing was written."""
+
+    done: str
+
+
+@dataclass(frozen=True)
+class LeaseLost:
+    """The lease is not the caller's: nothing was written."""
+
+
+CommitResult = Union[Committed, AlreadyDone, DoneMoved, LeaseLost]
+
+
+@dataclass(frozen=True)
+class CheckpointWrite:
+    """A checkpoint document to store with a commit (library format: see
+    :mod:`.checkpoint_format`)."""
+
+    key: str
+    latest_key: str
+    document: bytes
+    ttl_ms: int
+
+
+class WorkerStore:
+    def __init__(self, redis: aioredis.Redis, streams: StreamSettings, *, lease_ttl: float):
+        self.redis = redis
+        self.streams = streams
+        self.lease_ttl_ms = int(lease_ttl * 1000)
+        self._s = scripts.register(redis, "begin", "scan", "count_attempt", "commit", "renew", "release", "delta")
+
+    async def begin(self, user: str, conversation: str, *, token: str, latest_key: str,
+                    resumed: str | None = None) -> Begun | Busy:
+        """Take the lease with ``token``; learn ``done``, the latest checkpoint
+        pointer and the next entry. ``resumed``: an entry whose attempt this
+        process gave up because Redis went away (not counted again)."""
+        reply = await self._s["begin"](
+            keys=[keys.lease(user, conversation), keys.conversation(user, conversation), keys.inbound(user),
+                  latest_key],
+            args=[token, self.lease_ttl_ms, conversation, SCAN_PAGE, resumed or ""])
+        if reply[0] == "busy":
+            return Busy(reply[1])
+        _, done, latest, *found = reply
+        return Begun(done, latest or None, _found(conversation, found))
+
+    async def scan(self, user: str, conversation: str, *, after: str, token: str) -> Found:
+        """One page of the scan for the conversation's next entry after ``after``."""
+        reply = await self._s["scan"](keys=[keys.inbound(user), keys.conversation(user, conversation)],
+                                      args=[after, conversation, SCAN_PAGE, token])
+        return _found(conversation, reply)
+
+    async def count_attempt(self, user: str, conversation: str, entry_id: str, *, seen: int) -> int:
+        """Begin one more attempt at ``entry_id`` after attempt ``seen`` failed."""
+        return int(await self._s["count_attempt"](keys=[keys.conversation(user, conversation)],
+                                                  args=[entry_id, seen]))
+
+    async def commit(self, user: str, conversation: str, *, token: str, expected_done: str, entry_id: str,
+                     fields: list[str], checkpoint: CheckpointWrite | None) -> CommitResult:
+        """Commit the reply event ``fields`` to ``entry_id`` (and ``checkpoint``)."""
+        lease_key = keys.lease(user, conversation)
+        checkpoint_keys = [checkpoint.key, checkpoint.latest_key] if checkpoint else [lease_key, lease_key]
+        checkpoint_args = [checkpoint.document, checkpoint.ttl_ms] if checkpoint else ["", 0]
+        reply = await self._s["commit"](
+            keys=[lease_key, keys.conversation(user, conversation), keys.outbound(user), keys.meta(user),
+                  keys.inbound(user), *checkpoint_keys],
+            args=[token, expected_done, entry_id, outbound.new_epoch(), self.streams.outbound_maxlen,
+                  keys.notify(user), conversation, SCAN_PAGE, *checkpoint_args, *fields])
+        status = reply[0]
+        if status == "ok":
+            return Committed(reply[1], _found(conversation, reply[2:]))
+        if status == "already":
+            return AlreadyDone(holds_lease=reply[1] == "1")
+        if status == "stale":
+            return DoneMoved(reply[1])
+        return LeaseLost()
+
+    async def renew(self, user: str, conversation: str, token: str) -> bool:
+        return bool(await self._s["renew"](keys=[keys.lease(user, conversation)], args=[token, self.lease_ttl_ms]))
+
+    async def release(self, user: str, conversation: str, token: str) -> None:
+        await self._s["release"](keys=[keys.lease(user, conversation)], args=[token])
+
+    async def write_delta(self, user: str, conversation: str, *, token: str, mark: str, fields: list[str]) -> bool:
+        """Append a delta event for the lease holder; False when the lease is
+        not ``token``'s. ``mark`` names the delta: writing it again is a no-op."""
+        return bool(await self._s["delta"](
+            keys=[keys.lease(user, conversation), keys.conversation(user, conversation), keys.outbound(user),
+                  keys.meta(user)],
+            args=[token, mark, outbound.new_epoch(), self.streams.outbound_maxlen, keys.notify(user), *fields]))
+
+    async def attempts(self, user: str, conversation: str) -> tuple[str | None, int]:
+        """``(entry, attempts begun at it)`` (tests, operators)."""
+        entry, count = await self.redis.hmget(keys.conversation(user, conversation),
+                                              [ConvField.ATTEMPT_OF, ConvField.ATTEMPTS])
+        return entry, int(count or 0)
+
+    async def dead_letter(self, *, user: str, entry: InboundEntry, reason: str, attempts: int, worker: str,
+                          maxlen: int) -> None:
+        """Record a message given up on, for an operator (``switchboard deadletters``)."""
+        await self.redis.xadd(keys.dead_letters(), {
+            "user": user, "conv": entry.conversation, "entry": entry.id, "cmid": entry.client_msg_id,
+            "text": entry.text[:1000], "reason": reason, "attempts": attempts, "worker": worker,
+            "ts": outbound.now_ms(),
+        }, maxlen=maxlen, approximate=True)

@@ -1,0 +1,67 @@
+"""Field names of the Redis hashes and stream entries that Lua scripts write
+and Python reads, defined once.
+
+The script loader (:mod:`.scripts`) hands every script these names as the Lua
+table ``F`` (``F.conv_done`` is ``ConvField.DONE``), so a field is spelled in
+one place for both languages.
+"""
+
+from __future__ import annotations
+
+
+class ConvField:
+    """The conversation hash (:func:`keys.conversation`)."""
+
+    DONE = "done"  #: id of the last inbound entry whose turn is committed
+    ATTEMPT_OF = "attempt_of"  #: the inbound entry the attempts below are at
+    ATTEMPTS = "attempts"  #: attempts begun at that entry (a poison-message bound)
+    ATTEMPT_TOKEN = "attempt_token"  #: the lease token the last attempt was begun under
+    DELTA = "delta"  #: mark (token, attempt, seq) of the last delta written: a repeated write is a no-op
+
+
+class MetaField:
+    """The outbound stream's metadata hash (:func:`keys.meta`)."""
+
+    EPOCH = "epoch"  #: the stream's current life
+    TRIMMED = "trimmed"  #: newest id removed by retention
+
+
+class InboundField:
+    """An entry of the inbound stream (:func:`keys.inbound`): one accepted ``send``."""
+
+    CONV = "conv"
+    CMID = "cmid"
+    DEV = "dev"
+    TEXT = "text"
+    TS = "ts"
+
+
+class EventField:
+    """An entry of the outbound stream (:func:`keys.outbound`): one event."""
+
+    KIND = "kind"
+    CONV = "conv"
+    TEXT = "text"
+    CMID = "cmid"
+    DEV = "dev"
+    TS = "ts"
+    IN = "in"  #: the inbound id the event answers (or is, for ``user``)
+    SEQ = "seq"  #: a delta's position within its attempt
+
+
+class WorkField:
+    """A work notice (:func:`keys.work`): "this conversation has work"."""
+
+    USER = "user"
+    CONV = "conv"
+
+
+def lua_table() -> dict[str, str]:
+    """Every field as ``<hash>_<field>`` -> name, for the scripts' ``F`` table."""
+    table: dict[str, str] = {}
+    for prefix, cls in (("conv", ConvField), ("meta", MetaField), ("in", InboundField), ("event", EventField),
+                        ("work", WorkField)):
+        for attr, value in vars(cls).items():
+            if attr.isupper():
+                table[f"{prefix}_{attr.lower()}"] = value
+    return table

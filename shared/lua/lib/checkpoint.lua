@@ -1,0 +1,13 @@
+-- A LangGraph checkpoint document, stored as langgraph-checkpoint-redis
+-- stores it: the JSON document, the thread's latest pointer (which names the
+-- document's key), and the TTL on both if one is set. The pointer is what a
+-- worker compares its kept copy with: the library's own writes (an operator's
+-- `aupdate_state`) move it too, and it expires with the document.
+local function store_checkpoint(key, latest, document, ttl_ms)
+  redis.call('JSON.SET', key, '$', document)
+  redis.call('SET', latest, key)
+  if tonumber(ttl_ms) > 0 then
+    redis.call('PEXPIRE', key, ttl_ms)
+    redis.call('PEXPIRE', latest, ttl_ms)
+  end
+end

@@ -1,0 +1,6 @@
+-- Drop a lease, only if it is still the caller's.
+-- KEYS: lease   ARGV: token   Returns 1, or 0 when it is not.
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0

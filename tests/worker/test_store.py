@@ -1,0 +1,175 @@
+"""Each branch of the worker's scripts, through WorkerStore, on a real Redis."""
+
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+
+from switchboard.shared import keys
+from switchboard.shared.fields import ConvField
+from switchboard.shared.settings import StreamSettings
+from switchboard.worker.store import (
+    AlreadyDone, Attempt, Begun, Busy, CheckpointWrite, Committed, DoneMoved, LeaseLost, NoneLeft, ScanOn,
+    SCAN_PAGE, WorkerStore,
+)
+
+LATEST = "checkpoint_latest:{u:u}/a:"  # any key of the user's slot stands for the pointer here
+
+
+@pytest.fixture
+async def redis(clean_redis):
+    client = aioredis.Redis.from_url(clean_redis, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def store(redis) -> WorkerStore:
+    return WorkerStore(redis, StreamSettings(outbound_maxlen=1000), lease_ttl=10.0)
+
+
+async def _send(redis, conv: str, text: str) -> str:
+    return await redis.xadd(keys.inbound("u"), {"conv": conv, "cmid": text, "dev": "d", "text": text})
+
+
+def _fields(text: str, entry_id: str) -> list[str]:
+    return ["kind", "assistant", "conv", "a", "text", text, "cmid", "", "dev", "", "ts", "1", "in", entry_id]
+
+
+async def test_begin_takes_the_lease_and_the_first_entry_or_says_who_holds_it(redis, store):
+    first = await _send(redis, "a", "hello")
+    begun = await store.begin("u", "a", token="t1", latest_key=LATEST)
+    assert isinstance(begun, Begun) and begun.done == "0-0" and begun.latest is None
+    assert begun.found == Attempt(begun.found.entry, 1) and begun.found.entry.id == first
+    assert begun.found.entry.text == "hello" and begun.found.entry.client_msg_id == "hello"
+    assert await redis.get(keys.lease("u", "a")) == "t1"
+    assert 9000 < await redis.pttl(keys.lease("u", "a")) <= 10_000
+    assert await store.begin("u", "a", token="t2", latest_key=LATEST) == Busy("t1")
+
+
+async def test_begin_repeated_with_its_own_token_is_the_same_taking_and_the_same_attempt(redis, store):
+    await _send(redis, "a", "hello")
+    one = await store.begin("u", "a", token="t1", latest_key=LATEST)
+    again = await store.begin("u", "a", token="t1", latest_key=LATEST)  # a retried call whose answer was lost
+    assert isinstance(again, Begun) and again.found == one.found  # attempt 1 both times
+    assert await store.attempts("u", "a") == (one.found.entry.id, 1)
+
+
+async def test_attempts_count_once_per_taking_but_not_for_a_resumed_one(redis, store):
+    entry = await _send(redis, "a", "hello")
+    for token, resumed, expected in [("t1", None, 1), ("t2", None, 2), ("t3", entry, 2), ("t4", None, 3)]:
+        begun = await store.begin("u", "a", token=token, latest_key=LATEST, resumed=resumed)
+        assert begun.found.number == expected, (token, resumed)
+        await store.release("u", "a", token)
+    assert await store.attempts("u", "a") == (entry, 3)
+
+
+async def test_begin_reads_the_latest_checkpoint_pointer(redis, store):
+    await redis.set(LATEST, "checkpoint:{u:u}/a::abc")
+    begun = await store.begin("u", "a", token="t1", latest_key=LATEST)
+    assert begun.latest == "checkpoint:{u:u}/a::abc" and begun.found == NoneLeft()
+
+
+async def test_a_scan_goes_on_past_full_pages_of_other_conversations(redis, store):
+    for n in range(SCAN_PAGE):
+        await _send(redis, "other", f"x{n}")
+    mine = await _send(redis, "a", "mine")
+    begun = await store.begin("u", "a", token="t1", latest_key=LATEST)
+    assert isinstance(begun.found, ScanOn)
+    found = await store.scan("u", "a", after=begun.found.cursor, token="t1")
+    assert isinstance(found, Attempt) and found.entry.id == mine
+    assert await store.scan("u", "a", after=mine, token="t1") == NoneLeft()
+
+
+async def test_count_attempt_moves_on_once_from_the_attempt_seen(redis, store):
+    entry = await _send(redis, "a", "hello")
+    await store.begin("u", "a", token="t1", latest_key=LATEST)
+    assert await store.count_attempt("u", "a", entry, seen=1) == 2
+    assert await store.count_attempt("u", "a", entry, seen=1) == 2  # the same call, repeated
+    assert await store.count_attempt("u", "a", entry, seen=2) == 3
+
+
+async def test_commit_writes_the_reply_once_and_releases_the_lease_when_nothing_is_left(redis, store):
+    entry = await _send(redis, "a", "hello")
+    await store.begin("u", "a", token="t1", latest_key=LATEST)
+    checkpoint = CheckpointWrite(key="checkpoint:{u:u}/a::c1", latest_key=LATEST,
+                                 document=msgspec.json.encode({"checkpoint_id": "c1"}), ttl_ms=0)
+    result = await store.commit("u", "a", token="t1", expected_done="0-0", entry_id=entry,
+                                fields=_fields("hi", entry), checkpoint=checkpoint)
+    assert isinstance(result, Committed) and result.released and result.found == NoneLeft()
+    assert await redis.get(keys.lease("u", "a")) is None
+    assert await redis.hgetall(keys.conversation("u", "a")) == {ConvField.DONE: entry}
+    [(reply_id, fields)] = await redis.xrange(keys.outbound("u"))
+    assert reply_id == result.reply_id and fields["text"] == "hi" and fields["in"] == entry
+    assert await redis.get(LATEST) == checkpoint.key
+    assert await redis.execute_command("JSON.GET", checkpoint.key, "$.checkpoint_id") == '["c1"]'
+    assert await redis.ttl(checkpoint.key) == -1  # no CHECKPOINT_TTL
+
+    # The same commit again (a retried call whose answer was lost): nothing more is written.
+    again = await store.commit("u", "a", token="t1", expected_done="0-0", entry_id=entry,
+                               fields=_fields("hi", entry), checkpoint=None)
+    assert again == AlreadyDone(holds_lease=False)
+    assert len(await redis.xrange(keys.outbound("u"))) == 1
+
+
+async def test_a_commit_that_finds_more_keeps_the_lease_and_names_the_next_entry(redis, store):
+    first = await _send(redis, "a", "one")
+    second = await _send(redis, "a", "two")
+    await store.begin("u", "a", token="t1", latest_key=LATEST)
+    result = await store.commit("u", "a", token="t1", expected_done="0-0", entry_id=first,
+                                fields=_fields("r1", first), checkpoint=None)
+    assert isinstance(result, Committed) and not result.released
+    assert isinstance(result.found, Attempt) and result.found.entry.id == second and result.found.number == 1
+    assert await redis.get(keys.lease("u", "a")) == "t1"
+    repeated = await store.commit("u", "a", token="t1", expected_done="0-0", entry_id=first,
+                                  fields=_fields("r1", first), checkpoint=None)
+    assert repeated == AlreadyDone(holds_lease=True)
+
+
+async def test_a_commit_without_the_lease_or_from_a_moved_done_writes_nothing(redis, store):
+    first = await _send(redis, "a", "one")
+    second = await _send(redis, "a", "two")
+    await store.begin("u", "a", token="t1", latest_key=LATEST)
+    await redis.set(keys.lease("u", "a"), "someone-else")
+    lost = await store.commit("u", "a", token="t1", expected_done="0-0", entry_id=first,
+                              fields=_fields("r1", first), checkpoint=None)
+    assert lost == LeaseLost()
+    await redis.set(keys.lease("u", "a"), "t1")
+    await redis.hset(keys.conversation("u", "a"), ConvField.DONE, first)  # another worker moved on
+    moved = await store.commit("u", "a", token="t1", expected_done="0-0", entry_id=second,
+                               fields=_fields("r2", second), checkpoint=None)
+    assert moved == DoneMoved(first)
+    assert await redis.xrange(keys.outbound("u")) == []
+
+
+async def test_a_checkpoint_ttl_applies_to_the_document_and_its_pointer(redis, store):
+    entry = await _send(redis, "a", "hello")
+    await store.begin("u", "a", token="t1", latest_key=LATEST)
+    checkpoint = CheckpointWrite(key="checkpoint:{u:u}/a::c1", latest_key=LATEST, document=b'{"a": 1}',
+                                 ttl_ms=60_000)
+    await store.commit("u", "a", token="t1", expected_done="0-0", entry_id=entry, fields=_fields("hi", entry),
+                       checkpoint=checkpoint)
+    assert 0 < await redis.pttl(checkpoint.key) <= 60_000
+    assert 0 < await redis.pttl(LATEST) <= 60_000
+    assert await redis.ttl(keys.conversation("u", "a")) == -1  # `done` never expires
+
+
+async def test_renew_and_release_only_for_the_holder(redis, store):
+    await store.begin("u", "a", token="t1", latest_key=LATEST)
+    assert await store.renew("u", "a", "t1") is True
+    assert await store.renew("u", "a", "t2") is False
+    await store.release("u", "a", "t2")
+    assert await redis.get(keys.lease("u", "a")) == "t1"
+    await store.release("u", "a", "t1")
+    assert await redis.get(keys.lease("u", "a")) is None
+    assert await store.renew("u", "a", "t1") is False
+
+
+async def test_a_delta_is_written_once_per_mark_and_only_by_the_holder(redis, store):
+    await store.begin("u", "a", token="t1", latest_key=LATEST)
+    fields = ["kind", "delta", "conv", "a", "text", "Hel", "seq", "0"]
+    assert await store.write_delta("u", "a", token="t1", mark="s|0", fields=fields) is True
+    assert await store.write_delta("u", "a", token="t1", mark="s|0", fields=fields) is True  # repeated
+    assert len(await redis.xrange(keys.outbound("u"))) == 1
+    assert await store.write_delta("u", "a", token="t1", mark="s|1", fields=fields) is True
+    assert await store.write_delta("u", "a", token="t2", mark="s|2", fields=fields) is False
+    assert len(await redis.xrange(keys.outbound("u"))) == 2
