@@ -14,7 +14,6 @@ import http
 import logging
 import uuid
 
-import redis.asyncio as aioredis
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 from redis.exceptions import RedisError
 from websockets.asyncio.server import ServerConnection, serve
@@ -27,7 +26,7 @@ from switchboard.shared import streamids
 from switchboard.shared.settings import GatewaySettings
 from switchboard.shared.tasks import finish
 
-from . import auth, resume
+from . import auth, resume, wsbatch
 from .history import HistoryReader
 from .hub import Connection, DeliveryHub
 from .store import GatewayStore
@@ -96,6 +95,7 @@ class Gateway:
     # -- one connection ------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
+        wsbatch.check_connection(ws)
         hello = await self._receive_hello(ws)
         if hello is None:
             return
@@ -207,27 +207,9 @@ async def _drain(ws: ServerConnection, conn: Connection) -> None:
     frames of already encoded bytes."""
     try:
         while True:
-            await send_texts(ws, await conn.outbox.take(WRITE_FRAMES, WRITE_BYTES))
+            await wsbatch.send_texts(ws, await conn.outbox.take(WRITE_FRAMES, WRITE_BYTES))
     except ConnectionClosed:
         pass
-
-
-async def send_texts(ws: ServerConnection, frames: list[bytes]) -> None:
-    """Send each of ``frames`` (UTF-8 JSON) as one text message, with one
-    write to the transport, then wait for the transport's buffer to drain (the
-    flow control of ``ws.send``).
-
-    ``send_context`` is what ``ws.send`` itself uses: it checks that the
-    connection is open on entry and raises ConnectionClosed as ``send`` does.
-    While the connection is open, ``data_to_send`` holds only frames (the
-    end-of-stream marker comes after a close, which changes the state), so
-    its chunks can be joined. This server never sends fragmented messages,
-    so nothing else can be midway through a message here.
-    """
-    async with ws.send_context():
-        for frame in frames:
-            ws.protocol.send_text(frame)
-        ws.transport.write(b"".join(ws.protocol.data_to_send()))
 
 
 async def _refuse(ws: ServerConnection, code: p.ErrorCode, message: str, close: p.CloseCode) -> None:

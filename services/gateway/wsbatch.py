@@ -1,0 +1,106 @@
+"""Many WebSocket text frames in one socket write: the only module that
+reaches into websockets' internals.
+
+``ServerConnection.send`` writes each message to the transport on its own,
+which is one system call per frame. The gateway's writer sends everything a
+connection's outbox holds (up to ``WRITE_FRAMES``, see :mod:`.server`) at
+once, so :func:`send_texts` frames them all and writes them with one
+``transport.write``.
+
+Internals used, all of websockets' asyncio implementation
+(``websockets.asyncio.connection.Connection``, the base of ``ServerConnection``):
+
+- ``Connection.send_context()`` -- the async context manager ``send`` itself
+  runs in (undocumented). On entry it checks that the connection is OPEN, and
+  if not waits for the close and raises ``ConnectionClosed``, as ``send``
+  does; on exit it writes what is left of ``data_to_send()`` (nothing, here)
+  and awaits ``drain()``, the write flow control of ``send``.
+- ``Connection.protocol`` -- the sans-I/O ``websockets.protocol.Protocol``
+  (an undocumented attribute; the class and its methods are documented):
+  ``send_text(data)`` frames one text message of already UTF-8 bytes, and
+  ``data_to_send()`` hands over the bytes framed so far, as a list.
+- ``Connection.transport`` -- the asyncio transport (undocumented), written to
+  once with all those bytes joined.
+
+Why joining is safe: while the connection is OPEN, ``data_to_send()`` holds
+only frames -- the end-of-stream marker (``b""``) comes only after a close,
+which changes the state, and nothing awaits between ``send_context``'s check
+and the write. The gateway never sends fragmented messages, so no other
+message can be midway through (``send``'s ``send_in_progress`` guard, which
+this bypasses, exists only for those).
+
+These are checked when this module is imported -- websockets within
+:data:`SUPPORTED` and the methods present -- and for each connection by
+:func:`check_connection` (``protocol`` and ``transport`` are instance
+attributes): a websockets release that changed them fails with
+:class:`IncompatibleWebsockets` at start or at the first connection, never
+with frames silently lost.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import websockets
+from websockets.asyncio.connection import Connection
+from websockets.protocol import Protocol
+
+#: websockets releases this module was tested with: ``>= 14.0, < 18.0``.
+SUPPORTED = ((14, 0), (18, 0))
+
+
+class IncompatibleWebsockets(ImportError):
+    """The installed websockets lacks what :func:`send_texts` relies on."""
+
+
+def incompatibilities(version: str, connection: object, protocol: object) -> list[str]:
+    """What makes websockets ``version`` (its ``connection`` class and
+    sans-I/O ``protocol`` class) unusable here; empty when all is well."""
+    problems: list[str] = []
+    match = re.match(r"(\d+)\.(\d+)", version)
+    low, high = SUPPORTED
+    if match is None:
+        problems.append(f"version {version!r} cannot be parsed")
+    elif not low <= (int(match[1]), int(match[2])) < high:
+        problems.append(f"version {version} is outside the tested range >={low[0]}.{low[1]},<{high[0]}.{high[1]}")
+    for owner, name in ((connection, "send_context"), (protocol, "send_text"), (protocol, "data_to_send")):
+        if not callable(getattr(owner, name, None)):
+            problems.append(f"{_name(owner)}.{name} is missing")
+    return problems
+
+
+def _name(owner: object) -> str:
+    return f"{getattr(owner, '__module__', '?')}.{getattr(owner, '__name__', owner)}"
+
+
+def _fail(problems: list[str]) -> IncompatibleWebsockets:
+    return IncompatibleWebsockets(
+        f"switchboard.gateway.wsbatch cannot batch frames with websockets {websockets.__version__}: "
+        + "; ".join(problems) + " (see the docstring of switchboard.gateway.wsbatch)")
+
+
+_problems = incompatibilities(websockets.__version__, Connection, Protocol)
+if _problems:
+    raise _fail(_problems)
+
+
+def check_connection(ws: Connection) -> None:
+    """Check the instance attributes :func:`send_texts` uses on a connection
+    (cheap: call it once per connection); :class:`IncompatibleWebsockets` if
+    one is missing."""
+    missing = [f"Connection.{name} is missing" for name in ("protocol", "transport") if not hasattr(ws, name)]
+    if missing:
+        raise _fail(missing)
+
+
+async def send_texts(ws: Connection, frames: Sequence[bytes]) -> None:
+    """Send each of ``frames`` (UTF-8 JSON) as one text message, in order,
+    with one write to the transport, then wait for the transport's buffer to
+    drain, as ``ws.send`` does; ``ConnectionClosed`` if the connection is not
+    open, as ``ws.send`` raises."""
+    async with ws.send_context():
+        protocol = ws.protocol
+        for frame in frames:
+            protocol.send_text(frame)
+        ws.transport.write(b"".join(protocol.data_to_send()))
