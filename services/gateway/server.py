@@ -175,7 +175,8 @@ class Gateway:
             case p.Send(conversation_id=conv, client_msg_id=cmid, text=text):
                 in_id, fresh = await self.store.accept(conn.user, conn.device, conv, cmid, text)
                 if not fresh:
-                    log.info("duplicate send user=%s cmid=%s -> %s", conn.user, cmid, in_id, extra=conn.log_context)
+                    log.info("duplicate send user=%s cmid=%s -> %s", conn.user, cmid, in_id,
+                             extra={**conn.log_context, "conversation": conv, "entry": in_id})
                 await conn.reply(p.Accepted(client_msg_id=cmid, id=in_id))
             case p.Ack(id=entry_id):
                 if streamids.later(entry_id, conn.last):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 
 import pytest
 import redis.asyncio as aioredis
@@ -15,6 +17,7 @@ import redis.asyncio as aioredis
 from switchboard.gateway import hub as hub_module
 from switchboard.gateway.hub import Connection, DeliveryHub
 from switchboard.shared import internal, keys
+from switchboard.shared.logs import JsonFormatter
 from switchboard.shared.protocol import CloseCode, Event
 
 FANOUT = "f-test"
@@ -125,3 +128,12 @@ async def test_a_connection_missing_trimmed_events_is_resynced(setup):
     await _until(lambda: closes == [CloseCode.RESYNC])
     assert conn.closed
     await hub.remove(conn)
+
+
+def test_log_lines_about_a_connection_name_its_user_device_and_id(caplog):
+    conn = Connection("c5", "u5", "phone", "E", "0-0", 16, close=lambda code, why: None)
+    with caplog.at_level(logging.WARNING, logger=hub_module.__name__):
+        conn.close(CloseCode.SLOW_CONSUMER, "outbox full")
+    (record,) = caplog.records
+    line = json.loads(JsonFormatter().format(record))
+    assert (line["user"], line["device"], line["conn"]) == ("u5", "phone", "c5")
