@@ -44,12 +44,14 @@ def dedup(user: str, client_msg_id: str) -> str:
 
 
 def conversation(user: str, conversation_id: str) -> str:
-    """Hash: ``done`` = id of the last inbound entry whose turn is committed."""
+    """Hash of the conversation's progress (fields: :class:`fields.ConvField`):
+    ``done`` = id of the last inbound entry whose turn is committed."""
     return f"{_user(user)}:conv:{conversation_id}"
 
 
 def lease(user: str, conversation_id: str) -> str:
-    """String: token of the worker that owns the conversation's turns right now."""
+    """String with a TTL (``LEASE_TTL``, renewed while a turn runs): token of
+    the worker that owns the conversation's turns right now."""
     return f"{_user(user)}:lease:{conversation_id}"
 
 
@@ -71,7 +73,7 @@ def thread_id(user: str, conversation_id: str) -> str:
 
 
 def work(shard: int) -> str:
-    """Stream of work notices ``(user, conversation, inbound id)`` read by the worker group."""
+    """Stream of work notices ``(user, conversation)`` -- "this conversation has work" -- read by the worker group."""
     return f"{PREFIX}:{{w:{shard}}}:work"
 
 

@@ -24,7 +24,7 @@ import msgspec
 from .fields import EventField
 from .protocol import Event
 
-class Notice(msgspec.Struct, array_like=True):
+class AppendNotice(msgspec.Struct, array_like=True):
     """What an append publishes on the user's notify channel."""
 
     prev: str  #: the stream's newest entry before this one ('0-0': none)
@@ -35,10 +35,10 @@ class Notice(msgspec.Struct, array_like=True):
         return flat_entry_to_event(self.id, self.fields)
 
 
-_notice_decoder = msgspec.msgpack.Decoder(Notice)
+_notice_decoder = msgspec.msgpack.Decoder(AppendNotice)
 
 
-def parse_notice(data: bytes) -> Notice | None:
+def parse_notice(data: bytes) -> AppendNotice | None:
     """The notice of an append, or None for anything else (a malformed or
     older-format notice still says "read this user")."""
     try:

@@ -71,9 +71,10 @@ class RedisSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RedisSettings:
+        d = cls()  # the defaults, written once: on the fields above
         return cls(
-            url=_get(env, "REDIS_URL", DEFAULT_REDIS_URL),
-            max_connections=_int(env, "REDIS_MAX_CONNECTIONS", 64, minimum=4),
+            url=_get(env, "REDIS_URL", d.url),
+            max_connections=_int(env, "REDIS_MAX_CONNECTIONS", d.max_connections, minimum=4),
         )
 
 
@@ -88,11 +89,12 @@ class StreamSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> StreamSettings:
+        d = cls()
         return cls(
-            outbound_maxlen=_int(env, "OUTBOUND_MAXLEN", 10_000, minimum=10),
-            inbound_maxlen=_int(env, "INBOUND_MAXLEN", 10_000, minimum=10),
-            dedup_ttl=_int(env, "DEDUP_TTL", 86_400, minimum=1),
-            work_shards=_int(env, "WORK_SHARDS", 1, minimum=1),
+            outbound_maxlen=_int(env, "OUTBOUND_MAXLEN", d.outbound_maxlen, minimum=10),
+            inbound_maxlen=_int(env, "INBOUND_MAXLEN", d.inbound_maxlen, minimum=10),
+            dedup_ttl=_int(env, "DEDUP_TTL", d.dedup_ttl, minimum=1),
+            work_shards=_int(env, "WORK_SHARDS", d.work_shards, minimum=1),
         )
 
 
@@ -121,16 +123,17 @@ class GatewaySettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
+        d = cls()
         return cls(
             **_common(env),
-            host=_get(env, "WEBSOCKET_HOST", "127.0.0.1"),
-            port=_int(env, "WEBSOCKET_PORT", 8765),
-            max_message_size=_int(env, "MAX_MESSAGE_SIZE", 1 << 20, minimum=1024),
-            heartbeat_interval=_float(env, "HEARTBEAT_INTERVAL", 20.0, minimum=0.1),
-            hello_timeout=_float(env, "HELLO_TIMEOUT", 10.0, minimum=0.1),
-            jwt_secret=_get(env, "JWT_SECRET", DEV_JWT_SECRET),
-            replay_window=_int(env, "REPLAY_WINDOW", 100, minimum=0),
-            outbox_size=_int(env, "OUTBOX_SIZE", 1024, minimum=16),
+            host=_get(env, "WEBSOCKET_HOST", d.host),
+            port=_int(env, "WEBSOCKET_PORT", d.port),
+            max_message_size=_int(env, "MAX_MESSAGE_SIZE", d.max_message_size, minimum=1024),
+            heartbeat_interval=_float(env, "HEARTBEAT_INTERVAL", d.heartbeat_interval, minimum=0.1),
+            hello_timeout=_float(env, "HELLO_TIMEOUT", d.hello_timeout, minimum=0.1),
+            jwt_secret=_get(env, "JWT_SECRET", d.jwt_secret),
+            replay_window=_int(env, "REPLAY_WINDOW", d.replay_window, minimum=0),
+            outbox_size=_int(env, "OUTBOX_SIZE", d.outbox_size, minimum=16),
         )
 
 
@@ -156,22 +159,23 @@ class WorkerSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
+        d = cls()
         ttl = _float(env, "CHECKPOINT_TTL", 0.0)
         return cls(
             **_common(env),
-            graph=_get(env, "GRAPH", "switchboard.worker.graph:graph"),
+            graph=_get(env, "GRAPH", d.graph),
             checkpoint_ttl=ttl or None,
-            checkpoint_cache=_int(env, "CHECKPOINT_CACHE", 256, minimum=0),
-            checkpoint_keep=_int(env, "CHECKPOINT_KEEP", 20, minimum=0),
-            concurrency=_int(env, "WORKER_CONCURRENCY", 64, minimum=1),
-            turn_timeout=_float(env, "TURN_TIMEOUT", 60.0, minimum=0.1),
-            lease_ttl=_float(env, "LEASE_TTL", 15.0, minimum=0.5),
-            claim_idle=_float(env, "CLAIM_IDLE", 15.0, minimum=0.5),
-            max_attempts=_int(env, "MAX_ATTEMPTS", 3, minimum=1),
-            dead_letter_maxlen=_int(env, "DEAD_LETTER_MAXLEN", 10_000, minimum=10),
-            shutdown_grace=_float(env, "SHUTDOWN_GRACE", 25.0, minimum=0.0),
-            stream_deltas=_bool(env, "STREAM_DELTAS", True),
-            delta_interval=_float(env, "DELTA_INTERVAL", 0.05, minimum=0.0),
+            checkpoint_cache=_int(env, "CHECKPOINT_CACHE", d.checkpoint_cache, minimum=0),
+            checkpoint_keep=_int(env, "CHECKPOINT_KEEP", d.checkpoint_keep, minimum=0),
+            concurrency=_int(env, "WORKER_CONCURRENCY", d.concurrency, minimum=1),
+            turn_timeout=_float(env, "TURN_TIMEOUT", d.turn_timeout, minimum=0.1),
+            lease_ttl=_float(env, "LEASE_TTL", d.lease_ttl, minimum=0.5),
+            claim_idle=_float(env, "CLAIM_IDLE", d.claim_idle, minimum=0.5),
+            max_attempts=_int(env, "MAX_ATTEMPTS", d.max_attempts, minimum=1),
+            dead_letter_maxlen=_int(env, "DEAD_LETTER_MAXLEN", d.dead_letter_maxlen, minimum=10),
+            shutdown_grace=_float(env, "SHUTDOWN_GRACE", d.shutdown_grace, minimum=0.0),
+            stream_deltas=_bool(env, "STREAM_DELTAS", d.stream_deltas),
+            delta_interval=_float(env, "DELTA_INTERVAL", d.delta_interval, minimum=0.0),
         )
 
 
@@ -186,9 +190,10 @@ class FanoutSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> FanoutSettings:
+        d = cls()
         return cls(
             **_common(env),
-            batch=_int(env, "FANOUT_BATCH", 500, minimum=1),
-            sweep_interval=_float(env, "FANOUT_SWEEP", 2.0, minimum=0.05),
-            alive_ttl=_float(env, "FANOUT_ALIVE_TTL", 3.0, minimum=0.5),
+            batch=_int(env, "FANOUT_BATCH", d.batch, minimum=1),
+            sweep_interval=_float(env, "FANOUT_SWEEP", d.sweep_interval, minimum=0.05),
+            alive_ttl=_float(env, "FANOUT_ALIVE_TTL", d.alive_ttl, minimum=0.5),
         )

@@ -1,6 +1,6 @@
 """The worker loop: read work notices, run conversations, acknowledge.
 
-Work notices ``(user, conversation, inbound id)`` arrive on the work stream(s)
+Work notices ``(user, conversation)`` -- "this conversation has work" -- arrive on the work stream(s)
 through the consumer group ``workers``. The loop is arq-shaped:
 
 1. *poll*: ``XREADGROUP`` at most as many notices as there are free slots
@@ -43,13 +43,15 @@ from .turns import Turns
 
 log = logging.getLogger(__name__)
 
-Notice = tuple[str, str]  # (work stream, entry id): ids are unique per stream only
+#: One work notice as the worker tracks it: (work stream, notice id); ids
+#: are unique per stream only. (Not the outbound stream's pub/sub notice.)
+WorkItem = tuple[str, str]
 
 #: Notices acknowledged per round trip at most.
 ACK_BATCH = 1000
 
 
-def _by_stream(notices: list[Notice]) -> dict[str, list[str]]:
+def _by_stream(notices: list[WorkItem]) -> dict[str, list[str]]:
     """Notice ids grouped by their work stream (one command per stream)."""
     grouped: dict[str, list[str]] = {}
     for stream, notice_id in notices:
@@ -61,7 +63,7 @@ def _by_stream(notices: list[Notice]) -> dict[str, list[str]]:
 class ConversationTask:
     user: str
     conversation: str
-    notices: list[Notice] = field(default_factory=list)
+    notices: list[WorkItem] = field(default_factory=list)
     task: asyncio.Task | None = None
 
 
@@ -77,7 +79,7 @@ class Worker:
         self.slot_freed = asyncio.Event()
         self.turns: Turns | None = None
         self.ready = asyncio.Event()
-        self._acks: list[Notice] = []  # bounded by what the running conversations covered
+        self._acks: list[WorkItem] = []  # bounded by what the running conversations covered
         self._ack_wanted = asyncio.Event()
 
     async def serve(self, *, stop: asyncio.Event | None = None) -> None:
@@ -181,7 +183,7 @@ class Worker:
             # before this loop sends its next blocking read.
             await asyncio.sleep(0)
 
-    def _start(self, notice: Notice, fields: dict[str, str] | None) -> None:
+    def _start(self, notice: WorkItem, fields: dict[str, str] | None) -> None:
         if not fields or WorkField.USER not in fields or WorkField.CONV not in fields:
             # A deleted or malformed notice: nothing to run; acknowledge it.
             self._queue_ack([notice])
@@ -243,7 +245,7 @@ class Worker:
                 with contextlib.suppress(RedisError, OSError):
                     await self.redis.xclaim(stream, keys.WORKER_GROUP, self.consumer, 0, ids, justid=True)
 
-    async def _ack(self, notices: list[Notice]) -> None:
+    async def _ack(self, notices: list[WorkItem]) -> None:
         by_stream = _by_stream(notices)
         for attempt in range(5):
             try:
@@ -258,7 +260,7 @@ class Worker:
                 await asyncio.sleep(0.2 * (attempt + 1))
         # Left pending: a claimer re-runs the drain, which finds nothing to do.
 
-    def _queue_ack(self, notices: list[Notice]) -> None:
+    def _queue_ack(self, notices: list[WorkItem]) -> None:
         self._acks.extend(notices)
         self._ack_wanted.set()
 

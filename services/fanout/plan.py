@@ -46,7 +46,7 @@ def read_from(attachments: Iterable[Attachment]) -> str:
     return min((a.cursor for a in attachments), key=streamids.parse, default=streamids.ZERO)
 
 
-def continuing(notices: Sequence[outbound.Notice], start: str) -> list[Event] | None:
+def continuing(notices: Sequence[outbound.AppendNotice], start: str) -> list[Event] | None:
     """The events of ``notices`` (in publish order) after ``start``, if they
     follow ``start`` without a hole -- the first names ``start`` as the entry
     before it, each next one the previous -- so they can be delivered without

@@ -69,7 +69,7 @@ class Registry:
         self._users: dict[str, dict[str, Attachment]] = {}
         self._dirty: set[str] = set()
         self._must_read: set[str] = set()  #: dirty users whose stream must be read
-        self._notices: dict[str, list[outbound.Notice]] = {}  #: per user, since its last delivery
+        self._notices: dict[str, list[outbound.AppendNotice]] = {}  #: per user, since its last delivery
 
     def __contains__(self, user: str) -> bool:
         return user in self._users
@@ -113,7 +113,7 @@ class Registry:
         self._forget(user)
         return True
 
-    def on_notice(self, user: str, notice: outbound.Notice | None) -> bool:
+    def on_notice(self, user: str, notice: outbound.AppendNotice | None) -> bool:
         """An append notice for ``user`` (None: one that could not be parsed,
         which still says "read this user"); True when the user is attached
         here, so that the pump has work."""

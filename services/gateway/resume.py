@@ -40,10 +40,6 @@ def parse_offset(raw: str | None) -> tuple[str, str] | None:
     return epoch, entry
 
 
-def format_offset(epoch: str, entry_id: str) -> str:
-    return f"{epoch}|{entry_id}"
-
-
 def resolve(state: StreamState, *, last_id: str | None, epoch: str | None,
             stored: tuple[str, str] | None) -> Resume:
     """Decide ``resume_from`` and ``recovered`` for a ``hello``."""

@@ -57,10 +57,10 @@ def test_one_message_per_gateway_carries_the_longest_suffix_once():
 
 def test_notices_are_delivered_as_they_are_only_when_they_continue_the_cursor():
     from switchboard.fanout.plan import continuing
-    from switchboard.shared.outbound import Notice
+    from switchboard.shared.outbound import AppendNotice
 
-    def notice(prev: str, id_: str) -> Notice:
-        return Notice(prev, id_, ["kind", "assistant", "conv", "c", "text", f"t{id_}", "cmid", "m", "dev", "",
+    def notice(prev: str, id_: str) -> AppendNotice:
+        return AppendNotice(prev, id_, ["kind", "assistant", "conv", "c", "text", f"t{id_}", "cmid", "m", "dev", "",
                                   "ts", "1", "in", "1-0"])
 
     chain = [notice("0-0", "1-0"), notice("1-0", "2-0"), notice("2-0", "3-0")]

@@ -4,7 +4,7 @@ bound, rounds, cutting what a round brought, and dropping gateways."""
 from __future__ import annotations
 
 from switchboard.fanout.registry import GatewayWatch, Read, Registry
-from switchboard.shared.outbound import Notice
+from switchboard.shared.outbound import AppendNotice
 from switchboard.shared.protocol import Event
 
 
@@ -12,8 +12,8 @@ def ev(i: int) -> Event:
     return Event(id=f"{i}-0", conversation_id="c", kind="user", text=str(i))
 
 
-def notice(prev: int, id_: int) -> Notice:
-    return Notice(f"{prev}-0", f"{id_}-0", ["kind", "user", "conv", "c", "text", str(id_)])
+def notice(prev: int, id_: int) -> AppendNotice:
+    return AppendNotice(f"{prev}-0", f"{id_}-0", ["kind", "user", "conv", "c", "text", str(id_)])
 
 
 def settled(registry: Registry) -> Registry:
