@@ -3,14 +3,23 @@ and what Redis holds. Pure functions, tested on their own (test_checker.py)."""
 
 from __future__ import annotations
 
+import bisect
+import math
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from switchboard.shared import streamids
 
 REPLY_KINDS = ("assistant", "turn_error")
+
+#: Default bound, in ms, on the time from an event's commit (its ``ts``) to its
+#: arrival at a device that stayed connected meanwhile (:func:`check_delays`).
+#: It must stay below the fanout's FANOUT_SWEEP in the run, or a live path
+#: that stalls and is healed only by the sweep would pass unseen.
+DELAY_BOUND_MS = 5_000
 
 
 @dataclass
@@ -24,6 +33,10 @@ class Segment:
     acked_before: list[str] = field(default_factory=list)  #: ids this device acked before connecting
     confirmed_ack: str | None = None  #: newest ack known to be stored (a later pong came back)
     events: list[dict[str, Any]] = field(default_factory=list)
+    hello_at: int = 0  #: wall-clock ms when the hello was sent (0: not recorded)
+    welcome_at: int = 0  #: wall-clock ms when the welcome arrived (0: not recorded)
+    closed_at: int | None = None  #: wall-clock ms from which the connection was gone (None: open to the end)
+    arrived: list[int] = field(default_factory=list)  #: wall-clock ms of each event's arrival
 
 
 @dataclass
@@ -40,7 +53,7 @@ class Report:
 
     def add(self, kind: str, example: str) -> None:
         self.violations[kind] += 1
-        if len(self.examples) < 50:
+        if self.violations[kind] <= 10 and len(self.examples) < 100:  # every kind gets its examples
             self.examples.append(f"{kind}: {example}")
 
     @property
@@ -57,12 +70,16 @@ def _same(event: dict[str, Any], fields: dict[str, str]) -> bool:
 def check_replies(stream: list[tuple[str, dict[str, str]]], accepted: dict[str, str], user: str,
                   report: Report) -> None:
     """Every accepted message (cmid -> inbound id) has exactly one user event
-    and exactly one assistant/turn_error event."""
+    and exactly one assistant/turn_error event -- and that one is an
+    ``assistant``: the chaos graph never fails, so a ``turn_error`` (a message
+    given up on: its attempts used up, or a timeout) is a violation too."""
     replies: Counter = Counter()
     users: Counter = Counter()
-    for _, fields in stream:
+    for entry_id, fields in stream:
         if fields.get("kind") in REPLY_KINDS:
             replies[fields.get("cmid")] += 1
+            if fields.get("kind") == "turn_error":
+                report.add("turn_error", f"{user} {fields.get('cmid')}: {entry_id} {fields.get('text')!r}")
         elif fields.get("kind") == "user":
             users[fields.get("cmid")] += 1
     for cmid in accepted:
@@ -72,12 +89,22 @@ def check_replies(stream: list[tuple[str, dict[str, str]]], accepted: dict[str, 
             report.add("user_event_count", f"{user} {cmid}: {users[cmid]} user events")
 
 
-def check_deltas(stream: list[tuple[str, dict[str, str]]], user: str, report: Report) -> None:
+def check_deltas(stream: list[tuple[str, dict[str, str]]], user: str, report: Report,
+                 streamed: set[str] | None = None) -> None:
     """Streamed replies, in the stream's order: no delta of a message after
     its final event; each attempt's deltas numbered 0, 1, 2 ... (``seq`` 0
-    starts an attempt); and every attempt's text a prefix of the final reply
-    (the test graph answers the same on every attempt), so no stale attempt's
-    words were interleaved with the current one's."""
+    starts an attempt); the last attempt's text, rebuilt by the protocol's
+    rule (``seq`` 0 shows its text alone, every later ``seq`` appends its
+    text as it is), EQUAL to the final ``assistant`` text -- the writer puts
+    the newline between two model runs into the piece that starts the
+    second, as the final reply joins its AI messages with one -- and every
+    earlier attempt's text a prefix of it (the test graph answers the same
+    on every attempt), so no stale attempt's words were interleaved with the
+    current one's.
+
+    ``streamed`` (if known) holds the messages whose replies are meant to be
+    streamed: each of those needs deltas, and no other message may have any.
+    Without it, a reply without deltas passes."""
     finished: set[str] = set()
     last_seq: dict[str, int] = {}
     attempt_text: dict[str, list[str]] = defaultdict(list)  # cmid -> texts of every attempt
@@ -86,11 +113,9 @@ def check_deltas(stream: list[tuple[str, dict[str, str]]], user: str, report: Re
         kind = fields.get("kind")
         if kind in REPLY_KINDS:
             finished.add(cmid)
+            texts = attempt_text.pop(cmid, [])
             if kind == "assistant":
-                for text in attempt_text.pop(cmid, []):
-                    if not fields.get("text", "").startswith(text):
-                        report.add("delta_text", f"{user} {cmid}: streamed {text!r}, the reply is "
-                                                 f"{fields.get('text')!r}")
+                _check_reply_deltas(user, cmid, texts, fields.get("text", ""), streamed, report)
             continue
         if kind != "delta":
             continue
@@ -104,6 +129,51 @@ def check_deltas(stream: list[tuple[str, dict[str, str]]], user: str, report: Re
             attempt_text[cmid].append("")
         last_seq[cmid] = seq
         attempt_text[cmid][-1] += fields.get("text", "")
+
+
+def _check_reply_deltas(user: str, cmid: str, texts: list[str], final: str, streamed: set[str] | None,
+                        report: Report) -> None:
+    if not texts:
+        if streamed is not None and cmid in streamed:
+            report.add("delta_missing", f"{user} {cmid}: a streamed reply came without deltas: {final!r}")
+        return
+    if streamed is not None and cmid not in streamed:
+        report.add("delta_unexpected", f"{user} {cmid}: {len(texts)} attempt(s) streamed a reply not meant "
+                                       f"to be streamed")
+    for text in texts[:-1]:
+        if not final.startswith(text):
+            report.add("delta_text", f"{user} {cmid}: an earlier attempt streamed {text!r}, the reply is {final!r}")
+    if texts[-1] != final:
+        report.add("delta_text", f"{user} {cmid}: the last attempt's deltas rebuild {texts[-1]!r}, "
+                                 f"the reply is {final!r}")
+
+
+def check_inbound_ids(stream: list[tuple[str, dict[str, str]]], accepted: dict[str, str], user: str,
+                      report: Report) -> None:
+    """Every event of a message (``user``, ``assistant``, ``delta``,
+    ``turn_error``) names in its ``in`` field the inbound id the gateway
+    gave that client_msg_id in the devices' ``accepted`` frames
+    (``accepted``: cmid -> id). Wire events do not carry ``in``; it is read
+    from the outbound stream's fields."""
+    for entry_id, fields in stream:
+        cmid = fields.get("cmid")
+        if not cmid:
+            continue
+        expected = accepted.get(cmid)
+        if expected is None:
+            report.add("inbound_id", f"{user} {entry_id}: {fields.get('kind')} of {cmid}, which no device had "
+                                     f"accepted")
+        elif fields.get("in") != expected:
+            report.add("inbound_id", f"{user} {entry_id}: {fields.get('kind')} of {cmid} has in="
+                                     f"{fields.get('in')!r}, the message was accepted as {expected}")
+
+
+def check_dead_letters(entries: list[tuple[str, dict[str, str]]], report: Report) -> None:
+    """The chaos graph never fails and no worker dies MAX_ATTEMPTS times on
+    one message, so the dead-letter stream must be empty."""
+    for entry_id, fields in entries:
+        report.add("dead_letter", f"{entry_id}: {fields.get('user')} {fields.get('conv')} {fields.get('entry')} "
+                                  f"after {fields.get('attempts')} attempts: {fields.get('reason')}")
 
 
 _REPLY_NUMBER = re.compile(r"^reply (\d+) to: ")
@@ -140,15 +210,24 @@ def check_history(conversation: str, human_ids: list[str], replies: list[tuple[s
 
 
 def check_device(log: DeviceLog, stream: list[tuple[str, dict[str, str]]], report: Report,
-                 *, must_reach_end: bool = True) -> None:
+                 *, must_reach_end: bool = True, replay_window: int | None = None,
+                 trimmed: str = streamids.ZERO) -> None:
     """Each connection received exactly the stream after its resume point, in
-    order, with nothing foreign; resumes were honoured; the last caught up."""
+    order, with nothing foreign; resumes were honoured; the last caught up.
+
+    With ``replay_window`` (the gateways' REPLAY_WINDOW) a new device's
+    ``resume_from`` is not taken on trust: it must be what the stream says
+    (see :func:`_check_new_resume`); ``trimmed`` is the stream's newest
+    trimmed id at the end (its meta's ``trimmed``)."""
     ids = [entry_id for entry_id, _ in stream]
+    id_ms = [streamids.parse(entry_id)[0] for entry_id in ids]
     by_id = dict(stream)
     position = {entry_id: i for i, entry_id in enumerate(ids)}
     who = f"{log.user}/{log.device}"
     for n, seg in enumerate(log.segments):
         _check_resume(seg, who, n, report)
+        if seg.mode == "new" and replay_window is not None:
+            _check_new_resume(seg, ids, id_ms, replay_window, trimmed, who, n, report)
         start = _index_after(ids, seg.resume_from)
         received = [e["id"] for e in seg.events]
         for event in seg.events:
@@ -191,6 +270,36 @@ def _check_resume(seg: Segment, who: str, n: int, report: Report) -> None:
                                  f"{seg.acked_before[-3:]}, confirmed {seg.confirmed_ack}")
 
 
+def _check_new_resume(seg: Segment, ids: list[str], id_ms: list[int], window: int, trimmed: str, who: str,
+                      n: int, report: Report) -> None:
+    """A new device (no ``last_id``, no stored offset) must be replayed the
+    ``window`` newest events of the stream as it was at its hello, or all of
+    them if there were fewer: ``resume_from`` is the entry just before them
+    (``0-0`` when the stream holds everything it ever had, and only then is
+    ``recovered`` true). Computed from the final stream: the gateway read the
+    stream between the hello and the welcome, so it held every entry whose id
+    (its append time) is before ``hello_at`` and none after ``welcome_at``;
+    any length in between is accepted."""
+    if not seg.hello_at or not seg.welcome_at:
+        return
+    lo = bisect.bisect_left(id_ms, seg.hello_at)
+    hi = bisect.bisect_right(id_ms, seg.welcome_at)
+    expected: set[str] = set()
+    for length in range(lo, hi + 1):
+        if length > window:
+            expected.add(ids[length - window - 1])
+        elif trimmed == streamids.ZERO:
+            expected.add(streamids.ZERO)
+        else:
+            return  # the window reached into entries trimmed since: nothing to compare with
+    if seg.resume_from not in expected:
+        report.add("resume", f"{who} segment {n}: a new device resumed from {seg.resume_from}; the stream "
+                             f"had {lo}..{hi} entries then, so it should have been one of {sorted(expected)[:3]}")
+    if seg.recovered != (seg.resume_from == streamids.ZERO):
+        report.add("resume", f"{who} segment {n}: a new device resumed from {seg.resume_from} with "
+                             f"recovered={seg.recovered}")
+
+
 def _index_after(ids: list[str], resume_from: str) -> int:
     """Index of the first id greater than ``resume_from``."""
     key = streamids.parse(resume_from)
@@ -198,6 +307,56 @@ def _index_after(ids: list[str], resume_from: str) -> int:
         if streamids.parse(entry_id) > key:
             return i
     return len(ids)
+
+
+def commit_ms(entry_id: str, fields: dict[str, str]) -> int:
+    """When an event was committed: its ``ts`` (ms, written by its writer
+    just before the append), else its id's time."""
+    ts = fields.get("ts")
+    return int(ts) if ts and ts.isdigit() and int(ts) > 0 else streamids.parse(entry_id)[0]
+
+
+def _after_outages(start: int, outages: list[tuple[int, int]], bound_ms: int) -> int:
+    """Where the bound starts counting for an event committed at ``start``:
+    past the end of every outage that begins before the bound runs out."""
+    for begin, end in outages:  # sorted by begin
+        if begin <= start + bound_ms and end > start:
+            start = end
+    return start
+
+
+def check_delays(log: DeviceLog, stream: list[tuple[str, dict[str, str]]], report: Report, *,
+                 bound_ms: int = DELAY_BOUND_MS, outages: Iterable[tuple[int, int]] = ()) -> list[int]:
+    """Live delivery is prompt: an event committed while a connection was
+    open (after its welcome) arrives on it within ``bound_ms`` of its commit
+    (:func:`commit_ms`), unless the connection was gone before the bound ran
+    out. ``outages`` are (begin, end) ms spans in which the run stopped
+    delivery on purpose for this user (Redis paused or restarting, its
+    fanout killed and not yet known dead): the bound counts from their end.
+    Return the delays (ms) measured, for the summary."""
+    spans = sorted(outages)
+    commits = [(entry_id, commit_ms(entry_id, fields)) for entry_id, fields in stream]
+    delays: list[int] = []
+    who = f"{log.user}/{log.device}"
+    for n, seg in enumerate(log.segments):
+        if not seg.welcome_at:
+            continue
+        closed = math.inf if seg.closed_at is None else seg.closed_at
+        arrived = {event["id"]: at for event, at in zip(seg.events, seg.arrived)}
+        for entry_id, commit in commits:
+            if commit < seg.welcome_at or commit > closed:
+                continue
+            at = arrived.get(entry_id)
+            if at is not None:
+                delays.append(at - commit)
+            deadline = _after_outages(commit, spans, bound_ms) + bound_ms
+            if (at is not None and at <= deadline) or closed < deadline:
+                continue
+            late = f"arrived {at - commit} ms after its commit" if at is not None else "never arrived"
+            report.add("delay", f"{who} segment {n}: {entry_id} {late} (bound {bound_ms} ms counted from "
+                                f"{deadline - bound_ms - commit} ms after the commit; connection open "
+                                f"from {seg.welcome_at - commit} to {closed - commit} ms)")
+    return delays
 
 
 def check_accept_ids(accept_ids: dict[tuple[str, str], set[str]], report: Report) -> None:

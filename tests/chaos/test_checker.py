@@ -2,9 +2,8 @@
 proves nothing), and pass a clean run."""
 
 from tests.chaos.checker import (
-    DeviceLog, Report, Segment, check_accept_ids, check_deltas, check_device, check_history, check_memory,
-    check_replies,
-    group_accepts,
+    DeviceLog, Report, Segment, check_accept_ids, check_dead_letters, check_deltas, check_delays, check_device,
+    check_history, check_inbound_ids, check_memory, check_replies, group_accepts,
 )
 
 
@@ -58,6 +57,40 @@ def test_missing_and_double_replies_are_caught():
     check_replies(STREAM + [entry(5, "assistant", "b")], {"a": "x", "b": "y", "c": "z"}, "u", report)
     assert report.violations["reply_count"] == 2  # b twice, c never
     assert report.violations["user_event_count"] == 1  # c has no user event
+
+
+def test_a_turn_error_is_not_a_valid_reply_and_a_dead_letter_fails_the_run():
+    good = Report()
+    check_replies(STREAM, {"a": "1-0", "b": "3-0"}, "u", good)
+    check_dead_letters([], good)
+    assert good.ok, good.examples
+    errored = STREAM[:3] + [entry(4, "turn_error", "b", "the assistant failed on this message")]
+    report = Report()
+    check_replies(errored, {"a": "1-0", "b": "3-0"}, "u", report)
+    assert report.violations == {"turn_error": 1}
+    report = Report()
+    check_dead_letters([("9-0", {"user": "u", "conv": "c", "entry": "3-0", "attempts": "20", "reason": "x"})],
+                       report)
+    assert report.violations == {"dead_letter": 1}
+
+
+def with_in(stream: list, ids: dict[str, str]) -> list:
+    return [(entry_id, dict(fields, **{"in": ids[fields["cmid"]]})) for entry_id, fields in stream]
+
+
+def test_every_event_of_a_message_names_the_inbound_id_it_was_accepted_as():
+    accepted = {"a": "1-0", "b": "3-0"}
+    stream = with_in(STREAM + [delta(5, 0, "t4", cmid="b")], accepted)
+    report = Report()
+    check_inbound_ids(stream, accepted, "u", report)
+    assert report.ok, report.examples
+    wrong = with_in(STREAM, {"a": "1-0", "b": "1-0"})  # b's events name a's inbound entry
+    report = Report()
+    check_inbound_ids(wrong, accepted, "u", report)
+    assert report.violations == {"inbound_id": 2}
+    report = Report()
+    check_inbound_ids(stream, {"a": "1-0"}, "u", report)  # b was never accepted on any device
+    assert report.violations == {"inbound_id": 3}
 
 
 def test_changed_accept_ids_and_memory_growth_are_caught():
@@ -116,3 +149,103 @@ def test_delta_checks_pass_streams_and_retries_and_catch_each_fault():
     assert violations([delta(2, 1, "reply"), final]).violations["delta_seq"] == 1  # no start
     interleaved = [delta(2, 0, "reply"), delta(3, 1, " 2 to"), final]  # a stale attempt's words
     assert violations(interleaved).violations["delta_text"] == 1
+
+
+def test_the_last_attempts_deltas_must_rebuild_the_whole_reply():
+    final = entry(9, "assistant", "a", "reply 1 to: hi")
+
+    def found(stream: list, streamed: set[str] | None = None) -> Report:
+        report = Report()
+        check_deltas(stream, "u", report, streamed)
+        return report
+
+    whole = [delta(2, 0, "reply"), delta(3, 1, " 1 to:"), delta(4, 2, " hi"), final]
+    assert found(whole, {"a"}).ok
+    # A prefix is not enough: the tail " hi" never arrived as a delta.
+    assert found(whole[:2] + [final], {"a"}).violations == {"delta_text": 1}
+    # An earlier complete attempt does not make up for a short last one.
+    assert found(whole[:3] + [delta(5, 0, "reply 1"), final], {"a"}).violations == {"delta_text": 1}
+    # Text after the reply's end, or a piece joined with a space the model never sent.
+    assert found(whole[:2] + [delta(4, 2, " hi!"), final]).violations == {"delta_text": 1}
+    assert found([delta(2, 0, "reply 1 to:"), delta(3, 1, "hi"), final]).violations == {"delta_text": 1}
+    # Two model runs: the writer starts the second one's first piece with the
+    # newline that joins the reply's two AI messages; the pieces are appended as they are.
+    two = entry(9, "assistant", "a", "first part\nsecond part")
+    assert found([delta(2, 0, "first"), delta(3, 1, " part"), delta(4, 2, "\nsecond part"), two], {"a"}).ok
+    assert found([delta(2, 0, "first part"), delta(3, 1, "second part"), two]).violations == {"delta_text": 1}
+    # A reply without deltas is fine only for a message not meant to be streamed.
+    assert found([final], set()).ok and found([final]).ok
+    assert found([final], {"a"}).violations == {"delta_missing": 1}
+    assert found(whole, set()).violations == {"delta_unexpected": 1}
+
+
+def segment(mode: str, resume_from: str, recovered: bool, events: list, *, hello_at: int, welcome_at: int,
+            closed_at: int | None = None, arrived: list[int] | None = None, asked: str | None = None) -> Segment:
+    return Segment(mode, asked, resume_from, recovered, events=events, hello_at=hello_at, welcome_at=welcome_at,
+                   closed_at=closed_at, arrived=arrived or [])
+
+
+def test_a_new_devices_resume_point_is_computed_from_the_stream_not_taken_from_the_welcome():
+    # The stream holds entries appended at 1 ... 4 ms; the window is 2 events.
+    def new_device(seg: Segment) -> Report:
+        report = Report()
+        check_device(DeviceLog("u", "d", [seg]), STREAM, report, replay_window=2)
+        return report
+
+    # Hello after all four appends: the window is entries 3 and 4, so it resumes from 2-0.
+    assert new_device(segment("new", "2-0", False, [event(3), event(4)], hello_at=10, welcome_at=11)).ok
+    # A server that skipped entry 3 (and says so consistently) is caught.
+    skipped = segment("new", "3-0", False, [event(4)], hello_at=10, welcome_at=11)
+    assert new_device(skipped).violations == {"resume": 1}
+    # So is one that replayed everything (and called it complete), or a short window called complete.
+    assert new_device(segment("new", "0-0", True, [event(i) for i in (1, 2, 3, 4)], hello_at=10,
+                              welcome_at=11)).violations == {"resume": 1}
+    assert new_device(segment("new", "2-0", True, [event(3), event(4)], hello_at=10,
+                              welcome_at=11)).violations == {"resume": 1}
+    # Hello after two appends: everything was in the window, complete.
+    early = segment("new", "0-0", True, [event(i) for i in (1, 2, 3, 4)], hello_at=3, welcome_at=3)
+    assert new_device(early).ok
+    assert new_device(segment("new", "0-0", False, early.events, hello_at=3, welcome_at=3)).violations == {
+        "resume": 1}
+    # Appends between the hello and the welcome: either length is right.
+    assert new_device(segment("new", "0-0", True, early.events, hello_at=2, welcome_at=3)).ok
+    assert new_device(segment("new", "1-0", False, early.events[1:], hello_at=2, welcome_at=3)).ok
+    # Trimmed since: a window that reaches into trimmed entries cannot be judged, a later one can.
+    report = Report()
+    check_device(DeviceLog("u", "d", [segment("new", "0-0", True, early.events, hello_at=1, welcome_at=1)]),
+                 STREAM, report, replay_window=2, trimmed="0-5")
+    assert report.ok
+    report = Report()
+    check_device(DeviceLog("u", "d", [skipped]), STREAM, report, replay_window=2, trimmed="0-5")
+    assert report.violations == {"resume": 1}
+
+
+def timed(i: int, ts: int) -> tuple[str, dict]:
+    entry_id, fields = entry(i)
+    return entry_id, dict(fields, ts=str(ts))
+
+
+def test_live_delivery_must_arrive_within_the_bound_while_connected():
+    stream = [timed(1, 1_000), timed(2, 2_000), timed(3, 3_000)]
+    events = [{"id": f"{i}-0"} for i in (1, 2, 3)]
+
+    def delays(arrived: list[int], *, welcome_at: int = 500, closed_at: int | None = 20_000,
+               outages: list | None = None) -> Report:
+        seg = segment("last_id", "0-0", True, events[:len(arrived)], hello_at=welcome_at, welcome_at=welcome_at,
+                      closed_at=closed_at, arrived=arrived, asked="0-0")
+        report = Report()
+        check_delays(DeviceLog("u", "d", [seg]), stream, report, bound_ms=1_000, outages=outages or [])
+        return report
+
+    assert delays([1_100, 2_050, 3_900]).ok
+    # Event 3 took 1.5 s (a stalled live path healed by a sweep, say).
+    assert delays([1_100, 2_050, 4_500]).violations == {"delay": 1}
+    # Event 3 never came although the connection stayed open.
+    assert delays([1_100, 2_050]).violations == {"delay": 1}
+    # ... but no claim for a connection gone before the bound ran out, or for the replay.
+    assert delays([1_100, 2_050], closed_at=3_500).ok
+    assert delays([2_600, 2_650, 3_100], welcome_at=2_500).ok
+    # An outage the run made pushes the bound's start to its end.
+    assert delays([1_100, 2_050, 5_500], outages=[(3_200, 4_800)]).ok
+    assert delays([1_100, 2_050, 6_500], outages=[(3_200, 4_800)]).violations == {"delay": 1}
+    assert delays([1_100, 2_050, 4_500], outages=[(5_000, 6_000)]).violations == {"delay": 1}
