@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -19,6 +20,11 @@ from .checker import DeviceLog, Segment
 RESEND_AFTER = 3.0  #: seconds without `accepted` before a send is resent
 
 
+def now_ms() -> int:
+    """Wall-clock milliseconds, the clock of the events' ``ts`` (same machine)."""
+    return int(time.time() * 1000)
+
+
 class Stats:
     def __init__(self) -> None:
         self.counts: Counter = Counter()
@@ -27,9 +33,13 @@ class Stats:
 class ChaosDevice:
     def __init__(self, user: "ChaosUser", device_id: str, rng: random.Random):
         self.user = user
+        self.base_id = device_id
         self.id = device_id
         self.rng = rng
         self.log = DeviceLog(user.name, device_id)
+        self.past_logs: list[DeviceLog] = []  #: logs of earlier installs (see :meth:`reinstall`)
+        self.installs = 0
+        self._reinstall = False
         self.ws: ClientConnection | None = None
         self.connected = asyncio.Event()
         self.epoch: str | None = None
@@ -37,6 +47,7 @@ class ChaosDevice:
         self.acked: list[str] = []
         self.confirmed_ack: str | None = None
         self._pending_ack: str | None = None
+        self.segment: Segment | None = None  #: the connection now open, once welcomed
         self.stopping = False
 
     # -- connection loop -----------------------------------------------------------
@@ -56,6 +67,24 @@ class ChaosDevice:
             await asyncio.sleep(backoff * self.rng.uniform(0.5, 1.5))
             backoff = min(backoff * 2, 1.0)
 
+    def reinstall(self) -> None:
+        """The app is reinstalled: from the next connection on the device has
+        a new id and remembers nothing, so it connects as a new device."""
+        self._reinstall = True
+        self.drop()
+
+    def _start_over(self) -> None:
+        self._reinstall = False
+        self.installs += 1
+        self.past_logs.append(self.log)
+        self.id = f"{self.base_id}-r{self.installs}"
+        self.log = DeviceLog(self.user.name, self.id)
+        self.epoch = None
+        self.received = []
+        self.acked = []
+        self.confirmed_ack = None
+        self._pending_ack = None
+
     def _resume_choice(self) -> tuple[str, str | None]:
         if not self.received:
             return "new", None
@@ -67,42 +96,56 @@ class ChaosDevice:
         return "last_id", self.received[-1]
 
     async def _session(self) -> None:
+        if self._reinstall:
+            self._start_over()
         mode, last_id = self._resume_choice()
         url = self.rng.choice(self.user.urls())
-        async with connect(url, open_timeout=5, close_timeout=1, max_size=None) as ws:
-            hello = {"type": "hello", "token": self.user.token, "device_id": self.id,
-                     "last_id": last_id, "epoch": self.epoch if last_id else None}
-            await ws.send(json.dumps(hello))
-            first = json.loads(await asyncio.wait_for(ws.recv(), 10))
-            if first["type"] != "welcome":
-                raise ValueError(f"no welcome: {first}")
-            self.epoch = first["epoch"]
-            segment = Segment(mode, last_id, first["resume_from"], first["recovered"], list(self.acked),
-                              self.confirmed_ack)
-            self.log.segments.append(segment)
-            self.user.stats.counts[f"resume:{mode}"] += 1
-            self.ws = ws
-            self.connected.set()
-            since_ack = 0
-            async for data in ws:
-                frame = json.loads(data)
-                kind = frame["type"]
-                if kind == "event":
-                    segment.events.append(frame)
-                    self.received.append(frame["id"])
-                    since_ack += 1
-                    if since_ack >= 8:
-                        since_ack = 0
-                        await self._ack(ws, frame["id"])
-                elif kind == "accepted":
-                    self.user.on_accepted(frame["client_msg_id"], frame["id"])
-                elif kind == "pong":
-                    if self._pending_ack is not None:
-                        self.confirmed_ack = self._pending_ack
-                        self._pending_ack = None
-                elif kind == "error":
-                    self.user.stats.counts[f"error:{frame['code']}"] += 1
-                    self._pending_ack = None  # the ack may be what failed
+        segment: Segment | None = None
+        try:
+            async with connect(url, open_timeout=5, close_timeout=1, max_size=None) as ws:
+                hello = {"type": "hello", "token": self.user.token, "device_id": self.id,
+                         "last_id": last_id, "epoch": self.epoch if last_id else None}
+                hello_at = now_ms()
+                await ws.send(json.dumps(hello))
+                first = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                if first["type"] != "welcome":
+                    raise ValueError(f"no welcome: {first}")
+                self.epoch = first["epoch"]
+                segment = Segment(mode, last_id, first["resume_from"], first["recovered"], list(self.acked),
+                                  self.confirmed_ack, hello_at=hello_at, welcome_at=now_ms())
+                self.log.segments.append(segment)
+                self.segment = segment
+                await self._receive(ws, segment, mode)
+        finally:
+            if segment is not None and segment.closed_at is None:
+                segment.closed_at = now_ms()
+            self.segment = None
+
+    async def _receive(self, ws: ClientConnection, segment: Segment, mode: str) -> None:
+        self.user.stats.counts[f"resume:{mode}"] += 1
+        self.ws = ws
+        self.connected.set()
+        since_ack = 0
+        async for data in ws:
+            frame = json.loads(data)
+            kind = frame["type"]
+            if kind == "event":
+                segment.arrived.append(now_ms())
+                segment.events.append(frame)
+                self.received.append(frame["id"])
+                since_ack += 1
+                if since_ack >= 8:
+                    since_ack = 0
+                    await self._ack(ws, frame["id"])
+            elif kind == "accepted":
+                self.user.on_accepted(frame["client_msg_id"], frame["id"])
+            elif kind == "pong":
+                if self._pending_ack is not None:
+                    self.confirmed_ack = self._pending_ack
+                    self._pending_ack = None
+            elif kind == "error":
+                self.user.stats.counts[f"error:{frame['code']}"] += 1
+                self._pending_ack = None  # the ack may be what failed
 
     async def _ack(self, ws: ClientConnection, entry_id: str) -> None:
         self.acked.append(entry_id)
@@ -122,11 +165,19 @@ class ChaosDevice:
 
     def drop(self) -> None:
         """Vanish without a close frame."""
+        if self.segment is not None and self.segment.closed_at is None:
+            self.segment.closed_at = now_ms()  # from here on nothing is expected on it
         if self.ws is not None and self.ws.transport is not None:
             self.ws.transport.abort()
 
+    def logs(self) -> list[DeviceLog]:
+        """Every install's log, the current one last."""
+        return [*self.past_logs, self.log]
+
     async def stop(self) -> None:
         self.stopping = True
+        if self.segment is not None and self.segment.closed_at is None:
+            self.segment.closed_at = now_ms()
         if self.ws is not None:
             await self.ws.close()
 
@@ -143,6 +194,7 @@ class ChaosUser:
         self.pending: dict[str, tuple[dict, float]] = {}  # cmid -> (frame, last attempt)
         self.accepts: list[tuple[str, str, str]] = []  # (user, cmid, inbound id)
         self.accepted: set[str] = set()
+        self.streamed: set[str] = set()  #: cmids whose reply the graph streams (the word "streamed")
         self.sent = 0
 
     def on_accepted(self, cmid: str, inbound_id: str) -> None:
@@ -160,6 +212,8 @@ class ChaosUser:
         frame = {"type": "send", "conversation_id": f"c{self.rng.randint(0, 2)}", "client_msg_id": cmid,
                  "text": f"sleep:{think} {self.name} says {self.sent}{streamed}"}
         self.sent += 1
+        if streamed:
+            self.streamed.add(cmid)
         self.pending[cmid] = (frame, 0.0)
         await self._try_send(cmid)
 

@@ -7,8 +7,18 @@ Starts Redis (AOF, appendfsync always) unless REDIS_URL is set (then the Redis
 faults are skipped), 2 gateways, 2 workers, 2 fanouts, and drives the load.
 Faults: kill -9 and SIGTERM of each service kind (each is restarted), client
 drops without a close frame, reconnect storms, resends of accepted messages,
-a Redis restart and a Redis pause (SIGSTOP/SIGCONT). It prints a summary,
-writes it as JSON, and exits 1 on any violation.
+a device reinstalled (it comes back as a new device), a Redis restart and a
+Redis pause (SIGSTOP/SIGCONT). It prints a summary, writes it as JSON, and
+exits 1 on any violation.
+
+Delivery delay: every event must reach each device connected meanwhile
+within ``--max-delay`` seconds (default 5) of its commit. The fanouts run with
+FANOUT_SWEEP above that bound, so an event that the live path stalls on and
+only the sweep delivers is a violation, not hidden by the sweep. The bound
+counts from the end of the run's own outages: a Redis pause or restart, and
+after a fanout is killed with kill -9, the time until its liveness key
+(FANOUT_ALIVE_TTL, above FANOUT_SWEEP because the sweep renews it) has
+expired and the gateways have seen it (their monitor's interval).
 """
 
 from __future__ import annotations
@@ -27,15 +37,20 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
+from redis.exceptions import RedisError
 
 from switchboard.embedded_redis import EmbeddedRedis, free_port
+from switchboard.gateway.hub import MONITOR_INTERVAL
 from switchboard.shared import keys
 from tests.support.cluster import Cluster, token
 
 from . import checker
-from .client import ChaosUser, Stats
+from .client import ChaosUser, Stats, now_ms
 
 GRAPH = "tests.support.graphs:slow"
+FANOUT_SWEEP = 10.0  #: above the delay bound: a stall that only the sweep heals is seen
+FANOUT_ALIVE_TTL = 15.0  #: renewed by each sweep; covers a sweep delayed by a Redis pause
+REPLAY_WINDOW = 40  #: below the users' stream lengths, so a reinstalled device gets a window
 SERVICE_ENV = {
     "GRAPH": GRAPH,
     "OUTBOUND_MAXLEN": "1000000",  # the checker needs the whole stream
@@ -43,6 +58,9 @@ SERVICE_ENV = {
     "MAX_ATTEMPTS": "20",
     "TURN_TIMEOUT": "30",
     "LOG_LEVEL": "INFO",
+    "FANOUT_SWEEP": str(FANOUT_SWEEP),
+    "FANOUT_ALIVE_TTL": str(FANOUT_ALIVE_TTL),
+    "REPLAY_WINDOW": str(REPLAY_WINDOW),
 }
 SERVICE_KINDS = ("gateway", "worker", "fanout")
 
@@ -62,6 +80,8 @@ class Chaos:
         self.redis_paused = False
         self.slow_stops: list[str] = []
         self._plan: list[str] | None = None  #: fault kinds still to inject once each
+        self.outages: list[tuple[int, int]] = []  #: wall-clock ms spans in which delivery may stop
+        self.timeline: list[tuple[int, str]] = []  #: (wall-clock ms, fault) as injected, for the summary
 
     # -- processes -------------------------------------------------------------------
 
@@ -90,7 +110,7 @@ class Chaos:
 
     def _fault_kinds(self) -> list[str]:
         kinds = [f"{sig}:{service}" for sig in ("kill9", "sigterm") for service in SERVICE_KINDS]
-        kinds += ["drop", "storm", "dup_resend"]
+        kinds += ["drop", "storm", "dup_resend", "reinstall"]
         if self.redis is not None:
             kinds += ["redis_restart", "redis_pause"]
         return kinds
@@ -101,6 +121,7 @@ class Chaos:
             self._plan = self._fault_kinds()
             self.rng.shuffle(self._plan)
         kind = self._plan.pop() if self._plan else self.rng.choice(self._fault_kinds() + ["drop", "dup_resend"])
+        self.timeline.append((now_ms(), kind))
         service = None
         if ":" in kind:
             kind, service = kind.split(":")
@@ -110,6 +131,8 @@ class Chaos:
                 return
             name = self.rng.choice(names)
             sig = signal.SIGKILL if kind == "kill9" else signal.SIGTERM
+            if kind == "kill9" and service == "fanout":
+                await self._fanout_outage(name)
             if not await asyncio.to_thread(self.cluster.kill, name, sig, 30.0):
                 self.slow_stops.append(name)
             self.faults[f"{kind}:{service}"] += 1
@@ -124,24 +147,51 @@ class Chaos:
                 for device in user.devices:
                     device.drop()
             self.faults["reconnect_storm"] += 1
+        elif kind == "reinstall":  # a connected device if any: it comes back at once, as a new device
+            devices = [d for u in self.users for d in u.devices]
+            connected = [d for d in devices if d.connected.is_set()]
+            self.rng.choice(connected or devices).reinstall()
+            self.faults["reinstall"] += 1
         elif kind == "dup_resend":
             for user in self.rng.sample(self.users, min(3, len(self.users))):
                 await user.resend_accepted()
             self.faults["resend_accepted"] += 1
         elif kind == "redis_restart":
             assert self.redis is not None
+            begin = now_ms()
             await asyncio.to_thread(self.redis.stop)
             await asyncio.sleep(self.rng.uniform(0.2, 1.0))
             await asyncio.to_thread(self.redis.start)
+            self.outages.append((begin, now_ms()))
             self.faults["redis_restart"] += 1
         elif kind == "redis_pause":
             assert self.redis is not None and self.redis.process is not None
+            begin = now_ms()
             self.redis.process.send_signal(signal.SIGSTOP)
             self.redis_paused = True
             await asyncio.sleep(self.rng.uniform(0.5, 2.5))
             self.redis.process.send_signal(signal.SIGCONT)
             self.redis_paused = False
+            self.outages.append((begin, now_ms()))
             self.faults["redis_pause"] += 1
+
+    async def _fanout_outage(self, name: str) -> None:
+        """A fanout about to be killed with kill -9: the connections attached
+        to it get no events until its liveness key expires and the gateways'
+        monitor sees it gone. Which users those are depends on the live
+        fanouts when each connection attached (a connection stays on its
+        fanout while that one lives), so the outage counts for every user."""
+        begin = now_ms()
+        client = aioredis.Redis.from_url(self.cluster.redis_url)
+        try:
+            left = await client.pttl(keys.fanout_alive(name))
+        except (RedisError, OSError):
+            left = -1
+        finally:
+            await client.aclose()
+        if left < 0:
+            left = int(FANOUT_ALIVE_TTL * 1000)
+        self.outages.append((begin, begin + left + int(MONITOR_INTERVAL * 1000)))
 
     # -- load ------------------------------------------------------------------------
 
@@ -264,14 +314,24 @@ class Chaos:
         accepted, accept_ids = checker.group_accepts(records)
         checker.check_accept_ids(accept_ids, report)
         streams = {}
+        delays: list[int] = []
+        bound_ms = int(self.args.max_delay * 1000)
         for user in self.users:
             stream = await client.xrange(keys.outbound(user.name))
+            trimmed = await client.hget(keys.meta(user.name), "trimmed") or "0-0"
             streams[user.name] = stream
-            checker.check_replies(stream, accepted.get(user.name, {}), user.name, report)
-            checker.check_deltas(stream, user.name, report)
+            mine = accepted.get(user.name, {})
+            checker.check_replies(stream, mine, user.name, report)
+            checker.check_inbound_ids(stream, mine, user.name, report)
+            checker.check_deltas(stream, user.name, report, streamed=user.streamed)
             for device in user.devices:
-                checker.check_device(device.log, stream, report)
-        dead = await client.xlen(keys.dead_letters())
+                for log in device.logs():
+                    checker.check_device(log, stream, report, must_reach_end=log is device.log,
+                                         replay_window=REPLAY_WINDOW, trimmed=trimmed)
+                    delays += checker.check_delays(log, stream, report, bound_ms=bound_ms, outages=self.outages)
+        dead_letters = await client.xrange(keys.dead_letters())
+        checker.check_dead_letters(dead_letters, report)
+        dead = len(dead_letters)
         await client.aclose()
         await self._check_histories(url, streams, report)
         memory = checker.check_memory(self.memory, report, limit_mb=self.args.memory_limit)
@@ -285,7 +345,9 @@ class Chaos:
             "accepted": len({(u, c) for u, c, _ in records}),
             "events": sum(len(s) for s in streams.values()),
             "dead_letters": dead,
+            "delay_ms": _percentiles(delays),
             "faults": dict(sorted(self.faults.items())),
+            "timeline": self.timeline,
             "reconnects": {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("resume:")},
             "client": {k: v for k, v in sorted(counts.items()) if not k.startswith("resume:")},
             "violations": dict(report.violations),
@@ -302,6 +364,14 @@ class Chaos:
             if self.redis.process is not None:
                 self.redis.process.send_signal(signal.SIGCONT)
             self.redis.stop()
+
+
+def _percentiles(values: list[int]) -> dict[str, int]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"n": len(ordered), "p50": pick(0.5), "p99": pick(0.99), "p999": pick(0.999), "max": ordered[-1]}
 
 
 def _rss(pid: int) -> int | None:
@@ -326,6 +396,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--settle", type=float, default=90.0, help="seconds allowed to settle after the faults")
     parser.add_argument("--memory-limit", type=float, default=600.0, help="MB of RSS any service may reach")
+    parser.add_argument("--max-delay", type=float, default=checker.DELAY_BOUND_MS / 1000,
+                        help="seconds from an event's commit to its arrival at a connected device; keep it "
+                             f"below FANOUT_SWEEP ({FANOUT_SWEEP:g} s)")
     parser.add_argument("--out", default="chaos-results", help="directory for the JSON summary and logs")
     return parser.parse_args(argv)
 
@@ -334,6 +407,7 @@ def print_summary(summary: dict) -> None:
     print(f"chaos seed={summary['seed']} {summary['duration_s']:g} s: {summary['users']} users, "
           f"{summary['devices']} devices, {summary['messages']} messages, {summary['accepted']} accepted, "
           f"{summary['events']} events, {summary['dead_letters']} dead letters")
+    print("delay ms:   " + ", ".join(f"{k}={v}" for k, v in summary["delay_ms"].items()))
     print("faults:     " + ", ".join(f"{k}={v}" for k, v in summary["faults"].items()))
     print("reconnects: " + ", ".join(f"{k}={v}" for k, v in summary["reconnects"].items()))
     print("client:     " + ", ".join(f"{k}={v}" for k, v in summary["client"].items()))

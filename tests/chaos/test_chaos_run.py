@@ -21,9 +21,13 @@ async def test_a_short_seeded_chaos_run_keeps_every_invariant(tmp_path):
     # The run must have exercised what it claims to: load, every fault kind, resumes.
     assert summary["messages"] >= 300 and summary["accepted"] == summary["messages"]
     expected = {f"{sig}:{kind}" for sig in ("kill9", "sigterm") for kind in ("gateway", "worker", "fanout")}
-    expected |= {"client_drop", "reconnect_storm", "resend_accepted"}
+    expected |= {"client_drop", "reconnect_storm", "resend_accepted", "reinstall"}
     if not os.environ.get("REDIS_URL"):
         expected |= {"redis_restart", "redis_pause"}
     assert expected <= set(summary["faults"]), summary["faults"]
     assert summary["reconnects"].get("last_id", 0) >= 10 and summary["reconnects"].get("offset", 0) >= 1
     assert summary["reconnects"].get("stale", 0) >= 1
+    # New devices beyond the first connections (a reinstalled device), and
+    # delivery delays measured on the live path.
+    assert summary["reconnects"].get("new", 0) > summary["devices"]
+    assert summary["delay_ms"].get("n", 0) >= 1000
