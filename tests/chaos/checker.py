@@ -331,9 +331,9 @@ def check_delays(log: DeviceLog, stream: list[tuple[str, dict[str, str]]], repor
     open (after its welcome) arrives on it within ``bound_ms`` of its commit
     (:func:`commit_ms`), unless the connection was gone before the bound ran
     out. ``outages`` are (begin, end) ms spans in which the run stopped
-    delivery on purpose for this user (Redis paused or restarting, its
-    fanout killed and not yet known dead): the bound counts from their end.
-    Return the delays (ms) measured, for the summary."""
+    delivery on purpose (Redis paused or restarting, a fanout killed and not
+    yet known dead): the bound counts from their end.
+    Return the delays (ms) as the bound counts them, for the summary."""
     spans = sorted(outages)
     commits = [(entry_id, commit_ms(entry_id, fields)) for entry_id, fields in stream]
     delays: list[int] = []
@@ -347,9 +347,10 @@ def check_delays(log: DeviceLog, stream: list[tuple[str, dict[str, str]]], repor
             if commit < seg.welcome_at or commit > closed:
                 continue
             at = arrived.get(entry_id)
+            start = _after_outages(commit, spans, bound_ms)
             if at is not None:
-                delays.append(at - commit)
-            deadline = _after_outages(commit, spans, bound_ms) + bound_ms
+                delays.append(max(0, at - start))
+            deadline = start + bound_ms
             if (at is not None and at <= deadline) or closed < deadline:
                 continue
             late = f"arrived {at - commit} ms after its commit" if at is not None else "never arrived"
