@@ -117,12 +117,13 @@ class Turns:
     async def drain(self, user: str, conversation: str) -> bool:
         """Run every pending turn of the conversation. Return False if another
         worker holds the lease (it will run them), True when all are done."""
-        resumed = self._resumed.pop((user, conversation), None)
+        # Kept until a begin has seen it: a begin that fails (Redis still
+        # down) must not cost the cut-short attempt its resumption.
+        resumed = self._resumed.get((user, conversation))
         taken = await self._take(user, conversation, resumed=resumed, max_wait=self.settings.lease_ttl * 2)
         if taken is None:
-            if resumed is not None:
-                self._resumed[(user, conversation)] = resumed
             return False
+        self._resumed.pop((user, conversation), None)
         lease, begun = taken
         self.tokens.active.add(lease.token)
         progress = _Progress()

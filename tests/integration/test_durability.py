@@ -85,8 +85,10 @@ async def test_a_redis_outage_does_not_use_up_a_messages_attempts(tmp_path):
             server.process.send_signal(signal.SIGKILL)
             server.process.wait()
             # Down for longer than a lease renewal interval (LEASE_TTL / 3):
-            # the worker notices the outage while the attempt is running.
-            await asyncio.sleep(1.5)
+            # the worker notices the outage while the attempt is running. The
+            # second outage outlasts the connections' retries, so the worker's
+            # own retry of the conversation fails at least once more first.
+            await asyncio.sleep(1.5 if outage == 0 else 4.0)
             server.start()
 
         reply = await phone.wait_reply("m0", timeout=60)
