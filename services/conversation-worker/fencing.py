@@ -17,8 +17,9 @@ checkpoint, a second checkpoint) first stores what is waiting, in the same
 fenced way (the ``store_checkpoint`` script), so writes reach Redis in
 LangGraph's order.
 The document is the library's own (``checkpoint:<thread>:<ns>:<id>`` JSON plus
-the ``checkpoint_latest`` pointer), so the library reads it back, lists it and
-searches it as usual; a test compares the two field for field.
+the ``checkpoint_latest`` pointer), built by :mod:`.checkpoint_format` -- the
+one module that knows the library's internals -- so the library reads it
+back, lists it and searches it as usual.
 
 *The newest checkpoint, kept.* Loading a thread's newest checkpoint from
 Redis costs a lookup plus decoding every message of the conversation -- the
@@ -39,33 +40,22 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import CheckpointTuple, copy_checkpoint
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
-from langgraph.checkpoint.redis.util import to_storage_safe_id, to_storage_safe_str
 
 from switchboard.shared import scripts
-from switchboard.shared.checkpoints import use_caching_serializer
 
+from . import checkpoint_format
+from .checkpoint_format import Document
 from .lease import LeaseLostError
 from .store import CheckpointWrite
 
 log = logging.getLogger(__name__)
 
 FENCE = "switchboard_fence"
-
-@dataclass(frozen=True)
-class PendingCheckpoint:
-    """A turn's final checkpoint, encoded, waiting for the commit script."""
-
-    checkpoint_id: str
-    key: str
-    latest_key: str
-    document: bytes
 
 
 def fence_config(lease_key: str, token: str) -> dict[str, Any]:
@@ -85,23 +75,22 @@ class FencedRedisSaver(AsyncRedisSaver):
     def __init__(self, *args: Any, cache_size: int = 256, **kwargs: Any):
         super().__init__(*args, **kwargs)
         # One kept message list per kept checkpoint.
-        use_caching_serializer(self, remember_encodings=cache_size > 0, max_lists=max(cache_size, 1))
+        checkpoint_format.use_encoding_serializer(self, remember_encodings=cache_size > 0,
+                                                  max_lists=max(cache_size, 1))
         self.cache_size = cache_size
         self._newest: OrderedDict[str, CheckpointTuple] = OrderedDict()
-        self._pending: dict[str, tuple[tuple[str, str], PendingCheckpoint]] = {}
-        self._store_script = scripts.register(self._redis, "store_checkpoint")["store_checkpoint"]
+        # thread -> (fence, the turn's final checkpoint waiting for the commit script)
+        self._pending: dict[str, tuple[tuple[str, str], Document]] = {}
+        self._client = checkpoint_format.client(self)
+        self._store_script = scripts.register(self._client, "store_checkpoint")["store_checkpoint"]
+        self.ttl_ms = checkpoint_format.ttl_ms(self)
         self.hits = 0  #: reads served from memory (tests, metrics)
-
-    @property
-    def ttl_ms(self) -> int:
-        minutes = (self.ttl_config or {}).get("default_ttl")
-        return int(minutes * 60_000) if minutes else 0
 
     # -- the kept copy ----------------------------------------------------------------
 
     def latest_key(self, thread_id: str) -> str:
         """The library's pointer to the thread's newest checkpoint document."""
-        return self._make_redis_checkpoint_latest_key(thread_id, "")
+        return checkpoint_format.latest_key(self, thread_id)
 
     def validate(self, thread_id: str, latest: str | None) -> None:
         """Keep the copy of ``thread_id`` only if the thread's latest pointer
@@ -110,8 +99,8 @@ class FencedRedisSaver(AsyncRedisSaver):
         ``aupdate_state``) moves the pointer, and an expired one
         (``CHECKPOINT_TTL``) removes it."""
         kept = self._newest.get(thread_id)
-        if kept is not None and (latest is None or latest != self._make_redis_checkpoint_key_cached(
-                thread_id, "", kept.checkpoint["id"])):
+        if kept is not None and (latest is None or latest != checkpoint_format.checkpoint_key(
+                self, thread_id, kept.checkpoint["id"])):
             del self._newest[thread_id]
 
     def forget(self, thread_id: str) -> None:
@@ -128,7 +117,7 @@ class FencedRedisSaver(AsyncRedisSaver):
         if waiting is None or waiting[0][1] != token:
             return None
         pending = waiting[1]
-        return CheckpointWrite(pending.key, pending.latest_key, pending.document, self.ttl_ms)
+        return CheckpointWrite(pending.key, pending.latest_key, pending.body, self.ttl_ms)
 
     def _keep(self, thread_id: str, kept: CheckpointTuple) -> None:
         if self.cache_size <= 0:
@@ -163,7 +152,7 @@ class FencedRedisSaver(AsyncRedisSaver):
         if fence is not None and fence != (lease_key, token):
             return
         stored = await self._store_script(keys=[lease_key, pending.key, pending.latest_key],
-                                          args=[token, pending.document, self.ttl_ms])
+                                          args=[token, pending.body, self.ttl_ms])
         if not stored:
             self.forget(thread_id)
             raise LeaseLostError(f"checkpoint write refused: lease {lease_key} lost")
@@ -173,7 +162,7 @@ class FencedRedisSaver(AsyncRedisSaver):
         if not fence:
             return
         lease_key, token = fence
-        holder = await self._redis.get(lease_key)
+        holder = await self._client.get(lease_key)
         if (holder.decode() if isinstance(holder, bytes) else holder) != token:
             log.warning("refused checkpoint write for %s: the lease is no longer ours", lease_key)
             raise LeaseLostError(f"checkpoint write refused: lease {lease_key} lost")
@@ -186,14 +175,10 @@ class FencedRedisSaver(AsyncRedisSaver):
         if not (fence and _is_root(config)):
             await self._check_fence(config)
             return await super().aput(config, checkpoint, metadata, new_versions)
-        configurable = config["configurable"]
-        parent_id = configurable.get("checkpoint_id")
-        if parent_id == checkpoint["id"]:
-            parent_id = None
-        run_id = configurable.get("run_id", metadata.get("run_id"))
-        self._pending[thread_id] = (fence, self._document(thread_id, parent_id, run_id, checkpoint, metadata))
-        parent = ({"configurable": {"thread_id": thread_id, "checkpoint_ns": "", "checkpoint_id": parent_id}}
-                  if parent_id else None)
+        pending = checkpoint_format.document(self, config, checkpoint, metadata)
+        self._pending[thread_id] = (fence, pending)
+        parent = ({"configurable": {"thread_id": thread_id, "checkpoint_ns": "", "checkpoint_id": pending.parent_id}}
+                  if pending.parent_id else None)
         saved = {"configurable": {"thread_id": thread_id, "checkpoint_ns": "", "checkpoint_id": checkpoint["id"]}}
         self._keep(thread_id, CheckpointTuple(config=saved, checkpoint=copy_checkpoint(checkpoint),
                                               metadata=dict(metadata), parent_config=parent, pending_writes=[]))
@@ -207,59 +192,3 @@ class FencedRedisSaver(AsyncRedisSaver):
         self._newest.pop(thread_id, None)
         await self._check_fence(config)
         return await super().aput_writes(config, writes, task_id, task_path)
-
-    # -- the library's document ----------------------------------------------------------
-
-    def _document(self, thread_id: str, parent_id: str | None, run_id: str | None, checkpoint: Any,
-                  metadata: Any) -> PendingCheckpoint:
-        """The JSON document the library's ``aput`` stores for a checkpoint of
-        the graph's own namespace, encoded in one pass (messages already
-        encoded are spliced in; see :mod:`switchboard.shared.checkpoints`)."""
-        checkpoint_id = checkpoint["id"]
-        body = {k: v for k, v in checkpoint.items() if k != "pending_sends"}
-        body["channel_versions"] = {k: str(v) for k, v in checkpoint["channel_versions"].items()}
-        serde = self.serde
-        try:
-            values = body.get("channel_values")
-            if isinstance(values, dict):
-                body["channel_values"] = values = dict(values)
-                for name, value in values.items():
-                    if isinstance(value, list):  # the messages: encoded once each, a list kept per thread
-                        values[name] = serde.encode_list((thread_id, name), value) or value
-            encoded = orjson.Fragment(orjson.dumps(
-                {"type": "json", **serde._preprocess_redis_json(body), "pending_sends": []},
-                default=serde._default_handler))
-        except TypeError:  # bytes inside the state: the library's own (msgpack) route
-            encoded = self._dump_checkpoint(copy_checkpoint(checkpoint))
-        document = {
-            "thread_id": to_storage_safe_id(thread_id),
-            "run_id": to_storage_safe_id(run_id) if run_id else "",
-            "checkpoint_ns": to_storage_safe_str(""),
-            "checkpoint_id": to_storage_safe_id(checkpoint_id),
-            "parent_checkpoint_id": to_storage_safe_id(parent_id) if parent_id else "",
-            "checkpoint_ts": _ulid_ms(checkpoint_id),
-            "checkpoint": encoded,
-            "metadata": self._dump_metadata(metadata),
-            "has_writes": False,
-        }
-        if "source" in metadata and "step" in metadata:
-            document["source"] = metadata["source"]
-            document["step"] = metadata["step"]
-        return PendingCheckpoint(
-            checkpoint_id=checkpoint_id,
-            key=self._make_redis_checkpoint_key_cached(thread_id, "", checkpoint_id),
-            latest_key=self._make_redis_checkpoint_latest_key(thread_id, ""),
-            document=orjson.dumps(document),
-        )
-
-
-def _ulid_ms(checkpoint_id: str) -> float:
-    """The library's ``checkpoint_ts``: the id read as a ULID, else now."""
-    try:
-        from ulid import ULID
-
-        return ULID.from_str(checkpoint_id).timestamp
-    except Exception:  # noqa: BLE001 - the library falls back the same way
-        import time
-
-        return time.time() * 1000
