@@ -75,6 +75,20 @@ async def test_a_lost_stream_comes_back_with_a_new_epoch(store):
     await store.redis.delete(keys.work(0))
 
 
+async def test_a_stream_that_survived_its_metadata_starts_a_new_life_with_every_entry_suspect(store):
+    u = user()
+    first, _ = await store.accept(u, "d", "c", "m1", "x")
+    await store.accept(u, "d", "c", "m2", "y")
+    before, _ = await store.stream_state(u, "d", window=10)
+    await store.redis.delete(keys.meta(u))  # the stream is there, its epoch and trim mark are not
+    after, _ = await store.stream_state(u, "d", window=10)
+    [(oldest, _)] = await store.redis.xrange(keys.outbound(u), count=1)
+    assert after.epoch != before.epoch
+    assert after.trimmed == oldest  # anything before the oldest retained entry may be lost
+    assert resolve(after, last_id=before.last_id, epoch=before.epoch, stored=None).recovered is False
+    await store.redis.delete(keys.work(0))
+
+
 async def test_offsets_only_move_forward_within_an_epoch(store):
     u = user()
     assert await store.store_offset(u, "phone", "E", "10-0")
