@@ -1,7 +1,11 @@
 """The checkpoint the worker writes is the library's own, against a real Redis:
-the document equals the one the library's ``aput`` writes, field for field,
-and the library reads it back; message encodings are remembered exactly."""
+the document equals the one the library's ``aput`` writes, field for field; a
+stock ``AsyncRedisSaver`` (no Switchboard subclass or serializer) reads it --
+with a TTL, and across pending writes; a checkpoint written through the
+library between two turns, and one that expired, are never hidden by the
+worker's kept copy."""
 
+import asyncio
 import gc
 import json
 import time
@@ -13,9 +17,12 @@ import redis.asyncio as aioredis
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
+from langgraph.graph import START, MessagesState, StateGraph
+from langgraph.types import interrupt
 
+from switchboard.gateway.history import HistoryReader
 from switchboard.shared import keys
-from switchboard.shared.checkpoints import setup_saver
+from switchboard.shared.checkpoints import setup_saver, use_caching_serializer
 from switchboard.shared.settings import WorkerSettings
 from switchboard.worker import checkpoint_format
 from switchboard.worker.checkpoint_format import EncodingSerializer
@@ -48,13 +55,13 @@ async def _stock(raw, **kw) -> AsyncRedisSaver:
     return saver
 
 
-async def _worker(redis, raw, **settings) -> Turns:
+async def _worker(redis, raw, graph: StateGraph | None = None, **settings) -> Turns:
     """A worker's turns, its saver built as the worker's ``serve`` builds it."""
     settings = replace(WorkerSettings(), **settings)
     ttl = {"default_ttl": settings.checkpoint_ttl, "refresh_on_read": True} if settings.checkpoint_ttl else None
     saver = FencedRedisSaver(redis_client=raw, ttl=ttl, cache_size=settings.checkpoint_cache)
     await setup_saver(saver)
-    return Turns(redis, build().compile(checkpointer=saver), settings)
+    return Turns(redis, (graph or build()).compile(checkpointer=saver), settings)
 
 
 async def _say(turns: Turns, conversation: str, text: str) -> str:
@@ -67,6 +74,10 @@ async def _say(turns: Turns, conversation: str, text: str) -> str:
     replies = [fields["text"] for _, fields in await redis.xrange(keys.outbound(USER)) if fields["in"] == entry]
     assert len(replies) == 1
     return replies[0]
+
+
+def _texts(messages) -> list[tuple[str, str]]:
+    return [(m.type, m.content) for m in messages]
 
 
 # -- the document, field for field -------------------------------------------------------
@@ -131,6 +142,136 @@ async def test_what_the_worker_commits_is_read_back_and_listed_by_the_library(re
     history = [t async for t in library.alist({"configurable": {"thread_id": thread}})]
     assert len(history) == 4 and history[0].checkpoint["channel_values"]["turn"] == 4
     assert history[0].parent_config["configurable"]["checkpoint_id"] == history[1].checkpoint["id"]
+
+
+# -- a stock saver reads what the worker wrote ------------------------------------------------
+
+async def test_a_stock_saver_reads_the_newest_checkpoint_and_the_ttl_is_on_document_and_pointer(redis, raw):
+    turns = await _worker(redis, raw, checkpoint_ttl=5.0)  # CHECKPOINT_TTL=5 (minutes)
+    replies = [await _say(turns, "a", text) for text in ("hello there", "tell me about boats", "and sails")]
+    assert turns.saver.hits == 2  # the later turns read the kept copy
+    thread = keys.thread_id(USER, "a")
+    kept = turns.saver._newest[thread]
+    stock = await _stock(raw)
+    read = await stock.aget_tuple({"configurable": {"thread_id": thread}})
+    newest = [t async for t in stock.alist({"configurable": {"thread_id": thread}}, limit=1)][0]
+    assert read.checkpoint["id"] == kept.checkpoint["id"] == newest.checkpoint["id"]
+    assert _texts(read.checkpoint["channel_values"]["messages"]) == [
+        ("human", "hello there"), ("ai", replies[0]), ("human", "tell me about boats"), ("ai", replies[1]),
+        ("human", "and sails"), ("ai", replies[2])]
+    assert read.checkpoint["channel_values"]["messages"] == kept.checkpoint["channel_values"]["messages"]
+    assert read.checkpoint["channel_values"]["turn"] == 3 and read.pending_writes == []
+
+    document = checkpoint_format.checkpoint_key(turns.saver, thread, read.checkpoint["id"])
+    pointer = turns.saver.latest_key(thread)
+    assert (await raw.get(pointer)).decode() == document
+    for key in (document, pointer):
+        assert 0 < await raw.pttl(key) <= 5 * 60_000
+    # A stock saver with the same TTL (a second worker's library read)
+    # refreshes it on both, as on its own documents.
+    for key in (document, pointer):
+        await raw.pexpire(key, 60_000)
+    await (await _stock(raw, ttl={"default_ttl": 5.0, "refresh_on_read": True})).aget_tuple(
+        {"configurable": {"thread_id": thread}})
+    for key in (document, pointer):
+        assert 60_000 < await raw.pttl(key) <= 5 * 60_000
+
+
+def _approving() -> StateGraph:
+    """A graph that stops for approval (a LangGraph interrupt) when asked."""
+
+    async def answer(state: MessagesState) -> dict:
+        text = state["messages"][-1].content
+        if "approve" in text:
+            decision = interrupt(f"approve {text!r}?")
+            return {"messages": [AIMessage(f"approved: {decision}")]}
+        return {"messages": [AIMessage(f"noted: {text}")]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("answer", answer)
+    builder.add_edge(START, "answer")
+    return builder
+
+
+def _writes(pending: list) -> list:
+    """Pending writes without task ids (an interrupt's id hashes its task)."""
+    return [(channel, [i.value for i in value] if channel == "__interrupt__" else value)
+            for _, channel, value in pending]
+
+
+async def test_a_stock_saver_reads_the_pending_writes_of_an_interrupted_turn(redis, raw):
+    """A turn that stops at an interrupt leaves pending writes on its
+    checkpoint; a stock saver reads them as it reads the library's own: the
+    same as for the same turns run by the library alone."""
+    turns = await _worker(redis, raw, graph=_approving())
+    assert await _say(turns, "a", "hello") == "noted: hello"
+    assert await _say(turns, "a", "please approve the plan") == ""  # stopped: no reply text yet
+    library_graph = _approving().compile(checkpointer=await _stock(raw))
+    alone = {"configurable": {"thread_id": "library-alone"}}
+    for text in ("hello", "please approve the plan"):
+        await library_graph.ainvoke({"messages": [HumanMessage(text)]}, alone, durability="exit")
+
+    stock = await _stock(raw)
+    thread = {"configurable": {"thread_id": keys.thread_id(USER, "a")}}
+    ours, theirs = await stock.aget_tuple(thread), await stock.aget_tuple(alone)
+    assert _writes(ours.pending_writes) == _writes(theirs.pending_writes) == \
+        [("__interrupt__", ["approve 'please approve the plan'?"])]
+    assert _texts(ours.checkpoint["channel_values"]["messages"]) == \
+        _texts(theirs.checkpoint["channel_values"]["messages"])
+    state = await library_graph.aget_state(thread)
+    assert state.next == ("answer",) and [i.value for i in state.interrupts] == \
+        ["approve 'please approve the plan'?"]
+
+
+# -- never hidden by the kept copy -------------------------------------------------------
+
+async def test_a_checkpoint_written_through_the_library_between_turns_is_seen_by_the_next_turn(redis, raw):
+    """An admin tool's ``aupdate_state`` (a plain saver, another process)
+    between two turns moves the latest pointer; the worker, holding a kept
+    copy, reads the admin's checkpoint and builds on it."""
+    turns = await _worker(redis, raw)
+    await _say(turns, "a", "hello")
+    assert (await _say(turns, "a", "tell me about boats")).startswith("Turn 2.")
+    assert turns.saver.hits == 1  # the kept copy is warm
+    thread = keys.thread_id(USER, "a")
+    admin = build().compile(checkpointer=await _stock(raw))
+    await admin.aupdate_state({"configurable": {"thread_id": thread}},
+                              {"turn": 10, "messages": [AIMessage("a note from the operator", id="admin-1")]})
+
+    reply = await _say(turns, "a", "and now?")
+    assert reply.startswith("Turn 11.")  # the admin's turn counter, plus this turn
+    assert turns.saver.hits == 1  # read from Redis, not from the copy
+    state = (await (await _stock(raw)).aget_tuple({"configurable": {"thread_id": thread}})).checkpoint
+    assert _texts(state["channel_values"]["messages"])[-3:] == [
+        ("ai", "a note from the operator"), ("human", "and now?"), ("ai", reply)]
+    assert state["channel_values"]["turn"] == 11
+
+
+async def test_an_expired_checkpoint_starts_the_conversation_afresh_on_every_worker_and_for_history(redis, raw):
+    """``CHECKPOINT_TTL``: once the checkpoint expires, a worker that still
+    holds its kept copy starts afresh exactly as a second worker does, and the
+    gateway finds no conversation (it answers ``unknown_conversation``)."""
+    ttl_minutes = 0.05  # 3 s (the library's TTL is in minutes)
+    first = await _worker(redis, raw, checkpoint_ttl=ttl_minutes)
+    second = await _worker(redis, raw, checkpoint_ttl=ttl_minutes)
+    gateway = HistoryReader(use_caching_serializer(AsyncRedisSaver(redis_client=raw)))
+    await setup_saver(gateway.saver)
+    for conversation in ("a", "b"):
+        assert (await _say(first, conversation, "hello")).startswith("Turn 1.")
+    assert [m.text for m in await gateway.read(USER, "a", 10)][0] == "hello"
+    assert keys.thread_id(USER, "a") in first.saver._newest  # the copy the first worker keeps
+
+    deadline = time.monotonic() + ttl_minutes * 60 + 5
+    while await raw.exists(first.saver.latest_key(keys.thread_id(USER, "a")),
+                           first.saver.latest_key(keys.thread_id(USER, "b"))):
+        assert time.monotonic() < deadline, "the checkpoints did not expire"
+        await asyncio.sleep(0.1)
+
+    assert await gateway.read(USER, "a", 10) is None
+    on_first = await _say(first, "a", "again")  # holds the expired conversation's copy
+    on_second = await _say(second, "b", "again")  # never saw the conversation
+    assert on_first == on_second == 'Turn 1. You said: "again". This is the start of our conversation.'
+    assert [m.text for m in await gateway.read(USER, "a", 10)] == ["again", on_first]
 
 
 # -- the serializer -------------------------------------------------------------------
