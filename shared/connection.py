@@ -95,10 +95,12 @@ def is_outage(exc: BaseException) -> bool:
     """Whether ``exc`` is, or was caused by, Redis being unreachable (a
     connection refused, reset or lost, a timeout, Redis still loading) rather
     than by what was asked of it. Libraries that wrap Redis errors in their
-    own types (redisvl) keep the original as the cause, so the chain is read."""
+    own types (redisvl) keep the original as the cause, so the chain is read.
+    A bare ``OSError`` is not one: redis-py raises its own types for its
+    sockets, and a graph's own I/O failing is the graph's failure."""
     seen = 0
     while exc is not None and seen < 16:
-        if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
+        if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
             return True
         exc = exc.__cause__ or exc.__context__
         seen += 1

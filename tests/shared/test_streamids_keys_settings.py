@@ -51,16 +51,3 @@ def test_bad_settings_are_rejected_with_the_variable_name(env):
     with pytest.raises(SettingsError) as info:
         GatewaySettings.from_env(env)
     assert next(iter(env)) in str(info.value)
-
-
-def test_a_conversations_checkpoint_keys_share_its_users_cluster_slot():
-    from langgraph.checkpoint.redis.aio import AsyncRedisSaver
-    from redis.crc import key_slot
-
-    saver = AsyncRedisSaver.__new__(AsyncRedisSaver)
-    saver._checkpoint_prefix = "checkpoint"
-    thread = keys.thread_id("alice", "trip")
-    checkpoint_key = saver._make_redis_checkpoint_key(thread, "", "1f0-abc")
-    latest_key = saver._make_redis_checkpoint_latest_key(thread, "")
-    user_slot = key_slot(keys.lease("alice", "trip").encode())
-    assert key_slot(checkpoint_key.encode()) == key_slot(latest_key.encode()) == user_slot

@@ -331,3 +331,15 @@ def test_a_growing_message_list_is_encoded_by_appending_and_stays_exact():
     for n in range(5):
         bounded.encode_list(("t", n), first)
     assert len(bounded._lists) == 2  # bounded
+
+
+def test_a_conversations_checkpoint_keys_share_its_users_cluster_slot():
+    """The commit script stores a turn's checkpoint with its reply, so the
+    library's keys for the thread must fall in the user's Cluster slot."""
+    from redis.crc import key_slot
+
+    saver = AsyncRedisSaver(redis_client=aioredis.Redis())  # no connection is made
+    thread = keys.thread_id("alice", "trip")
+    user_slot = key_slot(keys.lease("alice", "trip").encode())
+    assert key_slot(checkpoint_format.checkpoint_key(saver, thread, "1f0-abc").encode()) == user_slot
+    assert key_slot(checkpoint_format.latest_key(saver, thread).encode()) == user_slot

@@ -1,8 +1,8 @@
 """The worker's fenced checkpointer, against a real Redis: a write without the
 lease is refused, and the kept newest checkpoint reads exactly what the
 library would read from Redis and never hides a checkpoint written by another
-worker. The drains at the end run the kept copy through ``Turns``. (How the
-document is written: ``test_checkpoint_format.py``.)"""
+worker. (How the document is written: ``test_checkpoint_format.py``; drains
+through ``Turns``: ``test_turns.py``.)"""
 
 import asyncio
 
@@ -132,123 +132,18 @@ async def test_the_copies_are_bounded(client):
     assert list(saver._newest) == ["t2", "t3"]
 
 
-async def test_turns_find_entries_past_full_pages_and_release_the_lease(clean_redis):
-    """The begin and commit scripts scan one page each; a conversation whose
-    next message sits behind more than a page of another conversation's is
-    still found, in order, and the lease is gone once nothing is left."""
-    from switchboard.shared import keys
-    from switchboard.shared.settings import WorkerSettings
-    from switchboard.worker.store import SCAN_PAGE
-    from switchboard.worker.turns import Turns
-
-    redis = aioredis.Redis.from_url(clean_redis, decode_responses=True)
-    raw = aioredis.Redis.from_url(clean_redis)
-    saver = await _saver(raw)
-    turns = Turns(redis, build().compile(checkpointer=saver), WorkerSettings())
-    inbound = keys.inbound("u")
-
-    async def add(conv: str, text: str) -> str:
-        return await redis.xadd(inbound, {"conv": conv, "cmid": text, "dev": "d", "text": text})
-
-    mine = [await add("a", "first")]
-    for i in range(SCAN_PAGE + 20):
-        await add("b", f"other {i}")
-    mine.append(await add("a", "second"))
-    for i in range(SCAN_PAGE * 2):
-        await add("b", f"more {i}")
-    mine.append(await add("a", "third"))
-    assert await turns.drain("u", "a") is True
-    assert await redis.exists(keys.lease("u", "a")) == 0
-    assert await redis.hget(keys.conversation("u", "a"), "done") == mine[-1]
-    replies = [fields for _, fields in await redis.xrange(keys.outbound("u"))]
-    assert [(r["kind"], r["in"]) for r in replies] == [("assistant", entry) for entry in mine]
-    assert saver.hits == 2  # the second and third turns read their state from memory
-    state = await turns.graph.aget_state({"configurable": {"thread_id": keys.thread_id("u", "a")}})
-    assert [m.content for m in state.values["messages"] if isinstance(m, HumanMessage)] == \
-        ["first", "second", "third"]
-    # A drain with nothing to do takes the lease, finds nothing and gives it back.
-    assert await turns.drain("u", "a") is True
-    assert await redis.exists(keys.lease("u", "a")) == 0
-    await redis.aclose()
-    await raw.aclose()
-
-
-async def test_old_checkpoints_are_pruned_to_checkpoint_keep(clean_redis):
-    from dataclasses import replace
-
-    from switchboard.shared import keys
-    from switchboard.shared.settings import WorkerSettings
-    from switchboard.worker.turns import Turns
-
-    redis = aioredis.Redis.from_url(clean_redis, decode_responses=True)
-    raw = aioredis.Redis.from_url(clean_redis)
-    saver = await _saver(raw)
-    turns = Turns(redis, build().compile(checkpointer=saver), replace(WorkerSettings(), checkpoint_keep=4))
-    thread = keys.thread_id("u", "a")
-    counts = []
-    for n in range(12):
-        await redis.xadd(keys.inbound("u"), {"conv": "a", "cmid": f"m{n}", "dev": "d", "text": f"turn {n}"})
-        assert await turns.drain("u", "a") is True
-        counts.append(len([t async for t in saver.alist({"configurable": {"thread_id": thread}})]))
-    assert max(counts) <= 4 + 4 // 2 and counts[-1] >= 4  # bounded, and the newest are kept
-    state = await turns.graph.aget_state({"configurable": {"thread_id": thread}})
-    assert state.values["turn"] == 12  # the newest checkpoint holds the whole conversation
-    await redis.aclose()
-    await raw.aclose()
-
-
-async def test_a_lease_this_process_left_behind_is_taken_back_at_once(clean_redis):
-    """Releasing a lease can fail (Redis down, or restarted from its AOF with
-    the lease in it); the process that left it takes it back at once. A lease
-    of another process is waited for, never taken."""
-    from dataclasses import replace
-
-    from switchboard.shared import keys
-    from switchboard.shared.settings import WorkerSettings
-    from switchboard.worker.turns import Turns
-
-    redis = aioredis.Redis.from_url(clean_redis, decode_responses=True)
-    raw = aioredis.Redis.from_url(clean_redis)
-    settings = replace(WorkerSettings(), lease_ttl=30.0)
-    turns = Turns(redis, build().compile(checkpointer=await _saver(raw)), settings)
-    await redis.xadd(keys.inbound("u"), {"conv": "a", "cmid": "m1", "dev": "d", "text": "hello"})
-    await redis.set(keys.lease("u", "a"), turns.tokens.prefix + "0123456789abcdef", px=30_000)
-    # Taken back at once: the drain ends long before the lease's 30 s TTL.
-    assert await asyncio.wait_for(turns.drain("u", "a"), timeout=20) is True
-    assert [f["kind"] for _, f in await redis.xrange(keys.outbound("u"))] == ["assistant"]
-
-    other = Turns(redis, turns.graph, replace(WorkerSettings(), lease_ttl=0.5))
-    await redis.xadd(keys.inbound("u"), {"conv": "a", "cmid": "m2", "dev": "d", "text": "again"})
-    await redis.set(keys.lease("u", "a"), turns.tokens.prefix + "fedcba9876543210", px=30_000)
-    assert await other.drain("u", "a") is False  # another process's lease: waited for, not taken
-    assert len(await redis.xrange(keys.outbound("u"))) == 1
-    await redis.aclose()
-    await raw.aclose()
-
-
-async def test_a_commit_that_releases_the_lease_while_a_renewal_is_due_is_not_a_lost_lease(clean_redis):
-    """The last commit of a drain releases the lease itself; a renewal timer
-    firing before the drain has seen that reply finds no lease. That is not a
-    lost lease: the drain finishes normally (its notices are acknowledged)."""
-    from dataclasses import replace
-
-    from switchboard.shared import keys
-    from switchboard.shared.settings import WorkerSettings
-    from switchboard.worker.turns import Turns
-
-    class SlowToSeeTheCommit(Turns):
-        async def _commit(self, *args, **kwargs):  # noqa: ANN002, ANN003
-            result = await super()._commit(*args, **kwargs)
-            await asyncio.sleep(0.5)  # a busy event loop between the reply and its handling
-            return result
-
-    redis = aioredis.Redis.from_url(clean_redis, decode_responses=True)
-    raw = aioredis.Redis.from_url(clean_redis)
-    saver = await _saver(raw)
-    turns = SlowToSeeTheCommit(redis, build().compile(checkpointer=saver),
-                               replace(WorkerSettings(), lease_ttl=0.6))  # renewal every 0.2 s
-    await redis.xadd(keys.inbound("u"), {"conv": "a", "cmid": "m1", "dev": "d", "text": "hello"})
-    assert await turns.drain("u", "a") is True
-    assert await redis.hget(keys.conversation("u", "a"), "done") is not None
-    await redis.aclose()
-    await raw.aclose()
+async def test_a_checkpoint_a_cut_short_attempt_left_waiting_is_dropped_not_stored(client):
+    """A cancelled attempt's graph may write its checkpoint on the way out,
+    after the drain gave up; the next attempt (another token) must neither
+    store it nor be refused because of it."""
+    await client.set("lease", "tok-a")
+    saver = await _saver(client)
+    graph = build().compile(checkpointer=saver)
+    await graph.ainvoke({"messages": [HumanMessage("cut short", id="in-1")]}, _config("tok-a"), durability="exit")
+    assert saver.take(THREAD, "tok-b") is None  # not the committing attempt's
+    await graph.ainvoke({"messages": [HumanMessage("cut short", id="in-1")]}, _config("tok-a"), durability="exit")
+    await client.set("lease", "tok-b")  # the retry, under a new token
+    result = await _turn(graph, "cut short", 1, token="tok-b")
+    assert [m.id for m in result["messages"] if isinstance(m, HumanMessage)] == ["in-1"]
+    stored = await (await _saver(client, cache_size=0)).aget_tuple({"configurable": {"thread_id": THREAD}})
+    assert [m.id for m in stored.checkpoint["channel_values"]["messages"] if isinstance(m, HumanMessage)] == ["in-1"]
