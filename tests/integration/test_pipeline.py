@@ -6,8 +6,9 @@ import asyncio
 import uuid
 
 import pytest
+import redis.asyncio as aioredis
 
-from switchboard.shared import streamids
+from switchboard.shared import keys, streamids
 
 from tests.support.client import Device
 from tests.support.cluster import token
@@ -15,6 +16,24 @@ from tests.support.cluster import token
 
 def _user() -> str:
     return f"user-{uuid.uuid4().hex[:8]}"
+
+
+async def _xrange(redis_url: str, key: str, start: str = "-") -> list[tuple[str, dict[str, str]]]:
+    """The entries of a stream in Redis (after ``start`` if it is an id)."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return await client.xrange(key, start if start == "-" else f"({start}")
+    finally:
+        await client.aclose()
+
+
+async def _stream_ids(redis_url: str, user: str, after: str = "-") -> list[str]:
+    return [entry_id for entry_id, _ in await _xrange(redis_url, keys.outbound(user), after)]
+
+
+def _connection_event_ids(device: Device) -> list[str]:
+    """The events of the device's current connection."""
+    return [f["id"] for f in device.frames if f["type"] == "event"]
 
 
 @pytest.fixture
@@ -41,12 +60,18 @@ async def test_two_devices_on_two_gateways_see_the_same_events(system):
     await phone.wait_reply("m2")
     await laptop.wait_reply("m2")
 
-    assert phone.event_ids() == laptop.event_ids()
+    assert phone.event_ids() == laptop.event_ids() == await _stream_ids(system.redis_url, user)
     kinds = [(e["kind"], e["client_msg_id"]) for e in phone.events]
     assert kinds == [("user", "m1"), ("assistant", "m1"), ("user", "m2"), ("assistant", "m2")]
     user_event = phone.events[0]
     assert user_event["device_id"] == "phone" and user_event["text"] == "Planning a sailing trip to Norway"
-    assert accepted["id"]  # the inbound entry id
+    # `accepted` names the message's entry in the inbound stream, and the
+    # message's events in the outbound stream name that entry.
+    inbound = await _xrange(system.redis_url, keys.inbound(user))
+    assert [(entry_id, f["cmid"], f["text"]) for entry_id, f in inbound][0] == (
+        accepted["id"], "m1", "Planning a sailing trip to Norway")
+    outbound = await _xrange(system.redis_url, keys.outbound(user))
+    assert [f["in"] for _, f in outbound[:2]] == [accepted["id"], accepted["id"]]
     second_reply = phone.replies("m2")[0]["text"]
     assert "Turn 2" in second_reply and "sailing" in second_reply  # the graph remembers
     await phone.close()
@@ -76,14 +101,17 @@ async def test_reconnect_with_last_id_gets_exactly_the_missed_events(system):
     welcome = await phone.connect(last_id=seen[-1], epoch=epoch, url=gw_b.url)
     assert welcome["recovered"] is True and welcome["resume_from"] == seen[-1]
     await phone.wait_for(lambda: len(phone.frames) >= len(missed))
-    await asyncio.sleep(0.5)  # anything extra would arrive now
-    assert [f["id"] for f in phone.frames if f["type"] == "event"] == missed
-    assert phone.event_ids() == laptop.event_ids()
 
-    # Live events continue after the replay.
+    # Live events continue after the replay; once the last one is in, the
+    # connection has had exactly the stream after `last_id`: the missed
+    # events, then the live ones, nothing more.
     await laptop.send("c", "m5", "after the reconnect")
     await phone.wait_reply("m5")
-    assert phone.event_ids() == laptop.event_ids()
+    await laptop.wait_reply("m5")
+    after = await _stream_ids(system.redis_url, user, seen[-1])
+    assert after[:len(missed)] == missed and len(after) == len(missed) + 2
+    assert _connection_event_ids(phone) == after
+    assert phone.event_ids() == laptop.event_ids() == await _stream_ids(system.redis_url, user)
     await phone.close()
     await laptop.close()
 
@@ -100,15 +128,29 @@ async def test_reconnect_without_last_id_resumes_from_the_acked_offset(system):
     await phone.send("c", "m2", "and again")
     await phone.wait_reply("m2")
     after_ack = [e["id"] for e in phone.events if streamids.later(e["id"], acked)]
-    await asyncio.sleep(0.3)  # let the ack land before the connection goes
+    # The ack is stored before the connection goes.
+    stored = f"{phone.welcome['epoch']}|{acked}"
+    client = aioredis.Redis.from_url(system.redis_url, decode_responses=True)
+    try:
+        deadline = asyncio.get_running_loop().time() + 15
+        while await client.hget(keys.offsets(user), "phone") != stored:
+            assert asyncio.get_running_loop().time() < deadline, "the ack was not stored within 15 s"
+            await asyncio.sleep(0.02)
+    finally:
+        await client.aclose()
     await phone.close()
 
     phone.events = []
     welcome = await phone.connect()
     assert welcome["resume_from"] == acked and welcome["recovered"] is True
     await phone.wait_for(lambda: len(phone.events) >= 2)
-    await asyncio.sleep(0.5)
-    assert phone.event_ids() == after_ack
+    assert phone.event_ids()[:2] == after_ack
+    # A last message: once its reply is in, the connection has had exactly
+    # the stream after the acked offset.
+    await phone.send("c", "m3", "the last one")
+    await phone.wait_reply("m3")
+    assert phone.event_ids() == await _stream_ids(system.redis_url, user, acked)
+    assert len(phone.event_ids()) == len(after_ack) + 2
     await phone.close()
 
 
@@ -150,10 +192,17 @@ async def test_other_users_never_receive_these_events(system):
     await a.wait_reply("a1")
     await b.send("c", "b1", "bob speaking")
     await b.wait_reply("b1")
-    await asyncio.sleep(0.5)
+    # Last messages on both sides, alice's first: once bob has the reply to
+    # his, each device has had its own user's stream and nothing else.
+    await a.send("c", "a2", "alice again")
+    await a.wait_reply("a2")
+    await b.send("c", "b2", "bob again")
+    await b.wait_reply("b2")
     assert all("alice" not in e["text"] for e in b.events)
-    assert {e["client_msg_id"] for e in b.events} == {"b1"}
-    assert {e["client_msg_id"] for e in a.events} == {"a1"}
+    assert {e["client_msg_id"] for e in b.events} == {"b1", "b2"}
+    assert {e["client_msg_id"] for e in a.events} == {"a1", "a2"}
+    assert b.event_ids() == await _stream_ids(system.redis_url, bob)
+    assert a.event_ids() == await _stream_ids(system.redis_url, alice)
     await a.close()
     await b.close()
 
@@ -233,10 +282,6 @@ async def test_history_returns_the_conversation(system):
 async def test_answered_work_notices_are_acknowledged_and_deleted(system):
     """The acker acknowledges every notice a turn covered (many per round
     trip); nothing is left pending for a claimer to redo."""
-    import redis.asyncio as aioredis
-
-    from switchboard.shared import keys
-
     devices = [Device(system.services["gw-a"].url, token(_user()), "phone") for _ in range(5)]
     for device in devices:
         await device.connect()
