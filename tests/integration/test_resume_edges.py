@@ -3,7 +3,6 @@ events could be missing, and the replay is exact otherwise."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import uuid
 
@@ -36,10 +35,25 @@ async def _fill(store: GatewayStore, user: str, count: int, start: int = 0) -> l
     return [entry_id for entry_id, _ in await store.redis.xrange(keys.outbound(user))]
 
 
-async def _replayed(device: Device, expected: int) -> list[str]:
-    await device.wait_for(lambda: len(device.frames) >= expected)
-    await asyncio.sleep(0.3)  # nothing more may come
+async def _stream_ids(store: GatewayStore, user: str, after: str | None = None) -> list[str]:
+    """The user's outbound stream in Redis (the entries after ``after``)."""
+    return [entry_id for entry_id, _ in await store.redis.xrange(keys.outbound(user), f"({after}" if after else "-")]
+
+
+def _events(device: Device) -> list[str]:
     return [f["id"] for f in device.frames if f["type"] == "event"]
+
+
+async def _gets_exactly(device: Device, store: GatewayStore, user: str, expected: list[str]) -> None:
+    """The device's connection is sent exactly ``expected`` (ids read from
+    Redis), and then nothing but an event appended now: once that last event
+    is in, anything extra would have come before it."""
+    await device.wait_for(lambda: len(_events(device)) >= len(expected))
+    last = f"last-{uuid.uuid4().hex[:8]}"
+    await store.accept(user, "filler", "c", last, "the last event")
+    newest = (await store.redis.xrevrange(keys.outbound(user), count=1))[0][0]
+    await device.wait_for(lambda: any(f.get("client_msg_id") == last for f in device.frames))
+    assert _events(device) == expected + [newest]
 
 
 async def test_last_id_cases(setup):
@@ -55,17 +69,16 @@ async def test_last_id_cases(setup):
     d = Device(url, token(user), "d1")
     w = await d.connect(last_id=ids[-1], epoch=epoch)
     assert (w["recovered"], w["resume_from"]) == (True, ids[-1])
-    await asyncio.sleep(0.3)
-    assert d.frames == []
-    await store.accept(user, "filler", "c", "live", "live one")
-    assert (await d.wait_frame("event"))["client_msg_id"] == "live"
+    await _gets_exactly(d, store, user, [])
     await d.close()
 
     # Within retention: exactly the events after it.
     d = Device(url, token(user), "d2")
     w = await d.connect(last_id=ids[20], epoch=epoch)
     assert w["recovered"] is True
-    assert await _replayed(d, 10) == ids[21:] + [d.frames[-1]["id"]]
+    after = await _stream_ids(store, user, ids[20])
+    assert after[:-1] == ids[21:] and len(after) == 10  # ... and the live event d1 got
+    await _gets_exactly(d, store, user, after)
     await d.close()
 
     # From the future (ids this stream never had): not recovered.
@@ -78,7 +91,9 @@ async def test_last_id_cases(setup):
     d = Device(url, token(user), "d4")
     w = await d.connect(last_id=ids[20], epoch="not-the-epoch")
     assert w["recovered"] is False
-    assert len(await _replayed(d, 5)) == 5
+    stream = await _stream_ids(store, user)
+    assert w["resume_from"] == stream[-6]
+    await _gets_exactly(d, store, user, stream[-5:])
     await d.close()
 
     # Older than retention: not recovered; replay of all that is retained.
@@ -86,8 +101,9 @@ async def test_last_id_cases(setup):
     d = Device(url, token(user), "d5")
     w = await d.connect(last_id="1-0", epoch=epoch)  # long trimmed
     assert w["recovered"] is False
-    retained = [entry_id for entry_id, _ in await store.redis.xrange(keys.outbound(user))]
-    assert await _replayed(d, len(retained)) == retained
+    retained = await _stream_ids(store, user)
+    assert w["resume_from"] == await store.redis.hget(keys.meta(user), "trimmed")
+    await _gets_exactly(d, store, user, retained)
     await d.close()
 
 
@@ -109,7 +125,9 @@ async def test_a_lost_outbound_stream_is_reported_not_hidden(setup):
     await _fill(store, user, 3, start=50)
     w = await d.connect(last_id=ids[-1], epoch=epoch)
     assert w["recovered"] is False and w["epoch"] != epoch
-    assert len(await _replayed(d, 3)) == 3
+    stream = await _stream_ids(store, user)
+    assert len(stream) == 3
+    await _gets_exactly(d, store, user, stream)
     await d.close()
 
 
@@ -139,6 +157,10 @@ async def test_a_gateway_killed_mid_replay_the_device_completes_elsewhere(setup)
     await d.connect(last_id=d.event_ids()[-1], epoch=epoch, url=cluster.services["gw-2"].url)
     assert d.welcome["recovered"] is True
     await d.wait_for(lambda: len(d.events) >= 2999, timeout=30)
-    await asyncio.sleep(0.3)
-    assert d.event_ids() == ids[1:]
+    # A last event (appended without trimming): once it is in, the device
+    # has had every event after ids[0] once, over both connections.
+    await big.accept(user, "filler", "c", "last", "the last event")
+    [last] = await _stream_ids(big, user, ids[-1])
+    await d.wait_for(lambda: d.event_ids()[-1] == last, timeout=30)
+    assert d.event_ids() == ids[1:] + [last]
     await d.close()
