@@ -24,14 +24,37 @@ def _user() -> str:
     return f"user-{uuid.uuid4().hex[:8]}"
 
 
-async def _wait_path(directory: Path, timeout: float = 15.0) -> list[Path]:
+async def _wait_path(directory: Path, timeout: float = 15.0, count: int = 1) -> list[Path]:
+    """The turn marks in ``directory``, once there are ``count`` of them."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
-        if directory.exists() and any(directory.iterdir()):
-            return list(directory.iterdir())
+        if directory.exists() and len(found := list(directory.iterdir())) >= count:
+            return found
         await asyncio.sleep(0.05)
-    raise AssertionError(f"no turn started within {timeout} s")
+    raise AssertionError(f"{count} turn(s) did not start within {timeout} s")
+
+
+def _ran_on(marks: Path) -> set[int]:
+    """The pids of the workers that started turns (a mark is ``<pid>-...``)."""
+    return {int(mark.name.split("-")[0]) for mark in marks.iterdir()}
+
+
+async def _outbound(redis_url: str, user: str) -> list[tuple[str, dict[str, str]]]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return await client.xrange(keys.outbound(user))
+    finally:
+        await client.aclose()
+
+
+async def _has_the_stream(device: Device, redis_url: str, user: str) -> list[tuple[str, str]]:
+    """The device has had exactly the user's outbound stream in Redis (call
+    it once the reply to a last message is in: anything extra would have come
+    before it); returns the stream's (kind, client_msg_id)s."""
+    stream = await _outbound(redis_url, user)
+    assert device.event_ids() == [entry_id for entry_id, _ in stream]
+    return [(fields["kind"], fields["cmid"]) for _, fields in stream]
 
 
 async def test_worker_killed_mid_turn_gives_exactly_one_reply(cluster, tmp_path):
@@ -52,8 +75,8 @@ async def test_worker_killed_mid_turn_gives_exactly_one_reply(cluster, tmp_path)
     assert reply["kind"] == "assistant" and reply["text"] == "reply 1 to: sleep:3 think hard"
     await phone.send("c", "m2", "and then?")
     await phone.wait_reply("m2")
-    await asyncio.sleep(1.0)
-    assert len(phone.replies("m1")) == 1
+    assert await _has_the_stream(phone, cluster.redis_url, user) == [
+        ("user", "m1"), ("assistant", "m1"), ("user", "m2"), ("assistant", "m2")]
     assert phone.replies("m2")[0]["text"] == "reply 2 to: and then?"
     await phone.close()
 
@@ -109,9 +132,15 @@ async def test_a_repeated_work_notice_writes_no_second_reply(cluster):
         await client.xadd(keys.work(0), {"user": user, "conv": "c", "in": accepted["id"]})
     await phone.send("c", "m2", "twice?")
     await phone.wait_reply("m2")
-    await asyncio.sleep(1.0)
-    assert len(phone.replies("m1")) == 1 and len(phone.replies("m2")) == 1
-    assert await client.xlen(keys.work(0)) == 0  # notices are deleted once done
+    # Notices are deleted once done: when none is left, every notice has had
+    # its drain, so a second reply would be in the stream by now.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while await client.xlen(keys.work(0)):
+        assert loop.time() < deadline, "work notices were still there after 15 s"
+        await asyncio.sleep(0.05)
+    assert await _has_the_stream(phone, cluster.redis_url, user) == [
+        ("user", "m1"), ("assistant", "m1"), ("user", "m2"), ("assistant", "m2")]
     await client.aclose()
     await phone.close()
 
@@ -131,17 +160,25 @@ async def test_a_failing_graph_gives_turn_error_and_the_conversation_goes_on(clu
     await phone.close()
 
 
-async def test_turns_of_one_conversation_run_in_order_across_workers(cluster):
+async def test_turns_of_one_conversation_run_in_order_across_workers(cluster, tmp_path):
+    marks = tmp_path / "marks"
     cluster.start("fanout")
     cluster.start("gateway", "gw")
-    cluster.start("worker", "w1", GRAPH=SLOW)
-    cluster.start("worker", "w2", GRAPH=SLOW)
+    cluster.start("worker", "w1", GRAPH=SLOW, SLOW_GRAPH_MARKS=str(marks))
+    cluster.start("worker", "w2", GRAPH=SLOW, SLOW_GRAPH_MARKS=str(marks))
+    names = {cluster.services[name].process.pid: name for name in ("w1", "w2")}
     phone = Device(cluster.services["gw"].url, token(_user()), "phone")
     await phone.connect()
     for i in range(8):
-        await phone.send("c", f"m{i}", f"sleep:0.{i % 3} message {i}")
+        await phone.send("c", f"m{i}", f"sleep:0.{i % 3 + 3} message {i}")
+    # The worker holding the conversation's lease runs its turns one after
+    # another; once three have started it dies, and the other worker goes on.
+    await _wait_path(marks, count=3)
+    [first] = _ran_on(marks)
+    cluster.kill(names[first], signal.SIGKILL)
     for i in range(8):
-        await phone.wait_reply(f"m{i}")
+        await phone.wait_reply(f"m{i}", timeout=30)
+    assert _ran_on(marks) == set(names)  # both workers ran turns of it
     replies = [e for e in phone.events if e["kind"] == "assistant"]
     assert [e["client_msg_id"] for e in replies] == [f"m{i}" for i in range(8)]
     # Each turn saw exactly the turns before it.
@@ -169,7 +206,8 @@ async def test_fanout_killed_and_replaced_delivery_continues_exactly(cluster):
     cluster.start("fanout", "fan-1")
     cluster.start("gateway", "gw")
     cluster.start("worker")
-    phone = Device(cluster.services["gw"].url, token(_user()), "phone")
+    user = _user()
+    phone = Device(cluster.services["gw"].url, token(user), "phone")
     await phone.connect()
     await phone.send("c", "m1", "before")
     await phone.wait_reply("m1")
@@ -180,7 +218,8 @@ async def test_fanout_killed_and_replaced_delivery_continues_exactly(cluster):
     await phone.wait_reply("m2", timeout=20)
     await phone.send("c", "m3", "after")
     await phone.wait_reply("m3")
-    await asyncio.sleep(0.5)
+    assert await _has_the_stream(phone, cluster.redis_url, user) == [
+        ("user", "m1"), ("assistant", "m1"), ("user", "m2"), ("assistant", "m2"), ("user", "m3"), ("assistant", "m3")]
     ids = phone.event_ids()
     assert len(ids) == len(set(ids)) == 6
     assert [(e["kind"], e["client_msg_id"]) for e in phone.events] == [
@@ -209,8 +248,13 @@ async def test_gateway_killed_device_resumes_on_another_gateway(cluster):
                         url=cluster.services["gw-2"].url)
     assert phone.welcome["recovered"] is True
     await phone.wait_reply("m2")
-    await asyncio.sleep(0.3)
-    assert phone.event_ids() == tablet.event_ids()
+    await tablet.send("c", "m3", "three")
+    await phone.wait_reply("m3")
+    await tablet.wait_reply("m3")
+    kinds = await _has_the_stream(phone, cluster.redis_url, user)
+    assert kinds == [("user", "m1"), ("assistant", "m1"), ("user", "m2"), ("assistant", "m2"), ("user", "m3"),
+                     ("assistant", "m3")]
+    assert await _has_the_stream(tablet, cluster.redis_url, user) == kinds
     await phone.close()
     await tablet.close()
 
@@ -219,7 +263,7 @@ async def test_a_worker_paused_past_its_lease_writes_no_second_reply(cluster, tm
     marks = tmp_path / "marks"
     cluster.start("fanout")
     cluster.start("gateway", "gw")
-    cluster.start("worker", "sleepy", GRAPH=SLOW, SLOW_GRAPH_MARKS=str(marks))
+    cluster.start("worker", "sleepy", GRAPH=SLOW, SLOW_GRAPH_MARKS=str(marks), SHUTDOWN_GRACE="30")
     user = _user()
     phone = Device(cluster.services["gw"].url, token(user), "phone")
     await phone.connect()
@@ -232,9 +276,21 @@ async def test_a_worker_paused_past_its_lease_writes_no_second_reply(cluster, tm
         await phone.wait_reply("m1", timeout=30)
     finally:
         sleepy.send_signal(signal.SIGCONT)
-    await asyncio.sleep(4)  # the paused worker wakes up and finishes its turn
-    assert len(phone.replies("m1")) == 1
-    assert "leaving the conversation to its new owner" in cluster.services["sleepy"].log_text()
+    # The paused worker wakes up: stopping it lets its running turn finish
+    # (SHUTDOWN_GRACE is long), so once it has exited, whatever that turn
+    # could write is in Redis. Its reply is not: the stream holds one, the
+    # rescuer's, and the conversation is past m1.
+    assert cluster.kill("sleepy", signal.SIGTERM, 60.0)
+    stream = await _outbound(cluster.redis_url, user)
+    assert [(f["kind"], f["cmid"]) for _, f in stream] == [("user", "m1"), ("assistant", "m1")]
+    client = aioredis.Redis.from_url(cluster.redis_url, decode_responses=True)
+    conversation = await client.hgetall(keys.conversation(user, "c"))
+    await client.aclose()
+    assert conversation.get("done") == stream[0][1]["in"] == stream[1][1]["in"]
+    await phone.send("c", "m2", "still there?")
+    await phone.wait_reply("m2")
+    assert await _has_the_stream(phone, cluster.redis_url, user) == [
+        ("user", "m1"), ("assistant", "m1"), ("user", "m2"), ("assistant", "m2")]
     # Nor did its checkpoint: the thread's history is a line, not a fork.
     client = aioredis.Redis.from_url(cluster.redis_url)
     saver = AsyncRedisSaver(redis_client=client)
