@@ -53,12 +53,15 @@ async def test_reconnecting_during_a_burst_of_appends_loses_and_repeats_nothing(
     await writing
     await writer.wait_for(lambda: len([f for f in writer.frames if f["type"] == "accepted"]) == total)
 
+    # A last message after the burst: once both devices have it, anything
+    # missing or repeated would have shown before it.
+    await writer.send("c", "last", "the last one")
+    for device in (reader, writer):
+        await device.wait_for(lambda d=device: any(e["client_msg_id"] == "last" for e in d.events), timeout=20)
     client = aioredis.Redis.from_url(cluster.redis_url, decode_responses=True)
     stream_ids = [entry_id for entry_id, _ in await client.xrange(keys.outbound(user))]
     await client.aclose()
-    assert len(stream_ids) == total
-    await reader.wait_for(lambda: len(reader.events) >= total, timeout=20)
-    await asyncio.sleep(0.5)
+    assert len(stream_ids) == total + 1
     assert reconnects >= 5
     assert reader.event_ids() == stream_ids  # every event once, in stream order
     assert writer.event_ids() == stream_ids
@@ -89,8 +92,15 @@ async def test_two_devices_one_reconnecting_repeatedly_end_with_equal_logs(clust
     for i in range(30):
         await steady.wait_reply(f"m{i}")
         await flaky.wait_reply(f"m{i}")
-    await asyncio.sleep(0.3)
-    assert len(steady.events) == 60
-    assert flaky.event_ids() == steady.event_ids()
+    # A last message: once both have its reply, each has had the whole stream.
+    await steady.send("c", "last", "the last one")
+    await steady.wait_reply("last")
+    await flaky.wait_reply("last")
+    client = aioredis.Redis.from_url(cluster.redis_url, decode_responses=True)
+    stream_ids = [entry_id for entry_id, _ in await client.xrange(keys.outbound(user))]
+    await client.aclose()
+    assert len(stream_ids) == 62
+    assert steady.event_ids() == stream_ids
+    assert flaky.event_ids() == stream_ids
     await steady.close()
     await flaky.close()

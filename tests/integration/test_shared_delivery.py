@@ -6,7 +6,6 @@ outbox."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import pytest
@@ -51,7 +50,13 @@ async def test_devices_at_different_positions_each_get_exactly_their_events(clus
         await device.wait_for(lambda d=device: len(d.events) >= 1500, timeout=30)
     await late.wait_for(lambda: len(late.events) >= 900, timeout=30)
     await early.wait_for(lambda: len(early.events) >= 1499, timeout=30)
-    await asyncio.sleep(0.5)  # anything repeated would arrive now
+    # A last event: once every device has it, anything repeated or missing
+    # would have come before it.
+    await store.accept(user, "bench", "c", "last", "the last event")
+    ids = await _stream_ids(client, user)
+    assert len(ids) == 1501
+    for device in [*live, late, early]:
+        await device.wait_for(lambda d=device: d.events and d.events[-1]["id"] == ids[-1], timeout=30)
     for device in live:
         assert device.event_ids() == ids
     assert late.event_ids() == ids[600:]
