@@ -168,6 +168,8 @@ class Turns:
         deadline = loop.time() + max_wait
         delay = 0.01
         thread = keys.thread_id(user, conversation)
+        # Without the fenced saver there is no kept copy to check; the script
+        # still needs a key of the user's slot in that place (its answer is unused).
         latest_key = self.saver.latest_key(thread) if self.saver is not None else keys.lease(user, conversation)
         while True:
             token = self.tokens.new()
