@@ -48,12 +48,15 @@ async def test_accepted_messages_survive_redis_being_killed(tmp_path, appendfsyn
 
         for i in range(10):
             await phone.wait_reply(f"m{i}", timeout=60)
-        await asyncio.sleep(1.0)
+        # A last message (the conversation's turns run in order): once its
+        # reply is in, a repeated reply or event would have come before it.
+        await phone.send("c", "last", "sleep:0 the last one")
+        await phone.wait_reply("last", timeout=60)
         client = aioredis.Redis.from_url(server.url, decode_responses=True)
         stream = await client.xrange(keys.outbound(user))
         await client.aclose()
         replies = [f["cmid"] for _, f in stream if f["kind"] == "assistant"]
-        assert sorted(replies) == sorted(f"m{i}" for i in range(10))  # each exactly once
+        assert sorted(replies) == sorted([*(f"m{i}" for i in range(10)), "last"])  # each exactly once
         assert phone.event_ids() == [entry_id for entry_id, _ in stream]  # and the device saw them all, once
         assert all(s.process.poll() is None for s in cluster.services.values())  # everyone rode it out
         await phone.close()
