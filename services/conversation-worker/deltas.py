@@ -183,8 +183,10 @@ class ReplyStream(AsyncCallbackHandler):
     async def close(self) -> None:
         """End the attempt's stream: write what is waiting now, without the
         interval's pause, and return when no write is in flight, so no delta
-        can follow the final event. A failed write is not raised here: the
-        commit that follows checks the lease again."""
+        can follow the final event. A failed write is not raised here (this
+        runs on the way out of failed attempts too): the caller reads
+        :attr:`error` -- an attempt whose deltas do not hold all it streamed
+        must not be committed (see :meth:`Turns._run`)."""
         self._closing.set()
         if self._flusher is None and self._pieces and self.error is None:
             self._flusher = asyncio.create_task(self._flush(), name=f"deltas-{self.user}/{self.conversation}")

@@ -331,6 +331,12 @@ class Turns:
         finally:
             if stream is not None:
                 await stream.close()  # no delta may follow the final event
+        if stream is not None and stream.error is not None:
+            # A delta write failed after the graph's last token (Redis went
+            # away, or the lease): the attempt's deltas miss part of the reply,
+            # so it is not committed. An outage retries it from seq 0 (not
+            # counted); a lost lease ends the drain.
+            raise stream.error
         return reply_after(result.get("messages", []) if isinstance(result, dict) else [], human_id) or ""
 
     async def _commit(self, user: str, entry: InboundEntry, lease: Lease, done: str, kind: EventKind,

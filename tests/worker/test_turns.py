@@ -150,3 +150,52 @@ async def test_a_commit_that_releases_the_lease_while_a_renewal_is_due_is_not_a_
     assert await redis.hget(keys.conversation("u", "a"), "done") is not None
     await redis.aclose()
     await raw.aclose()
+
+
+async def test_a_reply_whose_last_deltas_were_not_written_is_not_committed_but_retried(clean_redis):
+    """Redis going away under the final delta write leaves the attempt's
+    deltas short of its reply: that attempt must not be committed (a device
+    would rebuild a reply that stops early). The drain fails as an outage
+    and the retry streams the reply again from seq 0, whole, uncounted."""
+    from dataclasses import replace
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from switchboard.shared import keys
+    from switchboard.shared.settings import WorkerSettings
+    from switchboard.worker.turns import Turns
+
+    redis = aioredis.Redis.from_url(clean_redis, decode_responses=True)
+    raw = aioredis.Redis.from_url(clean_redis)
+    # A long interval: the first piece is written at once, the rest in the final flush.
+    settings = replace(WorkerSettings(), stream_deltas=True, delta_interval=30.0, max_attempts=1)
+    turns = Turns(redis, build(stream=True, token_ms=1).compile(checkpointer=await _saver(raw)), settings)
+    store = turns.deltas.store
+    writes = {"n": 0}
+    original = store.write_delta
+
+    async def final_flush_fails_once(*args, **kwargs):  # noqa: ANN002, ANN003
+        writes["n"] += 1
+        if writes["n"] == 2:
+            raise RedisConnectionError("Redis went away")
+        return await original(*args, **kwargs)
+
+    store.write_delta = final_flush_fails_once
+    await redis.xadd(keys.inbound("u"), {"conv": "a", "cmid": "m1", "dev": "d", "text": "tell me about the sea"})
+    try:
+        await turns.drain("u", "a")
+    except RedisConnectionError:
+        pass
+    else:
+        raise AssertionError("a reply with deltas missing was committed")
+    assert [f["kind"] for _, f in await redis.xrange(keys.outbound("u"))] == ["delta"]  # no reply yet
+
+    assert await turns.drain("u", "a") is True
+    events = [f for _, f in await redis.xrange(keys.outbound("u"))]
+    assert [e["kind"] for e in events][-1] == "assistant"
+    last_attempt = events[max(i for i, e in enumerate(events) if e.get("seq") == "0"):-1]
+    assert [e["seq"] for e in last_attempt] == [str(n) for n in range(len(last_attempt))]
+    assert "".join(e["text"] for e in last_attempt) == events[-1]["text"]
+    assert await redis.xrange(keys.dead_letters()) == []  # MAX_ATTEMPTS=1, and the outage was not counted
+    await redis.aclose()
+    await raw.aclose()
