@@ -65,8 +65,9 @@ class DeltaWriter:
         self.store = store
         self.interval = interval
 
-    def stream(self, user: str, conversation: str, *, token: str, client_msg_id: str,
-               inbound_id: str) -> ReplyStream:
+    def reply(self, user: str, conversation: str, *, token: str, client_msg_id: str,
+              inbound_id: str) -> ReplyStream:
+        """The delta stream of one attempt at one reply."""
         return ReplyStream(self, user, conversation, token=token, client_msg_id=client_msg_id,
                            inbound_id=inbound_id)
 

@@ -307,11 +307,11 @@ class Turns:
                 log.info("reusing checkpointed reply user=%s entry=%s", user, entry.id,
                          extra={"user": user, "conversation": entry.conversation, "entry": entry.id})
                 return reply
-        stream = None
+        reply_stream = None
         if self.deltas is not None:
-            stream = self.deltas.stream(user, entry.conversation, token=token, client_msg_id=entry.client_msg_id,
-                                        inbound_id=entry.id)
-            config["callbacks"] = [stream]
+            reply_stream = self.deltas.reply(user, entry.conversation, token=token,
+                                             client_msg_id=entry.client_msg_id, inbound_id=entry.id)
+            config["callbacks"] = [reply_stream]
         try:
             result = await asyncio.wait_for(
                 self.graph.ainvoke({"messages": [HumanMessage(content=entry.text, id=human_id)]}, config,
@@ -329,14 +329,14 @@ class Turns:
             raise TurnFailed(f"{type(exc).__name__}: {exc}"[:500],
                              f"the assistant failed on this message ({type(exc).__name__})") from None
         finally:
-            if stream is not None:
-                await stream.close()  # no delta may follow the final event
-        if stream is not None and stream.error is not None:
+            if reply_stream is not None:
+                await reply_stream.close()  # no delta may follow the final event
+        if reply_stream is not None and reply_stream.error is not None:
             # A delta write failed after the graph's last token (Redis went
             # away, or the lease): the attempt's deltas miss part of the reply,
             # so it is not committed. An outage retries it from seq 0 (not
             # counted); a lost lease ends the drain.
-            raise stream.error
+            raise reply_stream.error
         return reply_after(result.get("messages", []) if isinstance(result, dict) else [], human_id) or ""
 
     async def _commit(self, user: str, entry: InboundEntry, lease: Lease, done: str, kind: EventKind,

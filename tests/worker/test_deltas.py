@@ -30,7 +30,7 @@ async def test_a_delta_is_written_only_by_the_lease_holder(clean_redis):
     lease = keys.lease(user, conversation)
     await client.set(lease, "mine")
     writer = DeltaWriter(_store(client), interval=0.0)
-    stream = writer.stream(user, conversation, token="mine", client_msg_id="m1", inbound_id="1-0")
+    stream = writer.reply(user, conversation, token="mine", client_msg_id="m1", inbound_id="1-0")
     stream.add("Hello")
     await asyncio.sleep(0.2)
     stream.add(", world")
@@ -43,7 +43,7 @@ async def test_a_delta_is_written_only_by_the_lease_holder(clean_redis):
         (EventKind.DELTA.value, " and the rest", "2", "m1")]
 
     # The interval bounds the writes: pieces streamed meanwhile are joined into one delta.
-    spaced = DeltaWriter(_store(client), interval=0.3).stream(
+    spaced = DeltaWriter(_store(client), interval=0.3).reply(
         user, conversation, token="mine", client_msg_id="m2", inbound_id="2-0")
     for word in ["One", " two", " three", " four"]:
         spaced.add(word)
@@ -53,7 +53,7 @@ async def test_a_delta_is_written_only_by_the_lease_holder(clean_redis):
     assert texts == ["One", " two three four"]
 
     await client.set(lease, "someone-else")  # the lease moved on (this worker stalled)
-    late = writer.stream(user, conversation, token="mine", client_msg_id="m1", inbound_id="1-0")
+    late = writer.reply(user, conversation, token="mine", client_msg_id="m1", inbound_id="1-0")
     late.add("stale words")
     await asyncio.sleep(0.2)
     await late.close()
@@ -79,7 +79,7 @@ async def test_a_lease_lost_while_streaming_stops_the_graph(clean_redis):
     user = _user()
     lease = keys.lease(user, "c")
     await client.set(lease, "mine")
-    stream = DeltaWriter(_store(client), interval=0.0).stream(
+    stream = DeltaWriter(_store(client), interval=0.0).reply(
         user, "c", token="mine", client_msg_id="m1", inbound_id="1-0")
     graph = build(stream=True, token_ms=50).compile()
 
