@@ -66,6 +66,11 @@ class ConversationTask:
     notices: list[WorkItem] = field(default_factory=list)
     task: asyncio.Task | None = None
 
+    @property
+    def log_context(self) -> dict[str, str]:
+        """The fields of this conversation's log lines (JSON logs)."""
+        return {"user": self.user, "conversation": self.conversation}
+
 
 class Worker:
     def __init__(self, settings: WorkerSettings):
@@ -148,7 +153,7 @@ class Worker:
             await pipe.execute()
         except (RedisError, OSError) as exc:
             # Still pending on this consumer: claimed after CLAIM_IDLE instead.
-            log.warning("hand-back of %s/%s failed: %s", conv.user, conv.conversation, exc)
+            log.warning("hand-back of %s/%s failed: %s", conv.user, conv.conversation, exc, extra=conv.log_context)
 
     # -- poll + start ----------------------------------------------------------------
 
@@ -211,10 +216,11 @@ class Worker:
                     finished = await self.turns.drain(conv.user, conv.conversation)
                 except LeaseLostError as exc:
                     # We stalled and another worker took over; it owns the turn now.
-                    log.warning("%s; leaving the conversation to its new owner", exc)
+                    log.warning("%s; leaving the conversation to its new owner", exc, extra=conv.log_context)
                     return
                 except (RedisError, OSError) as exc:
-                    log.warning("conversation %s/%s: storage error %s; retrying", conv.user, conv.conversation, exc)
+                    log.warning("conversation %s/%s: storage error %s; retrying", conv.user, conv.conversation, exc,
+                                extra=conv.log_context)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
@@ -227,12 +233,14 @@ class Worker:
                     # Another worker held the lease past our wait. It may have
                     # scanned before our entry arrived, so keep the notices and
                     # try again rather than acknowledge work nobody did.
-                    log.info("conversation %s/%s busy elsewhere; waiting", conv.user, conv.conversation)
+                    log.info("conversation %s/%s busy elsewhere; waiting", conv.user, conv.conversation,
+                             extra=conv.log_context)
                     continue
                 self._queue_ack(covered)
                 conv.notices = [n for n in conv.notices if n not in covered]
         except Exception:
-            log.exception("conversation %s/%s crashed; its notices stay pending", conv.user, conv.conversation)
+            log.exception("conversation %s/%s crashed; its notices stay pending", conv.user, conv.conversation,
+                          extra=conv.log_context)
         finally:
             self.running.pop((conv.user, conv.conversation), None)
             self.slot_freed.set()
