@@ -16,6 +16,8 @@ have run already (the connection broke after Redis executed it and before
 the reply), so every command the services send is safe to repeat: the
 scripts check state first (the accept's dedup key, the commit's ``done``,
 a delta's ``seq``), and a repeated notice or publish is harmless.
+Subscriptions are the exception (:func:`make_subscriber`): a lost one must
+be noticed, not papered over.
 """
 
 from __future__ import annotations
@@ -39,7 +41,11 @@ from .settings import RedisSettings
 
 
 def make_pool(settings: RedisSettings, *, max_connections: int | None = None,
-              decode: bool = True) -> aioredis.BlockingConnectionPool:
+              decode: bool = True, retry: bool = True) -> aioredis.BlockingConnectionPool:
+    options = {}
+    if retry:
+        options["retry"] = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), RETRIES,
+                                 supported_errors=(RedisConnectionError,))
     return aioredis.BlockingConnectionPool.from_url(
         settings.url,
         max_connections=max_connections or settings.max_connections,
@@ -48,8 +54,7 @@ def make_pool(settings: RedisSettings, *, max_connections: int | None = None,
         socket_connect_timeout=5.0,
         health_check_interval=30,
         decode_responses=decode,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), RETRIES,
-                    supported_errors=(RedisConnectionError,)),
+        **options,
     )
 
 
@@ -61,6 +66,17 @@ def make_client(settings: RedisSettings, *, max_connections: int | None = None,
     """
     pool = make_pool(settings, max_connections=max_connections, decode=decode)
     return aioredis.Redis.from_pool(pool)  # the client owns (and closes) its pool
+
+
+def make_subscriber(settings: RedisSettings, *, decode: bool = False) -> aioredis.Redis:
+    """A client for pub/sub subscriptions only: its connections do not retry.
+
+    Pub/sub is at-most-once: whatever is published while a subscription is
+    down is lost, so its owner must *see* the loss and repair it (the gateway
+    re-attaches its connections from their cursors; the fanout starts a new
+    incarnation). A retrying connection would reconnect and re-subscribe on
+    its own, silently."""
+    return aioredis.Redis.from_pool(make_pool(settings, max_connections=4, decode=decode, retry=False))
 
 
 def queue_script(pipe: aioredis.client.Pipeline, script: AsyncScript, keys: Sequence[Any],

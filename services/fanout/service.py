@@ -53,6 +53,7 @@ class Fanout:
         self.incarnation = secrets.token_hex(6)
         self.redis = redisconn.make_client(settings.redis)
         self.raw = redisconn.make_client(settings.redis, decode=False)
+        self.subscriber = redisconn.make_subscriber(settings.redis)  # a lost subscription must be seen
         self.reader = read.OutboundReader(self.raw)
         self.registry = Registry(settings.batch)
         self.counts = {"reads": 0, "direct": 0}  #: users read vs delivered from notices (tests, metrics)
@@ -86,6 +87,7 @@ class Fanout:
                 await self.redis.srem(keys.fanout_members(), self.id)
             await self.redis.aclose()
             await self.raw.aclose()
+            await self.subscriber.aclose()
             log.info("fanout %s stopped", self.id)
 
     async def _announce(self) -> None:
@@ -99,7 +101,7 @@ class Fanout:
         backoff = 0.1
         first = True
         while not self.stopping.is_set():
-            pubsub = self.raw.pubsub()
+            pubsub = self.subscriber.pubsub()
             try:
                 await pubsub.subscribe(keys.fanout_control(self.id))
                 if not first:

@@ -96,9 +96,12 @@ class Connection:
 
 
 class DeliveryHub:
-    def __init__(self, redis: aioredis.Redis, gateway_id: str):
+    def __init__(self, redis: aioredis.Redis, gateway_id: str, subscriber: aioredis.Redis | None = None):
         # ``redis`` must not decode responses: deliveries are msgpack bytes.
+        # ``subscriber`` (connection.make_subscriber: no retries) carries the
+        # delivery subscription, so that losing it is seen and repaired.
         self.redis = redis
+        self.subscriber = subscriber or redis
         self.gateway_id = gateway_id
         self.channel = keys.gateway_delivery(gateway_id)
         self.conns: dict[str, Connection] = {}
@@ -185,7 +188,7 @@ class DeliveryHub:
     async def _listen(self) -> None:
         backoff = 0.1
         while not self.closing.is_set():
-            pubsub = self.redis.pubsub()
+            pubsub = self.subscriber.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
                 if self.ready.is_set():

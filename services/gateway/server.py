@@ -47,7 +47,8 @@ class Gateway:
         self.redis = redisconn.make_client(settings.redis)
         self.raw_redis = redisconn.make_client(settings.redis, decode=False)
         self.store = GatewayStore(self.redis, settings.streams)
-        self.hub = DeliveryHub(self.raw_redis, settings.server_id)
+        self.subscriber = redisconn.make_subscriber(settings.redis)
+        self.hub = DeliveryHub(self.raw_redis, settings.server_id, self.subscriber)
         self.saver = use_caching_serializer(AsyncRedisSaver(redis_client=self.raw_redis))
         self.history = HistoryReader(self.saver)
 
@@ -85,6 +86,7 @@ class Gateway:
             await finish([hub_task], grace=3.0)
             await self.redis.aclose()
             await self.raw_redis.aclose()
+            await self.subscriber.aclose()
 
     @staticmethod
     def _route(connection: ServerConnection, request):  # noqa: ANN001

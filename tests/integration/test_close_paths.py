@@ -569,8 +569,6 @@ async def test_a_lost_batch_behind_the_connection_does_not_strand_it(cluster, re
 # -- Redis unreachable, or the connection to it interrupted ----------------------------
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the hub never notices a pub/sub reconnect done by redis-py's retry, so it never re-attaches")
 async def test_deliveries_published_while_the_gateway_was_unsubscribed_still_arrive(cluster, redis_client):
     """The gateway's pub/sub connection to Redis breaks (a Redis restart, a
     network blip, a proxy's idle timeout) and is opened again. Pub/sub keeps
@@ -651,8 +649,6 @@ async def test_with_redis_down_hello_and_send_get_unavailable(own_redis):
     await phone.close()
 
 
-@pytest.mark.xfail(strict=False, reason="deliveries published while pub/sub silently reconnects after the "
-                   "restart are lost (see test_deliveries_published_while_the_gateway_was_unsubscribed_still_arrive)")
 async def test_after_redis_is_back_hello_and_send_succeed_at_once(own_redis):
     server, cluster = own_redis
     cluster.start_many(("fanout", "f"), ("gateway", "gw"))
