@@ -41,7 +41,6 @@ from switchboard.shared.tasks import finish, wait_event
 
 from .cursor import DeliveryEvents
 from .delivery import Deliver, DeliveryState, Ignore, Reattach, Resync, resume_room
-from .delivery import choose_fanout  # noqa: F401 - imported from here by tests/chaos
 from .outbox import Outbox
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,6 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,12 +24,14 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from switchboard.embedded_redis import EmbeddedRedis, free_port
-from switchboard.gateway.hub import SLOW_CONSUMER_AFTER, choose_fanout
+from switchboard.gateway.delivery import choose_fanout
+from switchboard.gateway.hub import SLOW_CONSUMER_AFTER
 from switchboard.gateway.store import GatewayStore
 from switchboard.shared import internal, keys
 from switchboard.shared.settings import StreamSettings
 from tests.support.client import Device
 from tests.support.cluster import Cluster, token
+from tests.support.wait import until as _until
 
 SLOW = "tests.support.graphs:slow"
 RETENTION = 10  # OUTBOUND_MAXLEN's minimum
@@ -38,21 +39,6 @@ RETENTION = 10  # OUTBOUND_MAXLEN's minimum
 
 def _user() -> str:
     return f"user-{uuid.uuid4().hex[:8]}"
-
-
-async def _until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``predicate`` (sync or async) until it is truthy, at most ``timeout`` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(interval)
 
 
 async def _stream_ids(client: aioredis.Redis, user: str) -> list[str]:

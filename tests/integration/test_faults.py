@@ -7,7 +7,6 @@ import signal
 import uuid
 from pathlib import Path
 
-import pytest
 import redis.asyncio as aioredis
 from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver

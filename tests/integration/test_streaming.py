@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 import uuid
 
-from switchboard.shared import keys
 from tests.support.client import Device
 from tests.support.cluster import token
 

@@ -6,12 +6,9 @@ outbound streams in Redis."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -20,27 +17,13 @@ from redis.exceptions import ResponseError
 from switchboard.shared import keys
 from tests.support.client import Device
 from tests.support.cluster import token
+from tests.support.wait import until as _until
 
 SLOW = "tests.support.graphs:slow"
 
 
 def _user() -> str:
     return f"user-{uuid.uuid4().hex[:8]}"
-
-
-async def _until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``predicate`` (sync or async) until it is truthy, at most ``timeout`` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(interval)
 
 
 async def _stream(client: aioredis.Redis, user: str) -> list[tuple[str, dict[str, str]]]:

@@ -1,7 +1,6 @@
 """Redis clients (connection.py): telling an outage from a refused command,
 and a pooled connection made stale by a Redis restart retried, not failed."""
 
-import redis.asyncio as aioredis
 from redis.exceptions import BusyLoadingError, ConnectionError, ResponseError, TimeoutError
 
 from switchboard.embedded_redis import EmbeddedRedis, free_port

@@ -4,8 +4,6 @@ library would read from Redis and never hides a checkpoint written by another
 worker. (How the document is written: ``test_checkpoint_format.py``; drains
 through ``Turns``: ``test_turns.py``.)"""
 
-import asyncio
-
 import pytest
 import redis.asyncio as aioredis
 from langchain_core.messages import HumanMessage
