@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+import redis.asyncio as aioredis
 
 from tests.support.cluster import Cluster
 
@@ -23,3 +24,11 @@ def cluster(clean_redis: str, tmp_path, request):
         report = getattr(request.node, "rep_call", None)
         if report is not None and report.failed:
             print(c.logs())
+
+
+@pytest.fixture
+async def redis_client(cluster):
+    """A client of the cluster's Redis (replies decoded), to compare with what devices saw."""
+    client = aioredis.Redis.from_url(cluster.redis_url, decode_responses=True)
+    yield client
+    await client.aclose()

@@ -13,7 +13,6 @@ import re
 import signal
 import socket
 import time
-import uuid
 from typing import Any
 
 import pytest
@@ -29,16 +28,12 @@ from switchboard.gateway.hub import SLOW_CONSUMER_AFTER
 from switchboard.gateway.store import GatewayStore
 from switchboard.shared import internal, keys
 from switchboard.shared.settings import StreamSettings
-from tests.support.client import Device
+from tests.support.client import Device, new_user
 from tests.support.cluster import Cluster, token
 from tests.support.wait import until as _until
 
 SLOW = "tests.support.graphs:slow"
 RETENTION = 10  # OUTBOUND_MAXLEN's minimum
-
-
-def _user() -> str:
-    return f"user-{uuid.uuid4().hex[:8]}"
 
 
 async def _stream_ids(client: aioredis.Redis, user: str) -> list[str]:
@@ -70,7 +65,7 @@ async def _scenario(wait) -> None:
 
 def _user_for(fanout: str, fanouts: list[str]) -> str:
     while True:
-        user = _user()
+        user = new_user()
         if choose_fanout(user, dict.fromkeys(fanouts, "")) == fanout:
             return user
 
@@ -247,13 +242,6 @@ class RawClient:
             self.sock.close()
 
 
-@pytest.fixture
-async def redis_client(cluster):
-    client = aioredis.Redis.from_url(cluster.redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
-
-
 # -- heartbeat and hello --------------------------------------------------------------
 
 
@@ -262,7 +250,7 @@ async def test_a_device_that_stops_answering_pings_is_closed_and_the_others_are_
     cluster.start_many(("fanout", "f"), ("gateway", "gw"), ("worker", "w"), GRAPH=SLOW,
                        HEARTBEAT_INTERVAL=str(interval))
     url = cluster.services["gw"].url
-    user = _user()
+    user = new_user()
     tablet = Device(url, token(user), "tablet")
     await tablet.connect()
     silent = RawClient(url)
@@ -301,7 +289,7 @@ async def test_no_hello_in_time_is_closed_with_4003(cluster):
     mute.close()
 
     # A device that says hello at once is welcomed by the same gateway.
-    prompt = Device(url, token(_user()), "prompt")
+    prompt = Device(url, token(new_user()), "prompt")
     assert (await prompt.connect())["type"] == "welcome"
     await prompt.close()
 
@@ -311,7 +299,7 @@ async def test_no_hello_in_time_is_closed_with_4003(cluster):
 
 async def test_a_second_hello_gets_duplicate_hello_and_the_connection_goes_on(cluster, redis_client):
     cluster.start_many(("fanout", "f"), ("gateway", "gw"), ("worker", "w"), GRAPH=SLOW)
-    user = _user()
+    user = new_user()
     phone = Device(cluster.services["gw"].url, token(user), "phone")
     welcome = await phone.connect()
     await phone.send_raw(json.dumps({"type": "hello", "token": token(user), "device_id": "phone"}))
@@ -332,7 +320,7 @@ async def test_a_second_hello_gets_duplicate_hello_and_the_connection_goes_on(cl
 
 async def test_an_ack_beyond_what_was_sent_gets_invalid_ack_and_a_sent_id_is_stored(cluster, redis_client):
     cluster.start_many(("fanout", "f"), ("gateway", "gw"))
-    user = _user()
+    user = new_user()
     url = cluster.services["gw"].url
     phone = Device(url, token(user), "phone")
     epoch = (await phone.connect())["epoch"]
@@ -375,7 +363,7 @@ async def test_a_device_that_stops_reading_is_closed_with_4008_and_resumes_exact
     cluster.start_many(("fanout", "f"), ("gateway", "gw"), OUTBOX_SIZE="16", HEARTBEAT_INTERVAL="60")
     url = cluster.services["gw"].url
     gateway_log = cluster.services["gw"].log_text
-    user = _user()
+    user = new_user()
     stuck = RawClient(url, rcvbuf=4096)
     await stuck.open()
     welcome = await stuck.hello(user, "stuck")
@@ -427,7 +415,7 @@ async def test_a_paused_device_whose_position_is_trimmed_is_closed_with_4009(clu
                        OUTBOUND_MAXLEN=str(RETENTION))
     url = cluster.services["gw"].url
     store = GatewayStore(redis_client, StreamSettings(outbound_maxlen=RETENTION))
-    user = _user()
+    user = new_user()
     notify = keys.notify(user)
     stuck = RawClient(url, rcvbuf=4096)
     await stuck.open()
@@ -563,7 +551,7 @@ async def test_deliveries_published_while_the_gateway_was_unsubscribed_still_arr
     really have, or an accepted message never shows on a connected device."""
     cluster.start_many(("fanout", "f"), ("gateway", "gw"))
     store = GatewayStore(redis_client, StreamSettings())
-    user = _user()
+    user = new_user()
     phone = Device(cluster.services["gw"].url, token(user), "phone")
     await phone.connect()
     channel = keys.gateway_delivery("gw")
@@ -613,7 +601,7 @@ async def test_with_redis_down_hello_and_send_get_unavailable(own_redis):
     server, cluster = own_redis
     cluster.start_many(("fanout", "f"), ("gateway", "gw"))
     url = cluster.services["gw"].url
-    user = _user()
+    user = new_user()
     phone = Device(url, token(user), "phone")
     await phone.connect()
     server.stop()
@@ -639,7 +627,7 @@ async def test_after_redis_is_back_hello_and_send_succeed_at_once(own_redis):
     server, cluster = own_redis
     cluster.start_many(("fanout", "f"), ("gateway", "gw"))
     url = cluster.services["gw"].url
-    user = _user()
+    user = new_user()
     phone = Device(url, token(user), "phone")
     await phone.connect()
     await phone.send("c", "m0", "before")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import uuid
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -13,14 +12,10 @@ from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 
 from switchboard.shared import keys
 from tests.support import graphs
-from tests.support.client import Device
+from tests.support.client import Device, new_user
 from tests.support.cluster import token
 
 SLOW = "tests.support.graphs:slow"
-
-
-def _user() -> str:
-    return f"user-{uuid.uuid4().hex[:8]}"
 
 
 async def _wait_path(directory: Path, timeout: float = 15.0, count: int = 1) -> list[Path]:
@@ -61,7 +56,7 @@ async def test_worker_killed_mid_turn_gives_exactly_one_reply(cluster, tmp_path)
     cluster.start("fanout")
     cluster.start("gateway", "gw")
     cluster.start("worker", "doomed", GRAPH=SLOW, SLOW_GRAPH_MARKS=str(marks))
-    user = _user()
+    user = new_user()
     phone = Device(cluster.services["gw"].url, token(user), "phone")
     await phone.connect()
     await phone.send("c", "m1", "sleep:3 think hard")
@@ -86,7 +81,7 @@ async def test_turn_checkpointed_but_not_committed_is_not_run_again(cluster, tmp
     the graph a second time (which would record the turn twice)."""
     cluster.start("fanout")
     cluster.start("gateway", "gw")
-    user = _user()
+    user = new_user()
     phone = Device(cluster.services["gw"].url, token(user), "phone")
     await phone.connect()
     await phone.send("c", "m1", "remember me")
@@ -120,7 +115,7 @@ async def test_a_repeated_work_notice_writes_no_second_reply(cluster):
     cluster.start("fanout")
     cluster.start("gateway", "gw")
     cluster.start("worker", GRAPH=SLOW)
-    user = _user()
+    user = new_user()
     phone = Device(cluster.services["gw"].url, token(user), "phone")
     await phone.connect()
     await phone.send("c", "m1", "once")
@@ -148,7 +143,7 @@ async def test_a_failing_graph_gives_turn_error_and_the_conversation_goes_on(clu
     cluster.start("fanout")
     cluster.start("gateway", "gw")
     cluster.start("worker", GRAPH=SLOW)
-    phone = Device(cluster.services["gw"].url, token(_user()), "phone")
+    phone = Device(cluster.services["gw"].url, token(new_user()), "phone")
     await phone.connect()
     await phone.send("c", "bad", "fail now")
     error = await phone.wait_reply("bad")
@@ -166,7 +161,7 @@ async def test_turns_of_one_conversation_run_in_order_across_workers(cluster, tm
     cluster.start("worker", "w1", GRAPH=SLOW, SLOW_GRAPH_MARKS=str(marks))
     cluster.start("worker", "w2", GRAPH=SLOW, SLOW_GRAPH_MARKS=str(marks))
     names = {cluster.services[name].process.pid: name for name in ("w1", "w2")}
-    phone = Device(cluster.services["gw"].url, token(_user()), "phone")
+    phone = Device(cluster.services["gw"].url, token(new_user()), "phone")
     await phone.connect()
     for i in range(8):
         await phone.send("c", f"m{i}", f"sleep:0.{i % 3 + 3} message {i}")
@@ -190,7 +185,7 @@ async def test_sigterm_lets_the_running_turn_finish(cluster, tmp_path):
     cluster.start("fanout")
     cluster.start("gateway", "gw")
     cluster.start("worker", "leaving", GRAPH=SLOW, SLOW_GRAPH_MARKS=str(marks))
-    phone = Device(cluster.services["gw"].url, token(_user()), "phone")
+    phone = Device(cluster.services["gw"].url, token(new_user()), "phone")
     await phone.connect()
     await phone.send("c", "m1", "sleep:1.5 finishing touch")
     await _wait_path(marks)
@@ -205,7 +200,7 @@ async def test_fanout_killed_and_replaced_delivery_continues_exactly(cluster):
     cluster.start("fanout", "fan-1")
     cluster.start("gateway", "gw")
     cluster.start("worker")
-    user = _user()
+    user = new_user()
     phone = Device(cluster.services["gw"].url, token(user), "phone")
     await phone.connect()
     await phone.send("c", "m1", "before")
@@ -232,7 +227,7 @@ async def test_gateway_killed_device_resumes_on_another_gateway(cluster):
     cluster.start("worker")
     cluster.start("gateway", "gw-1")
     cluster.start("gateway", "gw-2")
-    user = _user()
+    user = new_user()
     phone = Device(cluster.services["gw-1"].url, token(user), "phone")
     tablet = Device(cluster.services["gw-2"].url, token(user), "tablet")
     await phone.connect()
@@ -263,7 +258,7 @@ async def test_a_worker_paused_past_its_lease_writes_no_second_reply(cluster, tm
     cluster.start("fanout")
     cluster.start("gateway", "gw")
     cluster.start("worker", "sleepy", GRAPH=SLOW, SLOW_GRAPH_MARKS=str(marks), SHUTDOWN_GRACE="30")
-    user = _user()
+    user = new_user()
     phone = Device(cluster.services["gw"].url, token(user), "phone")
     await phone.connect()
     await phone.send("c", "m1", "sleep:2 slow answer")
@@ -304,7 +299,7 @@ async def test_a_worker_paused_past_its_lease_writes_no_second_reply(cluster, tm
 
 async def test_gateway_sigterm_closes_with_going_away_and_devices_resume_elsewhere(cluster):
     cluster.start_many(("fanout", "fan"), ("worker", "w"), ("gateway", "gw-1"), ("gateway", "gw-2"))
-    phone = Device(cluster.services["gw-1"].url, token(_user()), "phone")
+    phone = Device(cluster.services["gw-1"].url, token(new_user()), "phone")
     await phone.connect()
     await phone.send("c", "m1", "before the deploy")
     await phone.wait_reply("m1")

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
 import redis.asyncio as aioredis
 
 from switchboard.shared import keys, streamids
 
-from tests.support.client import Device
+from tests.support.client import Device, new_user
 from tests.support.cluster import token
-
-
-def _user() -> str:
-    return f"user-{uuid.uuid4().hex[:8]}"
 
 
 async def _xrange(redis_url: str, key: str, start: str = "-") -> list[tuple[str, dict[str, str]]]:
@@ -44,7 +39,7 @@ def system(cluster):
 
 
 async def test_two_devices_on_two_gateways_see_the_same_events(system):
-    user = _user()
+    user = new_user()
     gw_a, gw_b = system.services["gw-a"], system.services["gw-b"]
     phone = Device(gw_a.url, token(user), "phone")
     laptop = Device(gw_b.url, token(user), "laptop")
@@ -79,7 +74,7 @@ async def test_two_devices_on_two_gateways_see_the_same_events(system):
 
 
 async def test_reconnect_with_last_id_gets_exactly_the_missed_events(system):
-    user = _user()
+    user = new_user()
     gw_a, gw_b = system.services["gw-a"], system.services["gw-b"]
     phone = Device(gw_a.url, token(user), "phone")
     laptop = Device(gw_b.url, token(user), "laptop")
@@ -117,7 +112,7 @@ async def test_reconnect_with_last_id_gets_exactly_the_missed_events(system):
 
 
 async def test_reconnect_without_last_id_resumes_from_the_acked_offset(system):
-    user = _user()
+    user = new_user()
     url = system.services["gw-a"].url
     phone = Device(url, token(user), "phone")
     await phone.connect()
@@ -155,7 +150,7 @@ async def test_reconnect_without_last_id_resumes_from_the_acked_offset(system):
 
 
 async def test_resent_client_msg_id_starts_no_second_turn(system):
-    user = _user()
+    user = new_user()
     gw_a, gw_b = system.services["gw-a"], system.services["gw-b"]
     phone = Device(gw_a.url, token(user), "phone")
     await phone.connect()
@@ -182,7 +177,7 @@ async def test_resent_client_msg_id_starts_no_second_turn(system):
 
 
 async def test_other_users_never_receive_these_events(system):
-    alice, bob = _user(), _user()
+    alice, bob = new_user(), new_user()
     url = system.services["gw-a"].url
     a = Device(url, token(alice), "phone")
     b = Device(system.services["gw-b"].url, token(bob), "phone")
@@ -209,7 +204,7 @@ async def test_other_users_never_receive_these_events(system):
 
 async def test_bad_input_gets_typed_errors_and_the_server_keeps_serving(system):
     url = system.services["gw-a"].url
-    user = _user()
+    user = new_user()
     good = Device(url, token(user), "good")
     await good.connect()
 
@@ -259,7 +254,7 @@ async def test_bad_input_gets_typed_errors_and_the_server_keeps_serving(system):
 
 
 async def test_history_returns_the_conversation(system):
-    user = _user()
+    user = new_user()
     phone = Device(system.services["gw-a"].url, token(user), "phone")
     await phone.connect()
     await phone.send("h", "m1", "tell me about owls")
@@ -282,7 +277,7 @@ async def test_history_returns_the_conversation(system):
 async def test_answered_work_notices_are_acknowledged_and_deleted(system):
     """The acker acknowledges every notice a turn covered (many per round
     trip); nothing is left pending for a claimer to redo."""
-    devices = [Device(system.services["gw-a"].url, token(_user()), "phone") for _ in range(5)]
+    devices = [Device(system.services["gw-a"].url, token(new_user()), "phone") for _ in range(5)]
     for device in devices:
         await device.connect()
     for round_ in range(3):

@@ -9,19 +9,14 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 
 import redis.asyncio as aioredis
 
 from switchboard.shared import keys
-from tests.support.client import Device
+from tests.support.client import Device, new_user
 from tests.support.cluster import token
 
 SLOW = "tests.support.graphs:slow"
-
-
-def _user() -> str:
-    return f"user-{uuid.uuid4().hex[:8]}"
 
 
 async def _dead_letters(url: str) -> list[dict]:
@@ -42,7 +37,7 @@ async def _redis(url: str, command: str, *args) -> object:
 async def test_a_hanging_graph_times_out_is_retried_then_dead_lettered(cluster):
     cluster.start_many(("fanout", "f"), ("gateway", "gw"), ("worker", "w"), GRAPH=SLOW, TURN_TIMEOUT="0.5",
                        MAX_ATTEMPTS="2")
-    user = _user()
+    user = new_user()
     phone = Device(cluster.services["gw"].url, token(user), "phone")
     await phone.connect()
     await phone.send("c", "hang", "sleep:30 never finishes")
@@ -58,7 +53,7 @@ async def test_a_hanging_graph_times_out_is_retried_then_dead_lettered(cluster):
 
 async def test_a_raising_graph_is_retried_then_dead_lettered(cluster):
     cluster.start_many(("fanout", "f"), ("gateway", "gw"), ("worker", "w"), GRAPH=SLOW, MAX_ATTEMPTS="3")
-    user = _user()
+    user = new_user()
     phone = Device(cluster.services["gw"].url, token(user), "phone")
     await phone.connect()
     await phone.send("c", "bad", "fail always")
@@ -83,7 +78,7 @@ async def test_a_raising_graph_is_retried_then_dead_lettered(cluster):
 async def test_a_message_that_crashes_workers_is_given_up_after_bounded_attempts(cluster):
     cluster.start_many(("fanout", "f"), ("gateway", "gw"), ("worker", "w0"), ("worker", "w1"), GRAPH=SLOW,
                        MAX_ATTEMPTS="2")
-    victim, bystander = _user(), _user()
+    victim, bystander = new_user(), new_user()
     phone = Device(cluster.services["gw"].url, token(victim), "phone")
     other = Device(cluster.services["gw"].url, token(bystander), "phone")
     await phone.connect()
@@ -127,7 +122,7 @@ async def test_sigterm_hands_unfinished_turns_back_at_once(cluster, tmp_path):
     # CLAIM_IDLE is long: only an explicit hand-back lets the other worker start soon.
     env = dict(GRAPH=SLOW, CLAIM_IDLE="60", SHUTDOWN_GRACE="0.5", SLOW_GRAPH_MARKS=str(marks))
     cluster.start_many(("fanout", "f"), ("gateway", "gw"), ("worker", "leaving"), **env)
-    user = _user()
+    user = new_user()
     phone = Device(cluster.services["gw"].url, token(user), "phone")
     await phone.connect()
     await phone.send("c", "m1", "sleep:6 long turn")

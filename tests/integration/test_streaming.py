@@ -4,17 +4,12 @@ after a failed attempt, and never written without the lease."""
 from __future__ import annotations
 
 import signal
-import uuid
 
-from tests.support.client import Device
+from tests.support.client import Device, new_user
 from tests.support.cluster import token
 
 STREAMING = "switchboard.worker.graph:streaming"
 SLOWLY = "tests.support.graphs:streaming_slowly"
-
-
-def _user() -> str:
-    return f"user-{uuid.uuid4().hex[:8]}"
 
 
 def _deltas(device: Device, cmid: str) -> list[dict]:
@@ -49,7 +44,7 @@ async def _start(cluster, worker: str, *devices: str, **env: str) -> list[Device
     cluster.start("fanout")
     cluster.start("gateway", "gw")
     cluster.start("worker", worker, **env)
-    user = _user()
+    user = new_user()
     connected = [Device(cluster.services["gw"].url, token(user), name) for name in devices]
     for device in connected:
         await device.connect()

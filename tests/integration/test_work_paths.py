@@ -7,23 +7,17 @@ outbound streams in Redis."""
 from __future__ import annotations
 
 import signal
-import uuid
 from pathlib import Path
 
-import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from switchboard.shared import keys
-from tests.support.client import Device
+from tests.support.client import Device, new_user
 from tests.support.cluster import token
 from tests.support.wait import until as _until
 
 SLOW = "tests.support.graphs:slow"
-
-
-def _user() -> str:
-    return f"user-{uuid.uuid4().hex[:8]}"
 
 
 async def _stream(client: aioredis.Redis, user: str) -> list[tuple[str, dict[str, str]]]:
@@ -46,16 +40,9 @@ def _marks(directory: Path) -> list[tuple[int, str]]:
     return found
 
 
-@pytest.fixture
-async def redis_client(cluster):
-    client = aioredis.Redis.from_url(cluster.redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
-
-
 async def test_a_deleted_work_stream_is_recreated_and_messages_are_still_answered(cluster, redis_client):
     cluster.start_many(("fanout", "f"), ("gateway", "gw"), ("worker", "w"), GRAPH=SLOW)
-    user = _user()
+    user = new_user()
     phone = Device(cluster.services["gw"].url, token(user), "phone")
     await phone.connect()
     await phone.send("c", "m1", "before")
@@ -89,7 +76,7 @@ async def test_with_four_work_shards_every_message_is_answered_once(cluster, red
                        WORK_SHARDS=str(shards))
     users: dict[int, str] = {}
     while len(users) < shards:  # one user on each shard
-        user = _user()
+        user = new_user()
         users.setdefault(keys.work_shard(user, shards), user)
     url = cluster.services["gw"].url
     devices = {user: Device(url, token(user), "phone") for user in users.values()}
@@ -124,7 +111,7 @@ async def test_a_slow_conversation_does_not_hold_up_others_on_the_same_worker(cl
     cluster.start_many(("fanout", "f"), ("gateway", "gw"), ("worker", "w"), GRAPH=SLOW,
                        SLOW_GRAPH_MARKS=str(marks))
     url = cluster.services["gw"].url
-    alice, bob = _user(), _user()
+    alice, bob = new_user(), new_user()
     phone = Device(url, token(alice), "phone")
     laptop = Device(url, token(bob), "laptop")
     await phone.connect()
@@ -156,7 +143,7 @@ async def test_turns_of_one_conversation_stay_in_order_when_a_worker_dies_midway
     cluster.start_many(("fanout", "f"), ("gateway", "gw"), ("worker", "w1"), ("worker", "w2"), GRAPH=SLOW,
                        SLOW_GRAPH_MARKS=str(marks))
     workers = {cluster.services[name].process.pid: name for name in ("w1", "w2")}
-    user = _user()
+    user = new_user()
     phone = Device(cluster.services["gw"].url, token(user), "phone")
     await phone.connect()
     count, cut = 10, 4

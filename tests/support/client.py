@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+
+
+def new_user() -> str:
+    """A user id no other test uses (tests share one Redis)."""
+    return f"user-{uuid.uuid4().hex[:8]}"
 
 
 class Device:

@@ -4,7 +4,6 @@ holder, joined by the interval, and a refused write stops the graph."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import redis.asyncio as aioredis
 
@@ -14,10 +13,7 @@ from switchboard.shared.settings import StreamSettings
 from switchboard.worker.deltas import DeltaWriter
 from switchboard.worker.lease import LeaseLostError
 from switchboard.worker.store import WorkerStore
-
-
-def _user() -> str:
-    return f"user-{uuid.uuid4().hex[:8]}"
+from tests.support.client import new_user
 
 
 def _store(client) -> WorkerStore:
@@ -26,7 +22,7 @@ def _store(client) -> WorkerStore:
 
 async def test_a_delta_is_written_only_by_the_lease_holder(clean_redis):
     client = aioredis.Redis.from_url(clean_redis, decode_responses=True)
-    user, conversation = _user(), "c"
+    user, conversation = new_user(), "c"
     lease = keys.lease(user, conversation)
     await client.set(lease, "mine")
     writer = DeltaWriter(_store(client), interval=0.0)
@@ -76,7 +72,7 @@ async def test_a_lease_lost_while_streaming_stops_the_graph(clean_redis):
     from switchboard.worker.graph import build
 
     client = aioredis.Redis.from_url(clean_redis, decode_responses=True)
-    user = _user()
+    user = new_user()
     lease = keys.lease(user, "c")
     await client.set(lease, "mine")
     stream = DeltaWriter(_store(client), interval=0.0).reply(

@@ -8,10 +8,10 @@ import pytest
 import redis.asyncio as aioredis
 from langchain_core.messages import HumanMessage
 
-from switchboard.shared.checkpoints import setup_saver
 from switchboard.worker.fencing import FencedRedisSaver, fence_config
 from switchboard.worker.graph import build
 from switchboard.worker.lease import LeaseLostError
+from tests.support.savers import fenced_saver
 
 THREAD = "u1:c1"
 
@@ -21,12 +21,6 @@ async def client(clean_redis):
     redis = aioredis.Redis.from_url(clean_redis)
     yield redis
     await redis.aclose()
-
-
-async def _saver(client, **kw) -> FencedRedisSaver:
-    saver = FencedRedisSaver(redis_client=client, **kw)
-    await setup_saver(saver)
-    return saver
 
 
 def _config(token: str = "tok-a") -> dict:
@@ -49,13 +43,13 @@ async def _turn(graph, text: str, n: int, token: str = "tok-a") -> dict:
 
 async def test_kept_copy_reads_exactly_what_redis_holds(client):
     await client.set("lease", "tok-a")
-    saver = await _saver(client)
+    saver = await fenced_saver(client)
     graph = build().compile(checkpointer=saver)
     for n in range(5):
         await _turn(graph, f"tell me about sailing boats {n}", n)
     assert saver.hits == 4  # every turn after the first read its state from memory
     kept = await saver.aget_tuple(_config())
-    stored = await (await _saver(client, cache_size=0)).aget_tuple({"configurable": {"thread_id": THREAD}})
+    stored = await (await fenced_saver(client, cache_size=0)).aget_tuple({"configurable": {"thread_id": THREAD}})
     assert kept.checkpoint["id"] == stored.checkpoint["id"]
     assert (await _latest(client, saver)).endswith(kept.checkpoint["id"])
     assert kept.checkpoint["channel_values"] == stored.checkpoint["channel_values"]
@@ -70,12 +64,12 @@ async def test_kept_copy_reads_exactly_what_redis_holds(client):
 
 async def test_a_turn_run_by_another_worker_is_never_hidden(client):
     await client.set("lease", "tok-a")
-    first = await _saver(client)
+    first = await fenced_saver(client)
     graph_a = build().compile(checkpointer=first)
     await _turn(graph_a, "hello", 1)
     # The conversation moves to another worker (a hand-over, a failover) ...
     await client.set("lease", "tok-b")
-    second = await _saver(client)
+    second = await fenced_saver(client)
     await _turn(build().compile(checkpointer=second), "second turn elsewhere", 2, token="tok-b")
     # ... and back: the first worker checks its copy when it takes the lease.
     await client.set("lease", "tok-a")
@@ -87,7 +81,7 @@ async def test_a_turn_run_by_another_worker_is_never_hidden(client):
 
 async def test_a_write_without_the_lease_is_refused_and_forgets_the_copy(client):
     await client.set("lease", "tok-a")
-    saver = await _saver(client)
+    saver = await fenced_saver(client)
     graph = build().compile(checkpointer=saver)
     await _turn(graph, "hello", 1)
     before = await _latest(client, saver)
@@ -102,7 +96,7 @@ async def test_a_write_without_the_lease_is_refused_and_forgets_the_copy(client)
 
 async def test_pending_writes_send_the_next_read_to_redis(client):
     await client.set("lease", "tok-a")
-    saver = await _saver(client)
+    saver = await fenced_saver(client)
     graph = build().compile(checkpointer=saver)
     await _turn(graph, "hello", 1)
     tup = await saver.aget_tuple(_config())
@@ -120,7 +114,7 @@ async def test_pending_writes_send_the_next_read_to_redis(client):
 
 async def test_the_copies_are_bounded(client):
     await client.set("lease", "tok-a")
-    saver = await _saver(client, cache_size=2)
+    saver = await fenced_saver(client, cache_size=2)
     graph = build().compile(checkpointer=saver)
     for n in range(4):
         await graph.ainvoke({"messages": [HumanMessage("hi", id=f"in-{n}")]},
@@ -135,7 +129,7 @@ async def test_a_checkpoint_a_cut_short_attempt_left_waiting_is_dropped_not_stor
     after the drain gave up; the next attempt (another token) must neither
     store it nor be refused because of it."""
     await client.set("lease", "tok-a")
-    saver = await _saver(client)
+    saver = await fenced_saver(client)
     graph = build().compile(checkpointer=saver)
     await graph.ainvoke({"messages": [HumanMessage("cut short", id="in-1")]}, _config("tok-a"), durability="exit")
     assert saver.take(THREAD, "tok-b") is None  # not the committing attempt's
@@ -143,5 +137,5 @@ async def test_a_checkpoint_a_cut_short_attempt_left_waiting_is_dropped_not_stor
     await client.set("lease", "tok-b")  # the retry, under a new token
     result = await _turn(graph, "cut short", 1, token="tok-b")
     assert [m.id for m in result["messages"] if isinstance(m, HumanMessage)] == ["in-1"]
-    stored = await (await _saver(client, cache_size=0)).aget_tuple({"configurable": {"thread_id": THREAD}})
+    stored = await (await fenced_saver(client, cache_size=0)).aget_tuple({"configurable": {"thread_id": THREAD}})
     assert [m.id for m in stored.checkpoint["channel_values"]["messages"] if isinstance(m, HumanMessage)] == ["in-1"]

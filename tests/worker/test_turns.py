@@ -8,16 +8,9 @@ import asyncio
 import redis.asyncio as aioredis
 from langchain_core.messages import AIMessage, HumanMessage
 
-from switchboard.shared.checkpoints import setup_saver
-from switchboard.worker.fencing import FencedRedisSaver
 from switchboard.worker.graph import build
 from switchboard.worker.turns import message_id, reply_after
-
-
-async def _saver(client, **kw) -> FencedRedisSaver:
-    saver = FencedRedisSaver(redis_client=client, **kw)
-    await setup_saver(saver)
-    return saver
+from tests.support.savers import fenced_saver
 
 
 def test_reply_after_finds_the_recorded_reply_of_a_message():
@@ -41,7 +34,7 @@ async def test_turns_find_entries_past_full_pages_and_release_the_lease(clean_re
 
     redis = aioredis.Redis.from_url(clean_redis, decode_responses=True)
     raw = aioredis.Redis.from_url(clean_redis)
-    saver = await _saver(raw)
+    saver = await fenced_saver(raw)
     turns = Turns(redis, build().compile(checkpointer=saver), WorkerSettings())
     inbound = keys.inbound("u")
 
@@ -80,7 +73,7 @@ async def test_old_checkpoints_are_pruned_to_checkpoint_keep(clean_redis):
 
     redis = aioredis.Redis.from_url(clean_redis, decode_responses=True)
     raw = aioredis.Redis.from_url(clean_redis)
-    saver = await _saver(raw)
+    saver = await fenced_saver(raw)
     turns = Turns(redis, build().compile(checkpointer=saver), replace(WorkerSettings(), checkpoint_keep=4))
     thread = keys.thread_id("u", "a")
     counts = []
@@ -108,7 +101,7 @@ async def test_a_lease_this_process_left_behind_is_taken_back_at_once(clean_redi
     redis = aioredis.Redis.from_url(clean_redis, decode_responses=True)
     raw = aioredis.Redis.from_url(clean_redis)
     settings = replace(WorkerSettings(), lease_ttl=30.0)
-    turns = Turns(redis, build().compile(checkpointer=await _saver(raw)), settings)
+    turns = Turns(redis, build().compile(checkpointer=await fenced_saver(raw)), settings)
     await redis.xadd(keys.inbound("u"), {"conv": "a", "cmid": "m1", "dev": "d", "text": "hello"})
     await redis.set(keys.lease("u", "a"), turns.tokens.prefix + "0123456789abcdef", px=30_000)
     # Taken back at once: the drain ends long before the lease's 30 s TTL.
@@ -142,7 +135,7 @@ async def test_a_commit_that_releases_the_lease_while_a_renewal_is_due_is_not_a_
 
     redis = aioredis.Redis.from_url(clean_redis, decode_responses=True)
     raw = aioredis.Redis.from_url(clean_redis)
-    saver = await _saver(raw)
+    saver = await fenced_saver(raw)
     turns = SlowToSeeTheCommit(redis, build().compile(checkpointer=saver),
                                replace(WorkerSettings(), lease_ttl=0.6))  # renewal every 0.2 s
     await redis.xadd(keys.inbound("u"), {"conv": "a", "cmid": "m1", "dev": "d", "text": "hello"})
@@ -169,7 +162,7 @@ async def test_a_reply_whose_last_deltas_were_not_written_is_not_committed_but_r
     raw = aioredis.Redis.from_url(clean_redis)
     # A long interval: the first piece is written at once, the rest in the final flush.
     settings = replace(WorkerSettings(), stream_deltas=True, delta_interval=30.0, max_attempts=1)
-    turns = Turns(redis, build(stream=True, token_ms=1).compile(checkpointer=await _saver(raw)), settings)
+    turns = Turns(redis, build(stream=True, token_ms=1).compile(checkpointer=await fenced_saver(raw)), settings)
     store = turns.deltas.store
     writes = {"n": 0}
     original = store.write_delta
