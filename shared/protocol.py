@@ -48,27 +48,38 @@ class ErrorCode(str, enum.Enum):
     UNKNOWN_CONVERSATION = "unknown_conversation"  #: ``history`` of a conversation with no state
     UNAVAILABLE = "unavailable"  #: a backend (Redis) is unreachable; retry later
     INTERNAL = "internal"  #: a server bug; details are in the server log only
+    # Limits (docs/security.md lists each with its setting and default):
+    RATE_LIMITED = "rate_limited"  #: too many sends per minute or frames per second; retry later
+    TEXT_TOO_LONG = "text_too_long"  #: ``text`` is longer than MAX_TEXT_LENGTH characters
+    TOO_MANY_CONVERSATIONS = "too_many_conversations"  #: a new conversation beyond MAX_SESSIONS_PER_USER
+    CONVERSATION_FULL = "conversation_full"  #: the conversation holds MAX_MESSAGES_PER_SESSION messages
+    BACKLOG_FULL = "backlog_full"  #: MAX_UNANSWERED messages of the user still wait for replies
+    TOO_MANY_CONNECTIONS = "too_many_connections"  #: MAX_DEVICES_PER_USER or MAX_CONNECTIONS_PER_IP reached
+    TOKEN_EXPIRED = "token_expired"  #: the connection's token expired without a ``refresh``
 
 
 class CloseCode(enum.IntEnum):
     """WebSocket close codes used by the gateway.
 
-    ======  ==================  =============================================
-    code    name                client should
-    ======  ==================  =============================================
-    1000    NORMAL              not reconnect (it asked to close)
-    1001    GOING_AWAY          reconnect (gateway shutting down) with last_id
-    1009    MESSAGE_TOO_BIG     fix the client: frame above the hard limit
-    1011    INTERNAL_ERROR      reconnect with back-off
-    4001    UNAUTHORIZED        get a new token, then reconnect
-    4002    PROTOCOL_ERROR      fix the client (no ``hello`` first)
-    4003    HELLO_TIMEOUT       reconnect, sending ``hello`` promptly
-    4008    SLOW_CONSUMER       reconnect with last_id (outbox full for 10 s)
-    4009    RESYNC              reconnect with last_id (delivery could not resume)
-    ======  ==================  =============================================
+    ======  ====================  ==================================================
+    code    name                  client should
+    ======  ====================  ==================================================
+    1000    NORMAL                not reconnect (it asked to close)
+    1001    GOING_AWAY            reconnect (gateway shutting down) with last_id
+    1009    MESSAGE_TOO_BIG       fix the client: frame above the hard limit
+    1011    INTERNAL_ERROR        reconnect with back-off
+    4001    UNAUTHORIZED          get a new token, then reconnect
+    4002    PROTOCOL_ERROR        fix the client (no ``hello`` first)
+    4003    HELLO_TIMEOUT         reconnect, sending ``hello`` promptly
+    4004    TOKEN_EXPIRED         get a new token, reconnect with last_id
+    4005    TOO_MANY_CONNECTIONS  reconnect later, with back-off
+    4006    RATE_LIMITED          reconnect later, with back-off; send slower
+    4008    SLOW_CONSUMER         reconnect with last_id (outbox full too long)
+    4009    RESYNC                reconnect with last_id (delivery could not resume)
+    ======  ====================  ==================================================
 
-    4000-4099 are terminal for the current credentials or client code;
-    4000-4999 otherwise mean "reconnect" (centrifuge's convention of ranges).
+    Every 4xxx code ends this connection only; what the client does next is
+    in the table (docs/protocol.md has the same table for client authors).
     """
 
     NORMAL = 1000
@@ -78,6 +89,9 @@ class CloseCode(enum.IntEnum):
     UNAUTHORIZED = 4001
     PROTOCOL_ERROR = 4002
     HELLO_TIMEOUT = 4003
+    TOKEN_EXPIRED = 4004
+    TOO_MANY_CONNECTIONS = 4005
+    RATE_LIMITED = 4006
     SLOW_CONSUMER = 4008
     RESYNC = 4009
 
