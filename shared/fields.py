@@ -17,6 +17,17 @@ class ConvField:
     ATTEMPTS = "attempts"  #: attempts begun at that entry (a poison-message bound)
     ATTEMPT_TOKEN = "attempt_token"  #: the lease token the last attempt was begun under
     DELTA = "delta"  #: mark (token, attempt, seq) of the last delta written: a repeated write is a no-op
+    LAST = "last"  #: id of the newest accepted entry (``done`` equal to it: nothing waits)
+    COUNT = "count"  #: messages ever accepted (the MAX_MESSAGES_PER_SESSION bound)
+    NOTICED = "noticed"  #: ms of the last work notice a new message asked for (see accept.lua)
+    RENOTICED = "renoticed"  #: ms of the last work notice a repeated message asked for
+
+
+class UsageField:
+    """The user's quota state (:func:`keys.usage`)."""
+
+    TAT = "tat"  #: the send rate limiter's theoretical arrival time (GCRA), ms
+    WAITING = "waiting"  #: accepted messages not yet answered (MAX_UNANSWERED)
 
 
 class MetaField:
@@ -27,9 +38,8 @@ class MetaField:
 
 
 class InboundField:
-    """An entry of the inbound stream (:func:`keys.inbound`): one accepted ``send``."""
+    """An entry of a conversation's inbound stream (:func:`keys.inbound`): one accepted ``send``."""
 
-    CONV = "conv"
     CMID = "cmid"
     DEV = "dev"
     TEXT = "text"
@@ -59,8 +69,8 @@ class WorkField:
 def lua_table() -> dict[str, str]:
     """Every field as ``<hash>_<field>`` -> name, for the scripts' ``F`` table."""
     table: dict[str, str] = {}
-    for prefix, cls in (("conv", ConvField), ("meta", MetaField), ("in", InboundField), ("event", EventField),
-                        ("work", WorkField)):
+    for prefix, cls in (("conv", ConvField), ("usage", UsageField), ("meta", MetaField), ("in", InboundField),
+                        ("event", EventField), ("work", WorkField)):
         for attr, value in vars(cls).items():
             if attr.isupper():
                 table[f"{prefix}_{attr.lower()}"] = value

@@ -18,9 +18,29 @@ def _user(user: str) -> str:
 # -- per user -----------------------------------------------------------------
 
 
-def inbound(user: str) -> str:
-    """Stream of the user's accepted ``send`` frames (the durable input log)."""
-    return f"{_user(user)}:in"
+def inbound(user: str, conversation_id: str) -> str:
+    """Stream of a conversation's accepted ``send`` frames that wait for their
+    turn (the durable input log). One stream per conversation, so a worker
+    reads exactly the next entry, whatever the user's other conversations
+    hold; each entry is removed when its turn is committed."""
+    return f"{_user(user)}:in:{conversation_id}"
+
+
+def inbound_prefix(user: str) -> str:
+    """What every :func:`inbound` key of ``user`` starts with (a script that
+    recounts the user's waiting messages builds the keys from it)."""
+    return f"{_user(user)}:in:"
+
+
+def conversations(user: str) -> str:
+    """Sorted set: the user's conversation ids, scored by the time (ms) of
+    their last accepted message."""
+    return f"{_user(user)}:convs"
+
+
+def usage(user: str) -> str:
+    """Hash of the user's quota state (fields: :class:`fields.UsageField`)."""
+    return f"{_user(user)}:usage"
 
 
 def outbound(user: str) -> str:

@@ -184,6 +184,7 @@ class Error(Frame, tag="error"):
     code: ErrorCode
     message: str
     client_msg_id: str | None = None
+    retry_after_ms: int | None = None  #: ``rate_limited``: when the same frame would be accepted
 
 
 ServerFrame = Union[Welcome, Accepted, Event, HistoryResult, Pong, Error]
@@ -198,14 +199,17 @@ _encoder = msgspec.json.Encoder()
 class FrameError(SwitchboardError):
     """A client frame that cannot be accepted; ``code`` goes into the error frame."""
 
-    def __init__(self, code: ErrorCode, message: str, client_msg_id: str | None = None):
+    def __init__(self, code: ErrorCode, message: str, client_msg_id: str | None = None,
+                 retry_after_ms: int | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
         self.client_msg_id = client_msg_id
+        self.retry_after_ms = retry_after_ms
 
     def to_frame(self) -> Error:
-        return Error(code=self.code, message=self.message, client_msg_id=self.client_msg_id)
+        return Error(code=self.code, message=self.message, client_msg_id=self.client_msg_id,
+                     retry_after_ms=self.retry_after_ms)
 
 
 def decode_client_frame(data: str | bytes, max_size: int) -> ClientFrame:

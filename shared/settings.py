@@ -83,7 +83,6 @@ class StreamSettings:
     """Retention and ids shared by the writers (gateway, worker) and readers (fanout)."""
 
     outbound_maxlen: int = 10_000  #: events kept per user; older ones are trimmed
-    inbound_maxlen: int = 10_000  #: accepted messages kept per user (approximate)
     dedup_ttl: int = 86_400  #: seconds a client_msg_id is remembered
     work_shards: int = 1  #: number of work streams (fixed for a deployment)
 
@@ -92,9 +91,39 @@ class StreamSettings:
         d = cls()
         return cls(
             outbound_maxlen=_int(env, "OUTBOUND_MAXLEN", d.outbound_maxlen, minimum=10),
-            inbound_maxlen=_int(env, "INBOUND_MAXLEN", d.inbound_maxlen, minimum=10),
             dedup_ttl=_int(env, "DEDUP_TTL", d.dedup_ttl, minimum=1),
             work_shards=_int(env, "WORK_SHARDS", d.work_shards, minimum=1),
+        )
+
+
+@dataclass(frozen=True)
+class QuotaSettings:
+    """What one user may ask of the service, checked by the gateway when it
+    accepts a message (atomically in Redis, so shared by every gateway).
+    0 turns a limit off."""
+
+    sends_per_minute: int = 120  #: messages accepted per user per minute (bursts of this many)
+    max_text_length: int = 100_000  #: characters of one message's text
+    max_conversations: int = 1_000  #: conversations per user (MAX_SESSIONS_PER_USER)
+    max_messages: int = 10_000  #: messages accepted per conversation (MAX_MESSAGES_PER_SESSION)
+    max_waiting: int = 100  #: messages per user accepted and not yet answered (MAX_UNANSWERED)
+    renotice_interval: float = 2.0  #: seconds; see accept.lua (a lost work notice's safety net)
+
+    @classmethod
+    def unlimited(cls) -> QuotaSettings:
+        """Every limit off (tools and tests that write streams in bulk)."""
+        return cls(sends_per_minute=0, max_text_length=0, max_conversations=0, max_messages=0, max_waiting=0)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> QuotaSettings:
+        d = cls()
+        return cls(
+            sends_per_minute=_int(env, "SENDS_PER_MINUTE", d.sends_per_minute, minimum=0),
+            max_text_length=_int(env, "MAX_TEXT_LENGTH", d.max_text_length, minimum=0),
+            max_conversations=_int(env, "MAX_SESSIONS_PER_USER", d.max_conversations, minimum=0),
+            max_messages=_int(env, "MAX_MESSAGES_PER_SESSION", d.max_messages, minimum=0),
+            max_waiting=_int(env, "MAX_UNANSWERED", d.max_waiting, minimum=0),
+            renotice_interval=_float(env, "RENOTICE_INTERVAL", d.renotice_interval, minimum=0.1),
         )
 
 
@@ -120,12 +149,14 @@ class GatewaySettings:
     jwt_secret: str = DEV_JWT_SECRET
     replay_window: int = 100  #: events a new device receives after ``welcome``
     outbox_size: int = 1024  #: frames queued per connection; full pauses delivery (4008 after 10 s full)
+    quotas: QuotaSettings = QuotaSettings()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
         d = cls()
         return cls(
             **_common(env),
+            quotas=QuotaSettings.from_env(env),
             host=_get(env, "WEBSOCKET_HOST", d.host),
             port=_int(env, "WEBSOCKET_PORT", d.port),
             max_message_size=_int(env, "MAX_MESSAGE_SIZE", d.max_message_size, minimum=1024),
@@ -146,7 +177,8 @@ class WorkerSettings:
     checkpoint_ttl: float | None = None  #: minutes; None keeps checkpoints forever
     checkpoint_cache: int = 256  #: conversations whose newest checkpoint stays in memory (0: none)
     checkpoint_keep: int = 20  #: checkpoints kept per conversation (0: all)
-    concurrency: int = 64  #: conversations run at once by one worker
+    concurrency: int = 64  #: turns run at once by one worker (slots shared fairly between users)
+    read_ahead: int = 64  #: conversations taken beyond those running, waiting for a slot
     turn_timeout: float = 60.0  #: seconds one graph run may take
     lease_ttl: float = 15.0  #: seconds a conversation lease lives without renewal
     claim_idle: float = 15.0  #: seconds before a dead worker's work is claimed
@@ -168,6 +200,7 @@ class WorkerSettings:
             checkpoint_cache=_int(env, "CHECKPOINT_CACHE", d.checkpoint_cache, minimum=0),
             checkpoint_keep=_int(env, "CHECKPOINT_KEEP", d.checkpoint_keep, minimum=0),
             concurrency=_int(env, "WORKER_CONCURRENCY", d.concurrency, minimum=1),
+            read_ahead=_int(env, "WORKER_READ_AHEAD", d.read_ahead, minimum=0),
             turn_timeout=_float(env, "TURN_TIMEOUT", d.turn_timeout, minimum=0.1),
             lease_ttl=_float(env, "LEASE_TTL", d.lease_ttl, minimum=0.5),
             claim_idle=_float(env, "CLAIM_IDLE", d.claim_idle, minimum=0.5),

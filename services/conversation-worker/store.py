@@ -23,10 +23,6 @@ from switchboard.shared import keys, outbound, scripts
 from switchboard.shared.fields import ConvField
 from switchboard.shared.settings import StreamSettings
 
-#: Inbound entries scanned per round trip when looking for a conversation's next.
-SCAN_PAGE = 200
-
-
 @dataclass(frozen=True)
 class InboundEntry:
     """One accepted ``send`` of a conversation."""
@@ -38,7 +34,7 @@ class InboundEntry:
     text: str
 
 
-# -- where a scan ends ---------------------------------------------------------------
+# -- what follows an entry ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -50,8 +46,8 @@ class Attempt:
 
 
 @dataclass(frozen=True)
-class ScanOn:
-    """A full page of other conversations' entries: scan on after ``cursor``."""
+class FindAfter:
+    """Not known yet: find the next entry after ``cursor`` (:meth:`WorkerStore.find_next`)."""
 
     cursor: str
 
@@ -61,15 +57,13 @@ class NoneLeft:
     """No entry of the conversation after ``done``."""
 
 
-Found = Union[Attempt, ScanOn, NoneLeft]
+Found = Union[Attempt, FindAfter, NoneLeft]
 
 
 def _found(conversation: str, reply: Sequence[Any]) -> Found:
     if reply[0] == "entry":
         _, entry_id, cmid, device, text, attempt = reply
         return Attempt(InboundEntry(entry_id, conversation, cmid, device, text), int(attempt))
-    if reply[0] == "more":
-        return ScanOn(reply[1])
     return NoneLeft()
 
 
@@ -144,7 +138,7 @@ class WorkerStore:
         self.redis = redis
         self.streams = streams
         self.lease_ttl_ms = int(lease_ttl * 1000)
-        self._s = scripts.register(redis, "begin", "scan", "count_attempt", "commit", "renew", "release", "delta")
+        self._s = scripts.register(redis, "begin", "find_next", "count_attempt", "commit", "renew", "release", "delta")
 
     async def begin(self, user: str, conversation: str, *, token: str, latest_key: str,
                     resumed: str | None = None) -> Begun | Busy:
@@ -152,19 +146,21 @@ class WorkerStore:
         pointer and the next entry. ``resumed``: an entry whose attempt this
         process gave up because Redis went away (not counted again)."""
         reply = await self._s["begin"](
-            keys=[keys.lease(user, conversation), keys.conversation(user, conversation), keys.inbound(user),
-                  latest_key],
-            args=[token, self.lease_ttl_ms, conversation, SCAN_PAGE, resumed or ""])
+            keys=[keys.lease(user, conversation), keys.conversation(user, conversation),
+                  keys.inbound(user, conversation), latest_key],
+            args=[token, self.lease_ttl_ms, resumed or ""])
         if reply[0] == "busy":
             return Busy(reply[1])
         _, done, latest, *found = reply
         return Begun(done, latest or None, _found(conversation, found))
 
-    async def scan(self, user: str, conversation: str, *, after: str, token: str) -> Found:
-        """One page of the scan for the conversation's next entry after ``after``."""
-        reply = await self._s["scan"](keys=[keys.inbound(user), keys.conversation(user, conversation)],
-                                      args=[after, conversation, SCAN_PAGE, token])
-        return _found(conversation, reply)
+    async def find_next(self, user: str, conversation: str, *, after: str, token: str) -> Attempt | NoneLeft:
+        """The conversation's next entry after ``after`` (its attempt begun), or none."""
+        reply = await self._s["find_next"](
+            keys=[keys.inbound(user, conversation), keys.conversation(user, conversation)], args=[after, token])
+        found = _found(conversation, reply)
+        assert not isinstance(found, FindAfter)
+        return found
 
     async def count_attempt(self, user: str, conversation: str, entry_id: str, *, seen: int) -> int:
         """Begin one more attempt at ``entry_id`` after attempt ``seen`` failed."""
@@ -179,9 +175,9 @@ class WorkerStore:
         checkpoint_args = [checkpoint.document, checkpoint.ttl_ms] if checkpoint else ["", 0]
         reply = await self._s["commit"](
             keys=[lease_key, keys.conversation(user, conversation), keys.outbound(user), keys.meta(user),
-                  keys.inbound(user), *checkpoint_keys],
+                  keys.inbound(user, conversation), *checkpoint_keys, keys.usage(user)],
             args=[token, expected_done, entry_id, outbound.new_epoch(), self.streams.outbound_maxlen,
-                  keys.notify(user), conversation, SCAN_PAGE, *checkpoint_args, *fields])
+                  keys.notify(user), *checkpoint_args, *fields])
         status = reply[0]
         if status == "ok":
             return Committed(reply[1], _found(conversation, reply[2:]))

@@ -38,9 +38,10 @@ from switchboard.shared.settings import WorkerSettings
 from .deltas import DeltaWriter, content_text
 from .fencing import FencedRedisSaver, fence_config
 from .lease import Lease, LeaseLostError, LeaseState, Tokens
+from .slots import FairSlots, Slot
 from .store import (
-    AlreadyDone, Attempt, Begun, Busy, Committed, DoneMoved, Found, InboundEntry, LeaseLost, NoneLeft,
-    ScanOn, WorkerStore,
+    AlreadyDone, Attempt, Begun, Busy, Committed, DoneMoved, FindAfter, InboundEntry, LeaseLost, NoneLeft,
+    WorkerStore,
 )
 
 log = logging.getLogger(__name__)
@@ -99,9 +100,12 @@ class _Progress:
 
 
 class Turns:
-    def __init__(self, redis: aioredis.Redis, graph: CompiledStateGraph, settings: WorkerSettings):
+    def __init__(self, redis: aioredis.Redis, graph: CompiledStateGraph, settings: WorkerSettings,
+                 slots: FairSlots | None = None):
         self.graph = graph
         self.settings = settings
+        #: The worker's turn slots, shared fairly between users (:mod:`.slots`).
+        self.slots = slots or FairSlots(settings.concurrency)
         self.store = WorkerStore(redis, settings.streams, lease_ttl=settings.lease_ttl)
         self.tokens = Tokens()
         self.deltas = DeltaWriter(self.store, interval=settings.delta_interval) if settings.stream_deltas else None
@@ -120,14 +124,22 @@ class Turns:
         # Kept until a begin has seen it: a begin that fails (Redis still
         # down) must not cost the cut-short attempt its resumption.
         resumed = self._resumed.get((user, conversation))
-        taken = await self._take(user, conversation, resumed=resumed, max_wait=self.settings.lease_ttl * 2)
+        slot = Slot(self.slots, user)
+        await slot.take()
+        try:
+            return await self._drain(user, conversation, slot, resumed)
+        finally:
+            slot.give_back()
+
+    async def _drain(self, user: str, conversation: str, slot: Slot, resumed: str | None) -> bool:
+        taken = await self._take(user, conversation, slot, resumed=resumed, max_wait=self.settings.lease_ttl * 2)
         if taken is None:
             return False
         self._resumed.pop((user, conversation), None)
         lease, begun = taken
         self.tokens.active.add(lease.token)
         progress = _Progress()
-        work = asyncio.create_task(self._run_turns(user, conversation, lease, begun, progress, resumed))
+        work = asyncio.create_task(self._run_turns(user, conversation, lease, begun, progress, resumed, slot))
         work.add_done_callback(_observe)
         try:
             await self._keep(user, conversation, lease, work)
@@ -152,6 +164,7 @@ class Turns:
                 except Exception:  # noqa: BLE001 - it expires, or this process takes it back
                     log.debug("lease release failed for %s/%s", user, conversation)
             self.tokens.active.discard(lease.token)
+        slot.give_back()  # pruning needs no slot
         await self._prune(keys.thread_id(user, conversation))
         return True
 
@@ -160,7 +173,7 @@ class Turns:
             self._resumed.clear()  # bounded; a forgotten entry only counts one attempt more
         self._resumed[key] = entry_id
 
-    async def _take(self, user: str, conversation: str, *, resumed: str | None,
+    async def _take(self, user: str, conversation: str, slot: Slot, *, resumed: str | None,
                     max_wait: float) -> tuple[Lease, Begun] | None:
         """Take the lease (waiting with back-off up to ``max_wait`` seconds)
         and learn, in the same call, ``done`` and the next entry to run."""
@@ -185,7 +198,9 @@ class Turns:
                 continue
             if loop.time() >= deadline:
                 return None
+            slot.give_back()  # waiting for another worker uses no slot here
             await asyncio.sleep(delay)
+            await slot.take()
             delay = min(delay * 2, 0.25)
 
     async def _keep(self, user: str, conversation: str, lease: Lease, work: asyncio.Task) -> None:
@@ -209,15 +224,21 @@ class Turns:
                 raise LeaseLostError(f"lease of {user}/{conversation} lost")
 
     async def _run_turns(self, user: str, conversation: str, lease: Lease, begun: Begun, progress: _Progress,
-                         resumed: str | None) -> None:
-        """Run the turns until none is left (the last commit releases the lease)."""
+                         resumed: str | None, slot: Slot) -> None:
+        """Run the turns until none is left (the last commit releases the
+        lease), one slot-turn at a time when others wait (:mod:`.slots`):
+        between turns the lease stays ours and is renewed."""
         done, found = begun.done, begun.found
+        first = True
         while True:
-            if isinstance(found, ScanOn):
-                found = await self._scan_on(user, conversation, found.cursor, lease.token)
+            if isinstance(found, FindAfter):
+                found = await self.store.find_next(user, conversation, after=found.cursor, token=lease.token)
             if isinstance(found, NoneLeft):
                 return
             assert isinstance(found, Attempt)
+            if not first:
+                await slot.pass_on()
+            first = False
             entry = found.entry
             progress.entry = entry.id
             kind, text = await self._turn(user, found, lease.token, fresh=found.number == 1 and entry.id != resumed)
@@ -234,23 +255,15 @@ class Turns:
                     lease.commit_answered(released=not holds)
                     if not holds:
                         return
-                    done, found = entry.id, ScanOn(entry.id)
+                    done, found = entry.id, FindAfter(entry.id)
                 case DoneMoved(done=moved):
                     lease.commit_answered(released=False)
                     if self.saver is not None:  # the turn's checkpoint was not stored
                         self.saver.forget(keys.thread_id(user, conversation))
-                    done, found = moved, ScanOn(moved)
+                    done, found = moved, FindAfter(moved)
                 case LeaseLost():
                     lease.lose()
                     raise LeaseLostError(f"lease of {user}/{conversation} lost before commit")
-
-    async def _scan_on(self, user: str, conversation: str, cursor: str, token: str) -> Found:
-        """Scan on from ``cursor``, a page per round trip, to the
-        conversation's next entry (its attempt begun) or to the end."""
-        found: Found = ScanOn(cursor)
-        while isinstance(found, ScanOn):
-            found = await self.store.scan(user, conversation, after=found.cursor, token=token)
-        return found
 
     def _count_unpruned(self, thread: str) -> None:
         if len(self._unpruned) >= UNPRUNED_MAX and thread not in self._unpruned:

@@ -3,10 +3,13 @@
 Work notices ``(user, conversation)`` -- "this conversation has work" -- arrive on the work stream(s)
 through the consumer group ``workers``. The loop is arq-shaped:
 
-1. *poll*: ``XREADGROUP`` at most as many notices as there are free slots
-   (the concurrency bound is the number of conversations running at once);
-2. *start*: a notice joins the running task of its conversation, or starts one;
-3. *run*: the task drains the conversation under its lease (:mod:`.turns`);
+1. *poll*: ``XREADGROUP`` while fewer than ``WORKER_CONCURRENCY +
+   WORKER_READ_AHEAD`` conversations are taken;
+2. *start*: a notice joins the task of its conversation, or starts one;
+3. *run*: the task drains the conversation under its lease (:mod:`.turns`),
+   a turn at a time in one of ``WORKER_CONCURRENCY`` slots that users share
+   fairly (:mod:`.slots`): the read-ahead is what lets a new user's notice
+   be read, and served next, while another user's backlog fills the slots;
 4. *finish*: the notices it has covered are queued for acknowledgement; one
    *acker* acknowledges and deletes everything queued (``XACK`` + ``XDEL`` in
    one ``MULTI``), so under load one round trip covers many turns. A notice
@@ -16,8 +19,9 @@ through the consumer group ``workers``. The loop is arq-shaped:
 A worker killed at any instant leaves its notices pending; the *claimer* of
 every other worker takes notices idle for ``CLAIM_IDLE`` seconds
 (``XAUTOCLAIM``), and the lease expires after ``LEASE_TTL``, so another worker
-finishes the turn. Notices of a turn still running are kept fresh (``XCLAIM``
-to ourselves), so a slow turn is not taken over while its worker is alive.
+finishes the turn. Notices of conversations taken are kept fresh (one
+``XCLAIM`` to ourselves per stream for all of them), so a slow turn, or a
+conversation waiting for a slot, is not taken over while its worker is alive.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from switchboard.shared.tasks import finish, wait_event
 from . import loader
 from .fencing import FencedRedisSaver
 from .lease import LeaseLostError
+from .slots import FairSlots
 from .turns import Turns
 
 log = logging.getLogger(__name__)
@@ -80,8 +85,9 @@ class Worker:
         self.redis = redisconn.make_client(settings.redis, max_connections=settings.concurrency + 8)
         self.raw = redisconn.make_client(settings.redis, max_connections=settings.concurrency + 8, decode=False)
         self.streams = [keys.work(i) for i in range(settings.streams.work_shards)]
-        self.running: dict[tuple[str, str], ConversationTask] = {}
-        self.slot_freed = asyncio.Event()
+        self.running: dict[tuple[str, str], ConversationTask] = {}  #: conversations taken
+        self.slots = FairSlots(settings.concurrency)
+        self.slot_freed = asyncio.Event()  #: a conversation taken has finished
         self.turns: Turns | None = None
         self.ready = asyncio.Event()
         self._acks: list[WorkItem] = []  # bounded by what the running conversations covered
@@ -93,7 +99,7 @@ class Worker:
         saver = FencedRedisSaver(redis_client=self.raw, ttl=ttl, cache_size=self.settings.checkpoint_cache)
         await setup_saver(saver)
         graph = loader.load(self.settings.graph, saver)
-        self.turns = Turns(self.redis, graph, self.settings)
+        self.turns = Turns(self.redis, graph, self.settings, self.slots)
         for stream in self.streams:
             with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
                 await self.redis.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
@@ -104,6 +110,7 @@ class Worker:
         claimer = asyncio.create_task(self._claim_loop(stop), name="worker-claim")
         acks_done = asyncio.Event()
         acker = asyncio.create_task(self._ack_loop(acks_done), name="worker-ack")
+        refresher = asyncio.create_task(self._refresh_loop(acks_done), name="worker-refresh")
         try:
             await stop.wait()
         finally:
@@ -115,7 +122,7 @@ class Worker:
             await self._finish_running(max(0.0, deadline - asyncio.get_running_loop().time()))
             acks_done.set()  # the acker sends what is queued, then ends
             self._ack_wanted.set()
-            await finish([acker], grace=5.0)
+            await finish([acker, refresher], grace=5.0)
             await self.redis.aclose()
             await self.raw.aclose()
 
@@ -160,7 +167,7 @@ class Worker:
     async def _read_loop(self, stop: asyncio.Event) -> None:
         block_ms = int(self.settings.read_block * 1000)
         while not stop.is_set():
-            free = self.settings.concurrency - len(self.running)
+            free = self._room()
             if free <= 0:
                 self.slot_freed.clear()
                 await wait_event(self.slot_freed, self.settings.read_block)
@@ -188,6 +195,10 @@ class Worker:
             # before this loop sends its next blocking read.
             await asyncio.sleep(0)
 
+    def _room(self) -> int:
+        """Conversations this worker may still take."""
+        return self.settings.concurrency + self.settings.read_ahead - len(self.running)
+
     def _start(self, notice: WorkItem, fields: dict[str, str] | None) -> None:
         if not fields or WorkField.USER not in fields or WorkField.CONV not in fields:
             # A deleted or malformed notice: nothing to run; acknowledge it.
@@ -210,8 +221,6 @@ class Worker:
         try:
             while conv.notices:
                 covered = list(conv.notices)
-                turn_done = asyncio.Event()
-                refresher = asyncio.create_task(self._keep_fresh(conv, turn_done))
                 try:
                     finished = await self.turns.drain(conv.user, conv.conversation)
                 except LeaseLostError as exc:
@@ -224,11 +233,6 @@ class Worker:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
-                finally:
-                    # Stopped by an event, not cancelled: cancelling a task in
-                    # the middle of a Redis call can leave it stuck.
-                    turn_done.set()
-                    await finish([refresher], grace=2.0)
                 if not finished:
                     # Another worker held the lease past our wait. It may have
                     # scanned before our entry arrived, so keep the notices and
@@ -245,13 +249,17 @@ class Worker:
             self.running.pop((conv.user, conv.conversation), None)
             self.slot_freed.set()
 
-    async def _keep_fresh(self, conv: ConversationTask, done: asyncio.Event) -> None:
-        """Reset the idle time of our pending notices while the turn runs."""
+    async def _refresh_loop(self, stop: asyncio.Event) -> None:
+        """Reset the idle time of every notice of the conversations taken
+        (running or waiting for a slot), so no other worker claims them."""
         interval = max(self.settings.claim_idle / 3, 0.2)
-        while not await wait_event(done, interval):
-            for stream, ids in _by_stream(conv.notices).items():
-                with contextlib.suppress(RedisError, OSError):
-                    await self.redis.xclaim(stream, keys.WORKER_GROUP, self.consumer, 0, ids, justid=True)
+        while not await wait_event(stop, interval):
+            held = [notice for conv in list(self.running.values()) for notice in conv.notices]
+            for stream, ids in _by_stream(held).items():
+                for start in range(0, len(ids), ACK_BATCH):
+                    with contextlib.suppress(RedisError, OSError):
+                        await self.redis.xclaim(stream, keys.WORKER_GROUP, self.consumer, 0,
+                                                ids[start:start + ACK_BATCH], justid=True)
 
     async def _ack(self, notices: list[WorkItem]) -> None:
         by_stream = _by_stream(notices)
@@ -292,7 +300,7 @@ class Worker:
         interval = max(self.settings.claim_idle / 2, 0.2)
         while not await wait_event(stop, interval):
             for stream in self.streams:
-                free = self.settings.concurrency - len(self.running)
+                free = self._room()
                 if free <= 0:
                     break
                 try:

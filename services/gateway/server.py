@@ -29,7 +29,7 @@ from switchboard.shared.tasks import finish
 from . import auth, resume, wsbatch
 from .history import HistoryReader
 from .hub import Connection, DeliveryHub
-from .store import GatewayStore
+from .store import GatewayStore, OverLimit
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class Gateway:
         self.settings = settings
         self.redis = redisconn.make_client(settings.redis)
         self.raw_redis = redisconn.make_client(settings.redis, decode=False)
-        self.store = GatewayStore(self.redis, settings.streams)
+        self.store = GatewayStore(self.redis, settings.streams, settings.quotas)
         self.subscriber = redisconn.make_subscriber(settings.redis)
         self.hub = DeliveryHub(self.raw_redis, settings.server_id, self.subscriber)
         self.saver = use_caching_serializer(AsyncRedisSaver(redis_client=self.raw_redis))
@@ -175,10 +175,18 @@ class Gateway:
     async def _dispatch(self, conn: Connection, frame: p.ClientFrame) -> None:
         match frame:
             case p.Send(conversation_id=conv, client_msg_id=cmid, text=text):
-                in_id, fresh = await self.store.accept(conn.user, conn.device, conv, cmid, text)
+                limit = self.settings.quotas.max_text_length
+                if limit and len(text) > limit:
+                    raise p.FrameError(p.ErrorCode.TEXT_TOO_LONG,
+                                       f"text of {len(text)} characters exceeds the limit of {limit}", cmid)
+                try:
+                    in_id, fresh = await self.store.accept(conn.user, conn.device, conv, cmid, text)
+                except OverLimit as refused:
+                    raise p.FrameError(p.ErrorCode(refused.code), _over_limit_message(refused), cmid,
+                                       retry_after_ms=refused.retry_after_ms or None) from None
                 if not fresh:
-                    log.info("duplicate send user=%s cmid=%s -> %s", conn.user, cmid, in_id,
-                             extra={**conn.log_context, "conversation": conv, "entry": in_id})
+                    log.debug("repeated send user=%s cmid=%s -> %s", conn.user, cmid, in_id,
+                              extra={**conn.log_context, "conversation": conv, "entry": in_id})
                 await conn.reply(p.Accepted(client_msg_id=cmid, id=in_id))
             case p.Ack(id=entry_id):
                 if streamids.later(entry_id, conn.last):
@@ -213,6 +221,19 @@ async def _drain(ws: ServerConnection, conn: Connection) -> None:
             await wsbatch.send_texts(ws, await conn.outbox.take(WRITE_FRAMES, WRITE_BYTES))
     except ConnectionClosed:
         pass
+
+
+_LIMIT_MESSAGES = {
+    p.ErrorCode.RATE_LIMITED: "too many messages; retry in {seconds:.1f} s",
+    p.ErrorCode.TOO_MANY_CONVERSATIONS: "too many conversations (MAX_SESSIONS_PER_USER)",
+    p.ErrorCode.CONVERSATION_FULL: "this conversation holds the most messages allowed (MAX_MESSAGES_PER_SESSION)",
+    p.ErrorCode.BACKLOG_FULL: "too many messages wait for replies (MAX_UNANSWERED); retry when some are answered",
+}
+
+
+def _over_limit_message(refused: OverLimit) -> str:
+    template = _LIMIT_MESSAGES.get(p.ErrorCode(refused.code), refused.code)
+    return template.format(seconds=refused.retry_after_ms / 1000)
 
 
 async def _refuse(ws: ServerConnection, code: p.ErrorCode, message: str, close: p.CloseCode) -> None:

@@ -1,24 +1,47 @@
 """The gateway's Redis operations: accept a message, store an offset, read the
 state of the outbound stream. Each is one script (``shared/lua``: ``accept``,
 ``store_offset``, ``stream_state``) in the user's slot, so it is atomic, and
-costs one round trip (accept: with its work notice).
+costs one round trip -- accept two when it must send a work notice (the work
+streams live in other slots).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import redis.asyncio as aioredis
 
 from switchboard.shared import keys, outbound, scripts
 from switchboard.shared.connection import execute_scripted, queue_script
+from switchboard.shared.errors import SwitchboardError
 from switchboard.shared.fields import WorkField
-from switchboard.shared.settings import StreamSettings
+from switchboard.shared.settings import QuotaSettings, StreamSettings
 
 from .resume import StreamState, parse_offset
 
+
+class Accepted(NamedTuple):
+    id: str  #: the message's entry id (the same for every repeat of its client_msg_id)
+    fresh: bool  #: False for a repeat: nothing was appended
+
+
+class OverLimit(SwitchboardError):
+    """A quota refused the message; nothing was written."""
+
+    def __init__(self, code: str, retry_after_ms: int):
+        super().__init__(code)
+        self.code = code  #: an ``ErrorCode`` value (``rate_limited``, ``backlog_full`` ...)
+        self.retry_after_ms = retry_after_ms  #: when waiting helps (0: it does not)
+
+
 class GatewayStore:
-    def __init__(self, redis: aioredis.Redis, streams: StreamSettings):
+    def __init__(self, redis: aioredis.Redis, streams: StreamSettings,
+                 quotas: QuotaSettings = QuotaSettings.unlimited()):
+        # The gateway passes its QUOTAS; tests and benchmarks that load
+        # streams in bulk use none.
         self.redis = redis
         self.streams = streams
+        self.quotas = quotas
         registered = scripts.register(redis, "accept", "stream_state", "store_offset")
         self._accept = registered["accept"]
         self._state = registered["stream_state"]
@@ -26,53 +49,55 @@ class GatewayStore:
 
     async def load(self) -> None:
         """Load the accept script (at start: else the first accept after a
-        Redis start meets NOSCRIPT, and sends its notice twice, harmlessly)."""
+        Redis start meets NOSCRIPT and is sent twice)."""
         await self.redis.script_load(self._accept.script)
 
     async def accept(self, user: str, device: str, conversation: str, client_msg_id: str,
-                     text: str) -> tuple[str, bool]:
-        """Durably append a message; return ``(inbound id, fresh)``.
+                     text: str) -> Accepted:
+        """Durably append a message, or raise :class:`OverLimit`.
 
         A ``client_msg_id`` seen before (within DEDUP_TTL) returns the id it got
-        then and appends nothing. Either way the work notice is (re)sent, so a
-        gateway that died between the append and the notice is repaired by the
-        client's resend.
+        then and appends nothing. The work notice goes out only when the
+        script asks for it (see ``accept.lua``): a conversation with messages
+        waiting already has one, and a repeat costs no work.
         """
-        # The notice needs nothing from the script's answer and is sent
-        # whatever it is, so both go in one round trip: a pipeline runs them
-        # in order on one connection.
         script_keys, args = self._accept_call(user, device, conversation, client_msg_id, text)
-
-        def fill(pipe: aioredis.client.Pipeline) -> None:
-            queue_script(pipe, self._accept, script_keys, args)
-            pipe.xadd(*self._work_notice(user, conversation))
-
-        (in_id, fresh), _ = await execute_scripted(self.redis, [self._accept], fill)
-        return in_id, bool(fresh)
+        status, in_id, extra = await self._accept(keys=script_keys, args=args)
+        if status == "limit":
+            raise OverLimit(in_id, int(extra))
+        if int(extra):
+            await self.redis.xadd(*self._work_notice(user, conversation))
+        return Accepted(in_id, status == "new")
 
     async def accept_many(self, user: str, device: str, conversation: str,
                           messages: list[tuple[str, str]]) -> list[str]:
-        """:meth:`accept` each ``(client_msg_id, text)``, in order, in one round
-        trip rather than one per message: for loading a stream in bulk
+        """:meth:`accept` each ``(client_msg_id, text)``, in order, in two round
+        trips rather than two per message: for loading a stream in bulk
         (benchmarks). Return the inbound ids."""
 
         def fill(pipe: aioredis.client.Pipeline) -> None:
             for client_msg_id, text in messages:
                 queue_script(pipe, self._accept, *self._accept_call(user, device, conversation, client_msg_id, text))
-            for _ in messages:
-                pipe.xadd(*self._work_notice(user, conversation))
 
         replies = await execute_scripted(self.redis, [self._accept], fill)
-        return [in_id for in_id, _ in replies[:len(messages)]]
+        refused = [r for r in replies if r[0] == "limit"]
+        if refused:
+            raise OverLimit(refused[0][1], int(refused[0][2]))
+        if any(int(notice) for _, _, notice in replies):
+            await self.redis.xadd(*self._work_notice(user, conversation))
+        return [in_id for _, in_id, _ in replies]
 
     def _accept_call(self, user: str, device: str, conversation: str, client_msg_id: str,
                      text: str) -> tuple[list, list]:
         """The keys and arguments of the accept script."""
+        q = self.quotas
         return (
-            [keys.dedup(user, client_msg_id), keys.inbound(user), keys.outbound(user), keys.meta(user)],
-            [conversation, client_msg_id, device, text, outbound.now_ms(), outbound.new_epoch(),
-             self.streams.outbound_maxlen, self.streams.inbound_maxlen, self.streams.dedup_ttl,
-             keys.notify(user)],
+            [keys.dedup(user, client_msg_id), keys.inbound(user, conversation), keys.outbound(user),
+             keys.meta(user), keys.conversation(user, conversation), keys.conversations(user), keys.usage(user),
+             keys.lease(user, conversation)],
+            [conversation, client_msg_id, device, text, outbound.new_epoch(), self.streams.outbound_maxlen,
+             self.streams.dedup_ttl, keys.notify(user), q.sends_per_minute, q.max_conversations,
+             q.max_messages, q.max_waiting, int(q.renotice_interval * 1000), keys.inbound_prefix(user)],
         )
 
     def _work_notice(self, user: str, conversation: str) -> tuple[str, dict[str, str]]:

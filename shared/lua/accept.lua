@@ -1,16 +1,89 @@
--- include: outbound
--- Accept a `send`: append it to the inbound stream once per client_msg_id
--- (within DEDUP_TTL), and echo it to the user's devices as a `user` event.
--- KEYS: dedup, inbound, out, meta
--- ARGV: conversation, client_msg_id, device, text, ts, new epoch, out maxlen,
---       in maxlen, dedup ttl s, channel
--- Returns {inbound id, 1} for a new message, {inbound id it got then, 0} for a repeat.
+-- include: outbound, ids
+-- Accept a `send`: check the user's quotas, append the message to its
+-- conversation's inbound stream once per client_msg_id (within DEDUP_TTL),
+-- and echo it to the user's devices as a `user` event.
+--
+-- It also says whether the caller must send a work notice. A conversation
+-- with messages already waiting has a notice queued or a drain under way,
+-- which takes this message too (a drain runs until its commit finds nothing
+-- left, and that commit comes after this script), so a new message needs a
+-- notice only when nothing was waiting. Two safety nets cover a notice lost
+-- with the gateway that was to send it (its client never got `accepted`):
+-- the client's repeat of a message still waiting, and a new message to a
+-- conversation whose last notice is old, ask for one when no drain holds
+-- the conversation -- each at most once per `renotice` ms. So repeats cost
+-- this one script and, at most, a notice every `renotice` ms.
+--
+-- KEYS: dedup, inbound, out, meta, conv, conversations, usage, lease
+-- ARGV: conversation, client_msg_id, device, text, new epoch, out maxlen,
+--       dedup ttl s, channel, sends per minute, max conversations,
+--       max messages per conversation, max waiting, renotice ms, inbound key prefix
+-- Limits of 0 are off.
+-- Returns {'new', id, notice (1/0)}, {'repeat', id, notice} or
+-- {'limit', error code, retry after ms (0: not by waiting)}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local conv = redis.call('HMGET', KEYS[5], F.conv_done, F.conv_last, F.conv_count, F.conv_noticed,
+  F.conv_renoticed)
+local done, last = conv[1] or '0-0', conv[2]
+local count = tonumber(conv[3] or '0')
+local renotice = tonumber(ARGV[13])
+local function overdue(field_value)
+  return now - tonumber(field_value or '0') >= renotice and redis.call('EXISTS', KEYS[8]) == 0
+end
+
 local known = redis.call('GET', KEYS[1])
-if known then return {known, 0} end
-local in_id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*',
-  F.in_conv, ARGV[1], F.in_cmid, ARGV[2], F.in_dev, ARGV[3], F.in_text, ARGV[4], F.in_ts, ARGV[5])
-redis.call('SET', KEYS[1], in_id, 'EX', ARGV[9])
-append_event(KEYS[3], KEYS[4], ARGV[10], ARGV[6], tonumber(ARGV[7]), {
+if known then
+  if id_after(known, done) and overdue(conv[5]) then
+    redis.call('HSET', KEYS[5], F.conv_renoticed, now)
+    return {'repeat', known, 1}
+  end
+  return {'repeat', known, 0}
+end
+
+-- Quotas, cheapest first; nothing is written until all pass.
+local per_minute = tonumber(ARGV[9])
+local tat
+if per_minute > 0 then
+  -- GCRA: one send per 60000/N ms on average, bursts of up to N.
+  local interval = 60000 / per_minute
+  tat = math.max(tonumber(redis.call('HGET', KEYS[7], F.usage_tat) or '0'), now) + interval
+  local wait = tat - now - 60000
+  if wait > 0 then return {'limit', 'rate_limited', math.ceil(wait)} end
+end
+local max_convs = tonumber(ARGV[10])
+if count == 0 and max_convs > 0 and not redis.call('ZSCORE', KEYS[6], ARGV[1])
+    and redis.call('ZCARD', KEYS[6]) >= max_convs then
+  return {'limit', 'too_many_conversations', 0}
+end
+local max_messages = tonumber(ARGV[11])
+if max_messages > 0 and count >= max_messages then return {'limit', 'conversation_full', 0} end
+local max_waiting = tonumber(ARGV[12])
+if max_waiting > 0 and tonumber(redis.call('HGET', KEYS[7], F.usage_waiting) or '0') >= max_waiting then
+  -- The counter is the fast path; the streams are the truth (each holds
+  -- only its waiting entries). Recount before refusing, so a counter that
+  -- drifted (data restored, keys deleted by hand) cannot lock a user out.
+  -- Bounded by MAX_SESSIONS_PER_USER lengths read.
+  local waiting = 0
+  for _, c in ipairs(redis.call('ZRANGE', KEYS[6], 0, -1)) do
+    waiting = waiting + redis.call('XLEN', ARGV[14] .. c)
+  end
+  redis.call('HSET', KEYS[7], F.usage_waiting, waiting)
+  if waiting >= max_waiting then return {'limit', 'backlog_full', 0} end
+end
+
+local ts = string.format('%d', now)
+local in_id = redis.call('XADD', KEYS[2], '*', F.in_cmid, ARGV[2], F.in_dev, ARGV[3], F.in_text, ARGV[4],
+  F.in_ts, ts)
+redis.call('SET', KEYS[1], in_id, 'EX', ARGV[7])
+local notice = 0
+if not last or last == done or overdue(conv[4]) then notice = 1 end
+redis.call('HSET', KEYS[5], F.conv_last, in_id, F.conv_count, count + 1)
+if notice == 1 then redis.call('HSET', KEYS[5], F.conv_noticed, now) end
+redis.call('ZADD', KEYS[6], now, ARGV[1])
+redis.call('HINCRBY', KEYS[7], F.usage_waiting, 1)
+if tat then redis.call('HSET', KEYS[7], F.usage_tat, string.format('%d', math.ceil(tat))) end
+append_event(KEYS[3], KEYS[4], ARGV[8], ARGV[5], tonumber(ARGV[6]), {
   F.event_kind, 'user', F.event_conv, ARGV[1], F.event_text, ARGV[4], F.event_cmid, ARGV[2],
-  F.event_dev, ARGV[3], F.event_ts, ARGV[5], F.event_in, in_id})
-return {in_id, 1}
+  F.event_dev, ARGV[3], F.event_ts, ts, F.event_in, in_id})
+return {'new', in_id, notice}

@@ -1,12 +1,12 @@
 -- include: outbound, entries, checkpoint
 -- A turn's reply, exactly once: written only by the lease holder, only if
 -- `done` is where the turn started; its checkpoint (if the graph wrote one)
--- stored in the same atomic step. Then the next entry, in the same round
--- trip; with none left the lease is released here too.
--- KEYS: lease, conv, out, meta, inbound, checkpoint, latest checkpoint pointer
+-- stored in the same atomic step, its entry removed from the inbound stream.
+-- Then the next entry, in the same round trip; with none left the lease is
+-- released here too.
+-- KEYS: lease, conv, out, meta, inbound, checkpoint, latest checkpoint pointer, usage
 -- ARGV: token, expected done, new done, new epoch, out maxlen, channel,
---       conversation, page, checkpoint document ('' for none), checkpoint ttl ms,
---       event fields...
+--       checkpoint document ('' for none), checkpoint ttl ms, event fields...
 -- Returns {'ok', reply id, <next_entry's answer>...}, {'already', holds lease
 -- ('1'/'0')} when `done` is already the new one (this call repeated after its
 -- reply was lost, or another worker committed it), {'stale', done} when `done`
@@ -16,12 +16,13 @@ local holds = redis.call('GET', KEYS[1]) == ARGV[1]
 if done == ARGV[3] then return {'already', holds and '1' or '0'} end
 if done ~= ARGV[2] then return {'stale', done} end
 if not holds then return {'lease'} end
-if ARGV[9] ~= '' then store_checkpoint(KEYS[6], KEYS[7], ARGV[9], ARGV[10]) end
+if ARGV[7] ~= '' then store_checkpoint(KEYS[6], KEYS[7], ARGV[7], ARGV[8]) end
 local fields = {}
-for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 local appended = append_event(KEYS[3], KEYS[4], ARGV[6], ARGV[4], tonumber(ARGV[5]), fields)
 redis.call('HSET', KEYS[2], F.conv_done, ARGV[3])
 redis.call('HDEL', KEYS[2], F.conv_attempt_of, F.conv_attempts, F.conv_attempt_token, F.conv_delta)
-local found = next_entry(KEYS[5], KEYS[2], ARGV[3], ARGV[7], tonumber(ARGV[8]), ARGV[1], '')
+answered(KEYS[5], KEYS[8], ARGV[3])
+local found = next_entry(KEYS[5], KEYS[2], ARGV[3], ARGV[1], '')
 if found[1] == 'none' then redis.call('DEL', KEYS[1]) end
 return {'ok', appended[1], unpack(found)}

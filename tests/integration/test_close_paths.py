@@ -313,7 +313,8 @@ async def test_a_second_hello_gets_duplicate_hello_and_the_connection_goes_on(cl
     assert phone.close_code is None
     assert [f["type"] for f in phone.frames if f["type"] in ("welcome", "error")] == ["error"]
     assert phone.welcome is welcome  # one welcome, for the first hello
-    assert (await redis_client.xrange(keys.inbound(user)))[0][0] == accepted["id"]
+    [user_event] = [f for _, f in await redis_client.xrange(keys.outbound(user)) if f["kind"] == "user"]
+    assert user_event["in"] == accepted["id"]
     assert phone.event_ids() == await _stream_ids(redis_client, user)
     await phone.close()
 
@@ -646,7 +647,8 @@ async def test_after_redis_is_back_hello_and_send_succeed_at_once(own_redis):
         await device.wait_for(lambda d=device: any(e["client_msg_id"] == "m1" for e in d.events))
     client = aioredis.Redis.from_url(server.url, decode_responses=True)
     stream = await _stream_ids(client, user)
-    assert (await client.xrange(keys.inbound(user)))[-1][0] == accepted["id"]
+    user_events = [f for _, f in await client.xrange(keys.outbound(user)) if f["kind"] == "user"]
+    assert user_events[-1]["cmid"] == "m1" and user_events[-1]["in"] == accepted["id"]
     await client.aclose()
     assert phone.event_ids() == stream and len(stream) == 2
     assert [f["code"] for f in phone.frames if f["type"] == "error"] == ["unavailable"]

@@ -97,10 +97,12 @@ async def test_with_four_work_shards_every_message_is_answered_once(cluster, red
         assert all(text == f"reply {i // 2 + 1} to: message {i}" for _, cmid, text in replies
                    for i in [int(cmid[1:])])
         assert device.event_ids() == [entry_id for entry_id, _ in stream]
-    # Each user's notices went to the user's own shard, and every shard was used.
+    # Each user's notices went to the user's own shard, and every shard was
+    # used: one per conversation with nothing waiting (m0, m1), and m2's only
+    # if m0 was answered before it came.
     for shard, user in users.items():
         info = await redis_client.xinfo_stream(keys.work(shard))
-        assert info["entries-added"] == per_user, (shard, info)
+        assert 2 <= info["entries-added"] <= per_user, (shard, info)
         assert info["length"] == 0  # done notices are deleted
     for device in devices.values():
         await device.close()

@@ -14,11 +14,13 @@ def test_stream_ids_compare_numerically_not_as_text():
 
 def test_every_key_of_a_user_shares_one_hash_tag():
     user = "alice@example.com"
-    names = [keys.inbound(user), keys.outbound(user), keys.meta(user), keys.offsets(user),
-             keys.dedup(user, "m1"), keys.conversation(user, "c"), keys.lease(user, "c"), keys.notify(user)]
+    names = [keys.inbound(user, "c"), keys.outbound(user), keys.meta(user), keys.offsets(user),
+             keys.dedup(user, "m1"), keys.conversation(user, "c"), keys.lease(user, "c"), keys.notify(user),
+             keys.conversations(user), keys.usage(user)]
     tags = {name[name.index("{") + 1:name.index("}")] for name in names}
     assert tags == {f"u:{user}"}
-    assert keys.inbound("bob") != keys.inbound(user)
+    assert keys.inbound("bob", "c") != keys.inbound(user, "c")
+    assert keys.inbound(user, "c").startswith(keys.inbound_prefix(user))
 
 
 def test_work_shards_are_stable_and_in_range():

@@ -68,8 +68,8 @@ async def _say(turns: Turns, conversation: str, text: str) -> str:
     """Send a message (an inbound entry, as the gateway adds it), drain the
     conversation and return the reply's text."""
     redis = turns.store.redis
-    entry = await redis.xadd(keys.inbound(USER), {"conv": conversation, "cmid": f"{conversation}-{text}",
-                                                  "dev": "d", "text": text})
+    entry = await redis.xadd(keys.inbound(USER, conversation),
+                             {"cmid": f"{conversation}-{text}", "dev": "d", "text": text})
     assert await turns.drain(USER, conversation) is True
     replies = [fields["text"] for _, fields in await redis.xrange(keys.outbound(USER)) if fields["in"] == entry]
     assert len(replies) == 1

@@ -8,8 +8,7 @@ from switchboard.shared import keys
 from switchboard.shared.fields import ConvField
 from switchboard.shared.settings import StreamSettings
 from switchboard.worker.store import (
-    AlreadyDone, Attempt, Begun, Busy, CheckpointWrite, Committed, DoneMoved, LeaseLost, NoneLeft, ScanOn,
-    SCAN_PAGE, WorkerStore,
+    AlreadyDone, Attempt, Begun, Busy, CheckpointWrite, Committed, DoneMoved, LeaseLost, NoneLeft, WorkerStore,
 )
 
 LATEST = "checkpoint_latest:{u:u}/a:"  # any key of the user's slot stands for the pointer here
@@ -28,7 +27,9 @@ def store(redis) -> WorkerStore:
 
 
 async def _send(redis, conv: str, text: str) -> str:
-    return await redis.xadd(keys.inbound("u"), {"conv": conv, "cmid": text, "dev": "d", "text": text})
+    """Append as the gateway's accept does (its waiting count too)."""
+    await redis.hincrby(keys.usage("u"), "waiting", 1)
+    return await redis.xadd(keys.inbound("u", conv), {"cmid": text, "dev": "d", "text": text})
 
 
 def _fields(text: str, entry_id: str) -> list[str]:
@@ -69,15 +70,20 @@ async def test_begin_reads_the_latest_checkpoint_pointer(redis, store):
     assert begun.latest == "checkpoint:{u:u}/a::abc" and begun.found == NoneLeft()
 
 
-async def test_a_scan_goes_on_past_full_pages_of_other_conversations(redis, store):
-    for n in range(SCAN_PAGE):
-        await _send(redis, "other", f"x{n}")
+async def test_a_new_conversation_reads_one_entry_whatever_the_others_hold(redis, store):
+    """A conversation's entries are its own stream: its first turn reads one
+    entry (commands and bytes do not grow with the user's other backlog)."""
+    for n in range(500):
+        await _send(redis, "other", f"x{n} " + "y" * 1000)
     mine = await _send(redis, "a", "mine")
+    await redis.config_resetstat()
     begun = await store.begin("u", "a", token="t1", latest_key=LATEST)
-    assert isinstance(begun.found, ScanOn)
-    found = await store.scan("u", "a", after=begun.found.cursor, token="t1")
-    assert isinstance(found, Attempt) and found.entry.id == mine
-    assert await store.scan("u", "a", after=mine, token="t1") == NoneLeft()
+    assert isinstance(begun.found, Attempt) and begun.found.entry.id == mine
+    stats = await redis.info("commandstats")
+    assert stats["cmdstat_xrange"]["calls"] == 1
+    assert await store.find_next("u", "a", after=mine, token="t1") == NoneLeft()
+    found = await store.find_next("u", "a", after="0-0", token="t1")
+    assert isinstance(found, Attempt) and found.entry.id == mine and found.number == 1  # same token: same attempt
 
 
 async def test_count_attempt_moves_on_once_from_the_attempt_seen(redis, store):
@@ -98,6 +104,9 @@ async def test_commit_writes_the_reply_once_and_releases_the_lease_when_nothing_
     assert isinstance(result, Committed) and result.released and result.found == NoneLeft()
     assert await redis.get(keys.lease("u", "a")) is None
     assert await redis.hgetall(keys.conversation("u", "a")) == {ConvField.DONE: entry}
+    # Answered: the entry leaves the inbound stream, and the user's waiting count.
+    assert await redis.xlen(keys.inbound("u", "a")) == 0
+    assert await redis.hget(keys.usage("u"), "waiting") == "0"
     [(reply_id, fields)] = await redis.xrange(keys.outbound("u"))
     assert reply_id == result.reply_id and fields["text"] == "hi" and fields["in"] == entry
     assert await redis.get(LATEST) == checkpoint.key
@@ -120,6 +129,8 @@ async def test_a_commit_that_finds_more_keeps_the_lease_and_names_the_next_entry
     assert isinstance(result, Committed) and not result.released
     assert isinstance(result.found, Attempt) and result.found.entry.id == second and result.found.number == 1
     assert await redis.get(keys.lease("u", "a")) == "t1"
+    assert [e for e, _ in await redis.xrange(keys.inbound("u", "a"))] == [second]
+    assert await redis.hget(keys.usage("u"), "waiting") == "1"
     repeated = await store.commit("u", "a", token="t1", expected_done="0-0", entry_id=first,
                                   fields=_fields("r1", first), checkpoint=None)
     assert repeated == AlreadyDone(holds_lease=True)

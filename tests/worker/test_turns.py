@@ -23,29 +23,27 @@ def test_reply_after_finds_the_recorded_reply_of_a_message():
     assert message_id("17-0") == "in-17-0"
 
 
-async def test_turns_find_entries_past_full_pages_and_release_the_lease(clean_redis):
-    """The begin and commit scripts scan one page each; a conversation whose
-    next message sits behind more than a page of another conversation's is
-    still found, in order, and the lease is gone once nothing is left."""
+async def test_turns_run_in_order_whatever_other_conversations_hold_and_release_the_lease(clean_redis):
+    """A conversation's entries are found in order however much another
+    conversation of the user has waiting, and the lease is gone once nothing
+    is left."""
     from switchboard.shared import keys
     from switchboard.shared.settings import WorkerSettings
-    from switchboard.worker.store import SCAN_PAGE
     from switchboard.worker.turns import Turns
 
     redis = aioredis.Redis.from_url(clean_redis, decode_responses=True)
     raw = aioredis.Redis.from_url(clean_redis)
     saver = await fenced_saver(raw)
     turns = Turns(redis, build().compile(checkpointer=saver), WorkerSettings())
-    inbound = keys.inbound("u")
 
     async def add(conv: str, text: str) -> str:
-        return await redis.xadd(inbound, {"conv": conv, "cmid": text, "dev": "d", "text": text})
+        return await redis.xadd(keys.inbound("u", conv), {"cmid": text, "dev": "d", "text": text})
 
     mine = [await add("a", "first")]
-    for i in range(SCAN_PAGE + 20):
+    for i in range(220):
         await add("b", f"other {i}")
     mine.append(await add("a", "second"))
-    for i in range(SCAN_PAGE * 2):
+    for i in range(400):
         await add("b", f"more {i}")
     mine.append(await add("a", "third"))
     assert await turns.drain("u", "a") is True
@@ -78,7 +76,7 @@ async def test_old_checkpoints_are_pruned_to_checkpoint_keep(clean_redis):
     thread = keys.thread_id("u", "a")
     counts = []
     for n in range(12):
-        await redis.xadd(keys.inbound("u"), {"conv": "a", "cmid": f"m{n}", "dev": "d", "text": f"turn {n}"})
+        await redis.xadd(keys.inbound("u", "a"), {"cmid": f"m{n}", "dev": "d", "text": f"turn {n}"})
         assert await turns.drain("u", "a") is True
         counts.append(len([t async for t in saver.alist({"configurable": {"thread_id": thread}})]))
     assert max(counts) <= 4 + 4 // 2 and counts[-1] >= 4  # bounded, and the newest are kept
@@ -102,14 +100,14 @@ async def test_a_lease_this_process_left_behind_is_taken_back_at_once(clean_redi
     raw = aioredis.Redis.from_url(clean_redis)
     settings = replace(WorkerSettings(), lease_ttl=30.0)
     turns = Turns(redis, build().compile(checkpointer=await fenced_saver(raw)), settings)
-    await redis.xadd(keys.inbound("u"), {"conv": "a", "cmid": "m1", "dev": "d", "text": "hello"})
+    await redis.xadd(keys.inbound("u", "a"), {"cmid": "m1", "dev": "d", "text": "hello"})
     await redis.set(keys.lease("u", "a"), turns.tokens.prefix + "0123456789abcdef", px=30_000)
     # Taken back at once: the drain ends long before the lease's 30 s TTL.
     assert await asyncio.wait_for(turns.drain("u", "a"), timeout=20) is True
     assert [f["kind"] for _, f in await redis.xrange(keys.outbound("u"))] == ["assistant"]
 
     other = Turns(redis, turns.graph, replace(WorkerSettings(), lease_ttl=0.5))
-    await redis.xadd(keys.inbound("u"), {"conv": "a", "cmid": "m2", "dev": "d", "text": "again"})
+    await redis.xadd(keys.inbound("u", "a"), {"cmid": "m2", "dev": "d", "text": "again"})
     await redis.set(keys.lease("u", "a"), turns.tokens.prefix + "fedcba9876543210", px=30_000)
     assert await other.drain("u", "a") is False  # another process's lease: waited for, not taken
     assert len(await redis.xrange(keys.outbound("u"))) == 1
@@ -138,7 +136,7 @@ async def test_a_commit_that_releases_the_lease_while_a_renewal_is_due_is_not_a_
     saver = await fenced_saver(raw)
     turns = SlowToSeeTheCommit(redis, build().compile(checkpointer=saver),
                                replace(WorkerSettings(), lease_ttl=0.6))  # renewal every 0.2 s
-    await redis.xadd(keys.inbound("u"), {"conv": "a", "cmid": "m1", "dev": "d", "text": "hello"})
+    await redis.xadd(keys.inbound("u", "a"), {"cmid": "m1", "dev": "d", "text": "hello"})
     assert await turns.drain("u", "a") is True
     assert await redis.hget(keys.conversation("u", "a"), "done") is not None
     await redis.aclose()
@@ -174,7 +172,7 @@ async def test_a_reply_whose_last_deltas_were_not_written_is_not_committed_but_r
         return await original(*args, **kwargs)
 
     store.write_delta = final_flush_fails_once
-    await redis.xadd(keys.inbound("u"), {"conv": "a", "cmid": "m1", "dev": "d", "text": "tell me about the sea"})
+    await redis.xadd(keys.inbound("u", "a"), {"cmid": "m1", "dev": "d", "text": "tell me about the sea"})
     try:
         await turns.drain("u", "a")
     except RedisConnectionError:

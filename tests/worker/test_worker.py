@@ -45,7 +45,7 @@ async def _replies(redis, user: str) -> list[dict]:
 async def test_a_notice_runs_its_conversation_and_is_then_acknowledged_and_deleted(redis, clean_redis):
     worker, stop, task = await _serving(clean_redis)
     try:
-        await redis.xadd(keys.inbound("ann"), {"conv": "c", "cmid": "m1", "dev": "d", "text": "hello"})
+        await redis.xadd(keys.inbound("ann", "c"), {"cmid": "m1", "dev": "d", "text": "hello"})
         await redis.xadd(keys.work(0), {"user": "ann", "conv": "c"})
         await _until(lambda: _has_reply(redis, "ann"))
         await _until(lambda: _work_is_empty(redis))
@@ -68,7 +68,7 @@ async def test_a_malformed_notice_is_acknowledged_without_running_anything(redis
 
 async def test_a_dead_consumers_notice_is_claimed_and_its_turn_runs_once(redis, clean_redis):
     await redis.xgroup_create(keys.work(0), keys.WORKER_GROUP, id="0", mkstream=True)
-    await redis.xadd(keys.inbound("bo"), {"conv": "c", "cmid": "m1", "dev": "d", "text": "hello"})
+    await redis.xadd(keys.inbound("bo", "c"), {"cmid": "m1", "dev": "d", "text": "hello"})
     await redis.xadd(keys.work(0), {"user": "bo", "conv": "c"})
     # A consumer that read the notice and died: it stays pending on "ghost".
     await redis.xreadgroup(keys.WORKER_GROUP, "ghost", {keys.work(0): ">"}, count=1)

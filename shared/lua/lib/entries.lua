@@ -1,3 +1,4 @@
+-- include: ids
 -- A conversation's inbound entries and the attempts at them.
 
 -- Count an attempt at entry `id` durably *before* it runs, so a message that
@@ -20,20 +21,27 @@ local function begin_attempt(conv, id, token, resumed)
   return 1
 end
 
--- The conversation's next inbound entry after `after`, within one page of the
--- user's inbound stream, with an attempt at it begun. Returns
--- {'entry', id, cmid, dev, text, attempt}, {'more', last id scanned} (a full
--- page of other conversations' entries) or {'none'}.
-local function next_entry(inbound, conv, after, conversation, page, token, resumed)
-  local entries = redis.call('XRANGE', inbound, '(' .. after, '+', 'COUNT', page)
-  for _, e in ipairs(entries) do
-    local f = {}
-    for i = 1, #e[2], 2 do f[e[2][i]] = e[2][i + 1] end
-    if f[F.in_conv] == conversation then
-      return {'entry', e[1], f[F.in_cmid] or '', f[F.in_dev] or '', f[F.in_text] or '',
-              begin_attempt(conv, e[1], token, resumed)}
-    end
+-- The conversation's next entry after `after`, with an attempt at it begun.
+-- The stream is the conversation's own and holds only entries still waiting,
+-- so this reads exactly one entry, however long the conversation or the
+-- user's other conversations are. Returns {'entry', id, cmid, dev, text,
+-- attempt} or {'none'}.
+local function next_entry(inbound, conv, after, token, resumed)
+  local entries = redis.call('XRANGE', inbound, '(' .. after, '+', 'COUNT', 1)
+  if #entries == 0 then return {'none'} end
+  local e = entries[1]
+  local f = {}
+  for i = 1, #e[2], 2 do f[e[2][i]] = e[2][i + 1] end
+  return {'entry', e[1], f[F.in_cmid] or '', f[F.in_dev] or '', f[F.in_text] or '',
+          begin_attempt(conv, e[1], token, resumed)}
+end
+
+-- Entry `id` is answered: remove it and everything before it from the
+-- conversation's stream (a reply is never re-run once committed), and count
+-- one message less waiting for the user.
+local function answered(inbound, usage, id)
+  redis.call('XTRIM', inbound, 'MINID', id_successor(id))
+  if redis.call('HINCRBY', usage, F.usage_waiting, -1) < 0 then
+    redis.call('HSET', usage, F.usage_waiting, 0)
   end
-  if #entries >= page then return {'more', entries[#entries][1]} end
-  return {'none'}
 end
