@@ -178,7 +178,7 @@ class WorkerSettings:
     checkpoint_cache: int = 256  #: conversations whose newest checkpoint stays in memory (0: none)
     checkpoint_keep: int = 20  #: checkpoints kept per conversation (0: all)
     concurrency: int = 64  #: turns run at once by one worker (slots shared fairly between users)
-    read_ahead: int = 64  #: conversations taken beyond those running, waiting for a slot
+    read_ahead: int = 256  #: conversations taken beyond those running, waiting for a slot (> MAX_UNANSWERED)
     turn_timeout: float = 60.0  #: seconds one graph run may take
     lease_ttl: float = 15.0  #: seconds a conversation lease lives without renewal
     claim_idle: float = 15.0  #: seconds before a dead worker's work is claimed
