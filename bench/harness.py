@@ -32,6 +32,7 @@ FAST_ENV = {
     # the send quotas stay on (their checks run) with bounds that load never
     # reaches. tests/integration/test_quotas.py tests them at their bounds.
     "SENDS_PER_MINUTE": "10000000",
+    "SEND_BYTES_PER_MINUTE": "100000000000",
     "MAX_UNANSWERED": "10000000",
     "PYTHONUNBUFFERED": "1",
     # The repository root, from which workers import the graphs GRAPH names

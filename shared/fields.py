@@ -27,6 +27,7 @@ class UsageField:
     """The user's quota state (:func:`keys.usage`)."""
 
     TAT = "tat"  #: the send rate limiter's theoretical arrival time (GCRA), ms
+    BTAT = "btat"  #: the same for the text bytes rate limiter
     WAITING = "waiting"  #: accepted messages not yet answered (MAX_UNANSWERED)
 
 

@@ -103,6 +103,7 @@ class QuotaSettings:
     0 turns a limit off."""
 
     sends_per_minute: int = 120  #: messages accepted per user per minute (bursts of this many)
+    send_bytes_per_minute: int = 4 << 20  #: bytes of message text accepted per user per minute (bursts too)
     max_text_length: int = 100_000  #: characters of one message's text
     max_conversations: int = 1_000  #: conversations per user (MAX_SESSIONS_PER_USER)
     max_messages: int = 10_000  #: messages accepted per conversation (MAX_MESSAGES_PER_SESSION)
@@ -112,13 +113,14 @@ class QuotaSettings:
     @classmethod
     def unlimited(cls) -> QuotaSettings:
         """Every limit off (tools and tests that write streams in bulk)."""
-        return cls(sends_per_minute=0, max_text_length=0, max_conversations=0, max_messages=0, max_waiting=0)
+        return cls(sends_per_minute=0, send_bytes_per_minute=0, max_text_length=0, max_conversations=0, max_messages=0, max_waiting=0)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> QuotaSettings:
         d = cls()
         return cls(
             sends_per_minute=_int(env, "SENDS_PER_MINUTE", d.sends_per_minute, minimum=0),
+            send_bytes_per_minute=_int(env, "SEND_BYTES_PER_MINUTE", d.send_bytes_per_minute, minimum=0),
             max_text_length=_int(env, "MAX_TEXT_LENGTH", d.max_text_length, minimum=0),
             max_conversations=_int(env, "MAX_SESSIONS_PER_USER", d.max_conversations, minimum=0),
             max_messages=_int(env, "MAX_MESSAGES_PER_SESSION", d.max_messages, minimum=0),

@@ -224,7 +224,8 @@ async def _drain(ws: ServerConnection, conn: Connection) -> None:
 
 
 _LIMIT_MESSAGES = {
-    p.ErrorCode.RATE_LIMITED: "too many messages; retry in {seconds:.1f} s",
+    p.ErrorCode.RATE_LIMITED: "too many messages or bytes per minute (SENDS_PER_MINUTE, SEND_BYTES_PER_MINUTE); "
+                              "retry in {seconds:.1f} s",
     p.ErrorCode.TOO_MANY_CONVERSATIONS: "too many conversations (MAX_SESSIONS_PER_USER)",
     p.ErrorCode.CONVERSATION_FULL: "this conversation holds the most messages allowed (MAX_MESSAGES_PER_SESSION)",
     p.ErrorCode.BACKLOG_FULL: "too many messages wait for replies (MAX_UNANSWERED); retry when some are answered",
@@ -232,8 +233,10 @@ _LIMIT_MESSAGES = {
 
 
 def _over_limit_message(refused: OverLimit) -> str:
-    template = _LIMIT_MESSAGES.get(p.ErrorCode(refused.code), refused.code)
-    return template.format(seconds=refused.retry_after_ms / 1000)
+    code = p.ErrorCode(refused.code)
+    if code is p.ErrorCode.RATE_LIMITED and not refused.retry_after_ms:
+        return "this text is larger than a minute's allowance (SEND_BYTES_PER_MINUTE)"
+    return _LIMIT_MESSAGES.get(code, refused.code).format(seconds=refused.retry_after_ms / 1000)
 
 
 async def _refuse(ws: ServerConnection, code: p.ErrorCode, message: str, close: p.CloseCode) -> None:

@@ -97,7 +97,8 @@ class GatewayStore:
              keys.lease(user, conversation)],
             [conversation, client_msg_id, device, text, outbound.new_epoch(), self.streams.outbound_maxlen,
              self.streams.dedup_ttl, keys.notify(user), q.sends_per_minute, q.max_conversations,
-             q.max_messages, q.max_waiting, int(q.renotice_interval * 1000), keys.inbound_prefix(user)],
+             q.max_messages, q.max_waiting, int(q.renotice_interval * 1000), keys.inbound_prefix(user),
+             q.send_bytes_per_minute],
         )
 
     def _work_notice(self, user: str, conversation: str) -> tuple[str, dict[str, str]]:

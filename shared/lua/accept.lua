@@ -17,7 +17,8 @@
 -- KEYS: dedup, inbound, out, meta, conv, conversations, usage, lease
 -- ARGV: conversation, client_msg_id, device, text, new epoch, out maxlen,
 --       dedup ttl s, channel, sends per minute, max conversations,
---       max messages per conversation, max waiting, renotice ms, inbound key prefix
+--       max messages per conversation, max waiting, renotice ms, inbound key prefix,
+--       text bytes per minute
 -- Limits of 0 are off.
 -- Returns {'new', id, notice (1/0)}, {'repeat', id, notice} or
 -- {'limit', error code, retry after ms (0: not by waiting)}.
@@ -42,14 +43,28 @@ if known then
 end
 
 -- Quotas, cheapest first; nothing is written until all pass.
-local per_minute = tonumber(ARGV[9])
-local tat
-if per_minute > 0 then
-  -- GCRA: one send per 60000/N ms on average, bursts of up to N.
-  local interval = 60000 / per_minute
-  tat = math.max(tonumber(redis.call('HGET', KEYS[7], F.usage_tat) or '0'), now) + interval
+-- GCRA (the generic cell rate algorithm): `cost` units of a `per_minute`
+-- allowance, spread evenly, with bursts of up to the whole minute's. Returns
+-- the new theoretical arrival time, or nil and the ms to wait.
+local function gcra(field, per_minute, cost)
+  local interval = 60000 * cost / per_minute
+  local tat = math.max(tonumber(redis.call('HGET', KEYS[7], field) or '0'), now) + interval
   local wait = tat - now - 60000
-  if wait > 0 then return {'limit', 'rate_limited', math.ceil(wait)} end
+  if wait > 0 then return nil, math.ceil(wait) end
+  return tat
+end
+local per_minute, byte_rate = tonumber(ARGV[9]), tonumber(ARGV[15])
+local tat, btat, wait
+if per_minute > 0 then
+  tat, wait = gcra(F.usage_tat, per_minute, 1)
+  if not tat then return {'limit', 'rate_limited', wait} end
+end
+if byte_rate > 0 then
+  -- A text larger than a minute's allowance could never pass: it is
+  -- refused outright (MAX_TEXT_LENGTH should sit below it).
+  if #ARGV[4] > byte_rate then return {'limit', 'rate_limited', 0} end
+  btat, wait = gcra(F.usage_btat, byte_rate, #ARGV[4])
+  if not btat then return {'limit', 'rate_limited', wait} end
 end
 local max_convs = tonumber(ARGV[10])
 if count == 0 and max_convs > 0 and not redis.call('ZSCORE', KEYS[6], ARGV[1])
@@ -83,6 +98,7 @@ if notice == 1 then redis.call('HSET', KEYS[5], F.conv_noticed, now) end
 redis.call('ZADD', KEYS[6], now, ARGV[1])
 redis.call('HINCRBY', KEYS[7], F.usage_waiting, 1)
 if tat then redis.call('HSET', KEYS[7], F.usage_tat, string.format('%d', math.ceil(tat))) end
+if btat then redis.call('HSET', KEYS[7], F.usage_btat, string.format('%d', math.ceil(btat))) end
 append_event(KEYS[3], KEYS[4], ARGV[8], ARGV[5], tonumber(ARGV[6]), {
   F.event_kind, 'user', F.event_conv, ARGV[1], F.event_text, ARGV[4], F.event_cmid, ARGV[2],
   F.event_dev, ARGV[3], F.event_ts, ts, F.event_in, in_id})

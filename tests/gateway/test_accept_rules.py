@@ -126,6 +126,19 @@ async def test_the_send_rate_refills_at_its_average(client):
         await store.accept(u, "d", "c", "later", "x")
 
 
+async def test_text_bytes_per_minute(client):
+    store, u = make(client, send_bytes_per_minute=10_000), user()
+    await store.accept(u, "d", "c", "m1", "x" * 6_000)
+    await store.accept(u, "d", "c", "m2", "x" * 4_000)  # the minute's burst, used up
+    with pytest.raises(OverLimit) as refused:
+        await store.accept(u, "d", "c", "m3", "x" * 1_000)  # 1,000 bytes refill in 6 s
+    assert refused.value.code == "rate_limited" and 5_000 < refused.value.retry_after_ms <= 6_000
+    with pytest.raises(OverLimit) as never:
+        await store.accept(u, "d", "c", "m4", "x" * 10_001)  # more than a minute's: never
+    assert never.value.retry_after_ms == 0
+    assert await client.xlen(keys.inbound(u, "c")) == 2
+
+
 async def test_conversations_per_user(client):
     store, u = make(client, max_conversations=2), user()
     await store.accept(u, "d", "a", "a1", "x")

@@ -101,7 +101,10 @@ class Device:
                 return result
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise AssertionError(f"{self.device_id}: condition not met in {timeout} s; frames={self.frames[-10:]}")
+                recent = repr(self.frames[-10:])
+                if len(recent) > 3000:  # frames of large messages: the shape is enough
+                    recent = recent[:1500] + " ... " + recent[-1500:]
+                raise AssertionError(f"{self.device_id}: condition not met in {timeout} s; frames={recent}")
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), remaining)

@@ -63,5 +63,14 @@ _SPEAKER = ReadingModel(token_ms=20)
 slow = _single(_slow)
 
 
+async def _brief(state: MessagesState) -> dict:
+    text = _last_text(state)
+    return {"messages": [AIMessage(content=f"got {len(text)} characters")]}
+
+
+#: Replies "got <n> characters": a short reply to however long a message.
+brief = _single(_brief)
+
+
 #: The default assistant, its reply streamed a word every 150 ms (time to drop mid-reply).
 streaming_slowly = build(stream=True, token_ms=150)
