@@ -44,7 +44,7 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import CheckpointTuple, copy_checkpoint
-from langgraph.checkpoint.redis.aio import AsyncRedisSaver
+from switchboard.shared.checkpoints import SwitchboardRedisSaver
 
 from switchboard.shared import scripts
 
@@ -71,7 +71,7 @@ def _is_root(config: RunnableConfig) -> bool:
     return not (config.get("configurable") or {}).get("checkpoint_ns")
 
 
-class FencedRedisSaver(AsyncRedisSaver):
+class FencedRedisSaver(SwitchboardRedisSaver):
     def __init__(self, *args: Any, cache_size: int = 256, **kwargs: Any):
         super().__init__(*args, **kwargs)
         # One kept message list per kept checkpoint.

@@ -14,13 +14,12 @@ import http
 import logging
 import uuid
 
-from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 from redis.exceptions import RedisError
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from switchboard.shared import connection as redisconn
-from switchboard.shared.checkpoints import setup_saver, use_caching_serializer
+from switchboard.shared.checkpoints import SwitchboardRedisSaver, setup_saver, use_caching_serializer
 from switchboard.shared import protocol as p
 from switchboard.shared import streamids
 from switchboard.shared.settings import GatewaySettings
@@ -49,7 +48,7 @@ class Gateway:
         self.store = GatewayStore(self.redis, settings.streams, settings.quotas)
         self.subscriber = redisconn.make_subscriber(settings.redis)
         self.hub = DeliveryHub(self.raw_redis, settings.server_id, self.subscriber)
-        self.saver = use_caching_serializer(AsyncRedisSaver(redis_client=self.raw_redis))
+        self.saver = use_caching_serializer(SwitchboardRedisSaver(redis_client=self.raw_redis))
         self.history = HistoryReader(self.saver)
 
     async def serve(self, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:

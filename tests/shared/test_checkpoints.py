@@ -36,13 +36,62 @@ async def test_many_processes_can_set_up_the_checkpointer_at_once(clean_redis):
     import asyncio
 
     import redis.asyncio as aioredis
-    from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 
-    from switchboard.shared.checkpoints import setup_saver
+    from switchboard.shared.checkpoints import SwitchboardRedisSaver, setup_saver
 
     clients = [aioredis.Redis.from_url(clean_redis) for _ in range(6)]
-    savers = [AsyncRedisSaver(redis_client=c) for c in clients]
+    savers = [SwitchboardRedisSaver(redis_client=c) for c in clients]
     await asyncio.gather(*(setup_saver(s) for s in savers))  # none raises "Index already exists"
     assert all(s.checkpoints_index is not None and s._key_registry is not None for s in savers)
     for client in clients:
         await client.aclose()
+
+
+async def _checkpoint(saver, thread: str) -> None:
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    config = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+    await saver.aput(config, empty_checkpoint(), {"source": "input", "step": 0}, {})
+
+
+async def test_a_thread_search_matches_the_thread_exactly_not_another_users_by_case(redis_url):
+    """RediSearch tags fold case by default: ``{u:casey}/c`` found ``{u:CASEY}/c``
+    (another user's checkpoints, counted by pruning, listed by alist)."""
+    import uuid
+
+    import redis.asyncio as aioredis
+    from langgraph.checkpoint.redis.aio import AsyncRedisSaver
+
+    from switchboard.shared.checkpoints import SwitchboardRedisSaver, setup_saver
+
+    client = aioredis.Redis.from_url(redis_url)
+    prefix = f"casetest{uuid.uuid4().hex[:6]}"
+    names = {"checkpoint_prefix": prefix, "checkpoint_write_prefix": f"{prefix}_write"}
+    # An index made the library's way first (an older Switchboard, or a stock saver) ...
+    stock = AsyncRedisSaver(redis_client=client, **names)
+    await stock.asetup()
+    await _checkpoint(stock, "{u:casey}/c")
+    await _checkpoint(stock, "{u:CASEY}/c")
+    await _checkpoint(stock, "{u:CASEY}/c")
+    folded = [c async for c in stock.alist({"configurable": {"thread_id": "{u:casey}/c"}})]
+    assert len(folded) == 3  # the defect: casey sees CASEY's two
+
+    # ... is made again, case-sensitive, by the first Switchboard process.
+    ours = SwitchboardRedisSaver(redis_client=client, **names)
+    await setup_saver(ours)
+
+    async def listed(saver, thread: str) -> list:
+        for _ in range(100):  # the new index takes in the existing documents in the background
+            found = [c async for c in saver.alist({"configurable": {"thread_id": thread}})]
+            if len(found) == {"{u:casey}/c": 1, "{u:CASEY}/c": 2}[thread]:
+                return found
+            await asyncio.sleep(0.05)
+        return found
+
+    import asyncio
+
+    assert [c.config["configurable"]["thread_id"] for c in await listed(ours, "{u:casey}/c")] == ["{u:casey}/c"]
+    assert len(await listed(ours, "{u:CASEY}/c")) == 2
+    # The documents are the library's: a stock saver reads them, now exactly too.
+    assert len([c async for c in stock.alist({"configurable": {"thread_id": "{u:casey}/c"}})]) == 1
+    await client.aclose()
