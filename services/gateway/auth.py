@@ -85,10 +85,11 @@ class Verifier:
             return cls(key=load_public_key(s.jwt_public_key_file), **common)
         return cls(key=s.jwt_secret, **common)
 
-    def verify(self, token: str, *, now: float | None = None) -> Claims:
+    def verify(self, token: str) -> Claims:
         """The claims of a valid token, or :class:`AuthError` (:class:`TokenExpired`
-        for one that has expired)."""
-        now = time.time() if now is None else now
+        for one that has expired). PyJWT reads the clock for ``exp``/``nbf``/``iat``;
+        the lifetime check reads the same clock."""
+        now = time.time()
         try:
             key = self._key_for(token)
             claims = jwt.decode(

@@ -45,6 +45,9 @@ LISTEN_BACKLOG = 4096
 class Gateway:
     def __init__(self, settings: GatewaySettings):
         self.settings = settings
+        self.verifier = auth.Verifier.from_settings(settings)  # reads key files: SettingsError first
+        #: conn id -> (socket, token deadline), for ``refresh`` and expiry.
+        self.tokens: dict[str, tuple[ServerConnection, TokenDeadline]] = {}
         self.redis = redisconn.make_client(settings.redis)
         self.raw_redis = redisconn.make_client(settings.redis, decode=False)
         self.store = GatewayStore(self.redis, settings.streams)
@@ -52,9 +55,6 @@ class Gateway:
         self.hub = DeliveryHub(self.raw_redis, settings.server_id, self.subscriber)
         self.saver = use_caching_serializer(AsyncRedisSaver(redis_client=self.raw_redis))
         self.history = HistoryReader(self.saver)
-        self.verifier = auth.Verifier.from_settings(settings)
-        #: conn id -> (socket, token deadline), for ``refresh`` and expiry.
-        self.tokens: dict[str, tuple[ServerConnection, TokenDeadline]] = {}
 
     async def serve(self, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
         """Serve until ``stop`` is set; then close every socket with 1001 (reconnect)."""

@@ -219,3 +219,22 @@ async def test_the_timer_follows_a_refresh_both_ways():
     deadline.move(time.time() + 0.05)  # a token that expires sooner: sooner
     await asyncio.wait_for(waiter, 0.3)
     assert deadline.passed()
+
+
+# -- the frames ---------------------------------------------------------------------------
+
+
+def test_refresh_and_refreshed_frames():
+    from switchboard.shared import protocol as p
+
+    assert p.decode_client_frame('{"type": "refresh", "token": "t"}', 1024) == p.Refresh(token="t")
+    for bad in ('{"type": "refresh"}', '{"type": "refresh", "token": ""}', '{"type": "refresh", "token": 5}'):
+        with pytest.raises(p.FrameError) as info:
+            p.decode_client_frame(bad, 1024)
+        assert info.value.code is p.ErrorCode.BAD_FRAME
+    for frame in (p.Refreshed(expires_at=1_800_000_000),
+                  p.Welcome(user_id="u", device_id="d", epoch="e", resume_from="0-0", recovered=True, expires_at=9)):
+        text = p.encode_text(frame)
+        assert p.decode_server_frame(text) == frame
+    assert json.loads(p.encode_text(p.Refreshed(expires_at=7))) == {"type": "refreshed", "expires_at": 7}
+    assert p.CloseCode.TOKEN_EXPIRED == 4004 and p.ErrorCode.TOKEN_EXPIRED.value == "token_expired"

@@ -181,11 +181,11 @@ async def test_es256_tokens_from_a_jwks_file_with_required_audience_and_issuer(c
 
 def test_a_gateway_refuses_to_start_on_the_development_key(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "SWITCHBOARD_"))}
-    started = time.monotonic()
     for extra, message in (({}, "development key"), ({"JWT_SECRET": DEV_JWT_SECRET}, "development key"),
-                           ({"JWT_SECRET": "short"}, "at least 32")):
+                           ({"JWT_SECRET": "short"}, "at least 32"),
+                           ({"JWT_ALGORITHMS": "RS256", "JWT_PUBLIC_KEY_FILE": str(tmp_path / "none.pem")},
+                            "cannot be read")):
         result = subprocess.run([sys.executable, "-m", "switchboard.cli", "gateway"], env={**env, **extra},
-                                capture_output=True, text=True, timeout=30)
+                                capture_output=True, text=True, timeout=30)  # refused at start, never serving
         assert result.returncode == 2 and message in result.stderr, result.stderr
-    assert time.monotonic() - started < 20  # refused at once, not after connecting anywhere
     assert JWT_SECRET != DEV_JWT_SECRET and len(JWT_SECRET) >= 32  # the test harness needs no development mode
