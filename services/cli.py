@@ -8,7 +8,8 @@ typed settings object built here.
     switchboard worker       one worker       (LangGraph turns)
     switchboard fanout       one fanout       (delivery to gateways)
     switchboard redis        the embedded Redis only
-    switchboard token USER   print a signed development token for USER
+    switchboard token USER   print a signed development token for USER (HS256,
+                             JWT_SECRET; with JWT_AUDIENCE / JWT_ISSUER if set)
     switchboard deadletters  show messages the workers gave up on
 """
 
@@ -90,9 +91,11 @@ def _dump_tasks() -> None:
 def cmd_gateway(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from switchboard.gateway.server import Gateway
 
+    # Refuses the development JWT_SECRET unless SWITCHBOARD_DEV=1 (`switchboard run`
+    # sets it), and HMAC secrets under 32 bytes: a SettingsError, exit status 2.
     settings = GatewaySettings.from_env(env)
-    if settings.jwt_secret == DEV_JWT_SECRET:
-        print("warning: JWT_SECRET is the development default; set it in production", file=sys.stderr)
+    if settings.dev_mode:
+        print("warning: development mode (SWITCHBOARD_DEV=1): never expose this gateway", file=sys.stderr)
     return _run_service("gateway", lambda stop: Gateway(settings).serve(stop=stop), env)
 
 
@@ -113,7 +116,8 @@ def cmd_fanout(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def cmd_token(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from switchboard.gateway import auth
 
-    print(auth.mint(args.user, env.get("JWT_SECRET") or DEV_JWT_SECRET, ttl=args.ttl))
+    print(auth.mint(args.user, env.get("JWT_SECRET") or DEV_JWT_SECRET, ttl=args.ttl,
+                    audience=env.get("JWT_AUDIENCE") or None, issuer=env.get("JWT_ISSUER") or None))
     return 0
 
 
@@ -170,7 +174,8 @@ def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """The embedded default: every part of the system on this machine."""
     # SIGTERM (from a supervisor, `timeout`, systemd) stops everything like Ctrl-C.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    child_env = dict(env)
+    # Development: the gateway accepts the development JWT_SECRET (and says so).
+    child_env = dict(env, SWITCHBOARD_DEV="1")
     redis = None
     if not env.get("REDIS_URL"):
         redis = _embedded(env)
@@ -185,7 +190,8 @@ def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         port = env.get("WEBSOCKET_PORT") or "8765"
         from switchboard.gateway import auth
 
-        token = auth.mint("dev-user", env.get("JWT_SECRET") or DEV_JWT_SECRET)
+        token = auth.mint("dev-user", env.get("JWT_SECRET") or DEV_JWT_SECRET,
+                          audience=env.get("JWT_AUDIENCE") or None, issuer=env.get("JWT_ISSUER") or None)
         _wait_for_port(host, int(port), children)
         print(
             "\nSwitchboard is running.\n"

@@ -136,7 +136,13 @@ class Ping(Frame, tag="ping"):
     pass
 
 
-ClientFrame = Union[Hello, Send, Ack, History, Ping]
+class Refresh(Frame, tag="refresh"):
+    """A new token for the connection's user, before the current one expires."""
+
+    token: Token
+
+
+ClientFrame = Union[Hello, Send, Ack, History, Ping, Refresh]
 
 # -- server -> client --------------------------------------------------------
 
@@ -148,6 +154,7 @@ class Welcome(Frame, tag="welcome"):
     resume_from: str
     recovered: bool
     protocol: int = PROTOCOL_VERSION
+    expires_at: int | None = None  #: the token's ``exp`` (Unix s): ``refresh`` before it, or be closed 4004
 
 
 class Accepted(Frame, tag="accepted"):
@@ -180,6 +187,12 @@ class Pong(Frame, tag="pong"):
     pass
 
 
+class Refreshed(Frame, tag="refreshed"):
+    """The ``refresh`` was accepted: the connection now lasts until ``expires_at``."""
+
+    expires_at: int  #: the new token's ``exp``, Unix seconds
+
+
 class Error(Frame, tag="error"):
     code: ErrorCode
     message: str
@@ -187,7 +200,7 @@ class Error(Frame, tag="error"):
     retry_after_ms: int | None = None  #: ``rate_limited``: when the same frame would be accepted
 
 
-ServerFrame = Union[Welcome, Accepted, Event, HistoryResult, Pong, Error]
+ServerFrame = Union[Welcome, Accepted, Event, HistoryResult, Pong, Refreshed, Error]
 
 # -- codecs (built once; msgspec perf tip) ------------------------------------
 

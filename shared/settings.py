@@ -16,6 +16,12 @@ from dataclasses import dataclass
 from .errors import SwitchboardError
 
 DEV_JWT_SECRET = "switchboard-dev-secret-change-me"
+#: Shared-secret JWT algorithms (JWT_SECRET) and public-key ones (an identity
+#: provider's key file or JWKS). A gateway accepts one family, never both.
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+PUBLIC_KEY_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                                   "ES256", "ES384", "ES512", "EdDSA"})
+MIN_JWT_SECRET_BYTES = 32  #: RFC 7518 3.2: an HS256 key at least as long as the hash
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
@@ -151,12 +157,20 @@ class GatewaySettings:
     jwt_secret: str = DEV_JWT_SECRET
     replay_window: int = 100  #: events a new device receives after ``welcome``
     outbox_size: int = 1024  #: frames queued per connection; full pauses delivery (4008 after 10 s full)
+    dev_mode: bool = False  #: SWITCHBOARD_DEV: development (the development JWT_SECRET is allowed)
+    jwt_algorithms: tuple[str, ...] = ("HS256",)  #: accepted ``alg`` values, all HMAC or all public-key
+    jwt_public_key_file: str | None = None  #: PEM public key of the token issuer (RS*/PS*/ES*/EdDSA)
+    jwt_jwks_file: str | None = None  #: JWKS file of the token issuer; keys chosen by ``kid``
+    jwt_audience: str | None = None  #: required ``aud``; unset: ``aud`` is not checked
+    jwt_issuer: str | None = None  #: required ``iss``; unset: ``iss`` is not checked
+    jwt_leeway: float = 5.0  #: seconds of clock skew allowed on exp/nbf/iat
+    jwt_max_lifetime: float = 86_400.0  #: seconds a token may be valid for (exp - iat), at most
     quotas: QuotaSettings = QuotaSettings()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
         d = cls()
-        return cls(
+        settings = cls(
             **_common(env),
             quotas=QuotaSettings.from_env(env),
             host=_get(env, "WEBSOCKET_HOST", d.host),
@@ -167,7 +181,49 @@ class GatewaySettings:
             jwt_secret=_get(env, "JWT_SECRET", d.jwt_secret),
             replay_window=_int(env, "REPLAY_WINDOW", d.replay_window, minimum=0),
             outbox_size=_int(env, "OUTBOX_SIZE", d.outbox_size, minimum=16),
+            dev_mode=_bool(env, "SWITCHBOARD_DEV", d.dev_mode),
+            jwt_algorithms=tuple(a.strip() for a in _get(env, "JWT_ALGORITHMS", ",".join(d.jwt_algorithms)).split(",")
+                                 if a.strip()),
+            jwt_public_key_file=_get(env, "JWT_PUBLIC_KEY_FILE", "") or None,
+            jwt_jwks_file=_get(env, "JWT_JWKS_FILE", "") or None,
+            jwt_audience=_get(env, "JWT_AUDIENCE", "") or None,
+            jwt_issuer=_get(env, "JWT_ISSUER", "") or None,
+            jwt_leeway=_float(env, "JWT_LEEWAY", d.jwt_leeway, minimum=0.0),
+            jwt_max_lifetime=_float(env, "JWT_MAX_LIFETIME", d.jwt_max_lifetime, minimum=1.0),
         )
+        check_jwt(settings)
+        return settings
+
+
+def check_jwt(s: GatewaySettings) -> None:
+    """Refuse token settings a gateway must not start with (SettingsError)."""
+    algorithms = set(s.jwt_algorithms)
+    if not algorithms or "none" in {a.lower() for a in algorithms}:
+        raise SettingsError("JWT_ALGORITHMS must name at least one signing algorithm; 'none' is never accepted")
+    unknown = algorithms - HMAC_ALGORITHMS - PUBLIC_KEY_ALGORITHMS
+    if unknown:
+        raise SettingsError(f"JWT_ALGORITHMS: unknown {sorted(unknown)}; use HS256/384/512 or "
+                            f"{', '.join(sorted(PUBLIC_KEY_ALGORITHMS))}")
+    if algorithms & HMAC_ALGORITHMS and algorithms & PUBLIC_KEY_ALGORITHMS:
+        raise SettingsError("JWT_ALGORITHMS mixes HMAC (HS*) and public-key algorithms: a public key would "
+                            "then verify forged HS* tokens (algorithm confusion); choose one family")
+    key_files = [name for name, value in (("JWT_PUBLIC_KEY_FILE", s.jwt_public_key_file),
+                                          ("JWT_JWKS_FILE", s.jwt_jwks_file)) if value]
+    if algorithms <= PUBLIC_KEY_ALGORITHMS:
+        if len(key_files) != 1:
+            raise SettingsError(f"JWT_ALGORITHMS={','.join(s.jwt_algorithms)} needs exactly one of "
+                                "JWT_PUBLIC_KEY_FILE and JWT_JWKS_FILE")
+        return
+    if key_files:
+        raise SettingsError(f"{' and '.join(key_files)} need public-key JWT_ALGORITHMS (e.g. RS256 or ES256), "
+                            f"not {','.join(s.jwt_algorithms)}")
+    if s.jwt_secret == DEV_JWT_SECRET and not s.dev_mode:
+        raise SettingsError("JWT_SECRET is the development key, which anyone can read in the source: set "
+                            f"JWT_SECRET to at least {MIN_JWT_SECRET_BYTES} random bytes (e.g. `openssl rand -hex 32`), "
+                            "or SWITCHBOARD_DEV=1 for local development only")
+    if len(s.jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
+        raise SettingsError(f"JWT_SECRET is {len(s.jwt_secret.encode())} bytes; HMAC keys need at least "
+                            f"{MIN_JWT_SECRET_BYTES} (e.g. `openssl rand -hex 32`)")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from switchboard.shared.settings import GatewaySettings
 from switchboard.shared.tasks import finish
 
 from . import auth, resume, wsbatch
+from .expiry import TokenDeadline
 from .history import HistoryReader
 from .hub import Connection, DeliveryHub
 from .store import GatewayStore, OverLimit
@@ -43,6 +44,9 @@ LISTEN_BACKLOG = 4096
 class Gateway:
     def __init__(self, settings: GatewaySettings):
         self.settings = settings
+        self.verifier = auth.Verifier.from_settings(settings)  # reads key files: SettingsError first
+        #: conn id -> (socket, token deadline), for ``refresh`` and expiry.
+        self.tokens: dict[str, tuple[ServerConnection, TokenDeadline]] = {}
         self.redis = redisconn.make_client(settings.redis)
         self.raw_redis = redisconn.make_client(settings.redis, decode=False)
         self.store = GatewayStore(self.redis, settings.streams, settings.quotas)
@@ -101,10 +105,11 @@ class Gateway:
         if hello is None:
             return
         try:
-            user = auth.verify(hello.token, self.settings.jwt_secret)
+            claims = self.verifier.verify(hello.token)
         except auth.AuthError as exc:
             await _refuse(ws, p.ErrorCode.UNAUTHORIZED, str(exc), p.CloseCode.UNAUTHORIZED)
             return
+        user = claims.user
         try:
             state, stored = await self.store.stream_state(user, hello.device_id, self.settings.replay_window)
         except RedisError as exc:
@@ -117,22 +122,61 @@ class Gateway:
                           self.settings.outbox_size, close=lambda code, why: _close_later(ws, code, why))
         # The first frame of an empty outbox (of at least 16): it always fits.
         conn.outbox.offer([p.encode(p.Welcome(user_id=user, device_id=hello.device_id, epoch=state.epoch,
-                                              resume_from=where.resume_from, recovered=where.recovered))])
+                                              resume_from=where.resume_from, recovered=where.recovered,
+                                              expires_at=int(claims.expires_at)))])
         log.debug("welcome user=%s device=%s conn=%s resume_from=%s recovered=%s (%s)",
                   user, hello.device_id, conn.id, where.resume_from, where.recovered, where.source,
                   extra=conn.log_context)
         writer = asyncio.create_task(_drain(ws, conn), name=f"writer-{conn.id}")
+        deadline = TokenDeadline(claims.expires_at, self.settings.jwt_leeway)
+        self.tokens[conn.id] = (ws, deadline)
+        expirer = asyncio.create_task(self._expire(ws, conn, deadline), name=f"expiry-{conn.id}")
         await self.hub.add(conn)
         try:
             async for data in ws:
+                if deadline.passed():  # a frame after expiry is not processed
+                    await self._end_expired(ws, conn, deadline)
+                    break
                 await self._on_frame(conn, data)
         except ConnectionClosed:
             pass
         finally:
+            self.tokens.pop(conn.id, None)
             await self.hub.remove(conn)
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+            for task in (writer, expirer):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _expire(self, ws: ServerConnection, conn: Connection, deadline: TokenDeadline) -> None:
+        await deadline.wait()
+        await self._end_expired(ws, conn, deadline)
+
+    async def _end_expired(self, ws: ServerConnection, conn: Connection, deadline: TokenDeadline) -> None:
+        """``token_expired``, then close 4004: the client reconnects with a new
+        token and ``last_id``; what it did not receive here is replayed."""
+        if not deadline.end():
+            return
+        log.info("token of user=%s conn=%s expired", conn.user, conn.id, extra=conn.log_context)
+        conn.delivery.closed = True
+        await _refuse(ws, p.ErrorCode.TOKEN_EXPIRED, "token expired: reconnect with a new token and last_id",
+                      p.CloseCode.TOKEN_EXPIRED)
+
+    async def _refresh(self, conn: Connection, token: str) -> None:
+        """A new token for this connection: the same user only."""
+        ws, deadline = self.tokens[conn.id]
+        try:
+            claims = self.verifier.verify(token)
+        except auth.AuthError as exc:
+            raise p.FrameError(p.ErrorCode.UNAUTHORIZED, str(exc)) from None
+        if claims.user != conn.user:
+            log.warning("refresh of user=%s conn=%s with a token of another user", conn.user, conn.id,
+                        extra=conn.log_context)
+            conn.delivery.closed = True
+            await _refuse(ws, p.ErrorCode.UNAUTHORIZED, "the token is for another user", p.CloseCode.UNAUTHORIZED)
+            return
+        deadline.move(claims.expires_at)
+        await conn.reply(p.Refreshed(expires_at=int(claims.expires_at)))
 
     async def _receive_hello(self, ws: ServerConnection) -> p.Hello | None:
         try:
@@ -199,6 +243,8 @@ class Gateway:
                 await conn.reply(p.HistoryResult(conversation_id=conv, messages=messages))
             case p.Ping():
                 await conn.reply(p.Pong())
+            case p.Refresh(token=token):
+                await self._refresh(conn, token)
             case p.Hello():
                 raise p.FrameError(p.ErrorCode.DUPLICATE_HELLO, "hello was already received on this connection")
 

@@ -189,9 +189,14 @@ def test_deployment_runs_its_service(service):
     assert any("configMapRef" in ref for ref in refs), f"{service} does not load the shared ConfigMap"
 
 
+#: Settings the code reads that a cluster must never get: development mode
+#: accepts the development JWT key.
+NEVER_IN_A_CLUSTER = {"SWITCHBOARD_DEV"}
+
+
 @pytest.mark.parametrize("service", SERVICES)
 def test_chart_can_set_every_setting_the_service_reads(service):
-    reads = _settings_reads()[SERVICES[service]] | _cli_reads()
+    reads = _settings_reads()[SERVICES[service]] - NEVER_IN_A_CLUSTER | _cli_reads()
     provided = env_names(_template(f"{service}-deployment.yaml")) | env_names(_template("configmap.yaml"))
     missing = sorted(reads - provided)
     assert not missing, f"{service} reads {missing}, which the chart neither sets nor exposes in values.yaml"
@@ -238,3 +243,59 @@ def test_worker_grace_period_lets_running_turns_finish():
     assert _values()["worker"]["terminationGracePeriodSeconds"] >= needed
     assert re.search(r"terminationGracePeriodSeconds:\s*\{\{\s*\.Values\.worker\.terminationGracePeriodSeconds\s*\}\}",
                      _template("worker-deployment.yaml"))
+
+
+# -- the JWT key ----------------------------------------------------------------------
+#
+# Without helm the guards are read from secret.yaml and evaluated here: each is
+# ``{{- if eq $secret "..." }}{{ fail ... }}`` or ``{{- if lt (len $secret) N }}{{ fail ... }}``.
+
+_FAIL_IF_EQ = re.compile(r'\{\{-?\s*if\s+eq\s+\$secret\s+"([^"]*)"\s*\}\}\{\{\s*fail\s+"[^"]+"\s*\}\}\{\{\s*end\s*\}\}')
+_FAIL_IF_SHORT = re.compile(r'\{\{-?\s*if\s+lt\s+\(len\s+\$secret\)\s+(\d+)\s*\}\}\{\{\s*fail\s+"[^"]+"\s*\}\}\{\{\s*end\s*\}\}')
+
+
+def _chart_refuses(secret: str) -> bool:
+    """Whether rendering secret.yaml fails for ``jwt.secret=secret`` (Go's
+    ``len`` of a string counts bytes)."""
+    text = _template("secret.yaml")
+    refused = set(_FAIL_IF_EQ.findall(text))
+    minimum = [int(n) for n in _FAIL_IF_SHORT.findall(text)]
+    assert refused and minimum, "secret.yaml has no guard on jwt.secret"
+    assert re.search(r"jwt-secret:\s*\{\{\s*\$secret\s*\|\s*quote\s*\}\}", text), "the guarded value is not what is rendered"
+    return not secret or secret in refused or len(secret.encode()) < max(minimum)
+
+
+def test_chart_refuses_the_development_key_and_short_keys():
+    from switchboard.shared.settings import DEV_JWT_SECRET, MIN_JWT_SECRET_BYTES
+
+    assert _chart_refuses(DEV_JWT_SECRET)
+    assert _chart_refuses("k")
+    assert _chart_refuses("k" * (MIN_JWT_SECRET_BYTES - 1))
+    assert _chart_refuses("")
+    assert not _chart_refuses("k" * MIN_JWT_SECRET_BYTES)
+    assert not _chart_refuses("0123456789abcdef" * 4)
+
+
+def test_the_chart_never_turns_on_development_mode():
+    texts = [path.read_text() for path in TEMPLATES.iterdir() if path.is_file()]
+    texts.append((CHART / "values.yaml").read_text())
+    for name in NEVER_IN_A_CLUSTER:
+        assert not any(name in text for text in texts), f"the chart mentions {name}"
+        assert any(name in reads for reads in _settings_reads().values()), f"{name} is no longer read: update this test"
+
+
+def test_gateway_takes_an_identity_providers_key_from_a_mounted_file():
+    template = _template("gateway-deployment.yaml")
+    container = _container("gateway")
+    env = {entry["name"]: entry for entry in container["env"]}
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "jwt-keys")
+    assert env["JWT_PUBLIC_KEY_FILE"]["value"] == f"{mount['mountPath']}/public-key.pem"
+    assert env["JWT_JWKS_FILE"]["value"] == f"{mount['mountPath']}/jwks.json"
+    volume = next(v for v in _manifest("gateway-deployment.yaml")["spec"]["template"]["spec"]["volumes"]
+                  if v["name"] == "jwt-keys")
+    keys = _template("jwt-keys-configmap.yaml")
+    assert volume["configMap"]["name"] == "TEMPLATED-jwt-keys" and "-jwt-keys" in keys
+    assert "public-key.pem:" in keys and "jwks.json:" in keys
+    # One family at a time: the secret is rendered only without a public key.
+    assert re.search(r"else\s*\}\}\s*- name: JWT_SECRET", template)
+    assert 'fail "jwt.publicKey / jwt.jwks need gateway.settings.jwtAlgorithms' in keys

@@ -31,10 +31,10 @@ def test_work_shards_are_stable_and_in_range():
 
 
 def test_settings_come_from_the_environment_with_documented_defaults():
-    s = GatewaySettings.from_env({})
+    s = GatewaySettings.from_env({"SWITCHBOARD_DEV": "1"})  # the development JWT_SECRET needs development mode
     assert (s.port, s.max_message_size, s.host) == (8765, 1 << 20, "127.0.0.1")
     s = GatewaySettings.from_env({"WEBSOCKET_PORT": "9000", "MAX_MESSAGE_SIZE": "2048", "REDIS_URL": "redis://x:1/0",
-                                  "WORK_SHARDS": "4"})
+                                  "WORK_SHARDS": "4", "SWITCHBOARD_DEV": "1"})
     assert (s.port, s.max_message_size, s.redis.url, s.streams.work_shards) == (9000, 2048, "redis://x:1/0", 4)
     w = WorkerSettings.from_env({"CHECKPOINT_TTL": "30", "GRAPH": "pkg.mod:g"})
     assert w.checkpoint_ttl == 30 and w.graph == "pkg.mod:g"

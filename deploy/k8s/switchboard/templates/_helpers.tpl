@@ -92,6 +92,7 @@ plus the tier's own podAnnotations: (dict "root" $ "tier" .Values.worker).
 {{- define "switchboard.podAnnotations" -}}
 checksum/config: {{ include (print .root.Template.BasePath "/configmap.yaml") .root | sha256sum }}
 checksum/secret: {{ include (print .root.Template.BasePath "/secret.yaml") .root | sha256sum }}
+checksum/jwt-keys: {{ include (print .root.Template.BasePath "/jwt-keys-configmap.yaml") .root | sha256sum }}
 {{- with .tier.podAnnotations }}
 {{ toYaml . }}
 {{- end }}
