@@ -86,7 +86,7 @@ async def test_a_send_after_expiry_is_not_accepted(system, redis_client):
     await phone.wait_for(lambda: phone.close_code is not None, timeout=5)
     assert phone.close_code == 4004
     assert not _frames_of(phone, "accepted")
-    assert await redis_client.xlen(keys.inbound(user)) == 0
+    assert await redis_client.xlen(keys.inbound(user, "c")) == 0
 
 
 async def test_refresh_before_expiry_keeps_the_connection_open_past_the_old_expiry(system):
