@@ -59,6 +59,14 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"{name}={raw!r} is not a boolean (1/0, true/false, yes/no, on/off)")
 
 
+def _list(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated list; blanks around items are dropped."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
 def default_server_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -120,6 +128,16 @@ class GatewaySettings:
     jwt_secret: str = DEV_JWT_SECRET
     replay_window: int = 100  #: events a new device receives after ``welcome``
     outbox_size: int = 1024  #: frames queued per connection; full pauses delivery (4008 after 10 s full)
+    # Admission (docs/security.md, "Connections before and after hello"):
+    hello_max_size: int = 16 * 1024  #: bytes a message may have before ``hello`` is accepted (else 1009)
+    allowed_origins: tuple[str, ...] = ()  #: browser Origins accepted (``*``: any); no Origin header is always allowed
+    max_connections_per_ip: int = 256  #: connections of one IP (IPv6: one /64) over all gateways (4005)
+    max_unauthenticated_per_ip: int = 16  #: connections of one IP still before ``hello``, per gateway (4005)
+    max_devices_per_user: int = 32  #: connections of one user over all gateways (4005)
+    admission_ttl: float = 30.0  #: seconds a dead gateway's connections stay counted (renewed every third of it)
+    max_frames_per_second: float = 20.0  #: frames per connection per second, sustained (``rate_limited``)
+    frame_burst: int = 40  #: frames a connection may send at once above the rate
+    frame_reject_limit: int = 50  #: frames refused in 10 s before the connection is closed 4006
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
@@ -134,6 +152,16 @@ class GatewaySettings:
             jwt_secret=_get(env, "JWT_SECRET", d.jwt_secret),
             replay_window=_int(env, "REPLAY_WINDOW", d.replay_window, minimum=0),
             outbox_size=_int(env, "OUTBOX_SIZE", d.outbox_size, minimum=16),
+            hello_max_size=_int(env, "HELLO_MAX_SIZE", d.hello_max_size, minimum=10 * 1024),
+            allowed_origins=_list(env, "ALLOWED_ORIGINS", d.allowed_origins),
+            max_connections_per_ip=_int(env, "MAX_CONNECTIONS_PER_IP", d.max_connections_per_ip, minimum=1),
+            max_unauthenticated_per_ip=_int(env, "MAX_UNAUTHENTICATED_PER_IP", d.max_unauthenticated_per_ip,
+                                            minimum=1),
+            max_devices_per_user=_int(env, "MAX_DEVICES_PER_USER", d.max_devices_per_user, minimum=1),
+            admission_ttl=_float(env, "ADMISSION_TTL", d.admission_ttl, minimum=1.0),
+            max_frames_per_second=_float(env, "MAX_FRAMES_PER_SECOND", d.max_frames_per_second, minimum=0.1),
+            frame_burst=_int(env, "FRAME_BURST", d.frame_burst, minimum=1),
+            frame_reject_limit=_int(env, "FRAME_REJECT_LIMIT", d.frame_reject_limit, minimum=1),
         )
 
 
