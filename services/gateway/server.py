@@ -221,8 +221,7 @@ class Gateway:
                 else:
                     log.info("closing a flooding connection user=%s conn=%s: %d frames refused",
                              conn.user, conn.id, gate.refused, extra=conn.log_context)
-                    await _refuse(ws, p.ErrorCode.RATE_LIMITED, "too many frames refused; send slower",
-                                  p.CloseCode.RATE_LIMITED)
+                    await self._close_flood(ws, conn)
                     break
         except ConnectionClosed:
             pass
@@ -231,6 +230,15 @@ class Gateway:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
+
+    @staticmethod
+    async def _close_flood(ws: ServerConnection, conn: Connection) -> None:
+        """Close 4006 after what the outbox holds (the answers so far and a
+        last ``rate_limited``) is written, or 2 s, whichever comes first."""
+        await conn.reply(p.Error(code=p.ErrorCode.RATE_LIMITED, message="too many frames refused; send slower"))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(conn.outbox.wait_room(conn.outbox.size), 2.0)
+        await ws.close(p.CloseCode.RATE_LIMITED, "too many frames refused")
 
     async def _receive_hello(self, ws: ServerConnection) -> p.Hello | None:
         try:
