@@ -238,6 +238,28 @@ async def test_devices_per_user_are_capped_over_all_gateways_and_a_killed_gatewa
     bystander.check()
 
 
+async def test_a_device_reconnecting_to_its_gateway_replaces_its_old_connection_at_once(cluster):
+    """A half-open old connection of a device (the phone changed networks)
+    must not hold the device's slot, nor linger: it is closed 4005 as soon
+    as the device says hello again -- not only at the next renewal (10 s by
+    default)."""
+    cluster.start_many(("fanout", "f"), ("gateway", "gw"), MAX_DEVICES_PER_USER="1")
+    url = cluster.services["gw"].url
+    user = new_user()
+    async with Bystander(url, token(new_user()), probe="ping") as bystander:
+        old, new = Device(url, token(user), "phone"), Device(url, token(user), "phone")
+        await old.connect()
+        await new.connect()
+        await old.wait_for(lambda: old.close_code is not None, timeout=2)
+        assert old.close_code == 4005
+        await new.send_raw('{"type": "ping"}')
+        await new.wait_frame("pong")
+        assert new.close_code is None
+        await new.close()
+        await asyncio.sleep(0.5)  # (the bystander probes a while more)
+    bystander.check()
+
+
 # -- (c) per address -------------------------------------------------------------------------
 
 
