@@ -8,6 +8,7 @@ README's configuration table.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import socket
 from collections.abc import Mapping
@@ -65,6 +66,17 @@ def _list(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[
     if raw is None or raw.strip() == "":
         return default
     return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _networks(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated list of IP addresses or networks (CIDR)."""
+    values = _list(env, name, default)
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise SettingsError(f"{name}: {value!r} is not an IP address or network") from None
+    return values
 
 
 def default_server_id() -> str:
@@ -131,6 +143,7 @@ class GatewaySettings:
     # Admission (docs/security.md, "Connections before and after hello"):
     hello_max_size: int = 16 * 1024  #: bytes a message may have before ``hello`` is accepted (else 1009)
     allowed_origins: tuple[str, ...] = ()  #: browser Origins accepted (``*``: any); no Origin header is always allowed
+    trusted_proxies: tuple[str, ...] = ()  #: addresses/networks whose X-Forwarded-For names the client
     max_connections_per_ip: int = 256  #: connections of one IP (IPv6: one /64) over all gateways (4005)
     max_unauthenticated_per_ip: int = 16  #: connections of one IP still before ``hello``, per gateway (4005)
     max_devices_per_user: int = 32  #: connections of one user over all gateways (4005)
@@ -154,6 +167,7 @@ class GatewaySettings:
             outbox_size=_int(env, "OUTBOX_SIZE", d.outbox_size, minimum=16),
             hello_max_size=_int(env, "HELLO_MAX_SIZE", d.hello_max_size, minimum=10 * 1024),
             allowed_origins=_list(env, "ALLOWED_ORIGINS", d.allowed_origins),
+            trusted_proxies=_networks(env, "TRUSTED_PROXIES", d.trusted_proxies),
             max_connections_per_ip=_int(env, "MAX_CONNECTIONS_PER_IP", d.max_connections_per_ip, minimum=1),
             max_unauthenticated_per_ip=_int(env, "MAX_UNAUTHENTICATED_PER_IP", d.max_unauthenticated_per_ip,
                                             minimum=1),

@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 
 from switchboard.shared import keys, scripts
 from switchboard.shared.connection import execute_scripted, queue_script
+from switchboard.shared.tasks import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,32 @@ def ip_key(address: str | None) -> str:
             return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network(f"{ip}/{IPV6_PREFIX}", strict=False))
     return str(ip)
+
+
+def client_address(peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[str]) -> str | None:
+    """The client's address: the socket's peer, unless the peer is a
+    trusted proxy (``TRUSTED_PROXIES``: addresses or networks), then the
+    rightmost ``X-Forwarded-For`` address that is not a trusted proxy itself
+    (each proxy appends the address it got the request from, so addresses
+    left of the first untrusted one may be forged by the client)."""
+    if not trusted or peer is None:
+        return peer
+    networks = [ipaddress.ip_network(t, strict=False) for t in trusted]
+
+    def is_trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        return any(ip in network for network in networks)
+
+    if not is_trusted(peer):
+        return peer
+    hops = [hop.strip() for header in forwarded_for for hop in header.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not is_trusted(hop):
+            return hop
+    return hops[0] if hops else peer
 
 
 def origin_allowed(origin: str | None, allowed: Sequence[str]) -> bool:
@@ -171,6 +198,10 @@ class AdmissionStore:
         return [s.conn for s, held in zip(with_device, replies[:len(with_device)]) if not held]
 
 
+#: Connections whose slots one pipeline renews (two commands each).
+RENEW_CHUNK = 500
+
+
 class Registry:
     """This gateway's admitted connections, and the renewal that keeps their
     slots alive: every ``ttl / 3`` seconds one pipeline renews all of them,
@@ -201,15 +232,18 @@ class Registry:
             callback()
 
     async def renew_once(self) -> None:
-        for conn in await self.store.renew(list(self.slots.values()), self.device_cap):
-            self.lose(conn)
+        """Renew every slot, RENEW_CHUNK connections per round trip (so no
+        one pipeline holds Redis for long)."""
+        slots = list(self.slots.values())
+        for first in range(0, len(slots), RENEW_CHUNK):
+            for conn in await self.store.renew(slots[first:first + RENEW_CHUNK], self.device_cap):
+                self.lose(conn)
 
-    async def run(self) -> None:
-        """Renew until cancelled; a failed round is logged and retried at the
-        next (slots outlive two missed rounds)."""
+    async def run(self, stop: asyncio.Event) -> None:
+        """Renew until ``stop`` is set; a failed round is logged and retried
+        at the next (slots outlive two missed rounds)."""
         interval = self.store.ttl / 3
-        while True:
-            await asyncio.sleep(interval)
+        while not await wait_event(stop, interval):
             try:
                 await self.renew_once()
             except (RedisError, OSError) as exc:

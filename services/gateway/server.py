@@ -64,7 +64,7 @@ class Gateway:
         await self.store.load()
         stop = stop or asyncio.Event()
         hub_task = asyncio.create_task(self.hub.run(), name="delivery-hub")
-        renew_task = asyncio.create_task(self.admitted.run(), name="admission-renew")
+        renew_task = asyncio.create_task(self.admitted.run(self.hub.closing), name="admission-renew")
         try:
             await asyncio.wait_for(self.hub.ready.wait(), timeout=30)
             s = self.settings
@@ -109,7 +109,10 @@ class Gateway:
         # Until hello is accepted a message may be HELLO_MAX_SIZE at most
         # (see wsbatch.set_max_size): an unauthenticated socket holds no more.
         wsbatch.set_max_size(ws, self.settings.hello_max_size)
-        ip = admission.ip_key(ws.remote_address[0] if ws.remote_address else None)
+        ip = admission.ip_key(admission.client_address(
+            ws.remote_address[0] if ws.remote_address else None,
+            ws.request.headers.get_all("X-Forwarded-For") if ws.request is not None else [],
+            self.settings.trusted_proxies))
         if not self.unauthenticated.enter(ip):
             await _refuse(ws, p.ErrorCode.TOO_MANY_CONNECTIONS, "too many connections before hello from this address",
                           p.CloseCode.TOO_MANY_CONNECTIONS)

@@ -8,7 +8,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from switchboard.gateway.admission import (
-    Admitted, AdmissionStore, LocalCounts, Refused, Registry, Slot, ip_key, origin_allowed)
+    Admitted, AdmissionStore, LocalCounts, Refused, Registry, Slot, client_address, ip_key, origin_allowed)
 from switchboard.shared import keys
 
 
@@ -151,3 +151,18 @@ async def test_registry_closes_the_connections_that_lost_their_slot(store):
     await registry.renew_once()
     await registry.renew_once()
     assert closed == ["c1"]  # once
+
+
+@pytest.mark.parametrize("peer,forwarded,trusted,client", [
+    ("203.0.113.7", ["198.51.100.1"], (), "203.0.113.7"),  # no trusted proxies: the header is ignored
+    ("203.0.113.7", ["198.51.100.1"], ("10.0.0.0/8",), "203.0.113.7"),  # not from a trusted proxy
+    ("10.0.0.5", ["198.51.100.1"], ("10.0.0.0/8",), "198.51.100.1"),
+    # A client's own X-Forwarded-For is left of what the proxies append: ignored.
+    ("10.0.0.5", ["6.6.6.6, 198.51.100.1, 10.0.0.9"], ("10.0.0.0/8",), "198.51.100.1"),
+    ("10.0.0.5", ["6.6.6.6", "198.51.100.1"], ("10.0.0.0/8",), "198.51.100.1"),  # several headers
+    ("10.0.0.5", [], ("10.0.0.0/8",), "10.0.0.5"),  # a trusted peer that forwarded nothing
+    ("10.0.0.5", ["10.0.0.7"], ("10.0.0.0/8",), "10.0.0.7"),  # only proxies: the first
+    ("::1", ["2001:db8::1"], ("::1",), "2001:db8::1"),
+])
+def test_client_address(peer, forwarded, trusted, client):
+    assert client_address(peer, forwarded, trusted) == client

@@ -125,7 +125,8 @@ async def _refused(url: str, hello: dict | None) -> tuple[str | None, int | None
     close code the gateway answers with."""
     async with connect(url, max_size=None) as ws:
         if hello is not None:
-            await ws.send(json.dumps({"type": "hello", **hello}))
+            with contextlib.suppress(ConnectionClosed):  # refused per address: closed before hello
+                await ws.send(json.dumps({"type": "hello", **hello}))
         first = json.loads(await asyncio.wait_for(ws.recv(), 10))
         with contextlib.suppress(ConnectionClosed):
             await asyncio.wait_for(ws.recv(), 10)
@@ -308,6 +309,37 @@ async def test_connections_per_ip_are_capped_over_all_gateways_and_before_hello_
             await asyncio.sleep(0.05)
         for d in [*devices[1:], d]:
             await d.close()
+        await asyncio.sleep(0.5)  # (the bystander probes a while more)
+    bystander.check()
+
+
+async def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_cap(cluster):
+    """With TRUSTED_PROXIES, X-Forwarded-For names the client: clients behind
+    one proxy do not share its address's cap, and a client that is not the
+    proxy cannot pick its address with the header."""
+    cluster.start_many(("fanout", "f"), ("gateway", "gw"), MAX_CONNECTIONS_PER_IP="1",
+                       TRUSTED_PROXIES="127.0.0.0/8")
+    url = cluster.services["gw"].url
+
+    async def hello(forwarded: str) -> tuple[str | None, int | None]:
+        async with connect(url, additional_headers={"X-Forwarded-For": forwarded}) as ws:
+            with contextlib.suppress(ConnectionClosed):  # refused per address: closed before hello
+                await ws.send(json.dumps({"type": "hello", "token": token(new_user()), "device_id": "d"}))
+            first = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            if first["type"] == "welcome":
+                return "welcome", None
+            await asyncio.wait_for(ws.wait_closed(), 10)
+            return first["code"], ws.close_code
+
+    # The bystander, no header: counted as 127.0.0.1 (its cap of 1 is now used).
+    async with Bystander(url, token(new_user()), probe="ping") as bystander:
+        async with connect(url, additional_headers={"X-Forwarded-For": "198.51.100.1"}) as first:
+            await first.send(json.dumps({"type": "hello", "token": token(new_user()), "device_id": "d"}))
+            assert json.loads(await first.recv())["type"] == "welcome"
+            assert await hello("198.51.100.2") == ("welcome", None)  # another client behind the proxy
+            assert await hello("198.51.100.1") == ("too_many_connections", 4005)  # the same client again
+            # A forged address left of the one the proxy appended is not believed.
+            assert await hello("203.0.113.9, 198.51.100.1") == ("too_many_connections", 4005)
         await asyncio.sleep(0.5)  # (the bystander probes a while more)
     bystander.check()
 
