@@ -132,6 +132,10 @@ def markdown(results: dict, out: Path) -> str:
             row("8 scaling", f"{workers} worker(s), 20 ms graph: turns/s", value["turns_per_s"], "", None)
         for users, value in s["scaling"]["users"].items():
             row("8 scaling", f"{users} concurrent conversations: turns/s", value["turns_per_s"], "", None)
+    if "prehello" in s and "peak_growth_per_socket_kib" in s["prehello"]:
+        h = s["prehello"]
+        row("9 before hello", f"peak RSS per socket, {h['sockets']} half-sent 2 MiB messages (KiB)",
+            h["peak_growth_per_socket_kib"], "≤ 100 KiB, all closed 1009", h["met"])
     for name, value in s.items():
         if "error" in value:
             row(name, "error", value["error"], "", False)

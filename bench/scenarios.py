@@ -21,6 +21,7 @@ from switchboard.worker.graph import build
 from .graphs import THINK_MS, TOKEN_MS
 from .harness import Cluster, token
 from .loadgen import LoadDevice
+from .prehello import prehello
 from .stats import percentile, summary_ms
 
 THINK_GRAPH = "bench.graphs:thinking"  # "sleep:<s> ..." texts think for <s> seconds
@@ -447,4 +448,5 @@ SCENARIOS = {
     "fanout": fanout,
     "replay": replay,
     "scaling": scaling,
+    "prehello": prehello,
 }

@@ -89,6 +89,27 @@ def thread_id(user: str, conversation_id: str) -> str:
     return f"{{u:{user}}}/{conversation_id}"
 
 
+def devices(user: str) -> str:
+    """Sorted set: device id -> expiry (ms) of its admitted connection, renewed
+    by the gateway holding it; entries past their expiry are dead gateways'."""
+    return f"{_user(user)}:devices"
+
+
+def device_owners(user: str) -> str:
+    """Hash: device id -> id of the connection that holds its slot in :func:`devices`."""
+    return f"{_user(user)}:device_owners"
+
+
+# -- per client address -----------------------------------------------------------
+
+
+def ip_connections(ip: str) -> str:
+    """Sorted set: connection id -> expiry (ms), the connections of one client
+    address (an IPv4 address or an IPv6 /64, see ``gateway.admission.ip_key``)
+    over all gateways. Its own hash tag ``{ip:...}``: addresses contain no braces."""
+    return f"{PREFIX}:{{ip:{ip}}}:conns"
+
+
 # -- work distribution ----------------------------------------------------------
 
 

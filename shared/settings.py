@@ -8,6 +8,7 @@ README's configuration table.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import socket
 from collections.abc import Mapping
@@ -63,6 +64,25 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw in ("0", "false", "no", "off"):
         return False
     raise SettingsError(f"{name}={raw!r} is not a boolean (1/0, true/false, yes/no, on/off)")
+
+
+def _list(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated list; blanks around items are dropped."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _networks(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated list of IP addresses or networks (CIDR)."""
+    values = _list(env, name, default)
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise SettingsError(f"{name}: {value!r} is not an IP address or network") from None
+    return values
 
 
 def default_server_id() -> str:
@@ -166,6 +186,17 @@ class GatewaySettings:
     jwt_leeway: float = 5.0  #: seconds of clock skew allowed on exp/nbf/iat
     jwt_max_lifetime: float = 86_400.0  #: seconds a token may be valid for (exp - iat), at most
     quotas: QuotaSettings = QuotaSettings()
+    # Admission (docs/security.md, "Connections before and after hello"):
+    hello_max_size: int = 16 * 1024  #: bytes a message may have before ``hello`` is accepted (else 1009)
+    allowed_origins: tuple[str, ...] = ()  #: browser Origins accepted (``*``: any); no Origin header is always allowed
+    trusted_proxies: tuple[str, ...] = ()  #: addresses/networks whose X-Forwarded-For names the client
+    max_connections_per_ip: int = 256  #: connections of one IP (IPv6: one /64) over all gateways (4005)
+    max_unauthenticated_per_ip: int = 16  #: connections of one IP still before ``hello``, per gateway (4005)
+    max_devices_per_user: int = 32  #: connections of one user over all gateways (4005)
+    admission_ttl: float = 30.0  #: seconds a dead gateway's connections stay counted (renewed every third of it)
+    max_frames_per_second: float = 20.0  #: frames per connection per second, sustained (``rate_limited``)
+    frame_burst: int = 40  #: frames a connection may send at once above the rate
+    frame_reject_limit: int = 50  #: frames refused in 10 s before the connection is closed 4006
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
@@ -190,6 +221,17 @@ class GatewaySettings:
             jwt_issuer=_get(env, "JWT_ISSUER", "") or None,
             jwt_leeway=_float(env, "JWT_LEEWAY", d.jwt_leeway, minimum=0.0),
             jwt_max_lifetime=_float(env, "JWT_MAX_LIFETIME", d.jwt_max_lifetime, minimum=1.0),
+            hello_max_size=_int(env, "HELLO_MAX_SIZE", d.hello_max_size, minimum=10 * 1024),
+            allowed_origins=_list(env, "ALLOWED_ORIGINS", d.allowed_origins),
+            trusted_proxies=_networks(env, "TRUSTED_PROXIES", d.trusted_proxies),
+            max_connections_per_ip=_int(env, "MAX_CONNECTIONS_PER_IP", d.max_connections_per_ip, minimum=1),
+            max_unauthenticated_per_ip=_int(env, "MAX_UNAUTHENTICATED_PER_IP", d.max_unauthenticated_per_ip,
+                                            minimum=1),
+            max_devices_per_user=_int(env, "MAX_DEVICES_PER_USER", d.max_devices_per_user, minimum=1),
+            admission_ttl=_float(env, "ADMISSION_TTL", d.admission_ttl, minimum=1.0),
+            max_frames_per_second=_float(env, "MAX_FRAMES_PER_SECOND", d.max_frames_per_second, minimum=0.1),
+            frame_burst=_int(env, "FRAME_BURST", d.frame_burst, minimum=1),
+            frame_reject_limit=_int(env, "FRAME_REJECT_LIMIT", d.frame_reject_limit, minimum=1),
         )
         check_jwt(settings)
         return settings

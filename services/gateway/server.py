@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import http
 import logging
+import time
 import uuid
 
 from redis.exceptions import RedisError
@@ -25,8 +27,9 @@ from switchboard.shared import streamids
 from switchboard.shared.settings import GatewaySettings
 from switchboard.shared.tasks import finish
 
-from . import auth, resume, wsbatch
+from . import admission, auth, resume, wsbatch
 from .expiry import TokenDeadline
+from .ratelimit import FrameGate, Verdict
 from .history import HistoryReader
 from .hub import Connection, DeliveryHub
 from .store import GatewayStore, OverLimit
@@ -54,6 +57,9 @@ class Gateway:
         self.hub = DeliveryHub(self.raw_redis, settings.server_id, self.subscriber)
         self.saver = use_caching_serializer(SwitchboardRedisSaver(redis_client=self.raw_redis))
         self.history = HistoryReader(self.saver)
+        self.admission = admission.AdmissionStore(self.redis, settings.admission_ttl)
+        self.admitted = admission.Registry(self.admission, settings.max_devices_per_user)
+        self.unauthenticated = admission.LocalCounts(settings.max_unauthenticated_per_ip)
 
     async def serve(self, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
         """Serve until ``stop`` is set; then close every socket with 1001 (reconnect)."""
@@ -61,6 +67,7 @@ class Gateway:
         await self.store.load()
         stop = stop or asyncio.Event()
         hub_task = asyncio.create_task(self.hub.run(), name="delivery-hub")
+        renew_task = asyncio.create_task(self.admitted.run(self.hub.closing), name="admission-renew")
         try:
             await asyncio.wait_for(self.hub.ready.wait(), timeout=30)
             s = self.settings
@@ -86,24 +93,99 @@ class Gateway:
                 await server.wait_closed()
         finally:
             self.hub.closing.set()
-            await finish([hub_task], grace=3.0)
+            await finish([hub_task, renew_task], grace=3.0)
             await self.redis.aclose()
             await self.raw_redis.aclose()
             await self.subscriber.aclose()
 
-    @staticmethod
-    def _route(connection: ServerConnection, request):  # noqa: ANN001
+    def _route(self, connection: ServerConnection, request):  # noqa: ANN001
         if request.path.split("?", 1)[0] != "/ws":
             return connection.respond(http.HTTPStatus.NOT_FOUND, "not found; the WebSocket endpoint is /ws\n")
+        if not admission.origin_allowed(request.headers.get("Origin"), self.settings.allowed_origins):
+            return connection.respond(http.HTTPStatus.FORBIDDEN, "origin not allowed\n")
         return None
 
     # -- one connection ------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
         wsbatch.check_connection(ws)
-        hello = await self._receive_hello(ws)
-        if hello is None:
+        # Until hello is accepted a message may be HELLO_MAX_SIZE at most
+        # (see wsbatch.set_max_size): an unauthenticated socket holds no more.
+        wsbatch.set_max_size(ws, self.settings.hello_max_size)
+        ip = admission.ip_key(admission.client_address(
+            ws.remote_address[0] if ws.remote_address else None,
+            ws.request.headers.get_all("X-Forwarded-For") if ws.request is not None else [],
+            self.settings.trusted_proxies))
+        if not self.unauthenticated.enter(ip):
+            await _refuse(ws, p.ErrorCode.TOO_MANY_CONNECTIONS, "too many connections before hello from this address",
+                          p.CloseCode.TOO_MANY_CONNECTIONS)
             return
+        conn_id = uuid.uuid4().hex
+        try:
+            slot = await self._admit_ip(ws, conn_id, ip)
+            hello = await self._receive_hello(ws) if slot is not None else None
+        finally:
+            self.unauthenticated.leave(ip)
+        if slot is None:
+            return
+        try:
+            if hello is not None:
+                await self._serve_hello(ws, slot, hello)
+        finally:
+            await self._release(slot.conn)
+
+    async def _admit_ip(self, ws: ServerConnection, conn_id: str, ip: str) -> admission.Slot | None:
+        """Count the connection against MAX_CONNECTIONS_PER_IP (all gateways);
+        None if refused (and closed)."""
+        try:
+            verdict = await self.admission.admit_ip(ip, conn_id, self.settings.max_connections_per_ip)
+        except RedisError as exc:
+            log.warning("admission of a connection from %s failed: %s", ip, exc)
+            await _refuse(ws, p.ErrorCode.UNAVAILABLE, "storage unavailable, retry", p.CloseCode.INTERNAL_ERROR)
+            return None
+        if isinstance(verdict, admission.Refused):
+            log.info("refused a connection from %s: %d connections", ip, verdict.count)
+            await _refuse(ws, p.ErrorCode.TOO_MANY_CONNECTIONS, "too many connections from this address",
+                          p.CloseCode.TOO_MANY_CONNECTIONS)
+            return None
+        slot = admission.Slot(conn_id, ip)
+        self.admitted.add(slot, lambda: _close_later(ws, p.CloseCode.TOO_MANY_CONNECTIONS,
+                                                     "replaced by a newer connection of this device"))
+        return slot
+
+    async def _admit_device(self, ws: ServerConnection, slot: admission.Slot, user: str, device: str) -> bool:
+        """Count the connection against MAX_DEVICES_PER_USER (all gateways); a
+        device that holds a slot takes it over from its older connection,
+        which is closed (here at once, on another gateway at its renewal)."""
+        verdict = await self.admission.admit_device(user, device, slot.conn, self.settings.max_devices_per_user)
+        if isinstance(verdict, admission.Refused):
+            log.info("refused device %s of %s: %d devices connected", device, user, verdict.count,
+                     extra={"user": user, "device": device})
+            await _refuse(ws, p.ErrorCode.TOO_MANY_CONNECTIONS,
+                          f"{verdict.count} devices of this user are connected (the most allowed)",
+                          p.CloseCode.TOO_MANY_CONNECTIONS)
+            return False
+        self.admitted.update(dataclasses.replace(slot, user=user, device=device))
+        if verdict.previous is not None:
+            self.admitted.lose(verdict.previous)
+        return True
+
+    async def _release(self, conn_id: str) -> None:
+        """Free the connection's slots (at once; else they expire within ADMISSION_TTL)."""
+        slot = self.admitted.remove(conn_id)
+        if slot is None:
+            return
+        try:
+            await asyncio.shield(self._release_slots(slot))
+        except (RedisError, OSError) as exc:
+            log.warning("releasing the slots of %s failed (they expire): %s", conn_id, exc)
+
+    async def _release_slots(self, slot: admission.Slot) -> None:
+        if slot.user is not None and slot.device is not None:
+            await self.admission.release_device(slot.user, slot.device, slot.conn)
+        await self.admission.release_ip(slot.ip, slot.conn)
+
+    async def _serve_hello(self, ws: ServerConnection, slot: admission.Slot, hello: p.Hello) -> None:
         try:
             claims = self.verifier.verify(hello.token)
         except auth.AuthError as exc:
@@ -111,6 +193,8 @@ class Gateway:
             return
         user = claims.user
         try:
+            if not await self._admit_device(ws, slot, user, hello.device_id):
+                return
             state, stored = await self.store.stream_state(user, hello.device_id, self.settings.replay_window)
         except RedisError as exc:
             log.warning("hello of %s/%s failed: %s", user, hello.device_id, exc,
@@ -118,7 +202,10 @@ class Gateway:
             await _refuse(ws, p.ErrorCode.UNAVAILABLE, "storage unavailable, retry", p.CloseCode.INTERNAL_ERROR)
             return
         where = resume.resolve(state, last_id=hello.last_id, epoch=hello.epoch, stored=stored)
-        conn = Connection(uuid.uuid4().hex, user, hello.device_id, state.epoch, where.resume_from,
+        # Before welcome: a client waiting for welcome sends its first large
+        # frame under the full limit.
+        wsbatch.set_max_size(ws, 2 * self.settings.max_message_size)
+        conn = Connection(slot.conn, user, hello.device_id, state.epoch, where.resume_from,
                           self.settings.outbox_size, close=lambda code, why: _close_later(ws, code, why))
         # The first frame of an empty outbox (of at least 16): it always fits.
         conn.outbox.offer([p.encode(p.Welcome(user_id=user, device_id=hello.device_id, epoch=state.epoch,
@@ -132,12 +219,24 @@ class Gateway:
         self.tokens[conn.id] = (ws, deadline)
         expirer = asyncio.create_task(self._expire(ws, conn, deadline), name=f"expiry-{conn.id}")
         await self.hub.add(conn)
+        s = self.settings
+        gate = FrameGate(s.max_frames_per_second, s.frame_burst, s.frame_reject_limit, time.monotonic())
         try:
             async for data in ws:
                 if deadline.passed():  # a frame after expiry is not processed
                     await self._end_expired(ws, conn, deadline)
                     break
-                await self._on_frame(conn, data)
+                verdict = gate.admit(time.monotonic())
+                if verdict is Verdict.PASS:
+                    await self._on_frame(conn, data)
+                elif verdict is Verdict.REFUSE:
+                    await conn.reply(p.Error(code=p.ErrorCode.RATE_LIMITED,
+                                             message=f"more than {s.max_frames_per_second:g} frames per second"))
+                else:
+                    log.info("closing a flooding connection user=%s conn=%s: %d frames refused",
+                             conn.user, conn.id, gate.refused, extra=conn.log_context)
+                    await self._close_flood(ws, conn)
+                    break
         except ConnectionClosed:
             pass
         finally:
@@ -177,6 +276,15 @@ class Gateway:
             return
         deadline.move(claims.expires_at)
         await conn.reply(p.Refreshed(expires_at=int(claims.expires_at)))
+
+    @staticmethod
+    async def _close_flood(ws: ServerConnection, conn: Connection) -> None:
+        """Close 4006 after what the outbox holds (the answers so far and a
+        last ``rate_limited``) is written, or 2 s, whichever comes first."""
+        await conn.reply(p.Error(code=p.ErrorCode.RATE_LIMITED, message="too many frames refused; send slower"))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(conn.outbox.wait_room(conn.outbox.size), 2.0)
+        await ws.close(p.CloseCode.RATE_LIMITED, "too many frames refused")
 
     async def _receive_hello(self, ws: ServerConnection) -> p.Hello | None:
         try:

@@ -104,3 +104,28 @@ async def send_texts(ws: Connection, frames: Sequence[bytes]) -> None:
         for frame in frames:
             protocol.send_text(frame)
         ws.transport.write(b"".join(protocol.data_to_send()))
+
+
+def set_max_size(ws: Connection, size: int) -> None:
+    """Set the largest message ``ws`` accepts from now on (bytes; larger: 1009).
+
+    The gateway starts every connection at HELLO_MAX_SIZE and raises it to
+    twice MAX_MESSAGE_SIZE once ``hello`` is accepted. Checked in
+    websockets 17's ``protocol.py``: ``Protocol.parse`` reads
+    ``max_message_size`` afresh before each frame and passes on
+    ``max_message_size - current_size``, where ``current_size`` is the sum
+    of the fragments of the message so far, as decoded (``recv_frame`` adds
+    ``len(frame.data)`` after the extensions ran); ``Frame.parse`` raises
+    ``PayloadTooBig`` (close 1009) on a frame header above it before reading
+    the payload, and permessage-deflate's ``decode`` decompresses at most that
+    many bytes (zlib ``max_length``) and raises ``PayloadTooBig`` beyond. So
+    the limit bounds a fragmented message as a whole and its decompressed
+    size, and a change applies from the next frame whose header has not
+    arrived yet (frames a client sends before ``welcome`` meet the small
+    limit). Older releases call the attribute ``max_size``."""
+    protocol = ws.protocol
+    for name in ("max_message_size", "max_size"):
+        if hasattr(protocol, name):
+            setattr(protocol, name, size)
+            return
+    raise _fail(["Protocol.max_message_size (or max_size, in older releases) is missing"])

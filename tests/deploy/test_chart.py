@@ -47,7 +47,7 @@ def _env_reads(fn: ast.AST) -> tuple[set[str], set[str], set[str]]:
     names, classes, helpers = set(), set(), set()
     for call in (n for n in ast.walk(fn) if isinstance(n, ast.Call)):
         func = call.func
-        if (isinstance(func, ast.Name) and func.id in {"_get", "_int", "_float", "_bool"}
+        if (isinstance(func, ast.Name) and func.id in {"_get", "_int", "_float", "_bool", "_list", "_networks"}
                 and len(call.args) >= 2 and isinstance(call.args[1], ast.Constant)):
             names.add(call.args[1].value)
         elif isinstance(func, ast.Name):

@@ -32,6 +32,13 @@ def test_work_shards_are_stable_and_in_range():
 
 def test_settings_come_from_the_environment_with_documented_defaults():
     s = GatewaySettings.from_env({"SWITCHBOARD_DEV": "1"})  # the development JWT_SECRET needs development mode
+    dev = {"SWITCHBOARD_DEV": "1"}
+    assert GatewaySettings.from_env({**dev, "TRUSTED_PROXIES": "10.0.0.0/8, ::1"}).trusted_proxies == (
+        "10.0.0.0/8", "::1")
+    assert GatewaySettings.from_env({**dev, "ALLOWED_ORIGINS": " https://a.example ,https://b.example"}).allowed_origins == (
+        "https://a.example", "https://b.example")
+    with pytest.raises(SettingsError, match="TRUSTED_PROXIES"):
+        GatewaySettings.from_env({**dev, "TRUSTED_PROXIES": "10.0.0.0/8,nonsense"})
     assert (s.port, s.max_message_size, s.host) == (8765, 1 << 20, "127.0.0.1")
     s = GatewaySettings.from_env({"WEBSOCKET_PORT": "9000", "MAX_MESSAGE_SIZE": "2048", "REDIS_URL": "redis://x:1/0",
                                   "WORK_SHARDS": "4", "SWITCHBOARD_DEV": "1"})
