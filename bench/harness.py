@@ -49,7 +49,7 @@ FAST_ENV = {
 }
 
 READY_MARKERS = {
-    "gateway": "listening on ws://",
+    "gateway": "listening on ws",  # ws:// or wss://
     "worker": "ready: graph=",
     "fanout": " live (incarnation",
 }

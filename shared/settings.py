@@ -185,6 +185,8 @@ class GatewaySettings:
     jwt_issuer: str | None = None  #: required ``iss``; unset: ``iss`` is not checked
     jwt_leeway: float = 5.0  #: seconds of clock skew allowed on exp/nbf/iat
     jwt_max_lifetime: float = 86_400.0  #: seconds a token may be valid for (exp - iat), at most
+    ssl_certfile: str | None = None  #: PEM certificate chain: serve wss:// (with ssl_keyfile)
+    ssl_keyfile: str | None = None  #: PEM private key of ssl_certfile
     quotas: QuotaSettings = QuotaSettings()
     # Admission (docs/security.md, "Connections before and after hello"):
     hello_max_size: int = 16 * 1024  #: bytes a message may have before ``hello`` is accepted (else 1009)
@@ -204,6 +206,8 @@ class GatewaySettings:
         settings = cls(
             **_common(env),
             quotas=QuotaSettings.from_env(env),
+            ssl_certfile=_get(env, "SSL_CERTFILE", "") or None,
+            ssl_keyfile=_get(env, "SSL_KEYFILE", "") or None,
             host=_get(env, "WEBSOCKET_HOST", d.host),
             port=_int(env, "WEBSOCKET_PORT", d.port),
             max_message_size=_int(env, "MAX_MESSAGE_SIZE", d.max_message_size, minimum=1024),

@@ -9,6 +9,7 @@ events alike -- goes out in one order through one place.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import contextlib
 import dataclasses
 import http
@@ -24,7 +25,7 @@ from switchboard.shared import connection as redisconn
 from switchboard.shared.checkpoints import SwitchboardRedisSaver, setup_saver, use_caching_serializer
 from switchboard.shared import protocol as p
 from switchboard.shared import streamids
-from switchboard.shared.settings import GatewaySettings
+from switchboard.shared.settings import GatewaySettings, SettingsError
 from switchboard.shared.tasks import finish
 
 from . import admission, auth, resume, wsbatch
@@ -44,9 +45,26 @@ log = logging.getLogger(__name__)
 LISTEN_BACKLOG = 4096
 
 
+def tls_context(settings: GatewaySettings) -> ssl.SSLContext | None:
+    """The server's TLS context when SSL_CERTFILE is set (wss://); read at
+    start, so a missing or bad file stops the gateway before it listens."""
+    if not settings.ssl_certfile:
+        if settings.ssl_keyfile:
+            raise SettingsError("SSL_KEYFILE is set without SSL_CERTFILE")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise SettingsError(f"cannot load SSL_CERTFILE/SSL_KEYFILE: {exc}") from None
+    return context
+
+
 class Gateway:
     def __init__(self, settings: GatewaySettings):
         self.settings = settings
+        self.tls = tls_context(settings)
         self.verifier = auth.Verifier.from_settings(settings)  # reads key files: SettingsError first
         #: conn id -> (socket, token deadline), for ``refresh`` and expiry.
         self.tokens: dict[str, tuple[ServerConnection, TokenDeadline]] = {}
@@ -82,9 +100,11 @@ class Gateway:
                 ping_timeout=s.heartbeat_interval,
                 close_timeout=2,
                 backlog=LISTEN_BACKLOG,
+                ssl=self.tls,
             ) as server:
                 port = next(iter(server.sockets)).getsockname()[1]
-                log.info("gateway %s listening on ws://%s:%s/ws", s.server_id, s.host, port)
+                log.info("gateway %s listening on %s://%s:%s/ws", s.server_id, "wss" if self.tls else "ws",
+                         s.host, port)
                 if ready is not None:
                     ready.set()
                 await stop.wait()

@@ -21,8 +21,9 @@ def new_user() -> str:
 
 
 class Device:
-    def __init__(self, url: str, token: str, device_id: str):
+    def __init__(self, url: str, token: str, device_id: str, *, ssl: Any = None):
         self.url = url
+        self.ssl = ssl  #: an ssl.SSLContext for wss:// URLs (None: the default)
         self.token = token
         self.device_id = device_id
         self.ws: ClientConnection | None = None
@@ -38,7 +39,7 @@ class Device:
     async def connect(self, *, last_id: str | None = None, epoch: str | None = None,
                       url: str | None = None, **hello: Any) -> dict[str, Any]:
         self.url = url or self.url
-        self.ws = await connect(self.url, max_size=None)
+        self.ws = await connect(self.url, max_size=None, **({"ssl": self.ssl} if self.ssl is not None else {}))
         self.frames = []
         self.close_code = None
         frame = {"type": "hello", "token": self.token, "device_id": self.device_id,
