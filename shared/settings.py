@@ -185,6 +185,8 @@ class FanoutSettings:
     streams: StreamSettings = StreamSettings()
     server_id: str = dataclasses.field(default_factory=default_server_id)
     batch: int = 500  #: events read per user per round trip
+    batch_bytes: int = 1 << 20  #: bytes read per user per round trip (beyond one event), hence per delivery message
+    round_bytes: int = 4 << 20  #: bytes one round publishes to one gateway (beyond one delivery)
     sweep_interval: float = 2.0  #: seconds between safety re-reads of every attached user
     alive_ttl: float = 3.0  #: seconds the liveness key survives without renewal
 
@@ -194,6 +196,8 @@ class FanoutSettings:
         return cls(
             **_common(env),
             batch=_int(env, "FANOUT_BATCH", d.batch, minimum=1),
+            batch_bytes=_int(env, "FANOUT_BATCH_BYTES", d.batch_bytes, minimum=1024),
+            round_bytes=_int(env, "FANOUT_ROUND_BYTES", d.round_bytes, minimum=1024),
             sweep_interval=_float(env, "FANOUT_SWEEP", d.sweep_interval, minimum=0.05),
             alive_ttl=_float(env, "FANOUT_ALIVE_TTL", d.alive_ttl, minimum=0.5),
         )
