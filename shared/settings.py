@@ -120,6 +120,10 @@ class GatewaySettings:
     jwt_secret: str = DEV_JWT_SECRET
     replay_window: int = 100  #: events a new device receives after ``welcome``
     outbox_size: int = 1024  #: frames queued per connection; full pauses delivery (4008 after 10 s full)
+    outbox_bytes: int = 8 << 20  #: bytes queued per connection (the first frame always fits); full pauses too
+    slow_consumer_after: float = 10.0  #: seconds a connection may stay paused (outbox full) before 4008
+    resync_holdoff: float = 0.25  #: seconds after an attach in which a gap does not re-attach again
+    compression: bool = False  #: permessage-deflate (off: it costs CPU per connection, see bench/NOTES.md)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
@@ -134,6 +138,10 @@ class GatewaySettings:
             jwt_secret=_get(env, "JWT_SECRET", d.jwt_secret),
             replay_window=_int(env, "REPLAY_WINDOW", d.replay_window, minimum=0),
             outbox_size=_int(env, "OUTBOX_SIZE", d.outbox_size, minimum=16),
+            outbox_bytes=_int(env, "OUTBOX_BYTES", d.outbox_bytes, minimum=1024),
+            slow_consumer_after=_float(env, "SLOW_CONSUMER_AFTER", d.slow_consumer_after, minimum=0.1),
+            resync_holdoff=_float(env, "RESYNC_HOLDOFF", d.resync_holdoff, minimum=0.0),
+            compression=_bool(env, "COMPRESSION", d.compression),
         )
 
 

@@ -72,6 +72,9 @@ class Gateway:
                 ping_timeout=s.heartbeat_interval,
                 close_timeout=2,
                 backlog=LISTEN_BACKLOG,
+                # permessage-deflate compresses every frame once per connection:
+                # off unless COMPRESSION is set (figures in bench/NOTES.md).
+                compression="deflate" if s.compression else None,
             ) as server:
                 port = next(iter(server.sockets)).getsockname()[1]
                 log.info("gateway %s listening on ws://%s:%s/ws", s.server_id, s.host, port)
@@ -115,7 +118,10 @@ class Gateway:
             return
         where = resume.resolve(state, last_id=hello.last_id, epoch=hello.epoch, stored=stored)
         conn = Connection(uuid.uuid4().hex, user, hello.device_id, state.epoch, where.resume_from,
-                          self.settings.outbox_size, close=lambda code, why: _close_later(ws, code, why))
+                          self.settings.outbox_size, close=lambda code, why: _close_later(ws, code, why),
+                          outbox_bytes=self.settings.outbox_bytes,
+                          slow_consumer_after=self.settings.slow_consumer_after,
+                          resync_holdoff=self.settings.resync_holdoff)
         # The first frame of an empty outbox (of at least 16): it always fits.
         conn.outbox.offer([p.encode(p.Welcome(user_id=user, device_id=hello.device_id, epoch=state.epoch,
                                               resume_from=where.resume_from, recovered=where.recovered))])
