@@ -195,6 +195,7 @@ class FanoutSettings:
     batch: int = 500  #: events read per user per round trip
     batch_bytes: int = 1 << 20  #: bytes read per user per round trip (beyond one event), hence per delivery message
     round_bytes: int = 4 << 20  #: bytes one round publishes to one gateway (beyond one delivery)
+    replay_pace: float = 0.05  #: seconds between two byte-budget-cut reads of one user (a replay's pace)
     sweep_interval: float = 2.0  #: seconds between safety re-reads of every attached user
     alive_ttl: float = 3.0  #: seconds the liveness key survives without renewal
 
@@ -206,6 +207,7 @@ class FanoutSettings:
             batch=_int(env, "FANOUT_BATCH", d.batch, minimum=1),
             batch_bytes=_int(env, "FANOUT_BATCH_BYTES", d.batch_bytes, minimum=1024),
             round_bytes=_int(env, "FANOUT_ROUND_BYTES", d.round_bytes, minimum=1024),
+            replay_pace=_float(env, "FANOUT_REPLAY_PACE", d.replay_pace, minimum=0.0),
             sweep_interval=_float(env, "FANOUT_SWEEP", d.sweep_interval, minimum=0.05),
             alive_ttl=_float(env, "FANOUT_ALIVE_TTL", d.alive_ttl, minimum=0.5),
         )

@@ -62,9 +62,12 @@ class Registry:
     """Attachments and delivery needs of the users attached to one fanout
     (see the module docstring)."""
 
-    def __init__(self, batch: int, batch_bytes: int = 1 << 20):
+    def __init__(self, batch: int, batch_bytes: int = 1 << 20, pace: float = 0.0):
         self.batch = batch  #: events per read, and notices kept per user
         self.batch_bytes = batch_bytes  #: bytes per read, and of the notices kept per user
+        #: seconds between two reads of a user whose last read its byte budget cut
+        self.pace = pace
+        self._paced: dict[str, float] = {}  #: such users -> when they may be read again
         # A user stays here with no attachments once its last one was dropped
         # as lost: it is still subscribed, and goes with its next detach.
         self._users: dict[str, dict[str, Attachment]] = {}
@@ -91,6 +94,7 @@ class Registry:
         self._must_read.clear()
         self._notices.clear()
         self._notice_bytes.clear()
+        self._paced.clear()
 
     # -- what arrives --------------------------------------------------------------
 
@@ -147,10 +151,32 @@ class Registry:
 
     # -- rounds --------------------------------------------------------------------
 
-    def take_round(self, limit: int) -> Round:
-        """Take up to ``limit`` dirty users and say, for each that still has
-        attachments and may have something new, how to get its events."""
-        users = [self._dirty.pop() for _ in range(min(limit, len(self._dirty)))]
+    def next_due(self, now: float) -> float | None:
+        """Seconds until some dirty user may be taken (0: now); None when
+        nobody is dirty."""
+        if not self._dirty:
+            return None
+        soonest = min((self._paced.get(user, 0.0) for user in self._dirty), default=0.0)
+        return max(0.0, soonest - now)
+
+    def take_round(self, limit: int, now: float = float("inf")) -> Round:
+        """Take up to ``limit`` dirty users that are due at ``now`` and say,
+        for each that still has attachments and may have something new, how
+        to get its events.
+
+        A user whose last read was cut by its byte budget (a large replay) is
+        due only ``pace`` seconds after that read: a replay then moves at most
+        ``batch_bytes`` per ``pace``, and leaves Redis, this fanout and the
+        gateways time for every other user's live traffic."""
+        users: list[str] = []
+        for user in self._dirty:
+            if len(users) >= limit:
+                break
+            if self._paced.get(user, 0.0) <= now:
+                users.append(user)
+        self._dirty.difference_update(users)
+        for user in users:
+            self._paced.pop(user, None)
         reads: list[Read] = []
         direct: list[FromNotices] = []
         for user in users:
@@ -176,20 +202,23 @@ class Registry:
         self._must_read.update(round_.users)
 
     def cut(self, user: str, start: str, events: Sequence[Event], trimmed: str, *,
-            more: bool = False) -> list[GatewayBatch]:
+            more: bool = False, now: float = 0.0) -> list[GatewayBatch]:
         """What a round brought for ``user`` -- every event after ``start`` up
         to the last, with ``trimmed`` the newest id retention removed -- as
         one message per gateway (:func:`~.plan.plan`, :func:`~.plan.by_gateway`).
 
         Cursors advance past what is sent. A connection that gets a lost batch
         is dropped: its gateway re-attaches or resyncs it. A read full by
-        count, or cut by its byte budget (``more``), leaves the user dirty, to
-        read on from where it ended."""
+        count, or cut by its byte budget (``more``, at monotonic ``now``: it is
+        then paced, see :meth:`take_round`), leaves the user dirty, to read on
+        from where it ended."""
         attachments = self._users.get(user, {})
         batches = plan(list(attachments.values()), events, start=start, trimmed=trimmed)
         for batch in batches:
             if batch.lost:
                 attachments.pop(batch.attachment.conn, None)
+        if more and self.pace:
+            self._paced[user] = now + self.pace
         if more or len(events) >= self.batch:
             self._mark(user, read=True)
         return by_gateway(batches)
@@ -235,6 +264,7 @@ class Registry:
         del self._users[user]
         self._notices.pop(user, None)
         self._notice_bytes.pop(user, None)
+        self._paced.pop(user, None)
 
 
 class GatewayWatch:

@@ -11,7 +11,8 @@ Loop structure:
 - *listen*: one pub/sub connection carries this instance's control channel
   (attach/detach from gateways) and one notify channel per attached user
   (published by every append to the user's outbound stream);
-- *pump*: for each user marked dirty, read the outbound stream after the
+- *pump*: for each user marked dirty (and, for one whose last read its byte
+  budget cut, due again: ``FANOUT_REPLAY_PACE``), read the outbound stream after the
   smallest cursor and publish one batch per connection (:mod:`.plan`). A
   notice carries its event and the id before it, so when the notices since
   the last delivery continue the smallest cursor without a hole, they are
@@ -56,7 +57,7 @@ class Fanout:
         self.raw = redisconn.make_client(settings.redis, decode=False)
         self.subscriber = redisconn.make_subscriber(settings.redis)  # a lost subscription must be seen
         self.reader = read.OutboundReader(self.raw)
-        self.registry = Registry(settings.batch, settings.batch_bytes)
+        self.registry = Registry(settings.batch, settings.batch_bytes, settings.replay_pace)
         #: users read vs delivered from notices, and deliveries put off to the
         #: next round by the per-gateway byte budget (tests, metrics)
         self.counts = {"reads": 0, "direct": 0, "deferred": 0}
@@ -169,17 +170,22 @@ class Fanout:
     # -- pump ----------------------------------------------------------------------
 
     async def _pump(self) -> None:
+        loop = asyncio.get_running_loop()
         while not self.stopping.is_set():
-            await self.wake.wait()
-            self.wake.clear()
-            while self.registry.dirty:
-                round_ = self.registry.take_round(USERS_PER_ROUND)
-                try:
-                    await self._deliver(round_)
-                except (RedisError, OSError) as exc:
-                    log.warning("fanout read failed: %s; retrying", exc)
-                    self.registry.retry(round_)
-                    await asyncio.sleep(0.2)
+            delay = self.registry.next_due(loop.time())  # None: nobody dirty
+            if delay is None or delay > 0:
+                # Nothing due: wait for news, or for a paced replay's next read.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), delay)
+                self.wake.clear()
+                continue
+            round_ = self.registry.take_round(USERS_PER_ROUND, loop.time())
+            try:
+                await self._deliver(round_)
+            except (RedisError, OSError) as exc:
+                log.warning("fanout read failed: %s; retrying", exc)
+                self.registry.retry(round_)
+                await asyncio.sleep(0.2)
 
     async def _deliver(self, round_: Round) -> None:
         """Read what the round needs read, and publish what each user's
@@ -200,6 +206,7 @@ class Fanout:
         self.counts["reads"] += len(round_.reads)
         self.counts["direct"] += len(round_.direct)
         budget = RoundBudget(self.settings.round_bytes)
+        now = asyncio.get_running_loop().time()
         publish = self.raw.pipeline(transaction=False)
         sent: list[str] = []
         for user, start, events, trimmed, more in ready:
@@ -209,7 +216,7 @@ class Fanout:
                 continue
             # One message per gateway carries the events once for all of the
             # user's connections there.
-            for group in self.registry.cut(user, start, events, trimmed, more=more):
+            for group in self.registry.cut(user, start, events, trimmed, more=more, now=now):
                 targets = [internal.Target(conn=b.attachment.conn, prev=b.prev, lost=b.lost) for b in group.targets]
                 delivery = internal.Delivery(targets=targets, events=group.events)
                 publish.publish(keys.gateway_delivery(group.gateway), internal.encode(delivery))

@@ -6,11 +6,12 @@
 --
 -- At most `count` events and, beyond the first (so that an event larger than
 -- the budget still goes, alone), at most `max_bytes` bytes of ids, field
--- names and values. `cut` is 1 when the budget stopped the read before the
--- end of the stream (the caller reads on from the last id returned).
+-- names and values. `cut` is 1 when the budget stopped the read, possibly
+-- before the end of the stream (the caller reads on from the last id returned).
 -- The stream is read in chunks sized from the largest entry seen so far
 -- (at most CHUNK entries), so an unread tail of large entries is never
--- loaded into the script's memory all at once.
+-- loaded into the script's memory all at once; the read also counts as cut
+-- when what is left of the budget is below that largest entry.
 local CHUNK = 16
 local count = tonumber(ARGV[2])
 local budget = tonumber(ARGV[3])
@@ -19,7 +20,15 @@ local from, largest = ARGV[1], 0
 while #entries < count do
     local want = count - #entries
     if largest > 0 then
-        want = math.min(want, math.max(1, math.floor((budget - used) / largest)))
+        -- Read no entry that would likely not fit: stop as cut once what is
+        -- left of the budget is below the largest entry seen (reading one to
+        -- drop it would cost as much as sending it).
+        want = math.min(want, math.floor((budget - used) / largest))
+        if want < 1 then
+            -- Possibly at the end of the stream: then the next read finds nothing.
+            cut = 1
+            break
+        end
     else
         want = 1
     end

@@ -3,6 +3,8 @@ bound, rounds, cutting what a round brought, and dropping gateways."""
 
 from __future__ import annotations
 
+import pytest
+
 from switchboard.fanout.registry import GatewayWatch, Read, Registry
 from switchboard.shared.outbound import AppendNotice
 from switchboard.shared.protocol import Event
@@ -220,3 +222,18 @@ def test_a_deferred_user_is_read_again_from_its_unchanged_cursor():
     registry.defer("u")
     assert registry.take_round(100).reads == [Read("u", "3-0")]
     assert registry.gateways_of("u") == {"gw"}
+
+
+def test_a_user_whose_read_was_cut_is_read_on_only_after_the_pace():
+    registry = Registry(100, batch_bytes=1000, pace=0.05)
+    registry.attach("gw", "a", "big", "0-0")
+    registry.attach("gw", "b", "small", "0-0")
+    settled(registry)
+    registry.cut("big", "0-0", [ev(1)], "0-0", more=True, now=10.0)
+    registry.on_notice("small", notice(0, 2))
+    assert registry.next_due(10.0) == 0.0  # "small" is due now
+    round_ = registry.take_round(100, now=10.01)
+    assert round_.users == ["small"]  # the replay waits its turn ...
+    assert registry.next_due(10.01) == pytest.approx(0.04)
+    assert registry.take_round(100, now=10.05).reads == [Read("big", "1-0")]  # ... and goes on from its cursor
+    assert registry.next_due(10.05) is None
