@@ -181,13 +181,13 @@ async def test_a_connection_that_never_reads_holds_at_most_its_byte_bound(cluste
 
 
 async def test_many_devices_of_one_user_do_not_slow_another_user(cluster, redis_client):
-    """10 messages of 1 MB to 40 devices of one user (400 MB of frames): the
+    """10 messages of 1 MB to 20 devices of one user (200 MB of frames): the
     gateway encodes each event once and, with compression off by default,
     writes it without deflating it per connection; a bystander's ping stays
     within its bound. The devices run in a process of their own
     (:mod:`tests.support.sinks`), so that reading 600 MB does not stall this
     process, where the bystander is measured."""
-    devices, count = 40, 10
+    devices, count = 20, 10
     cluster.start_many(("fanout", "f"), ("gateway", "gw"), MAX_DEVICES_PER_USER=str(devices + 10))
     gw = cluster.services["gw"]
     user = new_user()
