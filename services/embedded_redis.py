@@ -17,6 +17,11 @@ from pathlib import Path
 from switchboard.shared.errors import SwitchboardError
 
 
+#: ``client-output-buffer-limit`` for pub/sub clients: hard limit, soft
+#: limit, soft seconds (Redis's own defaults, written out).
+PUBSUB_OUTPUT_LIMIT = "pubsub 32mb 8mb 60"
+
+
 class EmbeddedRedisError(SwitchboardError, RuntimeError):
     pass
 
@@ -77,6 +82,13 @@ class EmbeddedRedis:
             "--save", "",
             "--logfile", str(self.data_dir / "redis.log"),
             "--daemonize", "no",
+            # Redis drops a pub/sub subscriber whose unread output passes 32 MB,
+            # or stays above 8 MB for 60 s. The fanout keeps far below for each
+            # gateway (FANOUT_BATCH_BYTES per message, FANOUT_ROUND_BYTES per
+            # round); set here, as an operator must on their own Redis, so the
+            # limit the byte bounds are measured against is not left implicit
+            # (docs/operations.md).
+            "--client-output-buffer-limit", PUBSUB_OUTPUT_LIMIT,
         ]
         for module in modules:
             cmd += ["--loadmodule", module]

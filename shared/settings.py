@@ -199,6 +199,10 @@ class GatewaySettings:
     max_frames_per_second: float = 20.0  #: frames per connection per second, sustained (``rate_limited``)
     frame_burst: int = 40  #: frames a connection may send at once above the rate
     frame_reject_limit: int = 50  #: frames refused in 10 s before the connection is closed 4006
+    outbox_bytes: int = 8 << 20  #: bytes queued per connection (the first frame always fits); full pauses too
+    slow_consumer_after: float = 10.0  #: seconds a connection may stay paused (outbox full) before 4008
+    resync_holdoff: float = 0.25  #: seconds after an attach in which a gap does not re-attach again
+    compression: bool = False  #: permessage-deflate (off: it costs CPU per connection, see bench/NOTES.md)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
@@ -236,6 +240,10 @@ class GatewaySettings:
             max_frames_per_second=_float(env, "MAX_FRAMES_PER_SECOND", d.max_frames_per_second, minimum=0.1),
             frame_burst=_int(env, "FRAME_BURST", d.frame_burst, minimum=1),
             frame_reject_limit=_int(env, "FRAME_REJECT_LIMIT", d.frame_reject_limit, minimum=1),
+            outbox_bytes=_int(env, "OUTBOX_BYTES", d.outbox_bytes, minimum=1024),
+            slow_consumer_after=_float(env, "SLOW_CONSUMER_AFTER", d.slow_consumer_after, minimum=0.1),
+            resync_holdoff=_float(env, "RESYNC_HOLDOFF", d.resync_holdoff, minimum=0.0),
+            compression=_bool(env, "COMPRESSION", d.compression),
         )
         check_jwt(settings)
         return settings
@@ -322,6 +330,9 @@ class FanoutSettings:
     streams: StreamSettings = StreamSettings()
     server_id: str = dataclasses.field(default_factory=default_server_id)
     batch: int = 500  #: events read per user per round trip
+    batch_bytes: int = 1 << 20  #: bytes read per user per round trip (beyond one event), hence per delivery message
+    round_bytes: int = 4 << 20  #: bytes one round publishes to one gateway (beyond one delivery)
+    replay_pace: float = 0.05  #: seconds between two byte-budget-cut reads of one user (a replay's pace)
     sweep_interval: float = 2.0  #: seconds between safety re-reads of every attached user
     alive_ttl: float = 3.0  #: seconds the liveness key survives without renewal
 
@@ -331,6 +342,9 @@ class FanoutSettings:
         return cls(
             **_common(env),
             batch=_int(env, "FANOUT_BATCH", d.batch, minimum=1),
+            batch_bytes=_int(env, "FANOUT_BATCH_BYTES", d.batch_bytes, minimum=1024),
+            round_bytes=_int(env, "FANOUT_ROUND_BYTES", d.round_bytes, minimum=1024),
+            replay_pace=_float(env, "FANOUT_REPLAY_PACE", d.replay_pace, minimum=0.0),
             sweep_interval=_float(env, "FANOUT_SWEEP", d.sweep_interval, minimum=0.05),
             alive_ttl=_float(env, "FANOUT_ALIVE_TTL", d.alive_ttl, minimum=0.5),
         )

@@ -114,3 +114,43 @@ def by_gateway(batches: Iterable[ConnectionBatch]) -> list[GatewayBatch]:
         if len(batch.events) > len(longest.get(gateway, ())):
             longest[gateway] = batch.events
     return [GatewayBatch(gateway, group, longest.get(gateway, [])) for gateway, group in targets.items()]
+
+
+#: Bytes a delivery message spends on an event beyond its text, id and
+#: conversation id (field names, kind, client_msg_id, device_id, ts, seq):
+#: an upper estimate, so the byte bounds err on the safe side.
+EVENT_OVERHEAD = 160
+
+
+def event_bytes(event: Event) -> int:
+    """About how many bytes ``event`` takes in a delivery message."""
+    return len(event.text.encode()) + len(event.id) + len(event.conversation_id) + EVENT_OVERHEAD
+
+
+class RoundBudget:
+    """Bytes one round publishes to each gateway, at most.
+
+    Redis drops a pub/sub subscriber whose output buffer passes its
+    ``client-output-buffer-limit pubsub`` (32 MB by default), and a gateway
+    that lost its subscription re-attaches every connection -- which reads
+    and sends everything again. So no round may queue more than ``limit``
+    bytes for one gateway: a user whose delivery would pass it waits for the
+    next round (it stays dirty and is read again). The first delivery to a
+    gateway in a round always goes, so that one event larger than the limit
+    still moves."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.spent: dict[str, int] = {}
+
+    def admit(self, gateways: Iterable[str], size: int) -> bool:
+        """Whether a user's delivery of ``size`` bytes to each of
+        ``gateways`` fits in this round; if so, it is counted."""
+        gateways = list(gateways)
+        for gateway in gateways:
+            spent = self.spent.get(gateway, 0)
+            if spent and spent + size > self.limit:
+                return False
+        for gateway in gateways:
+            self.spent[gateway] = self.spent.get(gateway, 0) + size
+        return True

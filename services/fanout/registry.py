@@ -62,14 +62,19 @@ class Registry:
     """Attachments and delivery needs of the users attached to one fanout
     (see the module docstring)."""
 
-    def __init__(self, batch: int):
+    def __init__(self, batch: int, batch_bytes: int = 1 << 20, pace: float = 0.0):
         self.batch = batch  #: events per read, and notices kept per user
+        self.batch_bytes = batch_bytes  #: bytes per read, and of the notices kept per user
+        #: seconds between two reads of a user whose last read its byte budget cut
+        self.pace = pace
+        self._paced: dict[str, float] = {}  #: such users -> when they may be read again
         # A user stays here with no attachments once its last one was dropped
         # as lost: it is still subscribed, and goes with its next detach.
         self._users: dict[str, dict[str, Attachment]] = {}
         self._dirty: set[str] = set()
         self._must_read: set[str] = set()  #: dirty users whose stream must be read
         self._notices: dict[str, list[outbound.AppendNotice]] = {}  #: per user, since its last delivery
+        self._notice_bytes: dict[str, int] = {}  #: size of each user's kept notices
 
     def __contains__(self, user: str) -> bool:
         return user in self._users
@@ -88,6 +93,8 @@ class Registry:
         self._dirty.clear()
         self._must_read.clear()
         self._notices.clear()
+        self._notice_bytes.clear()
+        self._paced.clear()
 
     # -- what arrives --------------------------------------------------------------
 
@@ -113,18 +120,25 @@ class Registry:
         self._forget(user)
         return True
 
-    def on_notice(self, user: str, notice: outbound.AppendNotice | None) -> bool:
+    def on_notice(self, user: str, notice: outbound.AppendNotice | None, size: int = 0) -> bool:
         """An append notice for ``user`` (None: one that could not be parsed,
-        which still says "read this user"); True when the user is attached
-        here, so that the pump has work."""
+        which still says "read this user") of ``size`` bytes; True when the
+        user is attached here, so that the pump has work.
+
+        Notices are kept up to ``batch`` of them and ``batch_bytes`` bytes
+        (the first always): one read fetches as much as that, so past it they
+        are dropped and the user is read, in byte-bounded reads."""
         if user not in self._users:
             return False  # published before the unsubscribe took effect
         pending = self._notices.setdefault(user, [])
-        if notice is None or len(pending) >= self.batch:
+        held = self._notice_bytes.get(user, 0)
+        if notice is None or len(pending) >= self.batch or (pending and held + size > self.batch_bytes):
             self._notices.pop(user, None)
+            self._notice_bytes.pop(user, None)
             self._mark(user, read=True)
         else:
             pending.append(notice)
+            self._notice_bytes[user] = held + size
             self._mark(user, read=False)
         return True
 
@@ -137,14 +151,37 @@ class Registry:
 
     # -- rounds --------------------------------------------------------------------
 
-    def take_round(self, limit: int) -> Round:
-        """Take up to ``limit`` dirty users and say, for each that still has
-        attachments and may have something new, how to get its events."""
-        users = [self._dirty.pop() for _ in range(min(limit, len(self._dirty)))]
+    def next_due(self, now: float) -> float | None:
+        """Seconds until some dirty user may be taken (0: now); None when
+        nobody is dirty."""
+        if not self._dirty:
+            return None
+        soonest = min((self._paced.get(user, 0.0) for user in self._dirty), default=0.0)
+        return max(0.0, soonest - now)
+
+    def take_round(self, limit: int, now: float = float("inf")) -> Round:
+        """Take up to ``limit`` dirty users that are due at ``now`` and say,
+        for each that still has attachments and may have something new, how
+        to get its events.
+
+        A user whose last read was cut by its byte budget (a large replay) is
+        due only ``pace`` seconds after that read: a replay then moves at most
+        ``batch_bytes`` per ``pace``, and leaves Redis, this fanout and the
+        gateways time for every other user's live traffic."""
+        users: list[str] = []
+        for user in self._dirty:
+            if len(users) >= limit:
+                break
+            if self._paced.get(user, 0.0) <= now:
+                users.append(user)
+        self._dirty.difference_update(users)
+        for user in users:
+            self._paced.pop(user, None)
         reads: list[Read] = []
         direct: list[FromNotices] = []
         for user in users:
             notices = self._notices.pop(user, [])
+            self._notice_bytes.pop(user, None)
             must_read = user in self._must_read
             self._must_read.discard(user)
             attachments = self._users.get(user)
@@ -164,24 +201,40 @@ class Registry:
         self._dirty.update(round_.users)
         self._must_read.update(round_.users)
 
-    def cut(self, user: str, start: str, events: Sequence[Event], trimmed: str) -> list[GatewayBatch]:
+    def cut(self, user: str, start: str, events: Sequence[Event], trimmed: str, *,
+            more: bool = False, now: float = 0.0) -> list[GatewayBatch]:
         """What a round brought for ``user`` -- every event after ``start`` up
         to the last, with ``trimmed`` the newest id retention removed -- as
         one message per gateway (:func:`~.plan.plan`, :func:`~.plan.by_gateway`).
 
         Cursors advance past what is sent. A connection that gets a lost batch
-        is dropped: its gateway re-attaches or resyncs it. A full read leaves
-        the user dirty, to read on from where it ended."""
+        is dropped: its gateway re-attaches or resyncs it. A read full by
+        count, or cut by its byte budget (``more``, at monotonic ``now``: it is
+        then paced, see :meth:`take_round`), leaves the user dirty, to read on
+        from where it ended."""
         attachments = self._users.get(user, {})
         batches = plan(list(attachments.values()), events, start=start, trimmed=trimmed)
         for batch in batches:
             if batch.lost:
                 attachments.pop(batch.attachment.conn, None)
-        if len(events) >= self.batch:
+        if more and self.pace:
+            self._paced[user] = now + self.pace
+        if more or len(events) >= self.batch:
             self._mark(user, read=True)
         return by_gateway(batches)
 
+    def defer(self, user: str) -> None:
+        """A user whose events a round read but could not send (the round's
+        byte budget for one of its gateways was spent): read it next round,
+        from its unchanged cursors."""
+        if user in self._users:
+            self._mark(user, read=True)
+
     # -- gateways ------------------------------------------------------------------
+
+    def gateways_of(self, user: str) -> set[str]:
+        """The gateways with a connection of ``user`` attached here."""
+        return {a.gateway for a in self._users.get(user, {}).values()}
 
     def gateways(self) -> list[str]:
         """The gateways with connections attached here, sorted."""
@@ -210,6 +263,8 @@ class Registry:
     def _forget(self, user: str) -> None:
         del self._users[user]
         self._notices.pop(user, None)
+        self._notice_bytes.pop(user, None)
+        self._paced.pop(user, None)
 
 
 class GatewayWatch:

@@ -11,7 +11,8 @@ Loop structure:
 - *listen*: one pub/sub connection carries this instance's control channel
   (attach/detach from gateways) and one notify channel per attached user
   (published by every append to the user's outbound stream);
-- *pump*: for each user marked dirty, read the outbound stream after the
+- *pump*: for each user marked dirty (and, for one whose last read its byte
+  budget cut, due again: ``FANOUT_REPLAY_PACE``), read the outbound stream after the
   smallest cursor and publish one batch per connection (:mod:`.plan`). A
   notice carries its event and the id before it, so when the notices since
   the last delivery continue the smallest cursor without a hole, they are
@@ -38,6 +39,7 @@ from switchboard.shared.settings import FanoutSettings
 from switchboard.shared.tasks import finish, wait_event
 
 from . import read
+from .plan import RoundBudget, event_bytes
 from .registry import GatewayWatch, Registry, Round
 
 log = logging.getLogger(__name__)
@@ -55,8 +57,10 @@ class Fanout:
         self.raw = redisconn.make_client(settings.redis, decode=False)
         self.subscriber = redisconn.make_subscriber(settings.redis)  # a lost subscription must be seen
         self.reader = read.OutboundReader(self.raw)
-        self.registry = Registry(settings.batch)
-        self.counts = {"reads": 0, "direct": 0}  #: users read vs delivered from notices (tests, metrics)
+        self.registry = Registry(settings.batch, settings.batch_bytes, settings.replay_pace)
+        #: users read vs delivered from notices, and deliveries put off to the
+        #: next round by the per-gateway byte budget (tests, metrics)
+        self.counts = {"reads": 0, "direct": 0, "deferred": 0}
         self.wake = asyncio.Event()
         self.ready = asyncio.Event()
         self._pubsub: aioredis.client.PubSub | None = None
@@ -144,7 +148,7 @@ class Fanout:
         user = _user_of_channel(channel)
         if user is None or user not in self.registry:
             return
-        if self.registry.on_notice(user, outbound.parse_notice(data)):
+        if self.registry.on_notice(user, outbound.parse_notice(data), len(data)):
             self.wake.set()
 
     async def _attach(self, message: internal.Attach) -> None:
@@ -166,36 +170,53 @@ class Fanout:
     # -- pump ----------------------------------------------------------------------
 
     async def _pump(self) -> None:
+        loop = asyncio.get_running_loop()
         while not self.stopping.is_set():
-            await self.wake.wait()
-            self.wake.clear()
-            while self.registry.dirty:
-                round_ = self.registry.take_round(USERS_PER_ROUND)
-                try:
-                    await self._deliver(round_)
-                except (RedisError, OSError) as exc:
-                    log.warning("fanout read failed: %s; retrying", exc)
-                    self.registry.retry(round_)
-                    await asyncio.sleep(0.2)
+            delay = self.registry.next_due(loop.time())  # None: nobody dirty
+            if delay is None or delay > 0:
+                # Nothing due: wait for news, or for a paced replay's next read.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), delay)
+                self.wake.clear()
+                continue
+            round_ = self.registry.take_round(USERS_PER_ROUND, loop.time())
+            try:
+                await self._deliver(round_)
+            except (RedisError, OSError) as exc:
+                log.warning("fanout read failed: %s; retrying", exc)
+                self.registry.retry(round_)
+                await asyncio.sleep(0.2)
 
     async def _deliver(self, round_: Round) -> None:
         """Read what the round needs read, and publish what each user's
-        connections get, one message per gateway, in one round trip."""
+        connections get, one message per gateway, in one round trip.
+
+        Bytes are bounded at every step: each read (``FANOUT_BATCH_BYTES``,
+        after at least one event), hence each message, and what one round
+        publishes to one gateway (``FANOUT_ROUND_BYTES``, :class:`~.plan.RoundBudget`)."""
         # No hole after ``start`` in notices, so no attachment can have lost events to trimming.
-        ready: list[tuple[str, str, list[Event], str]] = [  # user, start, events, trimmed
-            (d.user, d.start, d.events, streamids.ZERO) for d in round_.direct]
+        ready: list[tuple[str, str, list[Event], str, bool]] = [  # user, start, events, trimmed, more
+            (d.user, d.start, d.events, streamids.ZERO, False) for d in round_.direct]
         if round_.reads:
-            results = await self.reader.read([(r.user, r.start) for r in round_.reads], self.settings.batch)
-            for r, reply in zip(round_.reads, results):
-                ready.append((r.user, r.start, *read.parse(reply)))
+            results = await self.reader.read([(r.user, r.start) for r in round_.reads],
+                                             self.settings.batch, self.settings.batch_bytes)
+            for r, raw in zip(round_.reads, results):
+                reply = read.parse(raw)
+                ready.append((r.user, r.start, reply.events, reply.trimmed, reply.cut))
         self.counts["reads"] += len(round_.reads)
         self.counts["direct"] += len(round_.direct)
+        budget = RoundBudget(self.settings.round_bytes)
+        now = asyncio.get_running_loop().time()
         publish = self.raw.pipeline(transaction=False)
         sent: list[str] = []
-        for user, start, events, trimmed in ready:
+        for user, start, events, trimmed, more in ready:
+            if events and not budget.admit(self.registry.gateways_of(user), sum(map(event_bytes, events))):
+                self.registry.defer(user)
+                self.counts["deferred"] += 1
+                continue
             # One message per gateway carries the events once for all of the
             # user's connections there.
-            for group in self.registry.cut(user, start, events, trimmed):
+            for group in self.registry.cut(user, start, events, trimmed, more=more, now=now):
                 targets = [internal.Target(conn=b.attachment.conn, prev=b.prev, lost=b.lost) for b in group.targets]
                 delivery = internal.Delivery(targets=targets, events=group.events)
                 publish.publish(keys.gateway_delivery(group.gateway), internal.encode(delivery))

@@ -31,7 +31,8 @@ The rules, for a batch's :class:`~switchboard.shared.internal.Target` with
   the fanout's read from there says whether it can;
 - otherwise :meth:`~.cursor.DeliveryEvents.first_fresh` says where the batch
   continues the connection, or that it leaves a gap, which re-attaches the
-  connection unless it was attached less than ``RESYNC_HOLDOFF`` ago (batches
+  connection unless it was attached less than ``resync_holdoff`` seconds
+  ago (``RESYNC_HOLDOFF``, default 0.25; batches
   sent before the fanout saw that attach are still arriving; the read the
   attach asked for comes after them).
 """
@@ -39,16 +40,13 @@ The rules, for a batch's :class:`~switchboard.shared.internal.Target` with
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from switchboard.shared import streamids
 from switchboard.shared.internal import Target
 
 from .cursor import DeliveryEvents
-
-#: Seconds during which a connection is not re-attached twice for a gap.
-RESYNC_HOLDOFF = 0.25
 
 #: The close reason of a resync (sent to the client with 4009).
 RESYNC_REASON = "events were trimmed before delivery; reconnect"
@@ -99,17 +97,18 @@ def choose_fanout(user: str, live: Mapping[str, str]) -> str | None:
 
 
 def resume_room(outbox_size: int) -> int:
-    """Free outbox slots a paused connection waits for before it is attached
-    again: half the outbox, so a resumed replay moves in large batches rather
-    than one frame at a time."""
+    """Free outbox slots (or bytes) a paused connection waits for before it
+    is attached again: half the outbox, so a resumed replay moves in large
+    batches rather than one frame at a time."""
     return max(1, outbox_size // 2)
 
 
 class DeliveryState:
     """Delivery state of one connection (see the module docstring)."""
 
-    def __init__(self, last: str):
+    def __init__(self, last: str, resync_holdoff: float = 0.25):
         self.last = last  #: newest event id put in the outbox
+        self.resync_holdoff = resync_holdoff  #: seconds after an attach in which a gap re-attaches nothing
         self.fanout: tuple[str, str] | None = None  #: (fanout id, incarnation) attached to
         self.paused = False  #: detached until its outbox has room (see :mod:`.hub`)
         self.closed = False  #: being closed: deliver nothing more
@@ -117,9 +116,12 @@ class DeliveryState:
 
     # -- deliveries ------------------------------------------------------------
 
-    def on_batch(self, target: Target, events: DeliveryEvents, room: int, now: float) -> Decision:
+    def on_batch(self, target: Target, events: DeliveryEvents,
+                 room: int | Callable[[Sequence[bytes]], int], now: float) -> Decision:
         """Decide what a delivery's ``target`` for this connection does, given
-        the delivery's ``events``, ``room`` free slots in the outbox and the
+        the delivery's ``events``, the outbox's ``room`` -- free slots, or a
+        function saying how many leading frames of the fresh ones fit (by
+        count and bytes: :meth:`~.outbox.Outbox.fitting`) -- and the
         monotonic time ``now``. A :class:`Deliver` has already advanced
         :attr:`last` (and set :attr:`paused`); the caller queues its frames.
 
@@ -136,13 +138,13 @@ class DeliveryState:
             return Reattach(f"lost from {target.prev}, behind this connection's {self.last}")
         start = events.first_fresh(self.last, target.prev)
         if start is None:
-            if now - self.last_attach > RESYNC_HOLDOFF:
+            if now - self.last_attach > self.resync_holdoff:
                 return Reattach(f"gap: have {self.last}, batch from {target.prev}")
             return Ignore("gap right after an attach")
         fresh = len(events) - start
         if not fresh:
             return Ignore("nothing new")
-        count = min(fresh, room)
+        count = min(fresh, room if isinstance(room, int) else room(events.frames[start:]))
         if count:
             self.last = events.ids[start + count - 1]
         pause = count < fresh

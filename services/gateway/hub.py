@@ -16,13 +16,15 @@ been interrupted:
 - a batch revealed a gap, or its fanout dropped it (a lost target) while the
   connection may still continue exactly.
 
-Every outbox is bounded, and the user's outbound stream in Redis is where
+Every outbox is bounded, in frames and in bytes (``OUTBOX_SIZE``,
+``OUTBOX_BYTES``), and the user's outbound stream in Redis is where
 events wait, not the gateway: when a batch does not fit, the connection takes
 what fits and is *paused* -- detached from its fanout, so nothing more is read
-for it -- until its outbox is half empty; then it is attached again from its
-cursor. A replay of any length thus flows at the pace the client reads. A
-connection whose outbox stays full for ``SLOW_CONSUMER_AFTER`` seconds is
-closed with ``SLOW_CONSUMER`` (4008) and reconnects with ``last_id``.
+for it -- until its outbox is half empty (in frames and in bytes); then it is attached
+again from its cursor. A replay of any length thus flows at the pace the
+client reads. A connection that stays paused for ``SLOW_CONSUMER_AFTER``
+seconds (default 10) is closed with ``SLOW_CONSUMER`` (4008) and reconnects
+with ``last_id``.
 """
 
 from __future__ import annotations
@@ -47,9 +49,6 @@ log = logging.getLogger(__name__)
 
 #: Seconds between checks of fanout liveness.
 MONITOR_INTERVAL = 1.0
-#: Seconds a paused connection may wait for room in its outbox before it is
-#: closed as a slow consumer.
-SLOW_CONSUMER_AFTER = 10.0
 
 
 class Connection:
@@ -57,13 +56,17 @@ class Connection:
     its :class:`~.delivery.DeliveryState` (no socket in here)."""
 
     def __init__(self, conn_id: str, user: str, device: str, epoch: str, last: str,
-                 outbox_size: int, close: Callable[[CloseCode, str], None]):
+                 outbox_size: int, close: Callable[[CloseCode, str], None], *,
+                 outbox_bytes: int = 8 << 20, slow_consumer_after: float = 10.0,
+                 resync_holdoff: float = 0.25):
         self.id = conn_id
         self.user = user
         self.device = device
         self.epoch = epoch
-        self.delivery = DeliveryState(last)
-        self.outbox = Outbox(outbox_size)
+        self.delivery = DeliveryState(last, resync_holdoff)
+        self.outbox = Outbox(outbox_size, outbox_bytes)
+        #: seconds it may stay paused (its outbox full) before it is closed as slow
+        self.slow_consumer_after = slow_consumer_after
         self._close = close
         self.resumer: asyncio.Task | None = None  #: runs while paused (see the module docstring)
         #: ``extra`` of every log line about this connection: the fields the
@@ -158,11 +161,13 @@ class DeliveryHub:
         """Stop reading for a connection until half its outbox is free, then
         attach it again from its cursor (what it was sent up to)."""
         await self._detach(conn)
+        box = conn.outbox
         try:
-            await asyncio.wait_for(conn.outbox.wait_room(resume_room(conn.outbox.size)), SLOW_CONSUMER_AFTER)
+            await asyncio.wait_for(box.wait_room(resume_room(box.size), resume_room(box.max_bytes)),
+                                   conn.slow_consumer_after)
         except TimeoutError:
             conn.close(CloseCode.SLOW_CONSUMER,
-                       f"outbox full for {SLOW_CONSUMER_AFTER:g} s; reconnect with last_id")
+                       f"outbox full for {conn.slow_consumer_after:g} s; reconnect with last_id")
             return
         conn.resumer = None
         conn.delivery.resumed()
@@ -227,13 +232,13 @@ class DeliveryHub:
             if conn is None:
                 continue
             try:
-                decision = conn.delivery.on_batch(target, events, conn.outbox.room, time.monotonic())
+                decision = conn.delivery.on_batch(target, events, conn.outbox.fitting, time.monotonic())
             except ValueError:
                 log.exception("malformed delivery dropped")
                 return
             match decision:
                 case Deliver(start=start, count=count, pause=pause):
-                    # ``count`` is at most the room just measured, so all of it is queued.
+                    # ``count`` is what was just measured to fit, so all of it is queued.
                     conn.outbox.offer(events.frames[start:start + count])
                     if pause:
                         self._pause(conn)

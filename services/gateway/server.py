@@ -101,6 +101,9 @@ class Gateway:
                 close_timeout=2,
                 backlog=LISTEN_BACKLOG,
                 ssl=self.tls,
+                # permessage-deflate compresses every frame once per connection:
+                # off unless COMPRESSION is set (figures in bench/NOTES.md).
+                compression="deflate" if s.compression else None,
             ) as server:
                 port = next(iter(server.sockets)).getsockname()[1]
                 log.info("gateway %s listening on %s://%s:%s/ws", s.server_id, "wss" if self.tls else "ws",
@@ -226,7 +229,10 @@ class Gateway:
         # frame under the full limit.
         wsbatch.set_max_size(ws, 2 * self.settings.max_message_size)
         conn = Connection(slot.conn, user, hello.device_id, state.epoch, where.resume_from,
-                          self.settings.outbox_size, close=lambda code, why: _close_later(ws, code, why))
+                          self.settings.outbox_size, close=lambda code, why: _close_later(ws, code, why),
+                          outbox_bytes=self.settings.outbox_bytes,
+                          slow_consumer_after=self.settings.slow_consumer_after,
+                          resync_holdoff=self.settings.resync_holdoff)
         # The first frame of an empty outbox (of at least 16): it always fits.
         conn.outbox.offer([p.encode(p.Welcome(user_id=user, device_id=hello.device_id, epoch=state.epoch,
                                               resume_from=where.resume_from, recovered=where.recovered,

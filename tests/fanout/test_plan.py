@@ -1,4 +1,4 @@
-from switchboard.fanout.plan import Attachment, by_gateway, plan, read_from
+from switchboard.fanout.plan import EVENT_OVERHEAD, Attachment, RoundBudget, by_gateway, event_bytes, plan, read_from
 from switchboard.shared.protocol import Event
 
 
@@ -72,3 +72,19 @@ def test_notices_are_delivered_as_they_are_only_when_they_continue_the_cursor():
     assert continuing([chain[0], chain[2]], "0-0") is None  # a hole in the middle
     assert continuing([], "5-0") == []
     assert continuing([notice("4-0", "6-0")], "5-0") is None  # starts elsewhere (say, after a trim)
+
+
+def test_a_round_budget_admits_the_first_delivery_per_gateway_then_what_fits():
+    budget = RoundBudget(100)
+    assert budget.admit(["gw1"], 500)  # the first to a gateway always goes, however large
+    assert not budget.admit(["gw1"], 1)
+    assert budget.admit(["gw2"], 60) and budget.admit(["gw2"], 40)
+    assert not budget.admit(["gw2"], 1)
+    assert not budget.admit(["gw2", "gw3"], 10)  # one full gateway holds the user back ...
+    assert budget.spent.get("gw3", 0) == 0  # ... and charges none of its others
+    assert budget.admit(["gw3"], 10)
+
+
+def test_event_bytes_counts_the_text_in_utf8_and_the_overhead():
+    small = Event(id="1-0", conversation_id="c", kind="user", text="é" * 10)
+    assert event_bytes(small) == 20 + 3 + 1 + EVENT_OVERHEAD

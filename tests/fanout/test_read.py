@@ -11,9 +11,10 @@ from switchboard.shared import keys, streamids
 from switchboard.shared.settings import StreamSettings
 
 
-async def _read(client: aioredis.Redis, user: str, after: str, count: int):
-    (reply,) = await OutboundReader(client).read([(user, after)], count)
-    return parse(reply)
+async def _read(client: aioredis.Redis, user: str, after: str, count: int, max_bytes: int = 1 << 20):
+    (raw,) = await OutboundReader(client).read([(user, after)], count, max_bytes)
+    reply = parse(raw)
+    return reply.events, reply.trimmed
 
 
 async def test_reads_events_after_the_cursor_with_the_trim_mark(redis_url):
@@ -53,8 +54,8 @@ async def test_the_fanout_reloads_its_script_after_redis_forgets_it(redis_url):
     fanout = Fanout(FanoutSettings(redis=RedisSettings(url=redis_url)))
     try:
         await text.script_flush()
-        (reply,) = await fanout.reader.read([(user, "0-0")], 10)
-        events, _ = parse(reply)
+        (reply,) = await fanout.reader.read([(user, "0-0")], 10, 1 << 20)
+        events = parse(reply).events
         assert [e.text for e in events] == ["hello"]
     finally:
         await fanout.raw.aclose()
@@ -125,3 +126,34 @@ async def test_live_events_are_delivered_from_their_notices_exactly(redis_url):
         await text.delete(keys.work(0))
         await text.aclose()
         await raw.aclose()
+
+
+async def test_a_read_stops_at_its_byte_budget_after_at_least_one_event(redis_url):
+    """500 events of 1 MiB in one reply would cost everyone half a gigabyte:
+    the script stops at the byte budget, says it was cut, and an event larger
+    than the budget still goes, alone."""
+    text = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    raw = aioredis.Redis.from_url(redis_url)
+    store = GatewayStore(text, StreamSettings(work_shards=1))
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    reader = OutboundReader(raw)
+    await store.accept_many(user, "phone", "c", [(f"m{i}", "x" * 1000) for i in range(10)])
+    ids = [entry_id for entry_id, _ in await text.xrange(keys.outbound(user))]
+
+    (reply,) = await reader.read([(user, "0-0")], 100, 3500)
+    first = parse(reply)
+    assert [e.id for e in first.events] == ids[:3] and first.cut  # 3 x ~1.1 kB fit, the 4th does not
+    (reply,) = await reader.read([(user, ids[2])], 100, 3500)
+    assert [e.id for e in parse(reply).events] == ids[3:6]  # reading on continues exactly
+    (reply,) = await reader.read([(user, "0-0")], 100, 10)
+    alone = parse(reply)
+    assert [e.id for e in alone.events] == ids[:1] and alone.cut  # larger than the budget: alone
+    (reply,) = await reader.read([(user, ids[6])], 100, 1 << 20)
+    rest = parse(reply)
+    assert [e.id for e in rest.events] == ids[7:] and not rest.cut  # the end of the stream is no cut
+    (reply,) = await reader.read([(user, "0-0")], 4, 1 << 20)
+    by_count = parse(reply)
+    assert len(by_count.events) == 4 and not by_count.cut  # the count bound is the caller's to see
+    await text.delete(keys.work(0))
+    await text.aclose()
+    await raw.aclose()

@@ -3,6 +3,8 @@ bound, rounds, cutting what a round brought, and dropping gateways."""
 
 from __future__ import annotations
 
+import pytest
+
 from switchboard.fanout.registry import GatewayWatch, Read, Registry
 from switchboard.shared.outbound import AppendNotice
 from switchboard.shared.protocol import Event
@@ -189,3 +191,49 @@ def test_a_gateway_is_gone_after_two_silent_sweeps_in_a_row():
     assert watch.silent("gw")
     assert not watch.silent("gw")  # counted afresh afterwards
 
+
+
+def test_a_read_cut_by_its_byte_budget_leaves_the_user_to_read_on():
+    registry = attached(("gw", "a", "u", "0-0"), batch=100)
+    registry.cut("u", "0-0", [ev(1), ev(2)], "0-0", more=True)
+    assert registry.take_round(100).reads == [Read("u", "2-0")]
+    registry.cut("u", "2-0", [ev(3)], "0-0")
+    assert not registry.dirty  # the end of the stream: nothing more to read
+
+
+def test_notices_are_kept_up_to_the_byte_bound_then_the_user_is_read():
+    registry = Registry(100, batch_bytes=250)
+    registry.attach("gw", "a", "u", "0-0")
+    settled(registry)
+    registry.on_notice("u", notice(0, 1), 300)  # the first is kept even when larger than the bound
+    round_ = registry.take_round(100)
+    assert [e.id for e in round_.direct[0].events] == ["1-0"]
+    registry.on_notice("u", notice(0, 1), 100)
+    registry.on_notice("u", notice(1, 2), 100)
+    registry.on_notice("u", notice(2, 3), 100)  # 300 > 250: dropped, the user is read
+    round_ = registry.take_round(100)
+    assert round_.direct == [] and round_.reads == [Read("u", "0-0")]
+
+
+def test_a_deferred_user_is_read_again_from_its_unchanged_cursor():
+    registry = attached(("gw", "a", "u", "3-0"))
+    registry.on_notice("u", notice(3, 4))
+    registry.take_round(100)
+    registry.defer("u")
+    assert registry.take_round(100).reads == [Read("u", "3-0")]
+    assert registry.gateways_of("u") == {"gw"}
+
+
+def test_a_user_whose_read_was_cut_is_read_on_only_after_the_pace():
+    registry = Registry(100, batch_bytes=1000, pace=0.05)
+    registry.attach("gw", "a", "big", "0-0")
+    registry.attach("gw", "b", "small", "0-0")
+    settled(registry)
+    registry.cut("big", "0-0", [ev(1)], "0-0", more=True, now=10.0)
+    registry.on_notice("small", notice(0, 2))
+    assert registry.next_due(10.0) == 0.0  # "small" is due now
+    round_ = registry.take_round(100, now=10.01)
+    assert round_.users == ["small"]  # the replay waits its turn ...
+    assert registry.next_due(10.01) == pytest.approx(0.04)
+    assert registry.take_round(100, now=10.05).reads == [Read("big", "1-0")]  # ... and goes on from its cursor
+    assert registry.next_due(10.05) is None

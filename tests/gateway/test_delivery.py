@@ -8,9 +8,12 @@ import pytest
 
 from switchboard.gateway.cursor import DeliveryEvents
 from switchboard.gateway.delivery import (
-    RESYNC_HOLDOFF, Deliver, DeliveryState, Ignore, Reattach, Resync, choose_fanout, resume_room)
+    Deliver, DeliveryState, Ignore, Reattach, Resync, choose_fanout, resume_room)
 from switchboard.shared.internal import Target
 from switchboard.shared.protocol import Event
+from switchboard.shared.settings import GatewaySettings
+
+RESYNC_HOLDOFF = GatewaySettings().resync_holdoff
 
 LONG_AGO = -100.0  #: an attach time well past the hold-off
 NOW = 0.0
@@ -188,3 +191,22 @@ def test_every_gateway_picks_the_same_fanout_for_a_user():
     before = {f"user-{i}": choose_fanout(f"user-{i}", live) for i in range(100)}
     after = {u: choose_fanout(u, {"f1": "i1", "f2": "i2"}) for u in before}
     assert all(after[u] == before[u] for u in before if before[u] != "f3")
+
+
+def test_what_fits_by_bytes_bounds_a_delivery_and_pauses():
+    s = state("0-0")
+    events = batch(1, 2, 3)
+    seen: list[int] = []
+
+    def fit(frames) -> int:  # noqa: ANN001 - as Outbox.fitting: room for two by bytes
+        seen.append(len(frames))
+        return 2
+
+    assert s.on_batch(Target("k", "0-0"), events, room=fit, now=NOW) == Deliver(0, 2, "2-0", pause=True)
+    assert seen == [3]  # asked about the fresh frames only
+
+
+def test_the_resync_holdoff_is_per_connection():
+    s = DeliveryState("5-0", resync_holdoff=10.0)
+    s.last_attach = NOW - 5.0
+    assert s.on_batch(Target("k", "6-0"), batch(7), room=10, now=NOW) == Ignore("gap right after an attach")

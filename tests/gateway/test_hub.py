@@ -88,11 +88,31 @@ async def test_a_batch_larger_than_the_outbox_pauses_and_resumes_from_the_cursor
     assert closes == []
 
 
-async def test_a_connection_whose_outbox_stays_full_is_closed_as_slow(setup, monkeypatch):
-    monkeypatch.setattr(hub_module, "SLOW_CONSUMER_AFTER", 0.2)
+async def test_a_batch_larger_than_the_outbox_in_bytes_pauses_and_resumes_when_half_is_free(setup):
+    """Ten events of 1 kB against a 4 kB outbox with room for 1024 frames:
+    the byte bound pauses delivery as the frame bound does."""
+    hub, next_control, deliver = setup
+    conn = Connection("c3", "u3", "d", "E", "0-0", 1024, close=lambda code, why: None, outbox_bytes=4096)
+    await hub.add(conn)
+    await next_control()
+    big = [Event(id=f"{i}-0", conversation_id="c", kind="user", text="x" * 1000) for i in range(1, 11)]
+    await deliver("c3", "0-0", big)
+    await _until(lambda: conn.paused)
+    assert len(conn.outbox) == 3 and conn.outbox.bytes <= 4096 and conn.last == "3-0"
+    assert await next_control() == internal.Detach(conn="c3", user="u3")
+    await conn.outbox.take(1, 1 << 20)  # ~1.1 kB free of 4 kB: less than half, still paused
+    await asyncio.sleep(0.1)
+    assert conn.paused
+    await conn.outbox.take(1, 1 << 20)
+    assert await next_control() == internal.Attach(gateway="gw-test", conn="c3", user="u3", cursor="3-0")
+    await hub.remove(conn)
+
+
+async def test_a_connection_whose_outbox_stays_full_is_closed_as_slow(setup):
     hub, next_control, deliver = setup
     closes: list[CloseCode] = []
-    conn = Connection("c2", "u2", "d", "E", "0-0", 16, close=lambda code, why: closes.append(code))
+    conn = Connection("c2", "u2", "d", "E", "0-0", 16, close=lambda code, why: closes.append(code),
+                      slow_consumer_after=0.2)
     await hub.add(conn)
     await next_control()
     await deliver("c2", "0-0", events(1, 20))

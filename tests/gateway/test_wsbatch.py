@@ -111,3 +111,28 @@ def test_importing_with_an_unsupported_websockets_fails_loudly(monkeypatch):
     spec = importlib.util.spec_from_file_location("wsbatch_under_18", wsbatch.__file__)
     with pytest.raises(ImportError, match=r"websockets 18\.0: version 18\.0 is outside the tested range"):
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 1 << 20])
+def test_frames_built_here_are_the_bytes_websockets_builds(length):
+    from websockets.frames import Frame, Opcode
+
+    payload = b"x" * length
+    assert wsbatch.text_header(length) + payload == Frame(Opcode.TEXT, payload).serialize(mask=False)
+
+
+async def test_compressed_connections_still_go_through_the_protocol():
+    """With permessage-deflate negotiated the frames must be compressed:
+    the protocol builds them."""
+    frames = [('{"type":"event","text":"' + "abc " * 5000 + '"}').encode() for _ in range(3)]
+
+    async def handler(ws: ServerConnection) -> None:
+        assert ws.protocol.extensions  # negotiated
+        await send_texts(ws, frames)
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, compression="deflate") as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}") as client:
+            received = [await asyncio.wait_for(client.recv(), 5) for _ in frames]
+    assert received == [f.decode() for f in frames]

@@ -24,16 +24,16 @@ from websockets.uri import parse_uri
 
 from switchboard.embedded_redis import EmbeddedRedis, free_port
 from switchboard.gateway.delivery import choose_fanout
-from switchboard.gateway.hub import SLOW_CONSUMER_AFTER
 from switchboard.gateway.store import GatewayStore
 from switchboard.shared import internal, keys
-from switchboard.shared.settings import StreamSettings
+from switchboard.shared.settings import GatewaySettings, StreamSettings
 from tests.support.client import Device, new_user
 from tests.support.cluster import Cluster, token
 from tests.support.wait import until as _until
 
 SLOW = "tests.support.graphs:slow"
 RETENTION = 10  # OUTBOUND_MAXLEN's minimum
+SLOW_CONSUMER_AFTER = GatewaySettings().slow_consumer_after
 
 
 async def _stream_ids(client: aioredis.Redis, user: str) -> list[str]:
