@@ -129,14 +129,14 @@ def _json_value(rng: random.Random, depth: int = 0) -> object:
     return {_name(rng): _json_value(rng, depth + 1) for _ in range(rng.randint(0, 4))}
 
 
-def _bad(*codes: str, before_small: bool = False) -> Callable[[str, int], Expect]:
+def _bad(*codes: str) -> Callable[[str, int], Expect]:
     """The expectation of an input refused with one of ``codes``."""
 
     def expect(phase: str, size: int) -> Expect:
         if phase == "after":
             return Expect(errors=frozenset(codes))
         closes = {4002}
-        if size >= SMALL_BEFORE_HELLO or before_small:
+        if size >= SMALL_BEFORE_HELLO:
             closes.add(MESSAGE_TOO_BIG)
         return Expect(errors=frozenset(codes), closes=frozenset(closes))
 
@@ -202,8 +202,6 @@ def wrong_types(rng: random.Random, phase: str, max_size: int, token: str) -> Ca
             frame["conversation_id"] = ["c"]
     else:
         frame[name] = rng.choice(_WRONG[kind])
-        if name in ("last_id", "epoch") and frame[name] is None:
-            frame[name] = 7
     data = js(frame)
     return _case("wrong_types", phase, text(data), BAD_FRAME, data)
 
@@ -267,8 +265,6 @@ def huge_numbers(rng: random.Random, phase: str, max_size: int, token: str) -> C
     name = rng.choice([k for k in frame if k != "type"])
     number = rng.choice(_HUGE + ["9" * rng.randint(20, 20_000), "-" + "9" * rng.randint(20, 20_000),
                                  "1" + "0" * rng.randint(20, 400) + ".5"])
-    if name == "limit" and number in ("1.0", "2e0", "0.1e1"):
-        number = "0"  # a float with an integral value is still not an int here; keep the case certain
     frame[name] = "@@"
     data = js(frame).replace('"@@"', number)
     return _case("huge_numbers", phase, text(data), BAD_FRAME, data[:100])

@@ -96,11 +96,11 @@ class Tally:
     def total(self) -> int:
         return sum(self.tried.values())
 
-    def record(self, case: Case, answers: Answers) -> None:
+    def record(self, case: Case, answers: Answers, problem: str | None = None) -> None:
         index = self.tried[case.phase, case.category]
         self.tried[case.phase, case.category] += 1
-        self.outcomes[case.phase, case.category, outcome(answers)] += 1
-        problem = judge(case, answers)
+        self.outcomes[case.phase, case.category, "no connection" if problem else outcome(answers)] += 1
+        problem = problem or judge(case, answers)
         if problem is not None:
             self.failed += 1
             if len(self.failures) < KEEP_FAILURES:
@@ -146,7 +146,13 @@ class Fuzzer:
             for case in cases:
                 if until is not None and time.monotonic() >= until:
                     break
-                answers = await (self._after(case) if case.phase == "after" else self._before(case))
+                try:
+                    answers = await (self._after(case) if case.phase == "after" else self._before(case))
+                except (OSError, ConnectionError, TimeoutError) as exc:
+                    # The gateway refused the connection itself (or is gone): a failure, counted.
+                    self._drop()
+                    self.tally.record(case, Answers(), problem=f"could not connect: {exc!r}")
+                    continue
                 self.tally.record(case, answers)
         finally:
             self._drop()
