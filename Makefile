@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install clean redis chaos bench
+.PHONY: run test install clean redis chaos bench fuzz
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ chaos: $(STAMP)
 ## Its options go in BENCH_ARGS, e.g. `make bench BENCH_ARGS=--quick` (`python -m bench --help` lists them).
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+## The long fuzz run: DURATION seconds of hostile input to a running gateway (docs/security.md, "Fuzzing").
+## Writes fuzz-results/summary.json; exits non-zero if any input was not answered as documented.
+fuzz: $(STAMP)
+	$(BIN)/python -m tests.fuzz --duration $(DURATION) --seed $(SEED) --out fuzz-results/summary.json
 
 redis: $(STAMP)
 	$(BIN)/switchboard redis

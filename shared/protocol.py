@@ -24,13 +24,15 @@ PROTOCOL_VERSION = 1
 
 # -- field types -------------------------------------------------------------
 
-_ID_PATTERN = r"^[A-Za-z0-9_.:@\-]+$"
+# ``\Z``, not ``$``: msgspec matches with Python's ``re``, where ``$`` also
+# matches before a final newline ("1-1\n" passed as a stream id).
+_ID_PATTERN = r"^[A-Za-z0-9_.:@\-]+\Z"
 #: A user, device or conversation id: safe inside a Redis key, never a hash tag.
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=_ID_PATTERN)]
 #: A client-chosen message id (a UUID is typical).
 ClientMsgId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=_ID_PATTERN)]
 #: A Redis Stream entry id, ``<ms>-<seq>``.
-StreamId = Annotated[str, msgspec.Meta(max_length=41, pattern=r"^[0-9]{1,20}-[0-9]{1,20}$")]
+StreamId = Annotated[str, msgspec.Meta(max_length=41, pattern=r"^[0-9]{1,20}-[0-9]{1,20}\Z")]
 Text = Annotated[str, msgspec.Meta(min_length=1)]
 Token = Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
 HistoryLimit = Annotated[int, msgspec.Meta(ge=1, le=1000)]
@@ -239,13 +241,16 @@ def decode_client_frame(data: str | bytes, max_size: int) -> ClientFrame:
         raise FrameError(ErrorCode.BAD_FRAME, f"invalid frame: {exc}", _client_msg_id_of(data)) from None
     except msgspec.DecodeError as exc:
         raise FrameError(ErrorCode.BAD_FRAME, f"not a JSON frame: {exc}") from None
+    except RecursionError:
+        # msgspec raises this (not a DecodeError) past Python's recursion limit.
+        raise FrameError(ErrorCode.BAD_FRAME, "invalid frame: nested too deeply") from None
 
 
 def _client_msg_id_of(data: str) -> str | None:
     """Best effort: echo the client_msg_id of an invalid ``send`` so it can match the error."""
     try:
         raw = msgspec.json.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
     if isinstance(raw, dict):
         value = raw.get("client_msg_id")
