@@ -290,7 +290,7 @@ def unknown_fields(rng: random.Random, phase: str, max_size: int, token: str) ->
 
 def unknown_types(rng: random.Random, phase: str, max_size: int, token: str) -> Case:
     """``type`` values no client frame has: server frame types, near misses, other JSON types."""
-    value = rng.choice(["welcome", "accepted", "event", "error", "pong", "refresh", "", "PING", "Ping", "ping ",
+    value = rng.choice(["welcome", "accepted", "event", "error", "pong", "refreshed", "", "PING", "Ping", "ping ",
                         " hello", "hello\n", "sendd", "\u0070ing\u200b", 1, 0, True, None, [], {}, ["ping"], 1.5])
     frame = {"type": value, **{k: v for k, v in rng.choice(_valid_frames(rng, token)).items() if k != "type"}}
     data = js(frame)

@@ -14,9 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from switchboard.gateway.cursor import DeliveryEvents
-from switchboard.gateway.delivery import RESYNC_HOLDOFF, Deliver, DeliveryState, Ignore, Reattach, Resync
+from switchboard.gateway.delivery import Deliver, DeliveryState, Ignore, Reattach, Resync
+from switchboard.shared.settings import GatewaySettings
 from switchboard.shared.internal import Target
 from switchboard.shared.protocol import Event
+
+RESYNC_HOLDOFF = GatewaySettings().resync_holdoff  #: the default, as the gateway runs it
 
 PROPS = settings(max_examples=300, derandomize=True, database=None, deadline=None)
 N = 30  #: events in the modelled stream
@@ -42,7 +45,7 @@ steps = st.lists(st.one_of(batches, batches, batches, st.just(("resume",)), st.j
 @PROPS
 @given(st.integers(0, N), steps)
 def test_what_is_queued_is_the_stream_in_order_each_once_without_a_gap(start, script):
-    s = DeliveryState(sid(start))
+    s = DeliveryState(sid(start), resync_holdoff=RESYNC_HOLDOFF)
     s.attached(("f1", "i1"))
     now = 100.0
     queued: list[int] = []
@@ -78,7 +81,7 @@ def test_what_is_queued_is_the_stream_in_order_each_once_without_a_gap(start, sc
 @given(st.integers(0, N), st.integers(0, N), st.integers(0, N), st.integers(1, 6))
 def test_a_batch_that_reaches_the_cursor_delivers_what_fits_of_the_rest(start, prev, upto, room):
     upto = max(upto, prev)
-    s = DeliveryState(sid(start))
+    s = DeliveryState(sid(start), resync_holdoff=RESYNC_HOLDOFF)
     decision = s.on_batch(Target("k", sid(prev)), events(prev, upto), room=room, now=0.0)
     fresh = max(0, upto - max(start, prev))
     if prev > start:
@@ -95,7 +98,7 @@ def test_a_batch_that_reaches_the_cursor_delivers_what_fits_of_the_rest(start, p
 def test_a_batch_out_of_stream_order_is_refused_and_changes_nothing(start, numbers):
     if all(a < b for a, b in zip(numbers, numbers[1:])):
         numbers = numbers[::-1] if len(set(numbers)) > 1 else numbers + numbers[:1]
-    s = DeliveryState(sid(start))
+    s = DeliveryState(sid(start), resync_holdoff=RESYNC_HOLDOFF)
     bad = DeliveryEvents([Event(id=sid(n), conversation_id="c", kind="user", text="x") for n in numbers])
     with pytest.raises(ValueError):
         s.on_batch(Target("k", sid(0)), bad, room=10, now=0.0)
