@@ -48,7 +48,8 @@ def _status(pid: int) -> dict[str, int]:
 async def prehello(bench: Bench) -> dict:
     count = bench.scale(100, 1000)
     await bench.flush()
-    cluster = bench.cluster(("fanout", "f"), ("gateway", "gw"), HELLO_TIMEOUT="30")
+    # Compression on (off by default): the cheapest form of the attack.
+    cluster = bench.cluster(("fanout", "f"), ("gateway", "gw"), HELLO_TIMEOUT="30", COMPRESSION="1")
     try:
         gw = cluster.services["gw"]
         await asyncio.sleep(1.0)

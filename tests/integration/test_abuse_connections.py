@@ -154,7 +154,9 @@ async def test_half_sent_messages_before_hello_are_cut_at_the_small_limit(cluste
     a few KB compressed). Each is closed 1009 at HELLO_MAX_SIZE; 50 that stay
     under it are held until HELLO_TIMEOUT; the gateway's peak RSS barely moves."""
     hello_max = 16 * 1024
-    cluster.start_many(("fanout", "f"), ("gateway", "gw"), HELLO_TIMEOUT="20",
+    # With compression on (COMPRESSION=1; off by default) the attack is
+    # cheapest for the attacker: the limit must hold on the decompressed size.
+    cluster.start_many(("fanout", "f"), ("gateway", "gw"), HELLO_TIMEOUT="20", COMPRESSION="1",
                        HELLO_MAX_SIZE=str(hello_max), MAX_UNAUTHENTICATED_PER_IP="1000")
     gw = cluster.services["gw"]
     big, small = 200, 50

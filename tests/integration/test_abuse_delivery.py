@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from switchboard.gateway.store import GatewayStore
 from switchboard.shared import keys
-from switchboard.shared.settings import StreamSettings
+from switchboard.shared.settings import GatewaySettings, StreamSettings
 from tests.integration.test_close_paths import RawClient
 from tests.support.bystander import Bystander
 from tests.support.client import Device, new_user
@@ -110,7 +110,8 @@ async def test_a_large_replay_reaches_the_new_device_exactly_and_costs_the_other
     nothing is re-attached, and two bystanders on the same gateway notice
     nothing. (Before the bounds, one 40 MB message per gateway made Redis
     drop the gateway's subscription, again at every re-attach.)"""
-    cluster.start_many(("fanout", "f"), ("worker", "w"), ("gateway", "gw"), GRAPH=SLOW)
+    # Texts of 0.5 MiB: an operator raised MAX_TEXT_LENGTH (default 100 000).
+    cluster.start_many(("fanout", "f"), ("worker", "w"), ("gateway", "gw"), GRAPH=SLOW, MAX_TEXT_LENGTH="0")
     gw = cluster.services["gw"]
     user = new_user()
     phone = Device(gw.url, token(user), "phone")
@@ -181,14 +182,17 @@ async def test_a_connection_that_never_reads_holds_at_most_its_byte_bound(cluste
 
 
 async def test_many_devices_of_one_user_do_not_slow_another_user(cluster, redis_client):
-    """10 messages of 1 MB to 20 devices of one user (200 MB of frames): the
+    """10 messages at the longest text allowed (MAX_TEXT_LENGTH) to every
+    device one user may have (MAX_DEVICES_PER_USER), the defaults: the
     gateway encodes each event once and, with compression off by default,
     writes it without deflating it per connection; a bystander's ping stays
-    within its bound. The devices run in a process of their own
-    (:mod:`tests.support.sinks`), so that reading 600 MB does not stall this
-    process, where the bystander is measured."""
-    devices, count = 20, 10
-    cluster.start_many(("fanout", "f"), ("gateway", "gw"), MAX_DEVICES_PER_USER=str(devices + 10))
+    within its bound. (The attack as first found -- 1 MB messages to 200
+    devices -- is refused by those two limits.) The devices run in a process
+    of their own (:mod:`tests.support.sinks`), so that reading them does not
+    stall this process, where the bystander is measured."""
+    defaults = GatewaySettings()
+    devices, count = defaults.max_devices_per_user, 10
+    cluster.start_many(("fanout", "f"), ("gateway", "gw"), MAX_DEVICES_PER_USER=str(devices))
     gw = cluster.services["gw"]
     user = new_user()
     sinks = await asyncio.create_subprocess_exec(
@@ -197,7 +201,7 @@ async def test_many_devices_of_one_user_do_not_slow_another_user(cluster, redis_
     try:
         assert (await asyncio.wait_for(sinks.stdout.readline(), 30)).strip() == b"ready"
         async with Bystander(gw.url, token(new_user()), probe="ping") as pinger:
-            await _produce(redis_client, user, count, 1_000_000)
+            await _produce(redis_client, user, count, defaults.quotas.max_text_length)
             received = json.loads(await asyncio.wait_for(sinks.stdout.readline(), 90))
     finally:
         with contextlib.suppress(ProcessLookupError):
