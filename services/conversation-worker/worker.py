@@ -235,7 +235,7 @@ class Worker:
                     continue
                 if not finished:
                     # Another worker held the lease past our wait. It may have
-                    # scanned before our entry arrived, so keep the notices and
+                    # looked before our entry arrived, so keep the notices and
                     # try again rather than acknowledge work nobody did.
                     log.info("conversation %s/%s busy elsewhere; waiting", conv.user, conv.conversation,
                              extra=conv.log_context)
