@@ -55,6 +55,17 @@ READY_MARKERS = {
 }
 
 
+def process_memory(pid: int) -> dict[str, int]:
+    """``VmRSS`` and ``VmHWM`` (peak RSS) of a process, in bytes (Linux /proc)."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                out[name] = int(value.split()[0]) * 1024
+    return out
+
+
 def token(user: str, ttl: float = 3600) -> str:
     return auth.mint(user, JWT_SECRET, ttl=ttl)
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from .harness import process_memory
+
 if TYPE_CHECKING:
     from .scenarios import Bench
 
@@ -35,14 +37,7 @@ def deflated_fragment(size: int) -> bytes:
     return bytes([0x40 | 0x1, 0x80 | 126]) + struct.pack("!H", len(data)) + bytes(4) + data
 
 
-def _status(pid: int) -> dict[str, int]:
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            name, _, value = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                out[name] = int(value.split()[0]) * 1024
-    return out
+_status = process_memory
 
 
 async def prehello(bench: Bench) -> dict:

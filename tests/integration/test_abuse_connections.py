@@ -26,18 +26,10 @@ from websockets.uri import parse_uri
 
 from tests.support.bystander import Bystander
 from tests.support.client import Device, new_user
-from tests.support.cluster import token
+from tests.support.cluster import process_memory, token
 
 
-def _status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak RSS) of a process, bytes."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            name, _, value = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                out[name] = int(value.split()[0]) * 1024
-    return out
+_status = process_memory
 
 
 class Raw:

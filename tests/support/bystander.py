@@ -26,6 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from .client import Device
+from .cluster import process_memory
 
 #: The bound of the brief: a bystander's p99 on this 2-core machine.
 P99_MS = 100.0
@@ -172,8 +173,4 @@ class RedisProbe:
 
 def rss_bytes(pid: int) -> int:
     """A process's resident memory (Linux /proc)."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise LookupError(f"no VmRSS for {pid}")
+    return process_memory(pid)["VmRSS"]
