@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import struct
 import time
 import zlib
@@ -17,86 +16,23 @@ from collections import Counter
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
-from websockets.frames import Frame, Opcode
-from websockets.protocol import State
-from websockets.uri import parse_uri
+from websockets.frames import Opcode
 
 from tests.support.bystander import Bystander
 from tests.support.client import Device, new_user
 from tests.support.cluster import process_memory, token
+from tests.support.rawws import RawClient
 
 
 _status = process_memory
 
 
-class Raw:
-    """A client socket that sends only what it is told (with
-    permessage-deflate, as a browser would offer): no ``hello`` unless asked."""
-
-    def __init__(self, url: str):
-        self.protocol = ClientProtocol(parse_uri(url), max_size=None,
-                                       extensions=[ClientPerMessageDeflateFactory()])
-        self.url = url
-        self.sock: socket.socket | None = None
-        self.frames: list[dict] = []
-
-    async def open(self) -> None:
-        loop = asyncio.get_running_loop()
-        uri = parse_uri(self.url)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setblocking(False)
-        await loop.sock_connect(self.sock, (uri.host, uri.port))
-        self.protocol.send_request(self.protocol.connect())
-        await self._flush()
-        while self.protocol.state is State.CONNECTING:
-            await self._receive(10.0)
-        assert self.protocol.state is State.OPEN, self.protocol.handshake_exc
-
-    async def send_text(self, data: bytes, *, fin: bool = True) -> None:
-        self.protocol.send_text(data, fin=fin)
-        await self._flush()
-
-    async def send_bytes(self, data: bytes) -> None:
-        """Write bytes as they are (frames made beforehand, see :func:`_deflated_fragment`)."""
-        await asyncio.get_running_loop().sock_sendall(self.sock, data)
-
-    async def closed(self, timeout: float) -> int | None:
-        """Read until the server closes; its close code (None: not closed in time)."""
-        deadline = time.monotonic() + timeout
-        with contextlib.suppress(TimeoutError):
-            while self.protocol.close_rcvd is None and self.protocol.state is not State.CLOSED:
-                await self._receive(deadline - time.monotonic())
-        return self.protocol.close_rcvd.code if self.protocol.close_rcvd else None
-
-    async def _receive(self, timeout: float) -> None:
-        if timeout <= 0:
-            raise TimeoutError("nothing arrived in time")
-        loop = asyncio.get_running_loop()
-        try:
-            data = await asyncio.wait_for(loop.sock_recv(self.sock, 1 << 16), timeout)
-        except ConnectionResetError:
-            data = b""
-        if data:
-            self.protocol.receive_data(data)
-        else:
-            self.protocol.receive_eof()
-        for event in self.protocol.events_received():
-            if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
-                self.frames.append(json.loads(event.data))
-
-    async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        for data in self.protocol.data_to_send():
-            if data:
-                with contextlib.suppress(OSError):
-                    await loop.sock_sendall(self.sock, data)
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
+async def _close_code(client: RawClient, timeout: float) -> int | None:
+    """The close code the server sends within ``timeout`` (None: not closed in time)."""
+    with contextlib.suppress(TimeoutError):
+        return await client.read_until_closed(timeout)
+    return None
 
 
 def _deflated_fragment(size: int) -> bytes:
@@ -154,7 +90,7 @@ async def test_half_sent_messages_before_hello_are_cut_at_the_small_limit(cluste
     big, small = 200, 50
     async with Bystander(gw.url, token(new_user()), probe="ping") as bystander:
         before = _status(gw.process.pid)
-        sockets = [Raw(gw.url) for _ in range(big + small)]
+        sockets = [RawClient(gw.url, deflate=True) for _ in range(big + small)]
         too_big = _deflated_fragment(2 * (1 << 20) - 1)  # MAX_MESSAGE_SIZE is 1 MiB
         assert len(too_big) < 4096
         # In batches of 10 over a second or two: the handshakes (not what is
@@ -166,7 +102,7 @@ async def test_half_sent_messages_before_hello_are_cut_at_the_small_limit(cluste
             await asyncio.gather(*(s.send_bytes(too_big) for s in sockets[i:i + 10]))
             await asyncio.sleep(0.03)
         await asyncio.gather(*(s.send_text(b"x" * (hello_max - 1024), fin=False) for s in sockets[big:]))
-        codes = await asyncio.gather(*(s.closed(5) for s in sockets[:big]))
+        codes = await asyncio.gather(*(_close_code(s, 5) for s in sockets[:big]))
         await asyncio.sleep(0.5)
         after = _status(gw.process.pid)
         held = [s.protocol.close_rcvd is None for s in sockets[big:]]
@@ -272,7 +208,7 @@ async def test_connections_per_ip_are_capped_over_all_gateways_and_before_hello_
     gw1, gw2 = cluster.services["gw1"].url, cluster.services["gw2"].url
     async with Bystander(gw1, token(new_user()), probe="ping") as bystander:
         # Before hello, per gateway: two sockets that say nothing are held, a third is refused.
-        mute = [Raw(gw1) for _ in range(before_hello)]
+        mute = [RawClient(gw1, deflate=True) for _ in range(before_hello)]
         for s in mute:
             await s.open()
         assert await _refused(gw1, None) == ("too_many_connections", 4005)

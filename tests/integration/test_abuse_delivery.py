@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from switchboard.gateway.store import GatewayStore
 from switchboard.shared import keys
 from switchboard.shared.settings import GatewaySettings, StreamSettings
-from tests.integration.test_close_paths import RawClient
+from tests.support.rawws import RawClient
 from tests.support.bystander import Bystander
 from tests.support.client import Device, new_user
 from tests.support.cluster import token

@@ -11,16 +11,11 @@ import json
 import os
 import re
 import signal
-import socket
 import time
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from websockets.client import ClientProtocol
-from websockets.frames import Frame, Opcode
-from websockets.protocol import State
-from websockets.uri import parse_uri
 
 from switchboard.embedded_redis import EmbeddedRedis, free_port
 from switchboard.gateway.delivery import choose_fanout
@@ -29,6 +24,7 @@ from switchboard.shared import internal, keys
 from switchboard.shared.settings import GatewaySettings, StreamSettings
 from tests.support.client import Device, new_user
 from tests.support.cluster import Cluster, token
+from tests.support.rawws import RawClient
 from tests.support.wait import until as _until
 
 SLOW = "tests.support.graphs:slow"
@@ -129,117 +125,6 @@ class _Deliveries:
             await self._task
         await self._pubsub.aclose()
         await self.client.aclose()
-
-
-class RawClient:
-    """A WebSocket client that does only what it is told: it reads the socket
-    only when asked to, and writes nothing but the frames it is given (a ping
-    it receives is never answered until it writes again). The opposite of a
-    well-behaved device, on purpose."""
-
-    def __init__(self, url: str, *, rcvbuf: int | None = None):
-        self.url = url
-        self.rcvbuf = rcvbuf
-        self.protocol = ClientProtocol(parse_uri(url), max_size=None)
-        self.sock: socket.socket | None = None
-        self.frames: list[dict[str, Any]] = []  #: JSON text frames received
-        self.pings = 0  #: ping frames received (and not answered)
-        self._read_at = 0  #: frames already handed out by recv_json
-
-    async def open(self) -> None:
-        loop = asyncio.get_running_loop()
-        uri = parse_uri(self.url)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if self.rcvbuf is not None:
-            # Set before connecting: the window offered to the server is small from the start.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
-        sock.setblocking(False)
-        await loop.sock_connect(sock, (uri.host, uri.port))
-        self.sock = sock
-        self.protocol.send_request(self.protocol.connect())
-        await self._flush()
-        while self.protocol.state is State.CONNECTING:
-            await self._receive(10.0)
-        if self.protocol.state is not State.OPEN:
-            raise AssertionError(f"handshake failed: {self.protocol.handshake_exc}")
-
-    async def send_json(self, frame: dict[str, Any]) -> None:
-        self.protocol.send_text(json.dumps(frame).encode())
-        await self._flush()
-
-    async def hello(self, user: str, device: str, **fields: Any) -> dict[str, Any]:
-        await self.send_json({"type": "hello", "token": token(user), "device_id": device, **fields})
-        return await self.recv_json()
-
-    async def recv_json(self, timeout: float = 10.0) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self._read_at >= len(self.frames):
-            if self.closed:
-                raise AssertionError(f"closed with {self.close_code} before the next frame")
-            await self._receive(deadline - loop.time())
-        self._read_at += 1
-        return self.frames[self._read_at - 1]
-
-    async def read_until_closed(self, timeout: float) -> int | None:
-        """Read everything until the connection ends; the close code received."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not self.closed:
-            await self._receive(deadline - loop.time())
-        return self.close_code
-
-    @property
-    def closed(self) -> bool:
-        return self.protocol.state is State.CLOSED or self.protocol.close_rcvd is not None
-
-    @property
-    def close_code(self) -> int | None:
-        return self.protocol.close_rcvd.code if self.protocol.close_rcvd is not None else None
-
-    @property
-    def close_reason(self) -> str | None:
-        return self.protocol.close_rcvd.reason if self.protocol.close_rcvd is not None else None
-
-    def events(self) -> list[dict[str, Any]]:
-        return [f for f in self.frames if f["type"] == "event"]
-
-    async def _receive(self, timeout: float) -> None:
-        assert self.sock is not None
-        if timeout <= 0:
-            raise TimeoutError("nothing more arrived in time")
-        loop = asyncio.get_running_loop()
-        try:
-            data = await asyncio.wait_for(loop.sock_recv(self.sock, 1 << 16), timeout)
-        except ConnectionResetError:
-            data = b""
-        if data:
-            self.protocol.receive_data(data)
-        else:
-            self.protocol.receive_eof()
-        for event in self.protocol.events_received():
-            if isinstance(event, Frame):
-                if event.opcode is Opcode.TEXT:
-                    self.frames.append(json.loads(event.data))
-                elif event.opcode is Opcode.PING:
-                    self.pings += 1
-        if self.protocol.close_rcvd is not None:
-            # Complete the closing handshake (whatever else is queued goes first).
-            await self._flush()
-
-    async def _flush(self) -> None:
-        assert self.sock is not None
-        loop = asyncio.get_running_loop()
-        for data in self.protocol.data_to_send():
-            if data:
-                try:
-                    await loop.sock_sendall(self.sock, data)
-                except OSError:
-                    return
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
 
 
 # -- heartbeat and hello --------------------------------------------------------------
