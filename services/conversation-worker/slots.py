@@ -9,6 +9,11 @@ one turn at a time when others wait (:meth:`FairSlots.pass_on` between
 turns), so a new user's first turn waits for the first slot to free -- about
 one turn's time divided by the number of slots -- not for anyone's backlog.
 
+On shutdown the slots are closed (:meth:`FairSlots.close`): every waiter,
+and every later request, gets :class:`SlotsClosed`, so a worker that stops
+hands back the conversations it took ahead instead of running their turns
+through its grace period.
+
 Only the order of waiters is kept here; no I/O, no clocks: tested on its own.
 """
 
@@ -17,6 +22,12 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict, deque
 
+from switchboard.shared.errors import SwitchboardError
+
+
+class SlotsClosed(SwitchboardError):
+    """The worker is stopping: no more turns start here."""
+
 
 class FairSlots:
     def __init__(self, size: int):
@@ -24,6 +35,7 @@ class FairSlots:
             raise ValueError("at least one slot")
         self.size = size
         self.busy = 0  #: slots held
+        self.closed = False
         # user -> that user's waiters, oldest first; users in turn order.
         self._waiting: OrderedDict[str, deque[asyncio.Future[None]]] = OrderedDict()
 
@@ -38,6 +50,8 @@ class FairSlots:
 
     async def acquire(self, user: str) -> None:
         """Take a slot for ``user``, waiting in turn if none is free."""
+        if self.closed:
+            raise SlotsClosed("the worker is stopping")
         if self.busy < self.size and not self._waiting:
             self.busy += 1
             return
@@ -46,7 +60,7 @@ class FairSlots:
         try:
             await future
         except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
+            if future.done() and not future.cancelled() and future.exception() is None:
                 self.release()  # granted just as we were cancelled: pass it on
             else:
                 self._forget(user, future)
@@ -66,9 +80,22 @@ class FairSlots:
                 return
         self.busy -= 1
 
+    def close(self) -> None:
+        """Stop: every waiter and every later :meth:`acquire` raise
+        :class:`SlotsClosed`; slots held stay held until given back."""
+        self.closed = True
+        waiters = [future for queue in self._waiting.values() for future in queue]
+        self._waiting.clear()
+        for future in waiters:
+            if not future.done():
+                future.set_exception(SlotsClosed("the worker is stopping"))
+
     async def pass_on(self, user: str) -> None:
         """Between two turns of one drain: if others wait, let the next in
-        turn have this slot and queue for another."""
+        turn have this slot and queue for another; once closed, raise
+        :class:`SlotsClosed` (the turn that just ended was the last)."""
+        if self.closed:
+            raise SlotsClosed("the worker is stopping")
         if self._waiting:
             self.release()
             await self.acquire(user)
@@ -104,7 +131,10 @@ class Slot:
             self.slots.release()
 
     async def pass_on(self) -> None:
-        """Between two turns: if anyone waits, the next in turn runs first."""
+        """Between two turns: if anyone waits, the next in turn runs first;
+        once the slots are closed, raise :class:`SlotsClosed`."""
+        if self.slots.closed:
+            raise SlotsClosed("the worker is stopping")
         if self.held and self.slots.contended():
             self.give_back()
             await self.take()

@@ -43,7 +43,7 @@ from switchboard.shared.tasks import finish, wait_event
 from . import loader
 from .fencing import FencedRedisSaver
 from .lease import LeaseLostError
-from .slots import FairSlots
+from .slots import FairSlots, SlotsClosed
 from .turns import Turns
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,9 @@ class Worker:
         self.turns: Turns | None = None
         self.ready = asyncio.Event()
         self._acks: list[WorkItem] = []  # bounded by what the running conversations covered
+        #: Conversations that stopped with work left because the worker is
+        #: stopping (bounded by the conversations taken: WORKER_READ_AHEAD).
+        self._stopped: list[ConversationTask] = []
         self._ack_wanted = asyncio.Event()
 
     async def serve(self, *, stop: asyncio.Event | None = None) -> None:
@@ -115,6 +118,7 @@ class Worker:
             await stop.wait()
         finally:
             stop.set()
+            self.slots.close()  # no turn starts from here on (see _finish_running)
             deadline = asyncio.get_running_loop().time() + self.settings.shutdown_grace
             # The loops notice `stop` within one blocking read; what that read
             # returned is started, and so covered by _finish_running.
@@ -129,24 +133,29 @@ class Worker:
     async def _finish_running(self, grace: float) -> None:
         """Let running turns finish within the grace period; hand the rest back.
 
-        Handing back = cancel the conversation (its lease is released on the
-        way out), re-add its notices to the work stream and acknowledge the
-        old ones, so another worker starts at once instead of after CLAIM_IDLE.
+        No turn starts after this: the slots are closed, so conversations
+        taken ahead (waiting for a slot) and drains between two turns stop at
+        once, and a running turn is the last of its drain. Handing back = the
+        lease is released (on the drain's way out; a turn still running at
+        the end of the grace period is cancelled), the conversation's notices
+        are re-added to the work stream and the old ones acknowledged, so
+        another worker starts at once instead of after CLAIM_IDLE.
         """
+        self.slots.close()
         running = [c for c in self.running.values() if c.task is not None]
-        if not running:
-            return
-        log.info("waiting up to %.1f s for %d running conversations", grace, len(running))
-        await asyncio.wait([c.task for c in running], timeout=grace)
+        if running:
+            log.info("waiting up to %.1f s for %d running conversations", grace, len(running))
+            await asyncio.wait([c.task for c in running], timeout=grace)
         unfinished = [c for c in running if not c.task.done()]
         for conv in unfinished:
             conv.task.cancel()
-        if not unfinished:
-            return
-        await asyncio.wait([c.task for c in unfinished], timeout=5)
-        for conv in unfinished:
+        if unfinished:
+            await asyncio.wait([c.task for c in unfinished], timeout=5)
+        left = self._stopped + [c for c in unfinished if c not in self._stopped]
+        for conv in left:
             await self._hand_back(conv)
-        log.info("handed back %d conversations", len(unfinished))
+        if left:
+            log.info("handed back %d conversations (%d cut short)", len(left), len(unfinished))
 
     async def _hand_back(self, conv: ConversationTask) -> None:
         if not conv.notices:
@@ -223,6 +232,9 @@ class Worker:
                 covered = list(conv.notices)
                 try:
                     finished = await self.turns.drain(conv.user, conv.conversation)
+                except SlotsClosed:
+                    self._stopped.append(conv)  # its notices are handed back (_finish_running)
+                    return
                 except LeaseLostError as exc:
                     # We stalled and another worker took over; it owns the turn now.
                     log.warning("%s; leaving the conversation to its new owner", exc, extra=conv.log_context)

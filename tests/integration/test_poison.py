@@ -152,3 +152,53 @@ async def test_sigterm_hands_unfinished_turns_back_at_once(cluster, tmp_path):
     assert [(e["kind"], e["client_msg_id"]) for e in phone.events] == [
         ("user", "m1"), ("assistant", "m1"), ("user", "m2"), ("assistant", "m2")]
     await phone.close()
+
+
+async def test_sigterm_starts_no_more_turns_and_hands_back_what_was_taken_ahead(cluster, tmp_path):
+    """A worker with one slot has taken ten conversations (read-ahead), one of
+    them with two messages. On SIGTERM it finishes the running turn only --
+    well inside its long grace period -- and the other worker answers every
+    remaining message exactly once, long before CLAIM_IDLE."""
+    marks = tmp_path / "marks"
+    env = dict(GRAPH=SLOW, CLAIM_IDLE="60", SLOW_GRAPH_MARKS=str(marks))
+    cluster.start_many(("fanout", "f"), ("gateway", "gw"), ("worker", "leaving"),
+                       WORKER_CONCURRENCY="1", SHUTDOWN_GRACE="30", **env)
+    user = new_user()
+    phone = Device(cluster.services["gw"].url, token(user), "phone")
+    await phone.connect()
+    sent = [("c0", "m0", "sleep:3 first of two"), ("c0", "m0b", "sleep:3 second of two")]
+    sent += [(f"c{i}", f"m{i}", f"sleep:3 turn {i}") for i in range(1, 10)]
+    for conversation, cmid, text in sent:
+        await phone.send(conversation, cmid, text)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while not (marks.exists() and any(marks.iterdir())):
+        assert loop.time() < deadline, "no turn started within 30 s"
+        await asyncio.sleep(0.02)
+    cluster.start("worker", "staying", **env)
+    leaving, staying = cluster.services["leaving"].process.pid, cluster.services["staying"].process.pid
+    before = _turns_run(marks)[leaving]
+    started = loop.time()
+    assert cluster.kill("leaving", signal.SIGTERM)
+    stopped_after = loop.time() - started
+    # What was left of one 3 s turn was running; the conversations waiting
+    # for the slot did not run here (their turns would take 30 s more).
+    assert stopped_after < 6.0, f"the worker took {stopped_after:.1f} s to stop"
+    assert await _redis(cluster.redis_url, "xpending_range", keys.work(0), keys.WORKER_GROUP, "-", "+", 50,
+                        "leaving") == []
+    for _, cmid, _ in sent:
+        await phone.wait_reply(cmid, timeout=30)
+    ran = _turns_run(marks)
+    assert ran[leaving] == before, "no turn started on the worker after SIGTERM"
+    assert sorted(ran[leaving] + ran[staying]) == sorted(text for _, _, text in sent)
+    replies = [(e["conversation_id"], e["client_msg_id"]) for e in phone.events if e["kind"] == "assistant"]
+    assert sorted(replies) == sorted((c, m) for c, m, _ in sent), "one reply to each message"
+    await phone.close()
+
+
+def _turns_run(marks) -> dict[int, list[str]]:
+    """pid -> the texts whose turns started in that process (the slow graph's marks)."""
+    ran: dict[int, list[str]] = {}
+    for mark in marks.iterdir():
+        ran.setdefault(int(mark.name.split("-")[0]), []).extend(mark.read_text().splitlines())
+    return ran

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from switchboard.worker.slots import FairSlots
+from switchboard.worker.slots import FairSlots, SlotsClosed
 
 
 async def _settle() -> None:
@@ -85,3 +85,33 @@ async def test_a_cancelled_waiter_leaves_the_queue_and_a_granted_one_passes_the_
     with pytest.raises(asyncio.CancelledError):
         await late
     assert slots.busy == 0
+
+
+async def test_closing_fails_every_waiter_and_every_later_request_and_keeps_held_slots():
+    slots = FairSlots(1)
+    await slots.acquire("a")
+    waiters = [asyncio.create_task(slots.acquire(user)) for user in ("a", "b", "b")]
+    await _settle()
+    slots.close()
+    for waiter in waiters:
+        with pytest.raises(SlotsClosed):
+            await waiter
+    assert slots.waiting == 0 and slots.busy == 1  # the running turn keeps its slot
+    with pytest.raises(SlotsClosed):
+        await slots.acquire("c")
+    with pytest.raises(SlotsClosed):
+        await slots.pass_on("a")  # between two turns: that turn was the last
+    slots.release()
+    assert slots.busy == 0
+
+
+async def test_a_waiter_failed_by_close_and_then_cancelled_gives_back_no_slot():
+    slots = FairSlots(1)
+    await slots.acquire("a")
+    waiter = asyncio.create_task(slots.acquire("b"))
+    await _settle()
+    slots.close()
+    waiter.cancel()  # before it saw its SlotsClosed
+    with pytest.raises((SlotsClosed, asyncio.CancelledError)):
+        await waiter
+    assert slots.busy == 1
