@@ -235,6 +235,7 @@ class Fanout:
             try:
                 await self._announce()
                 await self._drop_dead_gateways()
+                await self._forget_dead_fanouts()
             except (RedisError, OSError) as exc:
                 log.warning("fanout sweep failed: %s", exc)
                 continue
@@ -254,6 +255,21 @@ class Fanout:
                 log.info("gateway %s no longer listens; dropping its attachments", gateway)
                 for user in self.registry.drop_gateway(gateway):
                     await self._unsubscribe(user)
+
+
+    async def _forget_dead_fanouts(self) -> None:
+        """Remove members whose liveness key has expired (killed, never
+        stopped): else the set grows with every fanout pod that ever died and
+        every gateway reads it all each check. A member that was only late
+        to renew announces itself again at its next sweep (SET, then SADD)."""
+        members = list(await self.redis.smembers(keys.fanout_members()))
+        if not members:
+            return
+        alive = await self.redis.mget([keys.fanout_alive(m) for m in members])
+        dead = [m for m, value in zip(members, alive) if value is None]
+        if dead:
+            log.info("forgetting fanouts that stopped renewing: %s", ", ".join(sorted(dead)))
+            await self.redis.srem(keys.fanout_members(), *dead)
 
 
 def _user_of_channel(channel: str) -> str | None:

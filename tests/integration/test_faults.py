@@ -220,6 +220,17 @@ async def test_fanout_killed_and_replaced_delivery_continues_exactly(cluster):
         ("user", "m1"), ("assistant", "m1"), ("user", "m2"), ("assistant", "m2"), ("user", "m3"), ("assistant", "m3")]
     assert phone.close_code is None  # the device never noticed
     await phone.close()
+    # The killed fanout never said goodbye: the live one forgets it once its
+    # liveness key has expired, so the members set does not grow with every pod that died.
+    client = aioredis.Redis.from_url(cluster.redis_url, decode_responses=True)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while (members := await client.smembers(keys.fanout_members())) != {"fan-2"}:  # SERVER_ID is the name
+            assert loop.time() < deadline, f"fanout members: {members}"
+            await asyncio.sleep(0.2)
+    finally:
+        await client.aclose()
 
 
 async def test_gateway_killed_device_resumes_on_another_gateway(cluster):
