@@ -29,6 +29,7 @@ class UsageField:
     TAT = "tat"  #: the send rate limiter's theoretical arrival time (GCRA), ms
     BTAT = "btat"  #: the same for the text bytes rate limiter
     WAITING = "waiting"  #: accepted messages not yet answered (MAX_UNANSWERED)
+    KEPT = "kept"  #: ms until which the user's keys are set to live (see accept.lua: retention)
 
 
 class MetaField:

@@ -111,6 +111,14 @@ class StreamSettings:
     outbound_maxlen: int = 10_000  #: events kept per user; older ones are trimmed
     dedup_ttl: int = 86_400  #: seconds a client_msg_id is remembered
     work_shards: int = 1  #: number of work streams (fixed for a deployment)
+    #: Minutes an idle conversation (its checkpoints and keys) and an idle user
+    #: (events, device positions, quota state) are kept (CHECKPOINT_TTL); None: for ever.
+    retention: float | None = None
+
+    @property
+    def retention_ms(self) -> int:
+        """``retention`` in ms for the scripts (0: keep for ever)."""
+        return int(self.retention * 60_000) if self.retention else 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> StreamSettings:
@@ -119,6 +127,7 @@ class StreamSettings:
             outbound_maxlen=_int(env, "OUTBOUND_MAXLEN", d.outbound_maxlen, minimum=10),
             dedup_ttl=_int(env, "DEDUP_TTL", d.dedup_ttl, minimum=1),
             work_shards=_int(env, "WORK_SHARDS", d.work_shards, minimum=1),
+            retention=_float(env, "CHECKPOINT_TTL", 0.0, minimum=0.0) or None,
         )
 
 

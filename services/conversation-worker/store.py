@@ -177,7 +177,7 @@ class WorkerStore:
             keys=[lease_key, keys.conversation(user, conversation), keys.outbound(user), keys.meta(user),
                   keys.inbound(user, conversation), *checkpoint_keys, keys.usage(user)],
             args=[token, expected_done, entry_id, outbound.new_epoch(), self.streams.outbound_maxlen,
-                  keys.notify(user), *checkpoint_args, *fields])
+                  keys.notify(user), *checkpoint_args, self.streams.retention_ms, *fields])
         status = reply[0]
         if status == "ok":
             return Committed(reply[1], _found(conversation, reply[2:]))
@@ -199,7 +199,8 @@ class WorkerStore:
         return bool(await self._s["delta"](
             keys=[keys.lease(user, conversation), keys.conversation(user, conversation), keys.outbound(user),
                   keys.meta(user)],
-            args=[token, mark, outbound.new_epoch(), self.streams.outbound_maxlen, keys.notify(user), *fields]))
+            args=[token, mark, outbound.new_epoch(), self.streams.outbound_maxlen, keys.notify(user),
+                  self.streams.retention_ms * 3 // 2, *fields]))
 
     async def attempts(self, user: str, conversation: str) -> tuple[str | None, int]:
         """``(entry, attempts begun at it)`` (tests, operators)."""

@@ -94,11 +94,11 @@ class GatewayStore:
         return (
             [keys.dedup(user, client_msg_id), keys.inbound(user, conversation), keys.outbound(user),
              keys.meta(user), keys.conversation(user, conversation), keys.conversations(user), keys.usage(user),
-             keys.lease(user, conversation)],
+             keys.lease(user, conversation), keys.offsets(user)],
             [conversation, client_msg_id, device, text, outbound.new_epoch(), self.streams.outbound_maxlen,
              self.streams.dedup_ttl, keys.notify(user), q.sends_per_minute, q.max_conversations,
              q.max_messages, q.max_waiting, int(q.renotice_interval * 1000), keys.inbound_prefix(user),
-             q.send_bytes_per_minute],
+             q.send_bytes_per_minute, self.streams.retention_ms],
         )
 
     def _work_notice(self, user: str, conversation: str) -> tuple[str, dict[str, str]]:
@@ -113,9 +113,10 @@ class GatewayStore:
     async def stream_state(self, user: str, device: str, window: int) -> tuple[StreamState, tuple[str, str] | None]:
         epoch, trimmed, last, start, stored = await self._state(
             keys=[keys.outbound(user), keys.meta(user), keys.offsets(user)],
-            args=[outbound.new_epoch(), window, device],
+            args=[outbound.new_epoch(), window, device, self.streams.retention_ms * 3 // 2],
         )
         return StreamState(epoch=epoch, trimmed=trimmed, last_id=last, window_start=start), parse_offset(stored)
 
     async def store_offset(self, user: str, device: str, epoch: str, entry_id: str) -> bool:
-        return bool(await self._store_offset(keys=[keys.offsets(user)], args=[device, epoch, entry_id]))
+        return bool(await self._store_offset(keys=[keys.offsets(user)],
+                                             args=[device, epoch, entry_id, self.streams.retention_ms * 3 // 2]))

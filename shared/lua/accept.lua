@@ -14,11 +14,20 @@
 -- the conversation -- each at most once per `renotice` ms. So repeats cost
 -- this one script and, at most, a notice every `renotice` ms.
 --
--- KEYS: dedup, inbound, out, meta, conv, conversations, usage, lease
+-- Retention (`retention` ms, 0: keep for ever): a conversation's keys never
+-- expire while a message waits -- they are made persistent here when it
+-- had nothing waiting, and the commit that answers its last message sets
+-- them to expire `retention` ms later. The user's keys (events, positions,
+-- quota state, conversation index) live 1.5 x `retention`, refreshed here
+-- when less than `retention` is left -- once per half-lifetime, not per
+-- message -- so an idle user's keys go between `retention` and 1.5 x
+-- `retention` after their last message.
+--
+-- KEYS: dedup, inbound, out, meta, conv, conversations, usage, lease, offsets
 -- ARGV: conversation, client_msg_id, device, text, new epoch, out maxlen,
 --       dedup ttl s, channel, sends per minute, max conversations,
 --       max messages per conversation, max waiting, renotice ms, inbound key prefix,
---       text bytes per minute
+--       text bytes per minute, retention ms
 -- Limits of 0 are off.
 -- Returns {'new', id, notice (1/0)}, {'repeat', id, notice} or
 -- {'limit', error code, retry after ms (0: not by waiting)}.
@@ -43,12 +52,13 @@ if known then
 end
 
 -- Quotas, cheapest first; nothing is written until all pass.
+local usage = redis.call('HMGET', KEYS[7], F.usage_tat, F.usage_btat, F.usage_waiting, F.usage_kept)
 -- GCRA (the generic cell rate algorithm): `cost` units of a `per_minute`
 -- allowance, spread evenly, with bursts of up to the whole minute's. Returns
 -- the new theoretical arrival time, or nil and the ms to wait.
-local function gcra(field, per_minute, cost)
+local function gcra(stored, per_minute, cost)
   local interval = 60000 * cost / per_minute
-  local tat = math.max(tonumber(redis.call('HGET', KEYS[7], field) or '0'), now) + interval
+  local tat = math.max(tonumber(stored or '0'), now) + interval
   local wait = tat - now - 60000
   if wait > 0 then return nil, math.ceil(wait) end
   return tat
@@ -56,25 +66,28 @@ end
 local per_minute, byte_rate = tonumber(ARGV[9]), tonumber(ARGV[15])
 local tat, btat, wait
 if per_minute > 0 then
-  tat, wait = gcra(F.usage_tat, per_minute, 1)
+  tat, wait = gcra(usage[1], per_minute, 1)
   if not tat then return {'limit', 'rate_limited', wait} end
 end
 if byte_rate > 0 then
   -- A text larger than a minute's allowance could never pass: it is
   -- refused outright (MAX_TEXT_LENGTH should sit below it).
   if #ARGV[4] > byte_rate then return {'limit', 'rate_limited', 0} end
-  btat, wait = gcra(F.usage_btat, byte_rate, #ARGV[4])
+  btat, wait = gcra(usage[2], byte_rate, #ARGV[4])
   if not btat then return {'limit', 'rate_limited', wait} end
 end
+local retention = tonumber(ARGV[16])
 local max_convs = tonumber(ARGV[10])
-if count == 0 and max_convs > 0 and not redis.call('ZSCORE', KEYS[6], ARGV[1])
-    and redis.call('ZCARD', KEYS[6]) >= max_convs then
-  return {'limit', 'too_many_conversations', 0}
+if count == 0 and max_convs > 0 and not redis.call('ZSCORE', KEYS[6], ARGV[1]) then
+  -- The index scores each conversation by its last message; one idle for
+  -- longer than `retention` has expired (or soon will): it no longer counts.
+  if retention > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. (now - retention)) end
+  if redis.call('ZCARD', KEYS[6]) >= max_convs then return {'limit', 'too_many_conversations', 0} end
 end
 local max_messages = tonumber(ARGV[11])
 if max_messages > 0 and count >= max_messages then return {'limit', 'conversation_full', 0} end
 local max_waiting = tonumber(ARGV[12])
-if max_waiting > 0 and tonumber(redis.call('HGET', KEYS[7], F.usage_waiting) or '0') >= max_waiting then
+if max_waiting > 0 and tonumber(usage[3] or '0') >= max_waiting then
   -- The counter is the fast path; the streams are the truth (each holds
   -- only its waiting entries). Recount before refusing, so a counter that
   -- drifted (data restored, keys deleted by hand) cannot lock a user out.
@@ -91,15 +104,32 @@ local ts = string.format('%d', now)
 local in_id = redis.call('XADD', KEYS[2], '*', F.in_cmid, ARGV[2], F.in_dev, ARGV[3], F.in_text, ARGV[4],
   F.in_ts, ts)
 redis.call('SET', KEYS[1], in_id, 'EX', ARGV[7])
+local idle = not last or last == done
 local notice = 0
-if not last or last == done or overdue(conv[4]) then notice = 1 end
-redis.call('HSET', KEYS[5], F.conv_last, in_id, F.conv_count, count + 1)
-if notice == 1 then redis.call('HSET', KEYS[5], F.conv_noticed, now) end
+if idle or overdue(conv[4]) then notice = 1 end
+if notice == 1 then
+  redis.call('HSET', KEYS[5], F.conv_last, in_id, F.conv_count, count + 1, F.conv_noticed, now)
+else
+  redis.call('HSET', KEYS[5], F.conv_last, in_id, F.conv_count, count + 1)
+end
+if idle and retention > 0 then
+  -- Something waits now: the conversation's keys must not expire.
+  redis.call('PERSIST', KEYS[5])
+  redis.call('PERSIST', KEYS[2])
+end
 redis.call('ZADD', KEYS[6], now, ARGV[1])
 redis.call('HINCRBY', KEYS[7], F.usage_waiting, 1)
-if tat then redis.call('HSET', KEYS[7], F.usage_tat, string.format('%d', math.ceil(tat))) end
-if btat then redis.call('HSET', KEYS[7], F.usage_btat, string.format('%d', math.ceil(btat))) end
+local keep = math.floor(retention * 1.5)
+local set = {}
+if tat then set[#set + 1] = F.usage_tat; set[#set + 1] = string.format('%d', math.ceil(tat)) end
+if btat then set[#set + 1] = F.usage_btat; set[#set + 1] = string.format('%d', math.ceil(btat)) end
+local refresh = retention > 0 and tonumber(usage[4] or '0') - now < retention
+if refresh then set[#set + 1] = F.usage_kept; set[#set + 1] = string.format('%d', now + keep) end
+if #set > 0 then redis.call('HSET', KEYS[7], unpack(set)) end
 append_event(KEYS[3], KEYS[4], ARGV[8], ARGV[5], tonumber(ARGV[6]), {
   F.event_kind, 'user', F.event_conv, ARGV[1], F.event_text, ARGV[4], F.event_cmid, ARGV[2],
-  F.event_dev, ARGV[3], F.event_ts, ts, F.event_in, in_id})
+  F.event_dev, ARGV[3], F.event_ts, ts, F.event_in, in_id}, keep)
+if refresh then
+  for _, key in ipairs({KEYS[3], KEYS[4], KEYS[6], KEYS[7], KEYS[9]}) do redis.call('PEXPIRE', key, keep) end
+end
 return {'new', in_id, notice}

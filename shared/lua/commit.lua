@@ -3,10 +3,13 @@
 -- `done` is where the turn started; its checkpoint (if the graph wrote one)
 -- stored in the same atomic step, its entry removed from the inbound stream.
 -- Then the next entry, in the same round trip; with none left the lease is
--- released here too.
+-- released here too, and the conversation's keys start to age: they expire
+-- after `retention` ms unless a message comes (accept.lua keeps them while
+-- anything waits).
 -- KEYS: lease, conv, out, meta, inbound, checkpoint, latest checkpoint pointer, usage
 -- ARGV: token, expected done, new done, new epoch, out maxlen, channel,
---       checkpoint document ('' for none), checkpoint ttl ms, event fields...
+--       checkpoint document ('' for none), checkpoint ttl ms, retention ms (0: keep),
+--       event fields...
 -- Returns {'ok', reply id, <next_entry's answer>...}, {'already', holds lease
 -- ('1'/'0')} when `done` is already the new one (this call repeated after its
 -- reply was lost, or another worker committed it), {'stale', done} when `done`
@@ -18,11 +21,19 @@ if done ~= ARGV[2] then return {'stale', done} end
 if not holds then return {'lease'} end
 if ARGV[7] ~= '' then store_checkpoint(KEYS[6], KEYS[7], ARGV[7], ARGV[8]) end
 local fields = {}
-for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
-local appended = append_event(KEYS[3], KEYS[4], ARGV[6], ARGV[4], tonumber(ARGV[5]), fields)
+local retention = tonumber(ARGV[9])
+for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
+local appended = append_event(KEYS[3], KEYS[4], ARGV[6], ARGV[4], tonumber(ARGV[5]), fields,
+  math.floor(retention * 1.5))
 redis.call('HSET', KEYS[2], F.conv_done, ARGV[3])
 redis.call('HDEL', KEYS[2], F.conv_attempt_of, F.conv_attempts, F.conv_attempt_token, F.conv_delta)
 answered(KEYS[5], KEYS[8], ARGV[3])
 local found = next_entry(KEYS[5], KEYS[2], ARGV[3], ARGV[1], '')
-if found[1] == 'none' then redis.call('DEL', KEYS[1]) end
+if found[1] == 'none' then
+  redis.call('DEL', KEYS[1])
+  if retention > 0 then
+    redis.call('PEXPIRE', KEYS[2], retention)
+    redis.call('PEXPIRE', KEYS[5], retention)
+  end
+end
 return {'ok', appended[1], unpack(found)}

@@ -150,6 +150,24 @@ async def test_conversations_per_user(client):
     assert await client.zcard(keys.conversations(u)) == 2
 
 
+async def test_conversations_idle_past_retention_no_longer_count(client):
+    retention_s = 0.6
+    store = GatewayStore(client, StreamSettings(work_shards=1, retention=retention_s / 60),
+                         QuotaSettings(**{**vars(OFF), "max_conversations": 2}))
+    u = user()
+    await store.accept(u, "d", "a", "a1", "x")
+    await store.accept(u, "d", "b", "b1", "x")
+    await asyncio.sleep(retention_s / 2)
+    await store.accept(u, "d", "b", "b2", "b is still in use")
+    with pytest.raises(OverLimit):
+        await store.accept(u, "d", "c", "c1", "x")
+    await asyncio.sleep(retention_s / 2 + 0.1)  # a: idle past retention; b: not
+    await store.accept(u, "d", "c", "c1", "x")
+    assert set(await client.zrange(keys.conversations(u), 0, -1)) == {"b", "c"}
+    with pytest.raises(OverLimit):
+        await store.accept(u, "d", "d", "d1", "x")
+
+
 async def test_messages_per_conversation(client):
     store, u = make(client, max_messages=3), user()
     for i in range(3):
