@@ -47,7 +47,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .errors import SwitchboardError
-from .settings import HealthSettings
+from .settings import HealthSettings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ class Health:
     async def running(self) -> AsyncIterator[Health]:
         """The heartbeat, the readiness checks and (with ``METRICS_PORT``) the
         server, for the duration of the block. The server is listening when
-        the block starts; a port that cannot be bound raises ``OSError``."""
+        the block starts; a port that cannot be bound raises ``SettingsError``."""
         self.beat()
         tasks = [asyncio.create_task(self._heartbeat(), name=f"{self.name}-heartbeat"),
                  asyncio.create_task(self._check_loop(), name=f"{self.name}-readiness")]
@@ -275,7 +275,11 @@ class Health:
         try:
             if self.settings.port:
                 server = HealthServer(self)
-                await server.start()
+                try:
+                    await server.start()
+                except OSError as exc:
+                    raise SettingsError(f"cannot serve health on METRICS_HOST={self.settings.host} "
+                                        f"METRICS_PORT={self.settings.port}: {exc.strerror or exc}") from None
                 self.port = server.port
                 log.info("%s health endpoints on http://%s:%d (/healthz, /readyz)", self.name,
                          self.settings.host, server.port)

@@ -225,6 +225,6 @@ async def test_a_taken_port_fails_at_start():
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         checks = health.Health(_settings(port=sock.getsockname()[1]))
-        with pytest.raises(OSError):
+        with pytest.raises(SettingsError, match="METRICS_PORT"):
             async with checks.running():
                 pass
