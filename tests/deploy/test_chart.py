@@ -430,6 +430,7 @@ def test_gateway_listens_on_all_interfaces_and_serves_the_ws_port():
     service = one(docs, "Service", "sb-switchboard-gateway")
     assert service["spec"]["ports"] == [{"name": "ws", "port": 8765, "targetPort": "ws", "protocol": "TCP"}]
     assert service["spec"]["type"] == "ClusterIP"
+    assert "must differ" in refuses(merged(REQUIRED, {"gateway": {"port": 9090}}))
 
 
 def _worker_needs(shutdown_grace: float | None = None) -> float:
