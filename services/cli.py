@@ -182,9 +182,10 @@ def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         redis.start()
         child_env["REDIS_URL"] = redis.url
     children: list[subprocess.Popen] = []
+    health_ports = _health_ports(env)
     try:
         for service in ("fanout", "worker", "gateway"):
-            service_env = dict(child_env, SERVER_ID=f"{service}-local")
+            service_env = dict(child_env, SERVER_ID=f"{service}-local", METRICS_PORT=str(health_ports.get(service, 0)))
             children.append(subprocess.Popen([sys.executable, "-m", "switchboard.cli", service], env=service_env))
         host = env.get("WEBSOCKET_HOST") or "127.0.0.1"
         port = env.get("WEBSOCKET_PORT") or "8765"
@@ -197,6 +198,7 @@ def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             "\nSwitchboard is running.\n"
             f"  Redis:      {child_env['REDIS_URL']}{' (embedded, data in ' + str(redis.data_dir) + ')' if redis else ''}\n"
             f"  WebSocket:  ws://{host}:{port}/ws\n"
+            f"{_health_banner(env, health_ports)}"
             f"  Dev token for user 'dev-user' (24 h):\n    {token}\n"
             "  First frame: {\"type\":\"hello\",\"token\":TOKEN,\"device_id\":\"laptop\"}\n"
             "  Protocol:   docs/protocol.md    Ctrl-C stops everything.\n",
@@ -219,6 +221,43 @@ def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                 child.kill()
         if redis is not None:
             redis.stop()
+
+
+#: The tiers of `switchboard run`, in the order of their METRICS_PORTs.
+RUN_TIERS = ("gateway", "worker", "fanout")
+RUN_METRICS_PORT = 9101
+
+
+def _health_ports(env: Mapping[str, str]) -> dict[str, int]:
+    """Health ports of `switchboard run`'s services: METRICS_PORT (default
+    9101) for the gateway and the next two for the worker and the fanout,
+    each replaced by a free port if taken; METRICS_PORT=0: none."""
+    from switchboard.embedded_redis import free_port, port_in_use
+
+    raw = env.get("METRICS_PORT") or str(RUN_METRICS_PORT)
+    try:
+        base = int(raw)
+    except ValueError:
+        raise SettingsError(f"METRICS_PORT={raw!r} is not an integer") from None
+    if base == 0:
+        return {}
+    if not 0 < base <= 65533:
+        raise SettingsError(f"METRICS_PORT={base}: `switchboard run` needs it and the next two ports (1-65533)")
+    host = env.get("METRICS_HOST") or "127.0.0.1"
+    probe_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    ports = {}
+    for offset, tier in enumerate(RUN_TIERS):
+        port = base + offset
+        ports[tier] = free_port() if port_in_use(port, probe_host) else port
+    return ports
+
+
+def _health_banner(env: Mapping[str, str], ports: dict[str, int]) -> str:
+    if not ports:
+        return "  Health:     off (METRICS_PORT=0)\n"
+    host = env.get("METRICS_HOST") or "127.0.0.1"
+    urls = "\n".join(f"    {tier + ':':8} http://{host}:{port}/readyz" for tier, port in ports.items())
+    return f"  Health (/healthz, /readyz):\n{urls}\n"
 
 
 def _wait_for_port(host: str, port: int, children: list[subprocess.Popen], timeout: float = 60.0) -> None:

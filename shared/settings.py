@@ -164,12 +164,45 @@ class QuotaSettings:
         )
 
 
+@dataclass(frozen=True)
+class HealthSettings:
+    """The health endpoints of a service (:mod:`switchboard.shared.health`):
+    ``/healthz``, ``/readyz`` and ``/metrics`` on ``METRICS_PORT``."""
+
+    port: int = 0  #: METRICS_PORT; 0: no health server (the chart sets one)
+    host: str = "127.0.0.1"  #: METRICS_HOST; ``0.0.0.0`` in containers (probes come from outside)
+    stall_after: float = 10.0  #: seconds without a heartbeat of the event loop before /healthz fails
+    refresh: float = 1.0  #: seconds between two readiness checks (the answers of /readyz are cached)
+    check_timeout: float = 2.0  #: seconds one readiness check may take before it counts as failed
+    request_timeout: float = 5.0  #: seconds a client has to send its request head (then 408)
+    max_request_bytes: int = 8192  #: bytes of a request head, at most (then 431)
+    max_connections: int = 64  #: connections served at once; beyond, 503 at once
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> HealthSettings:
+        d = cls()
+        port = _int(env, "METRICS_PORT", d.port, minimum=0)
+        if port > 65535:
+            raise SettingsError(f"METRICS_PORT={port} is not a TCP port (0-65535)")
+        return cls(
+            port=port,
+            host=_get(env, "METRICS_HOST", d.host),
+            stall_after=_float(env, "HEALTH_STALL_AFTER", d.stall_after, minimum=1.0),
+            refresh=_float(env, "HEALTH_REFRESH", d.refresh, minimum=0.1),
+            check_timeout=_float(env, "HEALTH_CHECK_TIMEOUT", d.check_timeout, minimum=0.1),
+            request_timeout=_float(env, "HEALTH_REQUEST_TIMEOUT", d.request_timeout, minimum=0.1),
+            max_request_bytes=_int(env, "HEALTH_MAX_REQUEST_BYTES", d.max_request_bytes, minimum=256),
+            max_connections=_int(env, "HEALTH_MAX_CONNECTIONS", d.max_connections, minimum=1),
+        )
+
+
 def _common(env: Mapping[str, str]) -> dict:
-    """Fields every service has: Redis, stream retention, instance name."""
+    """Fields every service has: Redis, stream retention, instance name, health endpoints."""
     return {
         "redis": RedisSettings.from_env(env),
         "streams": StreamSettings.from_env(env),
         "server_id": _get(env, "SERVER_ID", default_server_id()),
+        "health": HealthSettings.from_env(env),
     }
 
 
@@ -178,6 +211,7 @@ class GatewaySettings:
     redis: RedisSettings = RedisSettings()
     streams: StreamSettings = StreamSettings()
     server_id: str = dataclasses.field(default_factory=default_server_id)
+    health: HealthSettings = HealthSettings()
     host: str = "127.0.0.1"
     port: int = 8765
     max_message_size: int = 1 << 20  #: bytes; a larger frame gets a ``too_large`` error
@@ -212,6 +246,7 @@ class GatewaySettings:
     slow_consumer_after: float = 10.0  #: seconds a connection may stay paused (outbox full) before 4008
     resync_holdoff: float = 0.25  #: seconds after an attach in which a gap does not re-attach again
     compression: bool = False  #: permessage-deflate (off: it costs CPU per connection, see bench/NOTES.md)
+    drain_delay: float = 0.0  #: seconds a stopping gateway keeps serving, not ready, before it closes its sockets
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
@@ -253,6 +288,7 @@ class GatewaySettings:
             slow_consumer_after=_float(env, "SLOW_CONSUMER_AFTER", d.slow_consumer_after, minimum=0.1),
             resync_holdoff=_float(env, "RESYNC_HOLDOFF", d.resync_holdoff, minimum=0.0),
             compression=_bool(env, "COMPRESSION", d.compression),
+            drain_delay=_float(env, "DRAIN_DELAY", d.drain_delay, minimum=0.0),
         )
         check_jwt(settings)
         return settings
@@ -294,6 +330,7 @@ class WorkerSettings:
     redis: RedisSettings = RedisSettings()
     streams: StreamSettings = StreamSettings()
     server_id: str = dataclasses.field(default_factory=default_server_id)
+    health: HealthSettings = HealthSettings()
     graph: str = "switchboard.worker.graph:graph"
     checkpoint_ttl: float | None = None  #: minutes; None keeps checkpoints forever
     checkpoint_cache: int = 256  #: conversations whose newest checkpoint stays in memory (0: none)
@@ -338,6 +375,7 @@ class FanoutSettings:
     redis: RedisSettings = RedisSettings()
     streams: StreamSettings = StreamSettings()
     server_id: str = dataclasses.field(default_factory=default_server_id)
+    health: HealthSettings = HealthSettings()
     batch: int = 500  #: events read per user per round trip
     batch_bytes: int = 1 << 20  #: bytes read per user per round trip (beyond one event), hence per delivery message
     round_bytes: int = 4 << 20  #: bytes one round publishes to one gateway (beyond one delivery)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from redis.exceptions import RedisError, ResponseError
 
 from switchboard.shared import connection as redisconn
-from switchboard.shared import keys
+from switchboard.shared import health, keys
 from switchboard.shared.checkpoints import setup_saver
 from switchboard.shared.fields import WorkField
 from switchboard.shared.settings import WorkerSettings
@@ -95,9 +95,58 @@ class Worker:
         #: stopping (bounded by the conversations taken: WORKER_READ_AHEAD).
         self._stopped: list[ConversationTask] = []
         self._ack_wanted = asyncio.Event()
+        self._stop: asyncio.Event | None = None
+        self._reader: asyncio.Task | None = None
+        # The health checks' own small client: a pool busy with turns must not read as Redis down.
+        self.health_redis = redisconn.make_client(settings.redis, max_connections=2)
+        self.health = self._health()
+
+    def _health(self) -> health.Health:
+        """Ready = set up, reading work, not stopping, Redis answering and the
+        group present on every work stream (docs/operations.md, "Health")."""
+        checks = health.Health(self.settings.health, "worker")
+
+        def state() -> str | None:
+            if self._stop is not None and self._stop.is_set():
+                return "shutting down: finishing running turns"
+            if not self.ready.is_set():
+                return "starting: loading the graph"
+            if self._reader is not None and self._reader.done():
+                return "the work read loop has ended"
+            return None
+
+        checks.add_condition(state)
+        checks.add_probe("redis", self._check_groups)
+        return checks
+
+    async def _check_groups(self) -> str | None:
+        """One round trip: PING, and XINFO GROUPS of every work stream."""
+        pipe = self.health_redis.pipeline(transaction=False)
+        pipe.ping()
+        for stream in self.streams:
+            pipe.xinfo_groups(stream)
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError):
+            return "redis: unreachable"
+        if isinstance(replies[0], Exception):
+            return "redis: unreachable"
+        missing = [stream for stream, groups in zip(self.streams, replies[1:])
+                   if isinstance(groups, Exception) or not any(g.get("name") == keys.WORKER_GROUP for g in groups)]
+        if missing:
+            return f"consumer group {keys.WORKER_GROUP!r} missing on {', '.join(missing)}"
+        return None
 
     async def serve(self, *, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
+        self._stop = stop
+        try:
+            async with self.health.running():
+                await self._serve(stop)
+        finally:
+            await self.health_redis.aclose()
+
+    async def _serve(self, stop: asyncio.Event) -> None:
         ttl = {"default_ttl": self.settings.checkpoint_ttl, "refresh_on_read": True} if self.settings.checkpoint_ttl else None
         saver = FencedRedisSaver(redis_client=self.raw, ttl=ttl, cache_size=self.settings.checkpoint_cache)
         await setup_saver(saver)
@@ -109,7 +158,7 @@ class Worker:
         log.info("worker %s ready: graph=%s concurrency=%d", self.consumer, self.settings.graph,
                  self.settings.concurrency)
         self.ready.set()
-        reader = asyncio.create_task(self._read_loop(stop), name="worker-read")
+        reader = self._reader = asyncio.create_task(self._read_loop(stop), name="worker-read")
         claimer = asyncio.create_task(self._claim_loop(stop), name="worker-claim")
         acks_done = asyncio.Event()
         acker = asyncio.create_task(self._ack_loop(acks_done), name="worker-ack")

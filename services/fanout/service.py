@@ -33,7 +33,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from switchboard.shared import connection as redisconn
-from switchboard.shared import internal, keys, outbound, streamids
+from switchboard.shared import health, internal, keys, outbound, streamids
 from switchboard.shared.protocol import Event
 from switchboard.shared.settings import FanoutSettings
 from switchboard.shared.tasks import finish, wait_event
@@ -66,11 +66,37 @@ class Fanout:
         self._pubsub: aioredis.client.PubSub | None = None
         self.gateways = GatewayWatch()
         self.stopping = asyncio.Event()
+        # The health checks' own small client, apart from the pump's.
+        self.health_redis = redisconn.make_client(settings.redis, max_connections=2)
+        self.health = self._health()
+
+    def _health(self) -> health.Health:
+        """Ready = subscribed to its control channel, not stopping, Redis
+        answering (docs/operations.md, "Health")."""
+        checks = health.Health(self.settings.health, "fanout")
+
+        def state() -> str | None:
+            if self.stopping.is_set():
+                return "shutting down"
+            if self._pubsub is None:
+                return "not subscribed to its control channel"
+            return None
+
+        checks.add_condition(state)
+        checks.add_probe("redis", lambda: health.redis_ping(self.health_redis))
+        return checks
 
     # -- lifecycle ---------------------------------------------------------------
 
     async def serve(self, *, stop: asyncio.Event | None = None) -> None:
         self.stopping = stop or asyncio.Event()
+        try:
+            async with self.health.running():
+                await self._serve()
+        finally:
+            await self.health_redis.aclose()
+
+    async def _serve(self) -> None:
         tasks = [asyncio.create_task(self._listen(), name="fanout-listen"),
                  asyncio.create_task(self._pump(), name="fanout-pump"),
                  asyncio.create_task(self._sweep(), name="fanout-sweep")]

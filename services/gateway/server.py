@@ -22,6 +22,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from switchboard.shared import connection as redisconn
+from switchboard.shared import health
 from switchboard.shared.checkpoints import SwitchboardRedisSaver, setup_saver, use_caching_serializer
 from switchboard.shared import protocol as p
 from switchboard.shared import streamids
@@ -78,12 +79,39 @@ class Gateway:
         self.admission = admission.AdmissionStore(self.redis, settings.admission_ttl)
         self.admitted = admission.Registry(self.admission, settings.max_devices_per_user)
         self.unauthenticated = admission.LocalCounts(settings.max_unauthenticated_per_ip)
+        self._listening = False
+        self._stop: asyncio.Event | None = None
+        # The health checks' own small client: a pool busy with traffic must not read as Redis down.
+        self.health_redis = redisconn.make_client(settings.redis, max_connections=2)
+        self.health = self._health()
+
+    def _health(self) -> health.Health:
+        """Ready = listening, not draining, Redis answering (docs/operations.md, "Health")."""
+        checks = health.Health(self.settings.health, "gateway")
+
+        def state() -> str | None:
+            if self._stop is not None and self._stop.is_set():
+                return "draining: the gateway is shutting down"
+            return None if self._listening else "starting: not accepting connections yet"
+
+        checks.add_condition(state)
+        checks.add_probe("redis", lambda: health.redis_ping(self.health_redis))
+        return checks
 
     async def serve(self, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
-        """Serve until ``stop`` is set; then close every socket with 1001 (reconnect)."""
+        """Serve until ``stop`` is set; then, after ``DRAIN_DELAY`` seconds of
+        serving while not ready, close every socket with 1001 (reconnect)."""
+        stop = stop or asyncio.Event()
+        self._stop = stop
+        try:
+            async with self.health.running():
+                await self._serve(ready, stop)
+        finally:
+            await self.health_redis.aclose()
+
+    async def _serve(self, ready: asyncio.Event | None, stop: asyncio.Event) -> None:
         await setup_saver(self.saver)
         await self.store.load()
-        stop = stop or asyncio.Event()
         hub_task = asyncio.create_task(self.hub.run(), name="delivery-hub")
         renew_task = asyncio.create_task(self.admitted.run(self.hub.closing), name="admission-renew")
         try:
@@ -108,9 +136,16 @@ class Gateway:
                 port = next(iter(server.sockets)).getsockname()[1]
                 log.info("gateway %s listening on %s://%s:%s/ws", s.server_id, "wss" if self.tls else "ws",
                          s.host, port)
+                self._listening = True
                 if ready is not None:
                     ready.set()
                 await stop.wait()
+                if s.drain_delay:
+                    # /readyz says "draining" from now on: load balancers that
+                    # check it stop sending new connections before these close.
+                    log.info("gateway %s draining for %g s", s.server_id, s.drain_delay)
+                    await asyncio.sleep(s.drain_delay)
+                self._listening = False
                 log.info("gateway %s shutting down: closing %d connections", s.server_id, len(self.hub.conns))
                 server.close(close_connections=True)  # 1001 going away: clients reconnect
                 await server.wait_closed()
@@ -122,7 +157,16 @@ class Gateway:
             await self.subscriber.aclose()
 
     def _route(self, connection: ServerConnection, request):  # noqa: ANN001
-        if request.path.split("?", 1)[0] != "/ws":
+        path = request.path.split("?", 1)[0]
+        if path in ("/healthz", "/readyz"):
+            # For load balancers that check the traffic port; /metrics only on METRICS_PORT.
+            answer = self.health.answer("GET", path)
+            response = connection.respond(answer.status, answer.body.decode())
+            del response.headers["Content-Type"]
+            response.headers["Content-Type"] = answer.content_type
+            response.headers["Cache-Control"] = "no-store"
+            return response
+        if path != "/ws":
             return connection.respond(http.HTTPStatus.NOT_FOUND, "not found; the WebSocket endpoint is /ws\n")
         if not admission.origin_allowed(request.headers.get("Origin"), self.settings.allowed_origins):
             return connection.respond(http.HTTPStatus.FORBIDDEN, "origin not allowed\n")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 from switchboard.embedded_redis import free_port, port_in_use
 from tests.support.client import Device
@@ -32,6 +35,16 @@ async def test_switchboard_run_prints_how_to_connect_and_serves_two_devices(tmp_
         token = re.search(r"Dev token for user 'dev-user'.*\n\s+(\S+)", text).group(1)
         assert url == f"ws://127.0.0.1:{ws_port}/ws"
         assert f"redis://127.0.0.1:{redis_port}/0" in text
+        health = dict(re.findall(r"^\s+(gateway|worker|fanout):\s+(http://\S+/readyz)$", text, re.M))
+        assert set(health) == {"gateway", "worker", "fanout"} and len(set(health.values())) == 3, text
+        for readyz in health.values():  # each tier's own port; the worker may still be loading its graph
+            while True:
+                try:
+                    assert json.loads(urllib.request.urlopen(readyz, timeout=5).read()) == {"status": "ok"}
+                    break
+                except urllib.error.URLError as exc:  # not listening yet, or 503: not ready yet
+                    assert getattr(exc, "code", 503) == 503 and time.monotonic() < deadline, (readyz, exc)
+                    time.sleep(0.1)
 
         laptop, phone = Device(url, token, "laptop"), Device(url, token, "phone")
         await laptop.connect()
