@@ -15,6 +15,19 @@ import redis
 from switchboard.embedded_redis import EmbeddedRedis, free_port
 
 
+#: Tests that measure a second user's latency, or load the machine for
+#: minutes: `make test` runs them on their own, after the rest has run two at
+#: a time (pytest-xdist), so neither phase disturbs the other's figures.
+SERIAL = {"test_abuse_connections", "test_abuse_delivery", "test_abuse_worker", "test_fairness", "test_fuzz",
+          "test_chaos_run", "test_bench_smoke"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SERIAL:
+            item.add_marker(pytest.mark.serial)
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     url = os.environ.get("REDIS_URL")
