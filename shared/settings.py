@@ -86,7 +86,7 @@ def _networks(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tu
     return values
 
 
-def _encryption(env: Mapping[str, str]) -> Keyring:
+def encryption_from_env(env: Mapping[str, str]) -> Keyring:
     """ENCRYPTION_KEYS: comma-separated Fernet keys, the first sealing new data
     (shared/encryption.py); unset: nothing is sealed. A bad key stops the
     service at start, named by its position."""
@@ -257,7 +257,7 @@ class GatewaySettings:
             slow_consumer_after=_float(env, "SLOW_CONSUMER_AFTER", d.slow_consumer_after, minimum=0.1),
             resync_holdoff=_float(env, "RESYNC_HOLDOFF", d.resync_holdoff, minimum=0.0),
             compression=_bool(env, "COMPRESSION", d.compression),
-            encryption=_encryption(env),
+            encryption=encryption_from_env(env),
         )
         check_jwt(settings)
         return settings
@@ -337,7 +337,7 @@ class WorkerSettings:
             shutdown_grace=_float(env, "SHUTDOWN_GRACE", d.shutdown_grace, minimum=0.0),
             stream_deltas=_bool(env, "STREAM_DELTAS", d.stream_deltas),
             delta_interval=_float(env, "DELTA_INTERVAL", d.delta_interval, minimum=0.0),
-            encryption=_encryption(env),
+            encryption=encryption_from_env(env),
         )
 
 

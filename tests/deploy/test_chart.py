@@ -299,3 +299,18 @@ def test_gateway_takes_an_identity_providers_key_from_a_mounted_file():
     # One family at a time: the secret is rendered only without a public key.
     assert re.search(r"else\s*\}\}\s*- name: JWT_SECRET", template)
     assert 'fail "jwt.publicKey / jwt.jwks need gateway.settings.jwtAlgorithms' in keys
+
+
+def test_encryption_keys_reach_the_gateways_and_workers_only_from_a_secret():
+    """ENCRYPTION_KEYS come from the Secret ``encryption.existingSecret``
+    names, into the two tiers that seal and open text; the fanout forwards
+    what is stored and gets no key."""
+    assert _values()["encryption"] == {"existingSecret": "", "existingSecretKey": "encryption-keys"}
+    for service in ("gateway", "worker"):
+        env = {entry["name"]: entry for entry in _container(service)["env"]}
+        assert env["ENCRYPTION_KEYS"]["valueFrom"]["secretKeyRef"] == {"name": "TEMPLATED", "key": "TEMPLATED"}
+        assert re.search(r"if \.Values\.encryption\.existingSecret \}\}\s*\n(?:\s*#.*\n)?\s*- name: ENCRYPTION_KEYS",
+                         _template(f"{service}-deployment.yaml")), f"{service}: ENCRYPTION_KEYS not conditional"
+    assert "ENCRYPTION_KEYS" not in env_names(_template("fanout-deployment.yaml"))
+    assert "ENCRYPTION_KEYS" not in env_names(_template("configmap.yaml"))
+    assert "ENCRYPTION_KEYS" not in _settings_reads()["FanoutSettings"]
