@@ -100,7 +100,7 @@ class Keyring:
         self.size = len(fernets)  #: how many keys (never which)
 
     def __repr__(self) -> str:  # settings objects are printed; keys never are
-        return f"Keyring({self.size} keys)"
+        return f"Keyring({self.size} key{'' if self.size == 1 else 's'})"
 
     @property
     def enabled(self) -> bool:

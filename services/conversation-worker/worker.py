@@ -106,7 +106,7 @@ class Worker:
                 await self.redis.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
         log.info("worker %s ready: graph=%s concurrency=%d encryption at rest: %s", self.consumer,
                  self.settings.graph, self.settings.concurrency,
-                 f"{self.settings.encryption.size} keys" if self.settings.encryption.enabled else "off")
+                 repr(self.settings.encryption) if self.settings.encryption.enabled else "off")
         self.ready.set()
         reader = asyncio.create_task(self._read_loop(stop), name="worker-read")
         claimer = asyncio.create_task(self._claim_loop(stop), name="worker-claim")

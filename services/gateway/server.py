@@ -111,7 +111,7 @@ class Gateway:
                 port = next(iter(server.sockets)).getsockname()[1]
                 log.info("gateway %s listening on %s://%s:%s/ws (encryption at rest: %s)", s.server_id,
                          "wss" if self.tls else "ws", s.host, port,
-                         f"{s.encryption.size} keys" if s.encryption.enabled else "off")
+                         repr(s.encryption) if s.encryption.enabled else "off")
                 if ready is not None:
                     ready.set()
                 await stop.wait()
@@ -380,8 +380,8 @@ class Gateway:
                 except CannotOpen as exc:
                     log.error("history of user=%s conversation=%s cannot be decrypted: %s", conn.user, conv, exc,
                               extra={**conn.log_context, "conversation": conv})
-                    raise p.FrameError(p.ErrorCode.UNREADABLE,
-                                       "this conversation's history cannot be decrypted with this server's keys") from None
+                    raise p.FrameError(p.ErrorCode.UNREADABLE, "this conversation's history cannot be "
+                                       "decrypted with this server's keys") from None
                 if messages is None:
                     raise p.FrameError(p.ErrorCode.UNKNOWN_CONVERSATION, f"no conversation {conv!r}")
                 await conn.reply(p.HistoryResult(conversation_id=conv, messages=messages))
