@@ -126,13 +126,18 @@ class CachingSerializer(JsonPlusRedisSerializer):
         type_, data = self.dumps_typed(value)
         return envelope(self.keyring.seal_bytes(data), type_)
 
+    def seal_channel_value(self, value: Any) -> Any:
+        """A channel value to store: its envelope, unless it is a list of
+        messages (they are sealed as they are encoded). Unchanged without keys."""
+        if not self._sealing or _is_message_list(value):
+            return value
+        return self.seal_value(value)
+
     def seal_channel_values(self, values: dict[str, Any]) -> dict[str, Any]:
-        """The channel values to store: each value that is not a list of
-        messages replaced by its envelope (messages are sealed as they are
-        encoded). Unchanged without keys."""
+        """:meth:`seal_channel_value` of each channel."""
         if not self._sealing:
             return values
-        return {name: value if _is_message_list(value) else self.seal_value(value) for name, value in values.items()}
+        return {name: self.seal_channel_value(value) for name, value in values.items()}
 
     def seal_writes(self, writes: Any) -> Any:
         """Pending writes ``(channel, value)`` with each value sealed whole."""

@@ -195,12 +195,14 @@ def _encode_checkpoint(saver: AsyncRedisSaver, thread_id: str, checkpoint: Any) 
     try:
         values = body.get("channel_values")
         if isinstance(values, dict):
-            # With keys, every value but the message lists becomes its sealed
-            # envelope; the messages are sealed one by one as they are encoded.
-            body["channel_values"] = values = serde.seal_channel_values(dict(values))
+            body["channel_values"] = values = dict(values)
             for name, value in values.items():
-                if isinstance(value, list):  # the messages: encoded once each, a list kept per thread
-                    values[name] = serde.encode_list((thread_id, name), value) or value
+                # The messages: encoded (and, with keys, sealed) once each, a
+                # list kept per thread. Any other value is sealed whole with
+                # keys: encode_list answers None for a list that is not all
+                # LangChain objects.
+                encoded = serde.encode_list((thread_id, name), value) if isinstance(value, list) else None
+                values[name] = encoded if encoded is not None else serde.seal_channel_value(value)
         return orjson.Fragment(orjson.dumps(
             {"type": "json", **serde._preprocess_redis_json(body), "pending_sends": []},
             default=serde._default_handler))
