@@ -73,6 +73,8 @@ def _markers() -> tuple[str, str]:
 def _dump(client: redis.Redis, key: bytes) -> bytes:
     """Everything a key holds, by type (its bytes as Redis returns them)."""
     kind = client.type(key).decode()
+    if kind == "none":  # gone since the SCAN (an admission slot released, a TTL)
+        return key
     if kind == "stream":
         parts = [b"".join(k + v for k, v in fields.items()) for _, fields in client.xrange(key)]
     elif kind == "hash":
