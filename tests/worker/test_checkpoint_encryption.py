@@ -284,6 +284,11 @@ async def test_a_conversation_begun_without_keys_goes_on_with_them_and_keys_rota
         rotated.saver, thread, rotated.saver._newest[thread].checkpoint["id"]))
     topic = newest["checkpoint"]["channel_values"]["topic"]
     assert CachingSerializer(keyring=Keyring([B])).open_value(topic) == WORD
+    # The state read from Redis was written back whole: every message, even
+    # the first, is sealed with B now.
+    only_b = CachingSerializer(keyring=Keyring([B]))
+    assert [m.content for m in map(only_b.open_value, newest["checkpoint"]["channel_values"]["messages"])][::2] == [
+        f"{WORD} before encryption", "with key A", "after the rotation"]
     with pytest.raises(CannotOpen):
         CachingSerializer(keyring=Keyring([A])).open_value(topic)
     history = HistoryReader(use_caching_serializer(SwitchboardRedisSaver(redis_client=raw), Keyring([B, A])))
