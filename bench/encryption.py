@@ -9,8 +9,9 @@ its own Redis twice, keys off and on, in alternating order (off-on, on-off,
 ``--turns`` messages to one conversation, one at a time; for the first
 ``--window`` turns (short) and the last (long: turns 101-120 by default) the
 turn latency (send to reply event) and the CPU the gateway and the worker
-spend per turn (``/proc/PID/stat``) are recorded. The medians over the rounds
-are compared.
+spend per turn (``/proc/PID/stat``) are recorded, and Redis's (a larger
+checkpoint document costs it more to parse and store). The medians over the
+rounds are compared.
 
 In-process figures isolate the sealing itself: sealing and opening one
 message's text, and the worker's encoding of a turn's checkpoint document
@@ -66,6 +67,7 @@ async def _one_run(workdir: Path, keys: str | None, turns: int, window: int) -> 
     try:
         cluster.start_many(("fanout", "f"), ("worker", "w"), ("gateway", "gw"), timeout=60)
         pids = {name: cluster.services[name].process.pid for name in ("gw", "w")}
+        pids["redis"] = redis.process.pid
         device = LoadDevice(cluster.services["gw"].url, token(f"enc-{uuid.uuid4().hex[:8]}"), "d")
         await device.connect()
         for i in range(5):  # warm-up: imports, script loads, index creation
@@ -87,8 +89,8 @@ async def _one_run(workdir: Path, keys: str | None, turns: int, window: int) -> 
     return {
         "latency_ms": {"short": _p50_ms(latencies[:window]), "long": _p50_ms(latencies[-window:])},
         "cpu_ms_per_turn": {
-            {"gw": "gateway", "w": "worker"}[name]: {"short": round((c[1] - c[0]) * 1000 / window, 3),
-                                                      "long": round((c[3] - c[2]) * 1000 / window, 3)}
+            {"gw": "gateway", "w": "worker", "redis": "redis"}[name]: {
+                "short": round((c[1] - c[0]) * 1000 / window, 3), "long": round((c[3] - c[2]) * 1000 / window, 3)}
             for name, c in cpu.items()},
     }
 
@@ -117,38 +119,46 @@ def _per_call_us(fn, n: int = 2000) -> float:
     return round((time.perf_counter() - start) / n * 1e6, 2)
 
 
-def _document_us(keyring: Keyring, turns: int) -> dict:
-    """The worker's encoding of one turn's checkpoint (remembered encodings
-    warm, as while a worker holds a conversation) at turn 1 and turn ``turns``."""
+def _pair(turn: int) -> list:
+    return [HumanMessage(TEXT.format(i=turn), id=f"in-{turn}"),
+            AIMessage(f"Turn {turn}. You said: {TEXT.format(i=turn)}")]
+
+
+def _values(messages: list, turn: int) -> dict:
+    """The default graph's state at ``turn``."""
+    return {"messages": messages, "turn": turn, "keywords": {"sailing": turn, "boats": turn, "weather": turn},
+            "topic": "sailing", "last_user_text": TEXT.format(i=turn), "previous_user_text": TEXT.format(i=turn - 1)}
+
+
+def _document_us(keyring: Keyring, turns: int, samples: int = 200) -> dict:
+    """The worker's encoding of one turn's checkpoint document at turn 1 and
+    turn ``turns``, its encodings warm as while a worker holds the
+    conversation: each sample encodes the previous turn's state (untimed),
+    then times the state with the turn's two new messages added."""
     saver = FencedRedisSaver(redis_client=aioredis.Redis(), keyring=keyring)  # no connection is made
     config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
-    messages: list = []
-    out = {}
-    for turn in range(1, turns + 1):
-        messages = messages + [HumanMessage(TEXT.format(i=turn), id=f"in-{turn}"),
-                               AIMessage(f"Turn {turn}. You said: {TEXT.format(i=turn)}")]
-        values = {"messages": messages, "turn": turn, "keywords": {"sailing": turn, "boats": turn, "weather": turn},
-                  "topic": "sailing", "last_user_text": TEXT.format(i=turn), "previous_user_text": TEXT.format(i=turn - 1)}
-        if turn in (1, turns):
-            def encode(values=values):
-                checkpoint = {**empty_checkpoint(), "channel_values": values,
-                              "channel_versions": {name: f"{turn:032}.0" for name in values}}
-                checkpoint_format.document(saver, config, checkpoint, {"source": "loop", "step": turn})
 
-            # Each call re-encodes what the turn added: its two new messages,
-            # so time a fresh pair for every call.
-            samples = []
-            for _ in range(200):
-                messages = messages[:-2] + [HumanMessage(TEXT.format(i=turn), id=f"in-{turn}"),
-                                            AIMessage(f"Turn {turn}. You said: {TEXT.format(i=turn)}")]
-                values["messages"] = messages
+    def encode(messages: list, turn: int) -> int:
+        checkpoint = {**empty_checkpoint(), "channel_values": _values(messages, turn), "channel_versions": {}}
+        return len(checkpoint_format.document(saver, config, checkpoint, {"source": "loop", "step": turn}).body)
+
+    out: dict[str, Any] = {}
+    messages: list = []
+    for turn in range(1, turns + 1):
+        previous = messages
+        if turn in (1, turns):
+            times = []
+            for _ in range(samples):
+                encode(previous, turn - 1)
+                messages = previous + _pair(turn)
                 start = time.perf_counter()
-                encode(values)
-                samples.append(time.perf_counter() - start)
-            out[f"turn_{turn}"] = round(statistics.median(samples) * 1e6, 1)
+                size = encode(messages, turn)
+                times.append(time.perf_counter() - start)
+            out[f"turn_{turn}_us"] = round(statistics.median(times) * 1e6, 1)
+            out[f"turn_{turn}_bytes"] = size
         else:
-            checkpoint = {**empty_checkpoint(), "channel_values": values, "channel_versions": {}}
-            checkpoint_format.document(saver, config, checkpoint, {"source": "loop", "step": turn})
+            messages = previous + _pair(turn)
+            encode(messages, turn)
     return out
 
 
@@ -183,7 +193,8 @@ async def run(rounds: int, turns: int, window: int, out: Path) -> dict:
     figures: dict[str, Any] = {}
     for label, path in (("turn latency p50 (ms)", ("latency_ms",)),
                         ("gateway CPU per turn (ms)", ("cpu_ms_per_turn", "gateway")),
-                        ("worker CPU per turn (ms)", ("cpu_ms_per_turn", "worker"))):
+                        ("worker CPU per turn (ms)", ("cpu_ms_per_turn", "worker")),
+                        ("Redis CPU per turn (ms)", ("cpu_ms_per_turn", "redis"))):
         figures[label] = {
             window_name: {side: _median(runs[side], *path, window_name) for side in runs}
             for window_name in ("short", "long")}

@@ -143,7 +143,8 @@ def cmd_deadletters(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         unreadable = []
         for name in ("text", "reason"):
             try:
-                fields[name] = keyring.open(fields.get(name, ""))
+                if name in fields:
+                    fields[name] = keyring.open(fields[name])
             except CannotOpen:
                 unreadable.append(name)
         print(json.dumps({"id": entry_id, **fields, **({"unreadable": unreadable} if unreadable else {})}))

@@ -52,6 +52,14 @@ no message text. So a stock ``AsyncRedisSaver`` given this serializer with
 the keys reads encrypted checkpoints, and one without the keys still lists,
 prunes and expires them. A checkpoint written before the keys were set
 reads as before (nothing in it is an envelope).
+
+The library internals this relies on (checked against 0.5.2, like the
+others): ``JsonPlusRedisSerializer._default_handler`` (where LangChain objects
+are encoded) and ``_revive_if_needed`` (where constructor dicts are revived);
+``BaseRedisSaver._recursive_deserialize`` (the reader's walk of the channel
+values, which logs and passes on what it cannot revive -- overridden, so a
+value no key opens is an error) and ``_dump_checkpoint`` (the document's
+``checkpoint`` field); ``AsyncRedisSaver.aput_writes``.
 """
 
 from __future__ import annotations

@@ -10,9 +10,12 @@ sealed with B, and a key list without A fails clearly, never a crash."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import string
+import subprocess
+import sys
 import time
 
 import pytest
@@ -201,6 +204,14 @@ async def test_message_text_is_nowhere_at_rest_and_devices_see_it(stack, own_red
         await client.aclose()
         assert [m.content for m in state.checkpoint["channel_values"]["messages"]][:2] == [text, reply["text"]]
         assert word in state.checkpoint["channel_values"]["keywords"]
+        # The operator's view of the dead letter: opened with the key, named unreadable without.
+        for keys_, expected in ((key, None), ("", ["text", "reason"])):
+            out = subprocess.run([sys.executable, "-m", "switchboard.cli", "deadletters"], capture_output=True,
+                                 text=True, check=True, timeout=30,
+                                 env={**os.environ, "REDIS_URL": own_redis.url, "ENCRYPTION_KEYS": keys_})
+            [dead] = [json.loads(line) for line in out.stdout.splitlines()]
+            assert dead["cmid"] == "m3" and dead.get("unreadable") == expected
+            assert (card in dead["text"] and card in dead["reason"]) is (expected is None)
     else:
         # Every place the attack found the card number, and the AOF before
         # and after the rewrite.

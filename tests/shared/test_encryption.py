@@ -99,3 +99,14 @@ def test_settings_read_the_keys_in_order_and_never_print_them():
         assert not settings.from_env({**JWT, "ENCRYPTION_KEYS": " "}).encryption.enabled
         assert not settings.from_env(JWT).encryption.enabled
     assert not hasattr(FanoutSettings(), "encryption")  # the fanout forwards sealed fields, keyless
+
+
+def test_switchboard_keygen_prints_a_new_key(capsys):
+    from switchboard.cli import main
+
+    assert main(["keygen"]) == 0
+    first = capsys.readouterr().out.strip()
+    assert main(["keygen"]) == 0
+    second = capsys.readouterr().out.strip()
+    assert first != second and Keyring([first, second]).size == 2
+    assert Keyring([second, first]).open(Keyring([first]).seal("x")) == "x"
