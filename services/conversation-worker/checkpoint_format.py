@@ -202,7 +202,11 @@ def _encode_checkpoint(saver: AsyncRedisSaver, thread_id: str, checkpoint: Any) 
                 # keys: encode_list answers None for a list that is not all
                 # LangChain objects.
                 encoded = serde.encode_list((thread_id, name), value) if isinstance(value, list) else None
-                values[name] = encoded if encoded is not None else serde.seal_channel_value(value)
+                if encoded is None:
+                    sealed = serde.seal_channel_value(value)
+                    # An envelope goes in as JSON text, not walked again.
+                    encoded = value if sealed is value else orjson.Fragment(orjson.dumps(sealed))
+                values[name] = encoded
         return orjson.Fragment(orjson.dumps(
             {"type": "json", **serde._preprocess_redis_json(body), "pending_sends": []},
             default=serde._default_handler))
