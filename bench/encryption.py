@@ -11,7 +11,8 @@ its own Redis twice, keys off and on, in alternating order (off-on, on-off,
 turn latency (send to reply event) and the CPU the gateway and the worker
 spend per turn (``/proc/PID/task/*/schedstat``) are recorded, and Redis's (a larger
 checkpoint document costs it more to parse and store). The medians over the
-rounds are compared.
+rounds are compared, and the median of the rounds' own differences (the two
+runs of a round share the machine's state of the moment).
 
 In-process figures isolate the sealing itself: sealing and opening one
 message's text, and the worker's encoding of a turn's checkpoint document
@@ -214,17 +215,23 @@ async def run(rounds: int, turns: int, window: int, out: Path) -> dict:
             for window_name in ("short", "long")}
         for window_name, sides in figures[label].items():
             sides["on_minus_off"] = round(sides["on"] - sides["off"], 3)
+            # The two runs of a round ran back to back: their difference
+            # shares the machine's state, so its median is the steadier figure.
+            paired = [_median([on], *path, window_name) - _median([off], *path, window_name)
+                      for on, off in zip(runs["on"], runs["off"])]
+            sides["paired_on_minus_off_median"] = round(statistics.median(paired), 3)
+            sides["paired_on_minus_off"] = [round(d, 3) for d in paired]
     result = {
         "rounds": rounds, "turns": turns, "window": window,
         "windows": {"short": f"turns 1-{window}", "long": f"turns {turns - window + 1}-{turns}"},
         "graph": "switchboard.worker.graph:graph (the default, non-streaming)",
         "medians": figures, "runs": runs, "in_process": in_process(turns),
     }
-    print(f"\n{'figure':<28} {'window':<14} {'off':>8} {'on':>8} {'on - off':>9}")
+    print(f"\n{'figure':<28} {'window':<14} {'off':>8} {'on':>8} {'on - off':>9} {'paired':>8}")
     for label, by_window in figures.items():
         for window_name, sides in by_window.items():
             print(f"{label:<28} {result['windows'][window_name]:<14} {sides['off']:>8.3f} {sides['on']:>8.3f} "
-                  f"{sides['on_minus_off']:>+9.3f}")
+                  f"{sides['on_minus_off']:>+9.3f} {sides['paired_on_minus_off_median']:>+8.3f}")
     proc = result["in_process"]
     print(f"\nin process: seal {proc['seal_us']} us, open {proc['open_us']} us (a {proc['text_bytes']}-byte text, "
           f"{proc['sealed_bytes']} sealed); plain text through open {proc['plain_open_us']} us")

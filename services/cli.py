@@ -130,10 +130,8 @@ def cmd_deadletters(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     import redis
 
     from switchboard.shared import keys
-    from switchboard.shared.settings import RedisSettings
-
     from switchboard.shared.encryption import CannotOpen
-    from switchboard.shared.settings import encryption_from_env
+    from switchboard.shared.settings import RedisSettings, encryption_from_env
 
     keyring = encryption_from_env(env)  # a bad key: SettingsError, exit status 2
     client = redis.Redis.from_url(RedisSettings.from_env(env).url, decode_responses=True)
