@@ -10,7 +10,9 @@ typed settings object built here.
     switchboard redis        the embedded Redis only
     switchboard token USER   print a signed development token for USER (HS256,
                              JWT_SECRET; with JWT_AUDIENCE / JWT_ISSUER if set)
-    switchboard deadletters  show messages the workers gave up on
+    switchboard deadletters  show messages the workers gave up on (opened with
+                             ENCRYPTION_KEYS when it is set)
+    switchboard keygen       print a new key for ENCRYPTION_KEYS
 """
 
 from __future__ import annotations
@@ -128,13 +130,31 @@ def cmd_deadletters(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     import redis
 
     from switchboard.shared import keys
-    from switchboard.shared.settings import RedisSettings
+    from switchboard.shared.encryption import CannotOpen
+    from switchboard.shared.settings import RedisSettings, encryption_from_env
 
+    keyring = encryption_from_env(env)  # a bad key: SettingsError, exit status 2
     client = redis.Redis.from_url(RedisSettings.from_env(env).url, decode_responses=True)
     entries = client.xrevrange(keys.dead_letters(), count=args.count)
     for entry_id, fields in reversed(entries):
-        print(json.dumps({"id": entry_id, **fields}))
+        # Sealed fields are opened; one no key opens stays as stored, and is named.
+        unreadable = []
+        for name in ("text", "reason"):
+            try:
+                if name in fields:
+                    fields[name] = keyring.open(fields[name])
+            except CannotOpen:
+                unreadable.append(name)
+        print(json.dumps({"id": entry_id, **fields, **({"unreadable": unreadable} if unreadable else {})}))
     client.close()
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """A new random key for ENCRYPTION_KEYS (rotation: docs/security.md)."""
+    from switchboard.shared.encryption import generate_key
+
+    print(generate_key())
     return 0
 
 
@@ -285,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     dead = sub.add_parser("deadletters", help="show messages the workers gave up on")
     dead.add_argument("--count", type=int, default=20)
     dead.set_defaults(func=cmd_deadletters)
+    sub.add_parser("keygen", help="print a new key for ENCRYPTION_KEYS").set_defaults(func=cmd_keygen)
     token = sub.add_parser("token", help="print a signed development token")
     token.add_argument("user")
     token.add_argument("--ttl", type=float, default=86_400.0, help="seconds until the token expires")

@@ -15,6 +15,51 @@ It lives here, not with the worker's other dependencies on the library's
 internals (``switchboard.worker.checkpoint_format``, which lists them all and
 whose serializer extends this one), because the gateway reads history with it
 and imports no service. How checkpoints are *written* is the worker's.
+
+*Encryption at rest.* The library stores a checkpoint as a RedisJSON
+document with the channel values inline: whatever the serializer's
+``dumps_typed`` made is parsed back to JSON before it is stored
+(``BaseRedisSaver._dump_checkpoint``), so a serializer that encrypts its
+output whole -- LangGraph's ``EncryptedSerializer`` -- would not encrypt the
+document. The reading side, though, revives every LangChain constructor
+dict it finds in the channel values through the serializer
+(``_recursive_deserialize`` -> ``_revive_if_needed``). With ENCRYPTION_KEYS,
+:class:`CachingSerializer` therefore writes each value as such a dict, a
+*sealed envelope*::
+
+    {"lc": 1, "type": "constructor", "id": ["switchboard", "sealed"],
+     "kwargs": {"v": "f1:<Fernet token of the value's dumps_typed bytes>"}}
+
+(``"t"`` joins ``"v"`` when those bytes are not JSON, e.g. msgpack), and
+revives an envelope into the value it holds. The granularity:
+
+- every *message* (every LangChain object) is sealed on its own, when it is
+  encoded: so the worker's remembered encodings (``checkpoint_format``) keep
+  the sealed form and a turn seals only the messages it added -- the cost per
+  turn does not grow with the conversation;
+- every other channel value (the default graph's ``topic``, ``keywords``,
+  ``last_user_text`` ...) is sealed whole, each turn, as it is encoded each
+  turn anyway (:meth:`CachingSerializer.seal_channel_values`); a channel that
+  is a list of messages stays a list, of sealed messages;
+- pending writes (an interrupt's value, a failed task's error, a subgraph's
+  sends) are sealed whole, each (:meth:`SwitchboardRedisSaver.aput_writes`).
+
+What stays in the clear: the document's structure and every field the
+library indexes or lists by (thread, namespace, checkpoint and parent ids,
+timestamps, channel names and versions, ``source``/``step``), and the
+metadata -- LangGraph 1.2 writes ``source``, ``step`` and ``parents`` there,
+no message text. So a stock ``AsyncRedisSaver`` given this serializer with
+the keys reads encrypted checkpoints, and one without the keys still lists,
+prunes and expires them. A checkpoint written before the keys were set
+reads as before (nothing in it is an envelope).
+
+The library internals this relies on (checked against 0.5.2, like the
+others): ``JsonPlusRedisSerializer._default_handler`` (where LangChain objects
+are encoded) and ``_revive_if_needed`` (where constructor dicts are revived);
+``BaseRedisSaver._recursive_deserialize`` (the reader's walk of the channel
+values, which logs and passes on what it cannot revive -- overridden, so a
+value no key opens is an error) and ``_dump_checkpoint`` (the document's
+``checkpoint`` field); ``AsyncRedisSaver.aput_writes``.
 """
 
 from __future__ import annotations
@@ -22,8 +67,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import orjson
+from langchain_core.load.serializable import Serializable
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 from langgraph.checkpoint.redis.jsonplus_redis import JsonPlusRedisSerializer
+
+from .encryption import CannotOpen, Keyring
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +89,86 @@ class _Failure:
         self.message = message
 
 
+#: The LangChain id of a sealed envelope (see the module notes). No class has
+#: it: a serializer without the keys leaves the envelope as it is.
+SEALED_ID = ["switchboard", "sealed"]
+
+
+def envelope(sealed: str, type_: str = "json") -> dict[str, Any]:
+    """A sealed envelope holding ``sealed`` (bytes of ``dumps_typed`` type ``type_``)."""
+    kwargs = {"v": sealed} if type_ == "json" else {"t": type_, "v": sealed}
+    return {"lc": 1, "type": "constructor", "id": SEALED_ID, "kwargs": kwargs}
+
+
+def is_envelope(obj: Any) -> bool:
+    return (isinstance(obj, dict) and obj.get("id") == SEALED_ID and obj.get("lc") == 1
+            and obj.get("type") == "constructor")
+
+
+def _is_message_list(value: Any) -> bool:
+    """A channel holding LangChain objects only (``messages``): its items are sealed one by one."""
+    return isinstance(value, list) and bool(value) and all(isinstance(item, Serializable) for item in value)
+
+
 class CachingSerializer(JsonPlusRedisSerializer):
     """The library's serializer, with each LangChain id's class look-up
-    remembered (see the module notes)."""
+    remembered, and with ENCRYPTION_KEYS (``keyring``) the sealing of what it
+    writes and the opening of what it reads (see the module notes)."""
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, keyring: Keyring | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._classes: dict[tuple[str, ...], Any] = {}
+        self.keyring = keyring or Keyring()
+        self._sealing = self.keyring.enabled
+
+    # -- sealing ----------------------------------------------------------------------
+
+    def _default_handler(self, obj: Any) -> Any:
+        encoded = super()._default_handler(obj)
+        if self._sealing and isinstance(obj, Serializable):
+            return envelope(self.keyring.seal_bytes(orjson.dumps(encoded, default=self._default_handler)))
+        return encoded
+
+    def seal_value(self, value: Any) -> dict[str, Any]:
+        """``value`` as a sealed envelope (keys needed)."""
+        type_, data = self.dumps_typed(value)
+        return envelope(self.keyring.seal_bytes(data), type_)
+
+    def seal_channel_value(self, value: Any) -> Any:
+        """A channel value to store: its envelope, unless it is a list of
+        messages (they are sealed as they are encoded). Unchanged without keys."""
+        if not self._sealing or _is_message_list(value):
+            return value
+        return self.seal_value(value)
+
+    def seal_channel_values(self, values: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`seal_channel_value` of each channel."""
+        if not self._sealing:
+            return values
+        return {name: self.seal_channel_value(value) for name, value in values.items()}
+
+    def seal_writes(self, writes: Any) -> Any:
+        """Pending writes ``(channel, value)`` with each value sealed whole."""
+        if not self._sealing:
+            return writes
+        return [(channel, self.seal_value(value)) for channel, value in writes]
+
+    # -- opening ----------------------------------------------------------------------
+
+    def open_value(self, sealed: dict[str, Any]) -> Any:
+        """The value an envelope holds; :class:`CannotOpen` if no key opens it."""
+        kwargs = sealed.get("kwargs")
+        token = kwargs.get("v") if isinstance(kwargs, dict) else None
+        if not isinstance(token, str):
+            raise CannotOpen("a sealed envelope without its value")
+        return self.loads_typed((kwargs.get("t", "json"), self.keyring.open_bytes(token)))
+
+    def _revive_if_needed(self, obj: Any) -> Any:
+        if is_envelope(obj):
+            return self.open_value(obj)
+        return super()._revive_if_needed(obj)
+
+    # -- class look-ups ---------------------------------------------------------------
 
     def _constructor_class(self, obj: dict[str, Any]) -> type[Any]:
         id_parts = obj.get("id")
@@ -75,7 +197,8 @@ def _case_sensitive(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 class SwitchboardRedisSaver(AsyncRedisSaver):
-    """The library's saver with its indexes' tags matched exactly.
+    """The library's saver with its indexes' tags matched exactly, and with
+    what it writes itself sealed when its serializer has keys.
 
     RediSearch TAG fields fold case unless declared ``CASESENSITIVE``, so with
     the library's own schema a search for thread ``{u:casey}/c`` also finds
@@ -83,7 +206,14 @@ class SwitchboardRedisSaver(AsyncRedisSaver):
     listed by ``alist``. Thread ids carry user ids, which are case-sensitive
     names, so every tag here is. Only the index definition differs: the
     documents, and a stock ``AsyncRedisSaver`` reading them, are unchanged.
-    :func:`setup_saver` replaces an index created without it."""
+    :func:`setup_saver` replaces an index created without it.
+
+    Encryption at rest (module notes): the library's own writes -- ``aput``
+    (a subgraph's checkpoints, an operator's ``aupdate_state``) and
+    ``aput_writes`` -- seal the channel values and pending writes, and a
+    value no key opens raises :class:`CannotOpen` here instead of being
+    handed on as its envelope (the library logs and returns a constructor
+    dict it cannot revive as it is)."""
 
     @property
     def checkpoints_schema(self) -> dict[str, Any]:
@@ -93,9 +223,26 @@ class SwitchboardRedisSaver(AsyncRedisSaver):
     def writes_schema(self) -> dict[str, Any]:
         return _case_sensitive(super().writes_schema)
 
+    def _dump_checkpoint(self, checkpoint: Any) -> dict[str, Any]:
+        if isinstance(self.serde, CachingSerializer) and self.serde.keyring.enabled:
+            checkpoint = {**checkpoint,
+                          "channel_values": self.serde.seal_channel_values(checkpoint.get("channel_values") or {})}
+        return super()._dump_checkpoint(checkpoint)
 
-def use_caching_serializer(saver: AsyncRedisSaver) -> AsyncRedisSaver:
-    saver.serde = CachingSerializer()
+    async def aput_writes(self, config, writes, task_id, task_path=""):  # noqa: ANN001 - LangGraph's signature
+        if isinstance(self.serde, CachingSerializer):
+            writes = self.serde.seal_writes(writes)
+        return await super().aput_writes(config, writes, task_id, task_path)
+
+    def _recursive_deserialize(self, obj: Any) -> Any:
+        if is_envelope(obj) and isinstance(self.serde, CachingSerializer):
+            return self.serde.open_value(obj)
+        return super()._recursive_deserialize(obj)
+
+
+def use_caching_serializer(saver: AsyncRedisSaver, keyring: Keyring | None = None) -> AsyncRedisSaver:
+    """Give ``saver`` Switchboard's serializer, sealing with ``keyring`` (ENCRYPTION_KEYS)."""
+    saver.serde = CachingSerializer(keyring=keyring)
     return saver
 
 

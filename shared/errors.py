@@ -10,6 +10,8 @@
     ├── GraphLoadError         GRAPH names nothing runnable (worker.loader)
     ├── TurnFailed             one attempt at a turn failed in the graph (worker.turns)
     ├── LeaseLostError         another worker owns the conversation now (worker.lease)
+    ├── CannotOpen             no key of ENCRYPTION_KEYS opens a sealed value (encryption)
+    ├── InvalidKey             an ENCRYPTION_KEYS entry is not a Fernet key (encryption)
     └── EmbeddedRedisError     the embedded Redis cannot start (embedded_redis)
 
 Redis errors stay redis-py's own (``redis.exceptions.RedisError``): the

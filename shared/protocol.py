@@ -50,6 +50,7 @@ class ErrorCode(str, enum.Enum):
     UNKNOWN_CONVERSATION = "unknown_conversation"  #: ``history`` of a conversation with no state
     UNAVAILABLE = "unavailable"  #: a backend (Redis) is unreachable; retry later
     INTERNAL = "internal"  #: a server bug; details are in the server log only
+    UNREADABLE = "unreadable"  #: stored text no key of the server's ENCRYPTION_KEYS opens (an event, history)
     # Limits (docs/security.md lists each with its setting and default):
     RATE_LIMITED = "rate_limited"  #: too many sends per minute or frames per second; retry later
     TEXT_TOO_LONG = "text_too_long"  #: ``text`` is longer than MAX_TEXT_LENGTH characters

@@ -14,6 +14,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .encryption import InvalidKey, Keyring
 from .errors import SwitchboardError
 
 DEV_JWT_SECRET = "switchboard-dev-secret-change-me"
@@ -83,6 +84,16 @@ def _networks(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tu
         except ValueError:
             raise SettingsError(f"{name}: {value!r} is not an IP address or network") from None
     return values
+
+
+def encryption_from_env(env: Mapping[str, str]) -> Keyring:
+    """ENCRYPTION_KEYS: comma-separated Fernet keys, the first sealing new data
+    (shared/encryption.py); unset: nothing is sealed. A bad key stops the
+    service at start, named by its position."""
+    try:
+        return Keyring(_list(env, "ENCRYPTION_KEYS", ()))
+    except InvalidKey as exc:
+        raise SettingsError(f"ENCRYPTION_KEYS: {exc}") from None
 
 
 def default_server_id() -> str:
@@ -247,6 +258,8 @@ class GatewaySettings:
     resync_holdoff: float = 0.25  #: seconds after an attach in which a gap does not re-attach again
     compression: bool = False  #: permessage-deflate (off: it costs CPU per connection, see bench/NOTES.md)
     drain_delay: float = 0.0  #: seconds a stopping gateway keeps serving, not ready, before it closes its sockets
+    #: ENCRYPTION_KEYS: seals the text the gateway stores, opens what it delivers (no keys: nothing sealed)
+    encryption: Keyring = dataclasses.field(default_factory=Keyring)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
@@ -289,6 +302,7 @@ class GatewaySettings:
             resync_holdoff=_float(env, "RESYNC_HOLDOFF", d.resync_holdoff, minimum=0.0),
             compression=_bool(env, "COMPRESSION", d.compression),
             drain_delay=_float(env, "DRAIN_DELAY", d.drain_delay, minimum=0.0),
+            encryption=encryption_from_env(env),
         )
         check_jwt(settings)
         return settings
@@ -346,6 +360,8 @@ class WorkerSettings:
     shutdown_grace: float = 25.0  #: seconds running turns get to finish on SIGTERM
     stream_deltas: bool = True  #: stream chat models' tokens to devices as ``delta`` events
     delta_interval: float = 0.05  #: seconds between a reply's delta writes after its first
+    #: ENCRYPTION_KEYS: opens inbound text and checkpoints, seals replies, deltas, dead letters, checkpoints
+    encryption: Keyring = dataclasses.field(default_factory=Keyring)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
@@ -367,6 +383,7 @@ class WorkerSettings:
             shutdown_grace=_float(env, "SHUTDOWN_GRACE", d.shutdown_grace, minimum=0.0),
             stream_deltas=_bool(env, "STREAM_DELTAS", d.stream_deltas),
             delta_interval=_float(env, "DELTA_INTERVAL", d.delta_interval, minimum=0.0),
+            encryption=encryption_from_env(env),
         )
 
 

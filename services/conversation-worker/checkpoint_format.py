@@ -69,6 +69,14 @@ encoding is the last one's with the new messages' encodings appended --
 instead of one call back into Python per message, which profiling showed to
 be a third of the worker's time at a few hundred turns. The document is
 encoded in one ``orjson.dumps``, the kept encodings spliced in as fragments.
+
+*Encryption at rest* (ENCRYPTION_KEYS; the envelope format is in
+:mod:`switchboard.shared.checkpoints`). A message is sealed when it is
+encoded, so what is remembered -- per message and per list -- is its sealed
+envelope: a turn seals the messages it added and nothing else of the
+conversation, and the document stays the library's (the envelopes are
+constructor dicts, which the library's reader hands to the serializer).
+Every other channel value is sealed whole, each turn, as it is encoded.
 """
 
 from __future__ import annotations
@@ -91,6 +99,7 @@ from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 from langgraph.checkpoint.redis.util import to_storage_safe_id, to_storage_safe_str
 
 from switchboard.shared.checkpoints import CachingSerializer
+from switchboard.shared.encryption import Keyring
 
 try:
     from ulid import ULID  # python-ulid, as the library imports it
@@ -188,8 +197,16 @@ def _encode_checkpoint(saver: AsyncRedisSaver, thread_id: str, checkpoint: Any) 
         if isinstance(values, dict):
             body["channel_values"] = values = dict(values)
             for name, value in values.items():
-                if isinstance(value, list):  # the messages: encoded once each, a list kept per thread
-                    values[name] = serde.encode_list((thread_id, name), value) or value
+                # The messages: encoded (and, with keys, sealed) once each, a
+                # list kept per thread. Any other value is sealed whole with
+                # keys: encode_list answers None for a list that is not all
+                # LangChain objects.
+                encoded = serde.encode_list((thread_id, name), value) if isinstance(value, list) else None
+                if encoded is None:
+                    sealed = serde.seal_channel_value(value)
+                    # An envelope goes in as JSON text, not walked again.
+                    encoded = value if sealed is value else orjson.Fragment(orjson.dumps(sealed))
+                values[name] = encoded
         return orjson.Fragment(orjson.dumps(
             {"type": "json", **serde._preprocess_redis_json(body), "pending_sends": []},
             default=serde._default_handler))
@@ -210,9 +227,10 @@ def _ulid_ms(checkpoint_id: str) -> float:
 # -- the serializer ----------------------------------------------------------------------
 
 class EncodingSerializer(CachingSerializer):
-    """The worker's serializer: the gateway's (class look-ups cached) plus
-    remembered encodings (see the module notes). ``remember_encodings=False``
-    (``CHECKPOINT_CACHE=0``) encodes everything every time, as the library does."""
+    """The worker's serializer: the gateway's (class look-ups cached, sealing
+    with ``keyring``) plus remembered encodings (see the module notes).
+    ``remember_encodings=False`` (``CHECKPOINT_CACHE=0``) encodes -- and
+    seals -- everything every time, as the library does."""
 
     def __init__(self, *args: Any, remember_encodings: bool = True, max_lists: int = MAX_LISTS, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -235,7 +253,7 @@ class EncodingSerializer(CachingSerializer):
         if known is not None and known[0]() is obj and _same(known[1], fields):
             return known[2]
         # Kept as JSON text (an orjson Fragment): later checkpoints splice it
-        # in without walking or encoding it again.
+        # in without walking, encoding -- or sealing -- it again.
         encoded = orjson.Fragment(orjson.dumps(super()._default_handler(obj), default=self._default_handler))
         if len(self._encoded) < MAX_REMEMBERED:
             try:
@@ -308,7 +326,8 @@ def _same(before: tuple[Any, ...], now: tuple[Any, ...]) -> bool:
 
 
 def use_encoding_serializer(saver: AsyncRedisSaver, *, remember_encodings: bool = True,
-                            max_lists: int = MAX_LISTS) -> AsyncRedisSaver:
-    """Give ``saver`` the worker's serializer (:func:`document` needs it)."""
-    saver.serde = EncodingSerializer(remember_encodings=remember_encodings, max_lists=max_lists)
+                            max_lists: int = MAX_LISTS, keyring: Keyring | None = None) -> AsyncRedisSaver:
+    """Give ``saver`` the worker's serializer (:func:`document` needs it),
+    sealing with ``keyring`` (ENCRYPTION_KEYS)."""
+    saver.serde = EncodingSerializer(remember_encodings=remember_encodings, max_lists=max_lists, keyring=keyring)
     return saver

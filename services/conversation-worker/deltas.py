@@ -172,7 +172,8 @@ class ReplyStream(AsyncCallbackHandler):
             self._flusher = None
 
     async def _write(self, text: str) -> None:
-        fields = outbound.event_fields(EventKind.DELTA.value, self.conversation, text,
+        # Sealed like every event text with ENCRYPTION_KEYS (no keys: as it is).
+        fields = outbound.event_fields(EventKind.DELTA.value, self.conversation, self.writer.store.keyring.seal(text),
                                        client_msg_id=self.client_msg_id, device_id=None, ts=outbound.now_ms(),
                                        inbound_id=self.inbound_id, seq=self.seq)
         written = await self.writer.store.write_delta(self.user, self.conversation, token=self.token,

@@ -45,6 +45,7 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import CheckpointTuple, copy_checkpoint
 from switchboard.shared.checkpoints import SwitchboardRedisSaver
+from switchboard.shared.encryption import Keyring
 
 from switchboard.shared import scripts
 
@@ -72,11 +73,12 @@ def _is_root(config: RunnableConfig) -> bool:
 
 
 class FencedRedisSaver(SwitchboardRedisSaver):
-    def __init__(self, *args: Any, cache_size: int = 256, **kwargs: Any):
+    def __init__(self, *args: Any, cache_size: int = 256, keyring: Keyring | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        # One kept message list per kept checkpoint.
+        # One kept message list per kept checkpoint; ``keyring`` (ENCRYPTION_KEYS)
+        # seals what is stored and opens what is read.
         checkpoint_format.use_encoding_serializer(self, remember_encodings=cache_size > 0,
-                                                  max_lists=max(cache_size, 1))
+                                                  max_lists=max(cache_size, 1), keyring=keyring)
         self.cache_size = cache_size
         self._newest: OrderedDict[str, CheckpointTuple] = OrderedDict()
         # thread -> (fence, the turn's final checkpoint waiting for the commit script)

@@ -9,6 +9,11 @@ next entry after ``done`` (counting the attempt at it) in one round trip;
 ``done`` -- so a reply is written once, by the lease holder, or not at all --
 and finds the next entry in the same call, releasing the lease when none is
 left. A turn is thus two scripts.
+
+With ENCRYPTION_KEYS the text fields are sealed (:mod:`switchboard.shared.encryption`):
+an :class:`InboundEntry` holds its text as stored (the turn opens it), the
+callers seal the reply and delta text they pass (``store.keyring``), and a
+dead letter's text and reason are sealed here.
 """
 
 from __future__ import annotations
@@ -20,8 +25,13 @@ from typing import Any, Union
 import redis.asyncio as aioredis
 
 from switchboard.shared import keys, outbound, scripts
+from switchboard.shared.encryption import CannotOpen, Keyring
 from switchboard.shared.fields import ConvField
 from switchboard.shared.settings import StreamSettings
+
+#: Characters of a message's text a dead letter keeps.
+DEAD_LETTER_TEXT = 1000
+
 
 @dataclass(frozen=True)
 class InboundEntry:
@@ -31,7 +41,7 @@ class InboundEntry:
     conversation: str
     client_msg_id: str
     device: str
-    text: str
+    text: str  #: as stored: sealed when encryption at rest is on (``keyring.open`` it)
 
 
 # -- what follows an entry ----------------------------------------------------------------
@@ -134,9 +144,11 @@ class CheckpointWrite:
 
 
 class WorkerStore:
-    def __init__(self, redis: aioredis.Redis, streams: StreamSettings, *, lease_ttl: float):
+    def __init__(self, redis: aioredis.Redis, streams: StreamSettings, *, lease_ttl: float,
+                 keyring: Keyring | None = None):
         self.redis = redis
         self.streams = streams
+        self.keyring = keyring or Keyring()  #: ENCRYPTION_KEYS: opens inbound text, seals what is written
         self.lease_ttl_ms = int(lease_ttl * 1000)
         self._s = scripts.register(redis, "begin", "find_next", "count_attempt", "commit", "renew", "release", "delta")
 
@@ -210,9 +222,15 @@ class WorkerStore:
 
     async def dead_letter(self, *, user: str, entry: InboundEntry, reason: str, attempts: int, worker: str,
                           maxlen: int) -> None:
-        """Record a message given up on, for an operator (``switchboard deadletters``)."""
+        """Record a message given up on, for an operator (``switchboard deadletters``):
+        its first 1,000 characters and the reason (which may quote the text),
+        both sealed with keys. A text no key opens is kept as it was stored."""
+        try:
+            text = self.keyring.seal(self.keyring.open(entry.text)[:DEAD_LETTER_TEXT])
+        except CannotOpen:
+            text = entry.text
         await self.redis.xadd(keys.dead_letters(), {
             "user": user, "conv": entry.conversation, "entry": entry.id, "cmid": entry.client_msg_id,
-            "text": entry.text[:1000], "reason": reason, "attempts": attempts, "worker": worker,
+            "text": text, "reason": self.keyring.seal(reason), "attempts": attempts, "worker": worker,
             "ts": outbound.now_ms(),
         }, maxlen=maxlen, approximate=True)

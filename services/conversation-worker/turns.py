@@ -15,7 +15,9 @@ reuses the reply the checkpoint holds instead of running the graph again.
 message that kills its worker is given up on after ``MAX_ATTEMPTS`` (a poison
 message: dead-lettered, answered with ``turn_error``). A Redis outage is not
 the message's fault: the attempt it cut short is retried by this process
-without being counted again.
+without being counted again. A message or conversation state that no key of
+ENCRYPTION_KEYS opens will not open on a retry either: it is dead-lettered at
+once, with the reason, and answered with ``turn_error``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from langgraph.graph.state import CompiledStateGraph
 
 from switchboard.shared import keys, outbound
 from switchboard.shared.connection import is_outage
+from switchboard.shared.encryption import CannotOpen
 from switchboard.shared.errors import SwitchboardError
 from switchboard.shared.protocol import EventKind
 from switchboard.shared.settings import WorkerSettings
@@ -63,10 +66,16 @@ def _observe(task: asyncio.Task) -> None:
 class TurnFailed(SwitchboardError):
     """One attempt at a turn failed in the graph (raised, or ran too long)."""
 
-    def __init__(self, reason: str, public: str):
+    def __init__(self, reason: str, public: str, *, permanent: bool = False):
         super().__init__(reason)
         self.reason = reason  #: for logs and the dead-letter entry
         self.public = public  #: for the user's ``turn_error`` event
+        self.permanent = permanent  #: another attempt cannot succeed: dead-letter now
+
+
+def _unreadable_state(exc: CannotOpen) -> TurnFailed:
+    return TurnFailed(f"the conversation's state cannot be decrypted: {exc}",
+                      "the assistant cannot read this conversation's stored state", permanent=True)
 
 
 def message_id(entry_id: str) -> str:
@@ -106,7 +115,7 @@ class Turns:
         self.settings = settings
         #: The worker's turn slots, shared fairly between users (:mod:`.slots`).
         self.slots = slots or FairSlots(settings.concurrency)
-        self.store = WorkerStore(redis, settings.streams, lease_ttl=settings.lease_ttl)
+        self.store = WorkerStore(redis, settings.streams, lease_ttl=settings.lease_ttl, keyring=settings.encryption)
         self.tokens = Tokens()
         self.deltas = DeltaWriter(self.store, interval=settings.delta_interval) if settings.stream_deltas else None
         saver = graph.checkpointer
@@ -296,7 +305,7 @@ class Turns:
                     # left waiting (say, it timed out just after LangGraph handed
                     # it over) is neither retried from nor committed.
                     self.saver.forget(keys.thread_id(user, entry.conversation))
-                if number >= limit:
+                if number >= limit or failed.permanent:
                     await self._dead_letter(user, entry, failed.reason, number)
                     return EventKind.TURN_ERROR, failed.public
                 await asyncio.sleep(min(0.25 * 2 ** (number - 1), 5.0))
@@ -313,8 +322,16 @@ class Turns:
         config = {"configurable": {"thread_id": keys.thread_id(user, entry.conversation),
                                    **fence_config(keys.lease(user, entry.conversation), token)}}
         human_id = message_id(entry.id)
+        try:
+            text = self.store.keyring.open(entry.text)
+        except CannotOpen as exc:
+            raise TurnFailed(f"the message cannot be decrypted: {exc}", "the assistant cannot decrypt this message",
+                             permanent=True) from None
         if not fresh:
-            snapshot = await self.graph.aget_state(config)
+            try:
+                snapshot = await self.graph.aget_state(config)
+            except CannotOpen as exc:
+                raise _unreadable_state(exc) from None
             reply = reply_after((snapshot.values or {}).get("messages", []), human_id)
             if reply is not None:
                 log.info("reusing checkpointed reply user=%s entry=%s", user, entry.id,
@@ -327,7 +344,7 @@ class Turns:
             config["callbacks"] = [reply_stream]
         try:
             result = await asyncio.wait_for(
-                self.graph.ainvoke({"messages": [HumanMessage(content=entry.text, id=human_id)]}, config,
+                self.graph.ainvoke({"messages": [HumanMessage(content=text, id=human_id)]}, config,
                                    durability="exit"),
                 timeout=self.settings.turn_timeout,
             )
@@ -336,6 +353,8 @@ class Turns:
                              f"the assistant did not answer within {self.settings.turn_timeout:g} s") from None
         except (asyncio.CancelledError, LeaseLostError):
             raise
+        except CannotOpen as exc:  # the checkpoint (or a pending write) no key opens
+            raise _unreadable_state(exc) from None
         except Exception as exc:  # noqa: BLE001 - a graph bug must not stop the conversation
             if is_outage(exc):  # Redis went away under the graph (its checkpointer)
                 raise
@@ -355,8 +374,9 @@ class Turns:
     async def _commit(self, user: str, entry: InboundEntry, lease: Lease, done: str, kind: EventKind,
                       text: str):
         """Commit the reply (and the turn's checkpoint): the store's answer."""
-        fields = outbound.event_fields(kind.value, entry.conversation, text, client_msg_id=entry.client_msg_id,
-                                       device_id=None, ts=outbound.now_ms(), inbound_id=entry.id)
+        fields = outbound.event_fields(kind.value, entry.conversation, self.store.keyring.seal(text),
+                                       client_msg_id=entry.client_msg_id, device_id=None, ts=outbound.now_ms(),
+                                       inbound_id=entry.id)
         checkpoint = (self.saver.take(keys.thread_id(user, entry.conversation), lease.token)
                       if self.saver is not None else None)
         lease.commit_sent()

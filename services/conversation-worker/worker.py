@@ -148,15 +148,17 @@ class Worker:
 
     async def _serve(self, stop: asyncio.Event) -> None:
         ttl = {"default_ttl": self.settings.checkpoint_ttl, "refresh_on_read": True} if self.settings.checkpoint_ttl else None
-        saver = FencedRedisSaver(redis_client=self.raw, ttl=ttl, cache_size=self.settings.checkpoint_cache)
+        saver = FencedRedisSaver(redis_client=self.raw, ttl=ttl, cache_size=self.settings.checkpoint_cache,
+                                 keyring=self.settings.encryption)
         await setup_saver(saver)
         graph = loader.load(self.settings.graph, saver)
         self.turns = Turns(self.redis, graph, self.settings, self.slots)
         for stream in self.streams:
             with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
                 await self.redis.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
-        log.info("worker %s ready: graph=%s concurrency=%d", self.consumer, self.settings.graph,
-                 self.settings.concurrency)
+        log.info("worker %s ready: graph=%s concurrency=%d encryption at rest: %s", self.consumer,
+                 self.settings.graph, self.settings.concurrency,
+                 repr(self.settings.encryption) if self.settings.encryption.enabled else "off")
         self.ready.set()
         reader = self._reader = asyncio.create_task(self._read_loop(stop), name="worker-read")
         claimer = asyncio.create_task(self._claim_loop(stop), name="worker-claim")

@@ -25,6 +25,13 @@ again from its cursor. A replay of any length thus flows at the pace the
 client reads. A connection that stays paused for ``SLOW_CONSUMER_AFTER``
 seconds (default 10) is closed with ``SLOW_CONSUMER`` (4008) and reconnects
 with ``last_id``.
+
+*Encryption at rest.* Stored events carry their text sealed (ENCRYPTION_KEYS),
+and the fanout forwards what is stored, holding no keys. The hub opens the
+text here, where stored events become frames: once per delivery for all the
+connections it goes to (:class:`OpenedEvents`), not once per device. An
+event no key opens goes out as an ``unreadable`` error in its place --
+never its ciphertext -- and the connection's cursor moves past it.
 """
 
 from __future__ import annotations
@@ -32,13 +39,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import cached_property
 
+import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from switchboard.shared import internal, keys
-from switchboard.shared.protocol import CloseCode, Frame, encode
+from switchboard.shared.encryption import CannotOpen, Keyring
+from switchboard.shared.protocol import CloseCode, Error, ErrorCode, Event, Frame, encode
 from switchboard.shared.tasks import finish, wait_event
 
 from .cursor import DeliveryEvents
@@ -97,13 +107,43 @@ class Connection:
         await self.outbox.put(encode(frame))
 
 
+class OpenedEvents(DeliveryEvents):
+    """A delivery's events, each frame made with its text opened (see the
+    module notes): an event whose text no key opens becomes an ``unreadable``
+    error frame. Like the encoding, this happens on first use only."""
+
+    def __init__(self, events: Sequence[Event], keyring: Keyring):
+        super().__init__(events)
+        self.keyring = keyring
+
+    @cached_property
+    def frames(self) -> list[bytes]:
+        frames: list[bytes] = []
+        unreadable: list[str] = []
+        for event in self.events:
+            try:
+                text = self.keyring.open(event.text)
+            except CannotOpen:
+                unreadable.append(event.id)
+                frames.append(encode(Error(code=ErrorCode.UNREADABLE, client_msg_id=event.client_msg_id,
+                                           message=f"event {event.id} cannot be decrypted with this server's keys")))
+                continue
+            frames.append(encode(event if text is event.text else msgspec.structs.replace(event, text=text)))
+        if unreadable:
+            log.error("%d events of a delivery no key of ENCRYPTION_KEYS opens (%s ... %s): sent as "
+                      "'unreadable' errors", len(unreadable), unreadable[0], unreadable[-1])
+        return frames
+
+
 class DeliveryHub:
-    def __init__(self, redis: aioredis.Redis, gateway_id: str, subscriber: aioredis.Redis | None = None):
+    def __init__(self, redis: aioredis.Redis, gateway_id: str, subscriber: aioredis.Redis | None = None,
+                 keyring: Keyring | None = None):
         # ``redis`` must not decode responses: deliveries are msgpack bytes.
         # ``subscriber`` (connection.make_subscriber: no retries) carries the
         # delivery subscription, so that losing it is seen and repaired.
         self.redis = redis
         self.subscriber = subscriber or redis
+        self.keyring = keyring or Keyring()  #: opens the events' text (ENCRYPTION_KEYS)
         self.gateway_id = gateway_id
         self.channel = keys.gateway_delivery(gateway_id)
         self.conns: dict[str, Connection] = {}
@@ -225,8 +265,8 @@ class DeliveryHub:
         except Exception:  # noqa: BLE001 - a malformed internal message must not stop delivery
             log.exception("undecodable delivery dropped")
             return
-        # Parsed and encoded on first use: a delivery for closed connections costs nothing.
-        events = DeliveryEvents(delivery.events)
+        # Parsed, opened and encoded on first use: a delivery for closed connections costs nothing.
+        events = OpenedEvents(delivery.events, self.keyring)
         for target in delivery.targets:
             conn = self.conns.get(target.conn)
             if conn is None:

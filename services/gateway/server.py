@@ -26,6 +26,7 @@ from switchboard.shared import health
 from switchboard.shared.checkpoints import SwitchboardRedisSaver, setup_saver, use_caching_serializer
 from switchboard.shared import protocol as p
 from switchboard.shared import streamids
+from switchboard.shared.encryption import CannotOpen
 from switchboard.shared.settings import GatewaySettings, SettingsError
 from switchboard.shared.tasks import finish
 
@@ -71,10 +72,12 @@ class Gateway:
         self.tokens: dict[str, tuple[ServerConnection, TokenDeadline]] = {}
         self.redis = redisconn.make_client(settings.redis)
         self.raw_redis = redisconn.make_client(settings.redis, decode=False)
-        self.store = GatewayStore(self.redis, settings.streams, settings.quotas)
+        # ENCRYPTION_KEYS: the store seals what it writes, the hub opens the
+        # events it delivers and the saver the history it reads.
+        self.store = GatewayStore(self.redis, settings.streams, settings.quotas, settings.encryption)
         self.subscriber = redisconn.make_subscriber(settings.redis)
-        self.hub = DeliveryHub(self.raw_redis, settings.server_id, self.subscriber)
-        self.saver = use_caching_serializer(SwitchboardRedisSaver(redis_client=self.raw_redis))
+        self.hub = DeliveryHub(self.raw_redis, settings.server_id, self.subscriber, settings.encryption)
+        self.saver = use_caching_serializer(SwitchboardRedisSaver(redis_client=self.raw_redis), settings.encryption)
         self.history = HistoryReader(self.saver)
         self.admission = admission.AdmissionStore(self.redis, settings.admission_ttl)
         self.admitted = admission.Registry(self.admission, settings.max_devices_per_user)
@@ -134,8 +137,9 @@ class Gateway:
                 compression="deflate" if s.compression else None,
             ) as server:
                 port = next(iter(server.sockets)).getsockname()[1]
-                log.info("gateway %s listening on %s://%s:%s/ws", s.server_id, "wss" if self.tls else "ws",
-                         s.host, port)
+                log.info("gateway %s listening on %s://%s:%s/ws (encryption at rest: %s)", s.server_id,
+                         "wss" if self.tls else "ws", s.host, port,
+                         repr(s.encryption) if s.encryption.enabled else "off")
                 self._listening = True
                 if ready is not None:
                     ready.set()
@@ -415,7 +419,13 @@ class Gateway:
                                        f"ack of {entry_id}, but this connection was sent events up to {conn.last}")
                 await self.store.store_offset(conn.user, conn.device, conn.epoch, entry_id)
             case p.History(conversation_id=conv, limit=limit):
-                messages = await self.history.read(conn.user, conv, limit)
+                try:
+                    messages = await self.history.read(conn.user, conv, limit)
+                except CannotOpen as exc:
+                    log.error("history of user=%s conversation=%s cannot be decrypted: %s", conn.user, conv, exc,
+                              extra={**conn.log_context, "conversation": conv})
+                    raise p.FrameError(p.ErrorCode.UNREADABLE, "this conversation's history cannot be "
+                                       "decrypted with this server's keys") from None
                 if messages is None:
                     raise p.FrameError(p.ErrorCode.UNKNOWN_CONVERSATION, f"no conversation {conv!r}")
                 await conn.reply(p.HistoryResult(conversation_id=conv, messages=messages))

@@ -3,6 +3,10 @@ state of the outbound stream. Each is one script (``shared/lua``: ``accept``,
 ``store_offset``, ``stream_state``) in the user's slot, so it is atomic, and
 costs one round trip -- accept two when it must send a work notice (the work
 streams live in other slots).
+
+With ENCRYPTION_KEYS set, the text of a message is sealed here, before the
+accept script stores it (its inbound entry and its ``user`` event); the
+script is told the plain text's size, which the byte quota counts.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import redis.asyncio as aioredis
 
 from switchboard.shared import keys, outbound, scripts
 from switchboard.shared.connection import execute_scripted, queue_script
+from switchboard.shared.encryption import Keyring
 from switchboard.shared.errors import SwitchboardError
 from switchboard.shared.fields import WorkField
 from switchboard.shared.settings import QuotaSettings, StreamSettings
@@ -36,12 +41,13 @@ class OverLimit(SwitchboardError):
 
 class GatewayStore:
     def __init__(self, redis: aioredis.Redis, streams: StreamSettings,
-                 quotas: QuotaSettings = QuotaSettings.unlimited()):
-        # The gateway passes its QUOTAS; tests and benchmarks that load
-        # streams in bulk use none.
+                 quotas: QuotaSettings = QuotaSettings.unlimited(), keyring: Keyring | None = None):
+        # The gateway passes its QUOTAS and keys; tests and benchmarks that
+        # load streams in bulk use none.
         self.redis = redis
         self.streams = streams
         self.quotas = quotas
+        self.keyring = keyring or Keyring()  #: seals the text stored (no keys: as it is)
         registered = scripts.register(redis, "accept", "stream_state", "store_offset")
         self._accept = registered["accept"]
         self._state = registered["stream_state"]
@@ -95,10 +101,10 @@ class GatewayStore:
             [keys.dedup(user, client_msg_id), keys.inbound(user, conversation), keys.outbound(user),
              keys.meta(user), keys.conversation(user, conversation), keys.conversations(user), keys.usage(user),
              keys.lease(user, conversation), keys.offsets(user)],
-            [conversation, client_msg_id, device, text, outbound.new_epoch(), self.streams.outbound_maxlen,
-             self.streams.dedup_ttl, keys.notify(user), q.sends_per_minute, q.max_conversations,
-             q.max_messages, q.max_waiting, int(q.renotice_interval * 1000), keys.inbound_prefix(user),
-             q.send_bytes_per_minute, self.streams.retention_ms],
+            [conversation, client_msg_id, device, self.keyring.seal(text), outbound.new_epoch(),
+             self.streams.outbound_maxlen, self.streams.dedup_ttl, keys.notify(user), q.sends_per_minute,
+             q.max_conversations, q.max_messages, q.max_waiting, int(q.renotice_interval * 1000),
+             keys.inbound_prefix(user), q.send_bytes_per_minute, len(text.encode()), self.streams.retention_ms],
         )
 
     def _work_notice(self, user: str, conversation: str) -> tuple[str, dict[str, str]]:

@@ -27,7 +27,10 @@
 -- ARGV: conversation, client_msg_id, device, text, new epoch, out maxlen,
 --       dedup ttl s, channel, sends per minute, max conversations,
 --       max messages per conversation, max waiting, renotice ms, inbound key prefix,
---       text bytes per minute, retention ms
+--       text bytes per minute, the text's size in bytes, retention ms
+-- The text is stored as given: sealed (shared/encryption.py) when encryption
+-- at rest is on, so the byte quota counts the size the caller passes, the
+-- UTF-8 size of the plain text, not that of its ciphertext.
 -- Limits of 0 are off.
 -- Returns {'new', id, notice (1/0)}, {'repeat', id, notice} or
 -- {'limit', error code, retry after ms (0: not by waiting)}.
@@ -63,7 +66,7 @@ local function gcra(stored, per_minute, cost)
   if wait > 0 then return nil, math.ceil(wait) end
   return tat
 end
-local per_minute, byte_rate = tonumber(ARGV[9]), tonumber(ARGV[15])
+local per_minute, byte_rate, text_bytes = tonumber(ARGV[9]), tonumber(ARGV[15]), tonumber(ARGV[16])
 local tat, btat, wait
 if per_minute > 0 then
   tat, wait = gcra(usage[1], per_minute, 1)
@@ -72,11 +75,11 @@ end
 if byte_rate > 0 then
   -- A text larger than a minute's allowance could never pass: it is
   -- refused outright (MAX_TEXT_LENGTH should sit below it).
-  if #ARGV[4] > byte_rate then return {'limit', 'rate_limited', 0} end
-  btat, wait = gcra(usage[2], byte_rate, #ARGV[4])
+  if text_bytes > byte_rate then return {'limit', 'rate_limited', 0} end
+  btat, wait = gcra(usage[2], byte_rate, text_bytes)
   if not btat then return {'limit', 'rate_limited', wait} end
 end
-local retention = tonumber(ARGV[16])
+local retention = tonumber(ARGV[17])
 local max_convs = tonumber(ARGV[10])
 if count == 0 and max_convs > 0 and not redis.call('ZSCORE', KEYS[6], ARGV[1]) then
   -- The index scores each conversation by its last message; one idle for

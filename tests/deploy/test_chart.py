@@ -88,6 +88,7 @@ def _every_setting() -> dict:
     """REQUIRED, plus a value for every setting values.yaml leaves null, so
     every setting the chart can pass is rendered."""
     values = copy.deepcopy(REQUIRED)
+    values["encryption"] = {"existingSecret": "sb-keys"}  # ENCRYPTION_KEYS, from a Secret only
     defaults = _values()
     sections = {"config": defaults["config"], "health": defaults["health"],
                 **{tier: {"settings": defaults[tier]["settings"]} for tier in SERVICES}}
@@ -621,3 +622,20 @@ def test_templates_name_no_setting_the_code_does_not_read():
                 names |= set(re.findall(r'"([A-Z][A-Z0-9_]*)"', action))
     assert {"REDIS_URL", "METRICS_PORT", "DRAIN_DELAY"} <= names
     assert not names - known, sorted(names - known)
+
+
+def test_encryption_keys_reach_the_gateways_and_workers_only_from_a_secret():
+    """ENCRYPTION_KEYS come from the Secret ``encryption.existingSecret``
+    names, into the two tiers that seal and open text; the fanout forwards
+    what is stored and gets no key."""
+    assert _values()["encryption"] == {"existingSecret": "", "existingSecretKey": "encryption-keys"}
+    plain = rendered("default")
+    for service in SERVICES:
+        assert "ENCRYPTION_KEYS" not in env_of(plain, service)
+    docs = render(merged(REQUIRED, {"encryption": {"existingSecret": "sb-keys"}}))
+    for service in ("gateway", "worker"):
+        assert env_of(docs, service)["ENCRYPTION_KEYS"]["valueFrom"]["secretKeyRef"] == {
+            "name": "sb-keys", "key": "encryption-keys"}
+    assert "ENCRYPTION_KEYS" not in env_of(docs, "fanout")
+    assert all("ENCRYPTION_KEYS" not in (d.get("data") or {}) for d in find(docs, "ConfigMap"))
+    assert "ENCRYPTION_KEYS" not in _settings_reads()["FanoutSettings"]

@@ -9,7 +9,7 @@ from pathlib import Path
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langgraph.graph import END, START, MessagesState, StateGraph
 
-from switchboard.worker.graph import ReadingModel, build
+from switchboard.worker.graph import ChatState, ReadingModel, build, process_input, update_context
 
 
 def _last_text(state: MessagesState) -> str:
@@ -74,3 +74,37 @@ brief = _single(_brief)
 
 #: The default assistant, its reply streamed a word every 150 ms (time to drop mid-reply).
 streaming_slowly = build(stream=True, token_ms=150)
+
+
+_QUICK_SPEAKER = ReadingModel(token_ms=5)
+
+
+async def _guard(state: ChatState) -> dict:
+    text = _last_text(state)
+    if text.startswith("fail"):
+        raise RuntimeError(f"the graph was asked to fail on {text!r}")  # the text in the error, as bugs do
+    return {}
+
+
+async def _echo_streamed(state: ChatState) -> dict:
+    script = f"Turn {state['turn']}. You said: \"{state['last_user_text']}\"."
+    return {"messages": [AIMessage(content=(await _QUICK_SPEAKER.ainvoke([SystemMessage(content=script)])).content)]}
+
+
+def _guarded() -> StateGraph:
+    builder = StateGraph(ChatState)
+    for name, node in (("guard", _guard), ("process_input", process_input), ("generate_response", _echo_streamed),
+                       ("update_context", update_context)):
+        builder.add_node(name, node)
+    builder.add_edge(START, "guard")
+    builder.add_edge("guard", "process_input")
+    builder.add_edge("process_input", "generate_response")
+    builder.add_edge("generate_response", "update_context")
+    builder.add_edge("update_context", END)
+    return builder
+
+
+#: The default graph's state (turn, keywords, topic, the last two texts), its
+#: reply quoting the message, streamed a word every 5 ms; a text beginning
+#: with "fail" raises an error that quotes it.
+guarded_streaming = _guarded()
