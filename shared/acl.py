@@ -279,8 +279,14 @@ USERS: dict[str, User] = {user.tier: user for user in (GATEWAY, WORKER, FANOUT, 
 #: The tiers that run as services.
 SERVICE_TIERS = ("gateway", "worker", "fanout")
 
-#: ``default`` is disabled: a client that does not name a user cannot connect.
-DEFAULT_USER_RULES = ["reset", "off"]
+#: ``default`` is disabled (``off``, no password): a client that does not
+#: name a user cannot log in, and no connection starts logged in as it. It
+#: keeps every right all the same, because Redis loads the AOF as ``default``:
+#: a transaction replayed from the AOF -- every script's writes are one -- is
+#: checked again at ``EXEC`` against the default user's rights, and with none
+#: every script write is dropped on restart, silently (redis/redis#14541,
+#: seen on the embedded Redis 8.2.3; fixed upstream by redis/redis#14545).
+DEFAULT_USER_RULES = ["reset", "off", "~*", "&*", "+@all"]
 
 
 # -- passwords ---------------------------------------------------------------------------
