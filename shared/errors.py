@@ -10,6 +10,7 @@
     ├── GraphLoadError         GRAPH names nothing runnable (worker.loader)
     ├── TurnFailed             one attempt at a turn failed in the graph (worker.turns)
     ├── LeaseLostError         another worker owns the conversation now (worker.lease)
+    ├── AclError               a Redis user's password is missing or unreadable (acl)
     └── EmbeddedRedisError     the embedded Redis cannot start (embedded_redis)
 
 Redis errors stay redis-py's own (``redis.exceptions.RedisError``): the
