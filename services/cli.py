@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from switchboard.shared import logs
 from switchboard.shared.acl import AclError
+from switchboard.embedded_redis import EmbeddedRedisError
 from switchboard.shared.settings import (
     DEV_JWT_SECRET, FanoutSettings, GatewaySettings, SettingsError, WorkerSettings,
 )
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args, os.environ)
-    except (SettingsError, AclError) as exc:
+    except (SettingsError, AclError, EmbeddedRedisError) as exc:
         print(f"switchboard: {exc}", file=sys.stderr)
         return 2
 

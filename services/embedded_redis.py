@@ -113,7 +113,10 @@ class EmbeddedRedis:
     def passwords(self) -> dict[str, str]:
         """Each tier's password, made on first use and kept in :attr:`users_dir`."""
         if self._passwords is None:
-            self._passwords = acl.ensure_passwords(self.users_dir)
+            try:
+                self._passwords = acl.ensure_passwords(self.users_dir)
+            except OSError as exc:
+                raise EmbeddedRedisError(f"cannot keep the users' passwords in {self.users_dir}: {exc}") from None
         return self._passwords
 
     def password_file(self, tier: str) -> Path:
@@ -129,10 +132,13 @@ class EmbeddedRedis:
         """Render the ACL file from :mod:`~switchboard.shared.acl` and the kept
         passwords (hashed), readable by this account only."""
         text = acl.acl_file(self.passwords())
-        fd = os.open(self.acl_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(self.acl_file, 0o600)
+        try:
+            fd = os.open(self.acl_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.chmod(self.acl_file, 0o600)
+        except OSError as exc:
+            raise EmbeddedRedisError(f"cannot write the ACL file {self.acl_file}: {exc}") from None
 
     def command(self) -> list[str]:
         server, modules = binaries()
