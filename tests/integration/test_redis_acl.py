@@ -158,6 +158,43 @@ def test_the_fanout_only_reads_outbound_streams(login):
     assert fanout.publish(keys.gateway_delivery("gw-1"), b"x") == 0
 
 
+def test_how_redis_checks_scripts_and_module_commands(redis_url):
+    """What shared/acl.py's design rests on, as this Redis does it: EVALSHA
+    and JSON.GET ask for read *and* write on their keys, a script's own
+    commands are checked against the caller's rights, and FT.SEARCH checks
+    only the index name, never the documents it returns. (If an upgrade
+    changes one, the rules and docs/security.md may be tightened.)"""
+    admin = redis.Redis.from_url(redis_url, decode_responses=True)
+    probe, password = "acl-probe", acl.new_password()
+    try:
+        admin.execute_command("FT.CREATE", "acl-probe-index", "ON", "JSON", "PREFIX", "1", "acl-probe:",
+                              "SCHEMA", "$.t", "AS", "t", "TAG")
+        admin.execute_command("JSON.SET", "acl-probe:1", "$", '{"t": "secret"}')
+        read = admin.script_load("return redis.call('GET', KEYS[1])")
+        write = admin.script_load("return redis.call('SET', KEYS[1], 'x')")
+        admin.acl_setuser(probe, enabled=True, passwords=[f"+{password}"],
+                          keys=["%R~acl-probe:*", "acl-probe-index"],
+                          commands=["+evalsha", "+get", "+json.get", "+ft.search"])
+        user = redis.Redis.from_url(RedisSettings(url=redis_url).url, username=probe, password=password,
+                                    decode_responses=True)
+        admin.set("acl-probe:s", "value")
+        assert user.get("acl-probe:s") == "value"  # read-only is enough to read a key ...
+        _refused(user.evalsha, read, 1, "acl-probe:s")  # ... not to pass it to a script, even one that reads
+        _refused(user.execute_command, "JSON.GET", "acl-probe:1")  # nor for JSON.GET
+        admin.acl_setuser(probe, enabled=True, keys=["~acl-probe:s", "acl-probe-index"], reset_keys=True)
+        assert "ACL failure in script" in _refused(user.evalsha, write, 1, "acl-probe:s")  # SET is not granted
+        admin.acl_setuser(probe, enabled=True, keys=["acl-probe-index"], reset_keys=True)
+        found = user.execute_command("FT.SEARCH", "acl-probe-index", "*")
+        assert "secret" in str(found)  # a document whose key the user may not touch
+        user.close()
+    finally:
+        admin.acl_deluser(probe)
+        admin.execute_command("FT.DROPINDEX", "acl-probe-index", "DD")
+        admin.delete("acl-probe:s")
+        admin.acl_log_reset()
+        admin.close()
+
+
 # -- the embedded Redis --------------------------------------------------------------------
 
 
