@@ -13,6 +13,7 @@ typed settings object built here.
     switchboard deadletters  show messages the workers gave up on (opened with
                              ENCRYPTION_KEYS when it is set)
     switchboard keygen       print a new key for ENCRYPTION_KEYS
+                             operator's Redis
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 
 from switchboard.shared import logs
+from switchboard.shared.acl import AclError
+from switchboard.embedded_redis import EmbeddedRedisError
 from switchboard.shared.settings import (
     DEV_JWT_SECRET, FanoutSettings, GatewaySettings, SettingsError, WorkerSettings,
 )
@@ -127,14 +130,13 @@ def cmd_deadletters(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Print the newest dead-lettered messages as JSON lines (newest last)."""
     import json
 
-    import redis
-
     from switchboard.shared import keys
+    from switchboard.shared.connection import make_sync_client
     from switchboard.shared.encryption import CannotOpen
     from switchboard.shared.settings import RedisSettings, encryption_from_env
 
     keyring = encryption_from_env(env)  # a bad key: SettingsError, exit status 2
-    client = redis.Redis.from_url(RedisSettings.from_env(env).url, decode_responses=True)
+    client = make_sync_client(RedisSettings.from_env(env))  # as the operator: REDIS_USERNAME=sb-admin
     entries = client.xrevrange(keys.dead_letters(), count=args.count)
     for entry_id, fields in reversed(entries):
         # Sealed fields are opened; one no key opens stays as stored, and is named.
@@ -158,6 +160,29 @@ def cmd_keygen(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
+def cmd_acl(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """Print the users of ``switchboard.shared.acl`` as an ACL file (or as
+    ``ACL SETUSER`` commands): the passwords come from ``--passwords DIR``
+    (one file per user, named after it), and ``--generate`` makes the missing
+    ones -- written into DIR (0600) when it is given, else printed in the
+    output itself (then the output is a secret)."""
+    from switchboard.shared import acl
+
+    tiers = list(acl.USERS)
+    if args.passwords and args.generate:
+        passwords = acl.ensure_passwords(args.passwords, tiers)
+    elif args.passwords:
+        passwords = acl.read_passwords(args.passwords, tiers)
+    elif args.generate:
+        passwords = {tier: acl.new_password() for tier in tiers}
+    else:
+        raise acl.AclError("give --passwords DIR (one file per user), --generate, or both")
+    hashed = bool(args.passwords)  # generated passwords printed only here must be readable
+    render = acl.setuser_commands if args.commands else acl.acl_file
+    sys.stdout.write(render(passwords, hashed=hashed))
+    return 0
+
+
 def _embedded(env: Mapping[str, str]):
     from switchboard.embedded_redis import EmbeddedRedis, free_port, port_in_use
 
@@ -170,12 +195,22 @@ def _embedded(env: Mapping[str, str]):
 def cmd_redis(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     redis = _embedded(env)
     redis.start()
-    print(f"embedded Redis at {redis.url} (data in {redis.data_dir}); Ctrl-C stops it", flush=True)
+    print(f"embedded Redis at {redis.address} (data in {redis.data_dir}); Ctrl-C stops it\n"
+          f"  {_users_line(redis)}", flush=True)
     try:
         _wait_for_signal()
     finally:
         redis.stop()
     return 0
+
+
+def _users_line(redis) -> str:  # noqa: ANN001 - EmbeddedRedis, imported lazily
+    """Where the embedded Redis's users find their passwords (never the passwords)."""
+    from switchboard.shared import acl
+
+    names = ", ".join(user.name for user in acl.USERS.values())
+    return (f"Users:      {names}; each logs in with REDIS_USERNAME=<user> "
+            f"REDIS_PASSWORD_FILE={redis.users_dir}/<user>")
 
 
 def _wait_for_signal() -> None:
@@ -195,17 +230,24 @@ def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     # SIGTERM (from a supervisor, `timeout`, systemd) stops everything like Ctrl-C.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     # Development: the gateway accepts the development JWT_SECRET (and says so).
+    from switchboard.shared.settings import redacted
+
     child_env = dict(env, SWITCHBOARD_DEV="1")
     redis = None
+    credentials: dict[str, dict[str, str]] = {}
     if not env.get("REDIS_URL"):
         redis = _embedded(env)
         redis.start()
-        child_env["REDIS_URL"] = redis.url
+        # Each service logs in as its tier's user, with its own password file.
+        for name in ("REDIS_USERNAME", "REDIS_PASSWORD", "REDIS_PASSWORD_FILE"):
+            child_env.pop(name, None)
+        credentials = {service: redis.client_env(service) for service in ("fanout", "worker", "gateway")}
     children: list[subprocess.Popen] = []
     health_ports = _health_ports(env)
     try:
         for service in ("fanout", "worker", "gateway"):
-            service_env = dict(child_env, SERVER_ID=f"{service}-local", METRICS_PORT=str(health_ports.get(service, 0)))
+            service_env = dict(child_env, SERVER_ID=f"{service}-local", METRICS_PORT=str(health_ports.get(service, 0)),
+                               **credentials.get(service, {}))
             children.append(subprocess.Popen([sys.executable, "-m", "switchboard.cli", service], env=service_env))
         host = env.get("WEBSOCKET_HOST") or "127.0.0.1"
         port = env.get("WEBSOCKET_PORT") or "8765"
@@ -214,9 +256,13 @@ def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         token = auth.mint("dev-user", env.get("JWT_SECRET") or DEV_JWT_SECRET,
                           audience=env.get("JWT_AUDIENCE") or None, issuer=env.get("JWT_ISSUER") or None)
         _wait_for_port(host, int(port), children)
+        if redis is not None:
+            where = f"{redis.address} (embedded, data in {redis.data_dir})\n  {_users_line(redis)}"
+        else:
+            where = redacted(env["REDIS_URL"])
         print(
             "\nSwitchboard is running.\n"
-            f"  Redis:      {child_env['REDIS_URL']}{' (embedded, data in ' + str(redis.data_dir) + ')' if redis else ''}\n"
+            f"  Redis:      {where}\n"
             f"  WebSocket:  ws://{host}:{port}/ws\n"
             f"{_health_banner(env, health_ports)}"
             f"  Dev token for user 'dev-user' (24 h):\n    {token}\n"
@@ -310,10 +356,19 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("user")
     token.add_argument("--ttl", type=float, default=86_400.0, help="seconds until the token expires")
     token.set_defaults(func=cmd_token)
+    users = sub.add_parser("acl", help="print the Redis ACL users, one per tier (docs/security.md)")
+    users.add_argument("--passwords", metavar="DIR",
+                       help="directory of password files named after the users (sb-gateway, sb-worker, ...)")
+    users.add_argument("--generate", action="store_true",
+                       help="new random passwords for users without a file (written into DIR if given, "
+                            "else printed in the output)")
+    users.add_argument("--commands", action="store_true",
+                       help="ACL SETUSER commands for redis-cli instead of an ACL file")
+    users.set_defaults(func=cmd_acl)
     args = parser.parse_args(argv)
     try:
         return args.func(args, os.environ)
-    except SettingsError as exc:
+    except (SettingsError, AclError, EmbeddedRedisError) as exc:
         print(f"switchboard: {exc}", file=sys.stderr)
         return 2
 

@@ -18,6 +18,12 @@ scripts check state first (the accept's dedup key, the commit's ``done``,
 a delta's ``seq``), and a repeated notice or publish is harmless.
 Subscriptions are the exception (:func:`make_subscriber`): a lost one must
 be noticed, not papered over.
+
+*Credentials.* Each tier logs in as its own ACL user (``shared/acl.py``):
+``RedisSettings.username``/``password``, from ``REDIS_USERNAME`` and
+``REDIS_PASSWORD``/``REDIS_PASSWORD_FILE`` or the URL. ``settings.url``
+never holds the password, so it may be logged; any other URL goes through
+:func:`~.settings.redacted` first.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -47,7 +54,9 @@ def make_pool(settings: RedisSettings, *, max_connections: int | None = None,
         options["retry"] = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), RETRIES,
                                  supported_errors=(RedisConnectionError,))
     return aioredis.BlockingConnectionPool.from_url(
-        settings.url,
+        settings.url,  # without credentials (RedisSettings moves them out of it)
+        username=settings.username,
+        password=settings.password,
         max_connections=max_connections or settings.max_connections,
         timeout=settings.socket_timeout,  # wait this long for a free connection
         socket_timeout=settings.socket_timeout,
@@ -77,6 +86,14 @@ def make_subscriber(settings: RedisSettings, *, decode: bool = False) -> aioredi
     incarnation). A retrying connection would reconnect and re-subscribe on
     its own, silently."""
     return aioredis.Redis.from_pool(make_pool(settings, max_connections=4, decode=decode, retry=False))
+
+
+def make_sync_client(settings: RedisSettings, *, decode: bool = True) -> redis.Redis:
+    """A synchronous client, for the command line's one-off reads
+    (``switchboard deadletters``); the caller closes it."""
+    return redis.Redis.from_url(settings.url, username=settings.username, password=settings.password,
+                                socket_timeout=settings.socket_timeout, socket_connect_timeout=5.0,
+                                decode_responses=decode)
 
 
 def queue_script(pipe: aioredis.client.Pipeline, script: AsyncScript, keys: Sequence[Any],

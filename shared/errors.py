@@ -12,6 +12,7 @@
     ├── LeaseLostError         another worker owns the conversation now (worker.lease)
     ├── CannotOpen             no key of ENCRYPTION_KEYS opens a sealed value (encryption)
     ├── InvalidKey             an ENCRYPTION_KEYS entry is not a Fernet key (encryption)
+    ├── AclError               a Redis user's password is missing or unreadable (acl)
     └── EmbeddedRedisError     the embedded Redis cannot start (embedded_redis)
 
 Redis errors stay redis-py's own (``redis.exceptions.RedisError``): the

@@ -13,6 +13,7 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from .encryption import InvalidKey, Keyring
 from .errors import SwitchboardError
@@ -100,19 +101,109 @@ def default_server_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+_CREDENTIAL_PARAMS = ("username", "password")
+
+
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """``(url without credentials, username, password)``: the user and
+    password a Redis URL carries, as its user info (``redis://user:pw@host``,
+    percent-decoded as redis-py does) or as ``username=``/``password=`` query
+    options, taken out of it."""
+    parts = urlsplit(url)
+    username = password = None
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        name, colon, secret = userinfo.partition(":")
+        username = unquote(name) or None
+        password = unquote(secret) if colon else None
+    query = parts.query
+    params = parse_qsl(query, keep_blank_values=True)
+    if any(name in _CREDENTIAL_PARAMS for name, _ in params):
+        found = dict(p for p in params if p[0] in _CREDENTIAL_PARAMS)
+        username = username or found.get("username") or None
+        password = password if password is not None else (found.get("password") or None)
+        query = urlencode([p for p in params if p[0] not in _CREDENTIAL_PARAMS])
+    if netloc == parts.netloc and query == parts.query:
+        return url, username, password
+    return _unsplit(parts.scheme, netloc, parts.path, query, parts.fragment), username, password
+
+
+def _unsplit(scheme: str, netloc: str, path: str, query: str, fragment: str) -> str:
+    """``urlunsplit`` that keeps ``//`` with an empty host (``unix:///path``)."""
+    return f"{scheme}://{netloc}{path}" + (f"?{query}" if query else "") + (f"#{fragment}" if fragment else "")
+
+
+def redacted(url: str) -> str:
+    """A Redis URL fit for a log or a banner: its password replaced by ``***``."""
+    bare, username, password = split_credentials(url)
+    if username is None and password is None:
+        return bare
+    parts = urlsplit(bare)
+    userinfo = quote(username or "", safe="") + (":***" if password is not None else "")
+    return _unsplit(parts.scheme, f"{userinfo}@{parts.netloc}", parts.path, parts.query, parts.fragment)
+
+
 @dataclass(frozen=True)
 class RedisSettings:
+    """Where Redis is and who to log in as.
+
+    ``url`` never carries credentials: a user and password given in it are
+    moved to ``username``/``password`` when the object is made, so the URL is
+    safe to log. ``REDIS_USERNAME`` and ``REDIS_PASSWORD`` (or
+    ``REDIS_PASSWORD_FILE``, a mounted Secret) replace the URL's."""
+
     url: str = DEFAULT_REDIS_URL
+    username: str | None = None  #: the ACL user (None: ``default``)
+    password: str | None = dataclasses.field(default=None, repr=False)
     max_connections: int = 64  #: per process; callers wait for a free connection
     socket_timeout: float = 10.0  #: must exceed every XREAD/XREADGROUP BLOCK
+
+    def __post_init__(self) -> None:
+        bare, username, password = split_credentials(self.url)
+        object.__setattr__(self, "url", bare)
+        if self.username is None:
+            object.__setattr__(self, "username", username)
+        if self.password is None:
+            object.__setattr__(self, "password", password)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RedisSettings:
         d = cls()  # the defaults, written once: on the fields above
-        return cls(
-            url=_get(env, "REDIS_URL", d.url),
+        url = _get(env, "REDIS_URL", d.url)
+        scheme = urlsplit(url).scheme
+        if scheme not in REDIS_SCHEMES:
+            raise SettingsError(f"REDIS_URL={redacted(url)!r} is not a redis://, rediss:// or unix:// URL")
+        password = _get(env, "REDIS_PASSWORD", "") or None
+        password_file = _get(env, "REDIS_PASSWORD_FILE", "")
+        if password_file:
+            if password:
+                raise SettingsError("REDIS_PASSWORD and REDIS_PASSWORD_FILE are both set; set one")
+            password = _secret_file("REDIS_PASSWORD_FILE", password_file)
+        settings = cls(
+            url=url,
+            username=_get(env, "REDIS_USERNAME", "") or None,
+            password=password,
             max_connections=_int(env, "REDIS_MAX_CONNECTIONS", d.max_connections, minimum=4),
         )
+        if settings.username is not None and settings.password is None:
+            raise SettingsError(f"REDIS_USERNAME={settings.username} has no password: set REDIS_PASSWORD_FILE, "
+                                "REDIS_PASSWORD or put it in REDIS_URL")
+        return settings
+
+
+def _secret_file(name: str, path: str) -> str:
+    """The content of a secret's file (a mounted Kubernetes Secret), without
+    the line end an editor or ``echo`` adds; read once, at start."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = f.read().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{name}: cannot read {path}: {exc.__class__.__name__}") from None
+    if not value:
+        raise SettingsError(f"{name}: {path} is empty")
+    return value
 
 
 @dataclass(frozen=True)

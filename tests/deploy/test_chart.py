@@ -358,6 +358,9 @@ def test_chart_can_set_every_setting_the_service_reads(service):
     if service == "gateway":  # in-pod TLS, and the public-key family that replaces JWT_SECRET
         provided |= _provided(rendered("everything"), service) | _provided(rendered("public-key"), service)
         provided |= _provided(render(merged(PUBLIC_KEY, {"jwt": {"publicKey": "", "jwks": "{}"}})), service)
+    for as_env in (False, True):  # the tier's Redis ACL password, as a mounted file or as an env var
+        own_user = {"redis": {"auth": {service: {"existingSecret": f"sb-{service}-redis", "passwordAsEnv": as_env}}}}
+        provided |= _provided(render(merged(REQUIRED, own_user)), service)
     missing = sorted(reads - provided)
     assert not missing, f"{service} reads {missing}, which the chart neither sets nor exposes in values.yaml"
 

@@ -12,6 +12,8 @@ import time
 import urllib.error
 import urllib.request
 
+import redis
+
 from switchboard.embedded_redis import free_port, port_in_use
 from tests.support.client import Device
 
@@ -54,6 +56,13 @@ async def test_switchboard_run_prints_how_to_connect_and_serves_two_devices(tmp_
         assert reply["text"].startswith("Turn 1.")
         await laptop.wait_reply("m1")
         assert laptop.event_ids() == phone.event_ids()
+        # Each service logs in as its own tier's user; no password is printed.
+        users = tmp_path / "data" / "redis" / "users"
+        assert not any(path.read_text().strip() in text for path in users.iterdir())
+        admin = redis.Redis(port=redis_port, username="sb-admin", password=(users / "sb-admin").read_text().strip())
+        logins = {c["user"] for c in admin.client_list() if c["id"] != str(admin.client_id())}
+        admin.close()
+        assert logins == {"sb-gateway", "sb-worker", "sb-fanout"}, logins
         await laptop.close()
         await phone.close()
     finally:

@@ -17,9 +17,12 @@ from tests.support.tlsproxy import TLSProxy
 
 async def test_every_tier_works_over_rediss(clean_redis, tmp_path):
     cert, key = self_signed(tmp_path)
-    plain_port = urlsplit(clean_redis).port
-    with TLSProxy(plain_port, cert, key) as proxy:
-        url = f"rediss://localhost:{proxy.port}/0?ssl_ca_certs={quote(str(cert))}"
+    plain = urlsplit(clean_redis)
+    with TLSProxy(plain.port, cert, key) as proxy:
+        # The operator's credentials (plain.username/password) let the
+        # cluster find each tier's user: the services log in as those.
+        login = f"{plain.username or ''}:{plain.password}@" if plain.password else ""
+        url = f"rediss://{login}localhost:{proxy.port}/0?ssl_ca_certs={quote(str(cert))}"
         cluster = Cluster(url, tmp_path)
         try:
             cluster.start_many(("fanout", "f"), ("gateway", "gw"), ("worker", "w"))

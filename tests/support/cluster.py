@@ -1,6 +1,124 @@
 """Service processes for integration tests (the harness lives in the bench package:
-tests import bench, bench never imports tests)."""
+tests import bench, bench never imports tests).
 
-from bench.harness import FAST_ENV, JWT_SECRET, Cluster, Service, process_memory, token
+*Under the ACLs.* Every service a test starts here logs in as its tier's
+Redis user (``shared/acl.py``), so the whole integration suite runs under
+the rules a production Redis gets: a right a tier lacks fails the test that
+needs it. The URL a test passes (``redis_url``, ``server.url``) is the
+operator's (``sb-admin``); the tiers' passwords are the ones the embedded
+Redis keeps in its data directory, found through the server's ``dir``
+setting. A Redis without them (``REDIS_URL`` set for the suite, a proxy
+whose URL carries no operator) runs the services with the URL as given.
 
-__all__ = ["FAST_ENV", "JWT_SECRET", "Cluster", "Service", "process_memory", "token"]
+On :meth:`Cluster.stop` the server's ACL log is read: any command, key or
+channel refused to a tier user while the cluster ran fails the test
+(:class:`AclDenied`) -- redis-py and the services log and retry some
+refusals, which would otherwise pass unseen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import redis
+from redis.exceptions import RedisError
+
+from bench import harness
+from bench.harness import FAST_ENV, JWT_SECRET, Service, process_memory, token
+from switchboard.embedded_redis import password_files
+from switchboard.shared import acl
+from switchboard.shared.settings import RedisSettings
+
+__all__ = ["FAST_ENV", "JWT_SECRET", "AclDenied", "Cluster", "Service", "process_memory", "tier_env", "token"]
+
+_TIER_USERS = {acl.USERS[tier].name for tier in acl.SERVICE_TIERS}
+
+
+class AclDenied(AssertionError):
+    """Redis refused a tier user something while the cluster ran."""
+
+
+def _operator(url: str) -> redis.Redis | None:
+    """A client of ``url`` if it logs in as the operator, else None."""
+    settings = RedisSettings(url=url)
+    if settings.username != acl.ADMIN.name:
+        return None
+    options = dict(username=settings.username, password=settings.password, socket_timeout=5,
+                   socket_connect_timeout=5)
+    return redis.Redis.from_url(settings.url, **options)
+
+
+def tier_env(url: str) -> dict[str, dict[str, str]]:
+    """What each tier's service needs to log in as its user on the embedded
+    Redis behind ``url`` (an operator's URL): ``REDIS_USERNAME`` and
+    ``REDIS_PASSWORD_FILE``, per tier; empty when there are none to find."""
+    client = _operator(url)
+    if client is None:
+        return {}
+    try:
+        directory = client.config_get("dir")["dir"]
+    except (RedisError, OSError, KeyError):
+        return {}
+    finally:
+        client.close()
+    files = password_files(directory)
+    return {tier: {"REDIS_USERNAME": acl.USERS[tier].name, "REDIS_PASSWORD_FILE": str(files[tier])}
+            for tier in acl.SERVICE_TIERS if tier in files}
+
+
+@dataclass
+class Cluster(harness.Cluster):
+    """:class:`bench.harness.Cluster` whose services log in as their tier's user."""
+
+    tiers: dict[str, dict[str, str]] | None = field(default=None, repr=False)
+
+    def start(self, kind: str, name: str | None = None, timeout: float = 30.0, wait: bool = True,
+              **env: str) -> Service:
+        if self.tiers is None:
+            # Looked up when the first service starts: Redis is up by then.
+            self.tiers = tier_env(self.redis_url)
+            self._reset_acl_log()
+        # REDIS_USERNAME / REDIS_PASSWORD_FILE replace the credentials of the
+        # operator's REDIS_URL the harness passes (RedisSettings).
+        return super().start(kind, name, timeout, wait, **{**self.tiers.get(kind, {}), **env})
+
+    def denials(self) -> list[dict]:
+        """The ACL log's entries for tier users (newest first)."""
+        client = _operator(self.redis_url)
+        if client is None:
+            return []
+        try:
+            return [entry for entry in client.acl_log() if entry.get("username") in _TIER_USERS]
+        except (RedisError, OSError):
+            return []
+        finally:
+            client.close()
+
+    def _reset_acl_log(self) -> None:
+        client = _operator(self.redis_url)
+        if client is not None:
+            with contextlib.suppress(RedisError, OSError):
+                client.acl_log_reset()
+            client.close()
+
+    def stop(self) -> None:
+        super().stop()
+        if not self.tiers:
+            return
+        denied = self.denials()
+        self._reset_acl_log()
+        if denied:
+            summary = [(e["username"], e["reason"], e["object"], _command(e), e.get("context"), e["count"])
+                       for e in denied]
+            raise AclDenied(f"Redis refused tier users while the cluster ran (user, reason, object, "
+                            f"command, context, count): {summary}")
+
+
+def _command(entry: dict) -> str:
+    """The command an ACL log entry refused (its client's last command)."""
+    info = entry.get("client-info")
+    if isinstance(info, dict):
+        return info.get("cmd", "?")
+    found = [part.split("=", 1)[1] for part in str(info or "").split() if part.startswith("cmd=")]
+    return found[0] if found else "?"

@@ -1,0 +1,60 @@
+"""RedisSettings' credentials: from the URL, REDIS_USERNAME, REDIS_PASSWORD
+or REDIS_PASSWORD_FILE; never left in the URL, never in a repr; bad ones are
+a SettingsError."""
+
+from __future__ import annotations
+
+import pytest
+
+from switchboard.shared.settings import RedisSettings, SettingsError, WorkerSettings, redacted, split_credentials
+
+
+def test_the_urls_credentials_move_out_of_it():
+    s = RedisSettings.from_env({"REDIS_URL": "rediss://sb-worker:p%40ss@redis:6380/0?ssl_ca_certs=%2Fca.pem"})
+    assert (s.url, s.username, s.password) == ("rediss://redis:6380/0?ssl_ca_certs=%2Fca.pem", "sb-worker", "p@ss")
+    s = RedisSettings(url="redis://:only-a-password@redis/0")
+    assert (s.url, s.username, s.password) == ("redis://redis/0", None, "only-a-password")
+    assert split_credentials("unix:///run/redis.sock?db=0&password=x") == ("unix:///run/redis.sock?db=0", None, "x")
+    assert split_credentials("redis://redis:6379/0") == ("redis://redis:6379/0", None, None)
+
+
+def test_the_settings_replace_the_urls_credentials():
+    s = RedisSettings.from_env({"REDIS_URL": "redis://sb-admin:admin-pw@redis/0", "REDIS_USERNAME": "sb-fanout",
+                                "REDIS_PASSWORD": "fanout-pw"})
+    assert (s.url, s.username, s.password) == ("redis://redis/0", "sb-fanout", "fanout-pw")
+    # A username in the URL and the password from a Secret's file.
+    s = RedisSettings.from_env({"REDIS_URL": "redis://sb-gateway@redis/0", "REDIS_PASSWORD": "gw-pw"})
+    assert (s.username, s.password) == ("sb-gateway", "gw-pw")
+
+
+def test_a_password_file_is_read_without_its_line_end(tmp_path):
+    secret = tmp_path / "password"
+    secret.write_text("from-a-secret\n")
+    s = WorkerSettings.from_env({"REDIS_USERNAME": "sb-worker", "REDIS_PASSWORD_FILE": str(secret)}).redis
+    assert (s.username, s.password) == ("sb-worker", "from-a-secret")
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"REDIS_PASSWORD": "a", "REDIS_PASSWORD_FILE": "/x"}, "both set"),
+    ({"REDIS_PASSWORD_FILE": "/nonexistent/password"}, "cannot read"),
+    ({"REDIS_USERNAME": "sb-worker"}, "has no password"),
+    ({"REDIS_URL": "http://sb-admin:secret-pw@redis/0"}, "not a redis://"),
+])
+def test_bad_credentials_are_a_settings_error(env, message):
+    with pytest.raises(SettingsError, match=message) as caught:
+        RedisSettings.from_env(env)
+    assert "secret-pw" not in str(caught.value)
+
+
+def test_an_empty_password_file_is_refused(tmp_path):
+    (tmp_path / "password").write_text("\n")
+    with pytest.raises(SettingsError, match="empty"):
+        RedisSettings.from_env({"REDIS_PASSWORD_FILE": str(tmp_path / "password")})
+
+
+def test_the_password_never_shows():
+    s = RedisSettings.from_env({"REDIS_URL": "redis://sb-admin:hunter2-hunter2@redis/0"})
+    assert "hunter2" not in repr(s) and "hunter2" not in s.url
+    assert "hunter2" not in repr(WorkerSettings(redis=s))
+    assert redacted("redis://sb-admin:hunter2@redis:6379/0?db=0") == "redis://sb-admin:***@redis:6379/0?db=0"
+    assert redacted("redis://redis:6379/0") == "redis://redis:6379/0"
