@@ -37,6 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 #: reconnects on the first); with back-off, they also ride out a short blip.
 RETRIES = 3
 
+from .metrics import RedisMetrics
 from .settings import RedisSettings
 
 
@@ -59,12 +60,15 @@ def make_pool(settings: RedisSettings, *, max_connections: int | None = None,
 
 
 def make_client(settings: RedisSettings, *, max_connections: int | None = None,
-                decode: bool = True) -> aioredis.Redis:
+                decode: bool = True, metrics: RedisMetrics | None = None) -> aioredis.Redis:
     """A client on its own blocking pool; the caller closes it with ``aclose()``.
 
     ``decode=False`` keeps replies as bytes (msgpack payloads, the checkpointer).
+    ``metrics``: each command's round trip and errors are recorded there.
     """
     pool = make_pool(settings, max_connections=max_connections, decode=decode)
+    if metrics is not None:
+        return metrics.client(pool)
     return aioredis.Redis.from_pool(pool)  # the client owns (and closes) its pool
 
 
