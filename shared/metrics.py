@@ -67,9 +67,10 @@ FIRST_DELTA_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 #: Commit to socket write (stream ids have millisecond resolution): 1 ms .. 10 s.
 DELIVERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-#: Distinct ``command`` label values a process records (scripts and Redis
-#: commands); commands beyond it count as ``other``. The code sends a few
-#: dozen; the bound keeps the series finite whatever a library sends.
+#: Distinct ``command`` label values a process records by default (scripts
+#: and Redis commands; ``METRICS_MAX_COMMANDS``); commands beyond count as
+#: ``other``. The code sends a few dozen; the bound keeps the series finite
+#: whatever a library sends.
 MAX_COMMAND_LABELS = 100
 
 #: Commands that block on the server (their time is how long they waited
@@ -108,7 +109,7 @@ class Metrics:
 
     tier = ""
 
-    def __init__(self, registry: CollectorRegistry | None = None):
+    def __init__(self, registry: CollectorRegistry | None = None, *, max_commands: int = MAX_COMMAND_LABELS):
         # No ``*_created`` series (the text format makes each a gauge of its
         # own, doubling the series for nothing Prometheus uses); a switch of
         # the library, for the whole process, which is the service's.
@@ -116,7 +117,7 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
-        self.redis = RedisMetrics(self.registry)
+        self.redis = RedisMetrics(self.registry, max_commands=max_commands)
 
     def exposition(self) -> tuple[bytes, str]:
         """``/metrics``: the Prometheus text format (0.0.4, which every
@@ -182,7 +183,8 @@ class RedisMetrics:
     connection error. Blocking reads (:data:`BLOCKING_COMMANDS`) are not
     timed."""
 
-    def __init__(self, registry: CollectorRegistry):
+    def __init__(self, registry: CollectorRegistry, *, max_commands: int = MAX_COMMAND_LABELS):
+        self.max_commands = max_commands
         self.duration = Histogram(_name(None, "redis_command_duration_seconds"),
                                   "Redis round trips as the caller waits for them, by script or command",
                                   ["command"], buckets=REDIS_BUCKETS, registry=registry)
@@ -201,7 +203,7 @@ class RedisMetrics:
         label = self._scripts.get(args[1], "EVALSHA") if name == "EVALSHA" and len(args) > 1 else str(name).upper()
         if label in self._labels:
             return label
-        if len(self._labels) >= MAX_COMMAND_LABELS:
+        if len(self._labels) >= self.max_commands:
             return OTHER
         self._labels.add(label)
         return label
@@ -338,8 +340,8 @@ class GatewayMetrics(Metrics):
 
     tier = "gateway"
 
-    def __init__(self, registry: CollectorRegistry | None = None):
-        super().__init__(registry)
+    def __init__(self, registry: CollectorRegistry | None = None, *, max_commands: int = MAX_COMMAND_LABELS):
+        super().__init__(registry, max_commands=max_commands)
         self.connections = self.gauge("connections", "Open WebSocket connections (before and after hello)")
         self.welcomed = self.gauge("welcomed_connections", "Connections past welcome, served events")
         self.handshakes = _children(self.counter("handshakes_total", "Handshakes by how they ended", ["outcome"]),
@@ -428,8 +430,9 @@ class WorkerMetrics(Metrics):
 
     tier = "worker"
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, work_shards: int = 1):
-        super().__init__(registry)
+    def __init__(self, registry: CollectorRegistry | None = None, *, work_shards: int = 1,
+                 max_commands: int = MAX_COMMAND_LABELS):
+        super().__init__(registry, max_commands=max_commands)
         self.turns = _children(self.counter("turns_total", "Turns by outcome (the commit's answer)", ["outcome"]),
                                TURN_OUTCOMES)
         self.turn_duration = self.histogram("turn_duration_seconds",
@@ -486,8 +489,8 @@ class FanoutMetrics(Metrics):
 
     tier = "fanout"
 
-    def __init__(self, registry: CollectorRegistry | None = None):
-        super().__init__(registry)
+    def __init__(self, registry: CollectorRegistry | None = None, *, max_commands: int = MAX_COMMAND_LABELS):
+        super().__init__(registry, max_commands=max_commands)
         self.users = self.gauge("attached_users", "Users with connections attached here")
         self.attachments = self.gauge("attachments", "Connections attached here")
         self.rounds = self.counter("rounds_total", "Pump rounds (one Redis round trip each, at most two)")

@@ -83,7 +83,8 @@ class Worker:
         self.settings = settings
         self.consumer = settings.server_id
         # Conversations + claimer + reader each may hold a connection at once.
-        self.metrics = WorkerMetrics(work_shards=settings.streams.work_shards)
+        self.metrics = WorkerMetrics(work_shards=settings.streams.work_shards,
+                                     max_commands=settings.health.metrics_max_commands)
         self.redis = redisconn.make_client(settings.redis, max_connections=settings.concurrency + 8,
                                            metrics=self.metrics.redis)
         self.raw = redisconn.make_client(settings.redis, max_connections=settings.concurrency + 8, decode=False,

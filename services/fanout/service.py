@@ -54,7 +54,7 @@ class Fanout:
         self.settings = settings
         self.id = settings.server_id
         self.incarnation = secrets.token_hex(6)
-        self.metrics = FanoutMetrics()
+        self.metrics = FanoutMetrics(max_commands=settings.health.metrics_max_commands)
         self.redis = redisconn.make_client(settings.redis, metrics=self.metrics.redis)
         self.raw = redisconn.make_client(settings.redis, decode=False, metrics=self.metrics.redis)
         self.subscriber = redisconn.make_subscriber(settings.redis)  # a lost subscription must be seen

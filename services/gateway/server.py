@@ -70,7 +70,7 @@ class Gateway:
         self.verifier = auth.Verifier.from_settings(settings)  # reads key files: SettingsError first
         #: conn id -> (socket, token deadline), for ``refresh`` and expiry.
         self.tokens: dict[str, tuple[ServerConnection, TokenDeadline]] = {}
-        self.metrics = GatewayMetrics()
+        self.metrics = GatewayMetrics(max_commands=settings.health.metrics_max_commands)
         self.redis = redisconn.make_client(settings.redis, metrics=self.metrics.redis)
         self.raw_redis = redisconn.make_client(settings.redis, decode=False, metrics=self.metrics.redis)
         self.store = GatewayStore(self.redis, settings.streams, settings.quotas)
