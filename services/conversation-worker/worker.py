@@ -35,9 +35,9 @@ from redis.exceptions import RedisError, ResponseError
 
 from switchboard.shared import connection as redisconn
 from switchboard.shared import health, keys
-from switchboard.shared.metrics import WorkerMetrics
 from switchboard.shared.checkpoints import setup_saver
 from switchboard.shared.fields import WorkField
+from switchboard.shared.metrics import WorkerMetrics
 from switchboard.shared.settings import WorkerSettings
 from switchboard.shared.tasks import finish, wait_event
 

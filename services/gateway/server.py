@@ -23,8 +23,8 @@ from websockets.exceptions import ConnectionClosed
 
 from switchboard.shared import connection as redisconn
 from switchboard.shared import health
-from switchboard.shared.metrics import GatewayMetrics
 from switchboard.shared.checkpoints import SwitchboardRedisSaver, setup_saver, use_caching_serializer
+from switchboard.shared.metrics import GatewayMetrics
 from switchboard.shared import protocol as p
 from switchboard.shared import streamids
 from switchboard.shared.settings import GatewaySettings, SettingsError
@@ -238,7 +238,7 @@ class Gateway:
             log.info("refused a connection from %s: %d connections", ip, verdict.count)
             self.metrics.handshakes["too_many_connections"].inc()
             await self._refuse(ws, p.ErrorCode.TOO_MANY_CONNECTIONS, "too many connections from this address",
-                          p.CloseCode.TOO_MANY_CONNECTIONS)
+                               p.CloseCode.TOO_MANY_CONNECTIONS)
             return None
         slot = admission.Slot(conn_id, ip)
         self.admitted.add(slot, lambda: _close_later(ws, p.CloseCode.TOO_MANY_CONNECTIONS,
@@ -255,8 +255,8 @@ class Gateway:
                      extra={"user": user, "device": device})
             self.metrics.handshakes["too_many_connections"].inc()
             await self._refuse(ws, p.ErrorCode.TOO_MANY_CONNECTIONS,
-                          f"{verdict.count} devices of this user are connected (the most allowed)",
-                          p.CloseCode.TOO_MANY_CONNECTIONS)
+                               f"{verdict.count} devices of this user are connected (the most allowed)",
+                               p.CloseCode.TOO_MANY_CONNECTIONS)
             return False
         self.admitted.update(dataclasses.replace(slot, user=user, device=device))
         if verdict.previous is not None:
@@ -363,7 +363,7 @@ class Gateway:
         log.info("token of user=%s conn=%s expired", conn.user, conn.id, extra=conn.log_context)
         conn.delivery.closed = True
         await self._refuse(ws, p.ErrorCode.TOKEN_EXPIRED, "token expired: reconnect with a new token and last_id",
-                      p.CloseCode.TOKEN_EXPIRED)
+                           p.CloseCode.TOKEN_EXPIRED)
 
     async def _refresh(self, conn: Connection, token: str) -> None:
         """A new token for this connection: the same user only."""
@@ -507,8 +507,6 @@ def _over_limit_message(refused: OverLimit) -> str:
     if code is p.ErrorCode.RATE_LIMITED and not refused.retry_after_ms:
         return "this text is larger than a minute's allowance (SEND_BYTES_PER_MINUTE)"
     return _LIMIT_MESSAGES.get(code, refused.code).format(seconds=refused.retry_after_ms / 1000)
-
-
 
 
 _closing: set[asyncio.Task] = set()
