@@ -251,6 +251,7 @@ WORKER = User("worker", "sb-worker", "runs turns: leases, replies, deltas, check
           ("xgroup|create", "xreadgroup", "xclaim", "xautoclaim", "xack", "xdel", "xadd"), RW(WORK)),
     Grant("readiness: the consumer group is present on every work stream", ("xinfo|groups",), R(WORK)),
     Grant("dead letters, append only", ("xadd",), W(DEAD_LETTERS)),
+    Grant("metrics: how many dead letters there are (never their content)", ("xlen",), R(DEAD_LETTERS)),
     Grant("checkpoint documents and pending writes (LangGraph's saver: write, read, expire, prune)",
           ("json.set", "json.get", "json.merge", "exists", "ttl", "expire", "pexpire", "del"),
           RW(CHECKPOINTS, CHECKPOINT_WRITES)),

@@ -40,11 +40,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .metrics import RedisMetrics
+from .settings import RedisSettings
+
 #: Retries of a command on a connection error (a stale pooled connection
 #: reconnects on the first); with back-off, they also ride out a short blip.
 RETRIES = 3
-
-from .settings import RedisSettings
 
 
 def make_pool(settings: RedisSettings, *, max_connections: int | None = None,
@@ -68,12 +69,15 @@ def make_pool(settings: RedisSettings, *, max_connections: int | None = None,
 
 
 def make_client(settings: RedisSettings, *, max_connections: int | None = None,
-                decode: bool = True) -> aioredis.Redis:
+                decode: bool = True, metrics: RedisMetrics | None = None) -> aioredis.Redis:
     """A client on its own blocking pool; the caller closes it with ``aclose()``.
 
     ``decode=False`` keeps replies as bytes (msgpack payloads, the checkpointer).
+    ``metrics``: each command's round trip and errors are recorded there.
     """
     pool = make_pool(settings, max_connections=max_connections, decode=decode)
+    if metrics is not None:
+        return metrics.client(pool)
     return aioredis.Redis.from_pool(pool)  # the client owns (and closes) its pool
 
 

@@ -281,8 +281,8 @@ class Health:
                     raise SettingsError(f"cannot serve health on METRICS_HOST={self.settings.host} "
                                         f"METRICS_PORT={self.settings.port}: {exc.strerror or exc}") from None
                 self.port = server.port
-                log.info("%s health endpoints on http://%s:%d (/healthz, /readyz)", self.name,
-                         self.settings.host, server.port)
+                log.info("%s health endpoints on http://%s:%d (/healthz, /readyz%s)", self.name,
+                         self.settings.host, server.port, ", /metrics" if self.metrics is not None else "")
             yield self
         finally:
             if server is not None:

@@ -279,6 +279,8 @@ class HealthSettings:
     request_timeout: float = 5.0  #: seconds a client has to send its request head (then 408)
     max_request_bytes: int = 8192  #: bytes of a request head, at most (then 431)
     max_connections: int = 64  #: connections served at once; beyond, 503 at once
+    #: METRICS_MAX_COMMANDS: distinct ``command`` labels of the Redis metrics (beyond: ``other``)
+    metrics_max_commands: int = 100
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> HealthSettings:
@@ -295,6 +297,7 @@ class HealthSettings:
             request_timeout=_float(env, "HEALTH_REQUEST_TIMEOUT", d.request_timeout, minimum=0.1),
             max_request_bytes=_int(env, "HEALTH_MAX_REQUEST_BYTES", d.max_request_bytes, minimum=256),
             max_connections=_int(env, "HEALTH_MAX_CONNECTIONS", d.max_connections, minimum=1),
+            metrics_max_commands=_int(env, "METRICS_MAX_COMMANDS", d.metrics_max_commands, minimum=1),
         )
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from typing import Any
 from uuid import UUID
 
@@ -101,6 +102,8 @@ class ReplyStream(AsyncCallbackHandler):
         self.seq = 0  #: deltas written so far
         self._name = secrets.token_hex(4)  #: this attempt's, in each delta's mark
         self.error: BaseException | None = None
+        #: ``time.perf_counter()`` when the first delta was written (the first-delta metric)
+        self.first_written: float | None = None
         self._pieces: list[str] = []
         self._muted: set[UUID] = set()
         self._run: UUID | None = None  #: the model run the last piece came from
@@ -180,6 +183,8 @@ class ReplyStream(AsyncCallbackHandler):
                                                       mark=f"{self._name}|{self.seq}", fields=fields)
         if not written:
             raise LeaseLostError(f"lease of {self.user}/{self.conversation} lost while streaming")
+        if not self.seq:
+            self.first_written = time.perf_counter()
         self.seq += 1
 
     async def close(self) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,10 +32,11 @@ import redis.asyncio as aioredis
 from langchain_core.messages import HumanMessage
 from langgraph.graph.state import CompiledStateGraph
 
-from switchboard.shared import keys, outbound
+from switchboard.shared import keys, outbound, streamids
 from switchboard.shared.connection import is_outage
 from switchboard.shared.encryption import CannotOpen
 from switchboard.shared.errors import SwitchboardError
+from switchboard.shared.metrics import WorkerMetrics
 from switchboard.shared.protocol import EventKind
 from switchboard.shared.settings import WorkerSettings
 
@@ -110,8 +112,9 @@ class _Progress:
 
 class Turns:
     def __init__(self, redis: aioredis.Redis, graph: CompiledStateGraph, settings: WorkerSettings,
-                 slots: FairSlots | None = None):
+                 slots: FairSlots | None = None, *, metrics: WorkerMetrics | None = None):
         self.graph = graph
+        self.metrics = metrics or WorkerMetrics()
         self.settings = settings
         #: The worker's turn slots, shared fairly between users (:mod:`.slots`).
         self.slots = slots or FairSlots(settings.concurrency)
@@ -250,27 +253,35 @@ class Turns:
             first = False
             entry = found.entry
             progress.entry = entry.id
+            started = time.perf_counter()
+            if found.number == 1:  # accept -> first attempt (the entry id is the accept's Redis time)
+                self.metrics.queue_wait.observe(max(0.0, time.time() - streamids.parse(entry.id)[0] / 1000))
             kind, text = await self._turn(user, found, lease.token, fresh=found.number == 1 and entry.id != resumed)
             result = await self._commit(user, entry, lease, done, kind, text)
             progress.entry = None
+            self.metrics.turn_duration.observe(time.perf_counter() - started)
             match result:
                 case Committed(found=found):
+                    self.metrics.turns[kind.value].inc()
                     lease.commit_answered(released=result.released)
                     done = entry.id
                     self._count_unpruned(keys.thread_id(user, conversation))
                 case AlreadyDone(holds_lease=holds):
                     # Committed before: by this very call, retried after its
                     # answer was lost, or by another worker that had the lease.
+                    self.metrics.turns["already_done"].inc()
                     lease.commit_answered(released=not holds)
                     if not holds:
                         return
                     done, found = entry.id, FindAfter(entry.id)
                 case DoneMoved(done=moved):
+                    self.metrics.turns["moved"].inc()
                     lease.commit_answered(released=False)
                     if self.saver is not None:  # the turn's checkpoint was not stored
                         self.saver.forget(keys.thread_id(user, conversation))
                     done, found = moved, FindAfter(moved)
                 case LeaseLost():
+                    self.metrics.turns["lease_lost"].inc()
                     lease.lose()
                     raise LeaseLostError(f"lease of {user}/{conversation} lost before commit")
 
@@ -297,6 +308,7 @@ class Turns:
             try:
                 return EventKind.ASSISTANT, await self._run(user, entry, token, fresh=fresh)
             except TurnFailed as failed:
+                self.metrics.attempts_failed.inc()
                 log.warning("turn failed user=%s entry=%s attempt %d/%d: %s", user, entry.id, number, limit,
                             failed.reason, extra={"user": user, "conversation": entry.conversation,
                                                   "entry": entry.id})
@@ -342,6 +354,7 @@ class Turns:
             reply_stream = self.deltas.reply(user, entry.conversation, token=token,
                                              client_msg_id=entry.client_msg_id, inbound_id=entry.id)
             config["callbacks"] = [reply_stream]
+        started = time.perf_counter()
         try:
             result = await asyncio.wait_for(
                 self.graph.ainvoke({"messages": [HumanMessage(content=text, id=human_id)]}, config,
@@ -361,8 +374,11 @@ class Turns:
             raise TurnFailed(f"{type(exc).__name__}: {exc}"[:500],
                              f"the assistant failed on this message ({type(exc).__name__})") from None
         finally:
+            self.metrics.graph_duration.observe(time.perf_counter() - started)
             if reply_stream is not None:
                 await reply_stream.close()  # no delta may follow the final event
+                if reply_stream.first_written is not None:
+                    self.metrics.first_delta.observe(reply_stream.first_written - started)
         if reply_stream is not None and reply_stream.error is not None:
             # A delta write failed after the graph's last token (Redis went
             # away, or the lease): the attempt's deltas miss part of the reply,
@@ -390,6 +406,7 @@ class Turns:
     async def _dead_letter(self, user: str, entry: InboundEntry, reason: str, attempts: int) -> None:
         await self.store.dead_letter(user=user, entry=entry, reason=reason, attempts=attempts,
                                      worker=self.settings.server_id, maxlen=self.settings.dead_letter_maxlen)
+        self.metrics.dead_letters.inc()
         log.error("dead-lettered user=%s conv=%s entry=%s after %d attempts: %s",
                   user, entry.conversation, entry.id, attempts, reason,
                   extra={"user": user, "conversation": entry.conversation, "entry": entry.id})

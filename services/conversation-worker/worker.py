@@ -37,6 +37,7 @@ from switchboard.shared import connection as redisconn
 from switchboard.shared import health, keys
 from switchboard.shared.checkpoints import setup_saver
 from switchboard.shared.fields import WorkField
+from switchboard.shared.metrics import WorkerMetrics
 from switchboard.shared.settings import WorkerSettings
 from switchboard.shared.tasks import finish, wait_event
 
@@ -82,8 +83,12 @@ class Worker:
         self.settings = settings
         self.consumer = settings.server_id
         # Conversations + claimer + reader each may hold a connection at once.
-        self.redis = redisconn.make_client(settings.redis, max_connections=settings.concurrency + 8)
-        self.raw = redisconn.make_client(settings.redis, max_connections=settings.concurrency + 8, decode=False)
+        self.metrics = WorkerMetrics(work_shards=settings.streams.work_shards,
+                                     max_commands=settings.health.metrics_max_commands)
+        self.redis = redisconn.make_client(settings.redis, max_connections=settings.concurrency + 8,
+                                           metrics=self.metrics.redis)
+        self.raw = redisconn.make_client(settings.redis, max_connections=settings.concurrency + 8, decode=False,
+                                         metrics=self.metrics.redis)
         self.streams = [keys.work(i) for i in range(settings.streams.work_shards)]
         self.running: dict[tuple[str, str], ConversationTask] = {}  #: conversations taken
         self.slots = FairSlots(settings.concurrency)
@@ -100,6 +105,9 @@ class Worker:
         # The health checks' own small client: a pool busy with turns must not read as Redis down.
         self.health_redis = redisconn.make_client(settings.redis, max_connections=2)
         self.health = self._health()
+        self.metrics.leases.set_function(lambda: len(self.turns.tokens.active) if self.turns is not None else 0)
+        self.metrics.taken.set_function(lambda: len(self.running))
+        self.metrics.slots_busy.set_function(lambda: self.slots.busy)
 
     def _health(self) -> health.Health:
         """Ready = set up, reading work, not stopping, Redis answering and the
@@ -117,20 +125,25 @@ class Worker:
 
         checks.add_condition(state)
         checks.add_probe("redis", self._check_groups)
+        checks.metrics = self.metrics.exposition
         return checks
 
     async def _check_groups(self) -> str | None:
-        """One round trip: PING, and XINFO GROUPS of every work stream."""
+        """One round trip: PING, XINFO GROUPS of every work stream (which also
+        sets the backlog gauges) and XLEN of the dead letters (a gauge)."""
         pipe = self.health_redis.pipeline(transaction=False)
         pipe.ping()
         for stream in self.streams:
             pipe.xinfo_groups(stream)
+        pipe.xlen(keys.dead_letters())
         try:
             replies = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError):
             return "redis: unreachable"
         if isinstance(replies[0], Exception):
             return "redis: unreachable"
+        replies, dead_letters = replies[:-1], replies[-1]
+        self.metrics.backlog(replies[1:], keys.WORKER_GROUP, dead_letters)
         missing = [stream for stream, groups in zip(self.streams, replies[1:])
                    if isinstance(groups, Exception) or not any(g.get("name") == keys.WORKER_GROUP for g in groups)]
         if missing:
@@ -152,7 +165,7 @@ class Worker:
                                  keyring=self.settings.encryption)
         await setup_saver(saver)
         graph = loader.load(self.settings.graph, saver)
-        self.turns = Turns(self.redis, graph, self.settings, self.slots)
+        self.turns = Turns(self.redis, graph, self.settings, self.slots, metrics=self.metrics)
         for stream in self.streams:
             with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
                 await self.redis.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)

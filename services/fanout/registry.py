@@ -79,6 +79,14 @@ class Registry:
     def __contains__(self, user: str) -> bool:
         return user in self._users
 
+    def __len__(self) -> int:
+        """Users attached (metrics)."""
+        return len(self._users)
+
+    def attachment_count(self) -> int:
+        """Connections attached, over all users (metrics: a walk over the users)."""
+        return sum(map(len, self._users.values()))
+
     def attachments(self, user: str) -> list[Attachment]:
         return list(self._users.get(user, {}).values())
 

@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 
 from switchboard.shared import connection as redisconn
 from switchboard.shared import health, internal, keys, outbound, streamids
+from switchboard.shared.metrics import FanoutMetrics
 from switchboard.shared.protocol import Event
 from switchboard.shared.settings import FanoutSettings
 from switchboard.shared.tasks import finish, wait_event
@@ -53,14 +54,18 @@ class Fanout:
         self.settings = settings
         self.id = settings.server_id
         self.incarnation = secrets.token_hex(6)
-        self.redis = redisconn.make_client(settings.redis)
-        self.raw = redisconn.make_client(settings.redis, decode=False)
+        self.metrics = FanoutMetrics(max_commands=settings.health.metrics_max_commands)
+        self.redis = redisconn.make_client(settings.redis, metrics=self.metrics.redis)
+        self.raw = redisconn.make_client(settings.redis, decode=False, metrics=self.metrics.redis)
         self.subscriber = redisconn.make_subscriber(settings.redis)  # a lost subscription must be seen
         self.reader = read.OutboundReader(self.raw)
         self.registry = Registry(settings.batch, settings.batch_bytes, settings.replay_pace)
         #: users read vs delivered from notices, and deliveries put off to the
         #: next round by the per-gateway byte budget (tests, metrics)
         self.counts = {"reads": 0, "direct": 0, "deferred": 0}
+        self.metrics.count_users(self.counts)
+        self.metrics.users.set_function(lambda: len(self.registry))
+        self.metrics.attachments.set_function(self.registry.attachment_count)
         self.wake = asyncio.Event()
         self.ready = asyncio.Event()
         self._pubsub: aioredis.client.PubSub | None = None
@@ -84,6 +89,7 @@ class Fanout:
 
         checks.add_condition(state)
         checks.add_probe("redis", lambda: health.redis_ping(self.health_redis))
+        checks.metrics = self.metrics.exposition
         return checks
 
     # -- lifecycle ---------------------------------------------------------------
@@ -229,12 +235,14 @@ class Fanout:
             for r, raw in zip(round_.reads, results):
                 reply = read.parse(raw)
                 ready.append((r.user, r.start, reply.events, reply.trimmed, reply.cut))
+        self.metrics.rounds.inc()
         self.counts["reads"] += len(round_.reads)
         self.counts["direct"] += len(round_.direct)
         budget = RoundBudget(self.settings.round_bytes)
         now = asyncio.get_running_loop().time()
         publish = self.raw.pipeline(transaction=False)
         sent: list[str] = []
+        batch_events = 0
         for user, start, events, trimmed, more in ready:
             if events and not budget.admit(self.registry.gateways_of(user), sum(map(event_bytes, events))):
                 self.registry.defer(user)
@@ -247,8 +255,11 @@ class Fanout:
                 delivery = internal.Delivery(targets=targets, events=group.events)
                 publish.publish(keys.gateway_delivery(group.gateway), internal.encode(delivery))
                 sent.append(group.gateway)
+                batch_events += len(group.events)
         if sent:
             receivers = await publish.execute()
+            self.metrics.batches.inc(len(sent))
+            self.metrics.events.inc(batch_events)
             for gateway, count in zip(sent, receivers):
                 if count:
                     self.gateways.heard(gateway)

@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 from switchboard.shared import connection as redisconn
 from switchboard.shared import health
 from switchboard.shared.checkpoints import SwitchboardRedisSaver, setup_saver, use_caching_serializer
+from switchboard.shared.metrics import GatewayMetrics
 from switchboard.shared import protocol as p
 from switchboard.shared import streamids
 from switchboard.shared.encryption import CannotOpen
@@ -70,8 +71,9 @@ class Gateway:
         self.verifier = auth.Verifier.from_settings(settings)  # reads key files: SettingsError first
         #: conn id -> (socket, token deadline), for ``refresh`` and expiry.
         self.tokens: dict[str, tuple[ServerConnection, TokenDeadline]] = {}
-        self.redis = redisconn.make_client(settings.redis)
-        self.raw_redis = redisconn.make_client(settings.redis, decode=False)
+        self.metrics = GatewayMetrics(max_commands=settings.health.metrics_max_commands)
+        self.redis = redisconn.make_client(settings.redis, metrics=self.metrics.redis)
+        self.raw_redis = redisconn.make_client(settings.redis, decode=False, metrics=self.metrics.redis)
         # ENCRYPTION_KEYS: the store seals what it writes, the hub opens the
         # events it delivers and the saver the history it reads.
         self.store = GatewayStore(self.redis, settings.streams, settings.quotas, settings.encryption)
@@ -87,6 +89,7 @@ class Gateway:
         # The health checks' own small client: a pool busy with traffic must not read as Redis down.
         self.health_redis = redisconn.make_client(settings.redis, max_connections=2)
         self.health = self._health()
+        self.metrics.welcomed.set_function(lambda: len(self.hub.conns))
 
     def _health(self) -> health.Health:
         """Ready = listening, not draining, Redis answering (docs/operations.md, "Health")."""
@@ -99,6 +102,7 @@ class Gateway:
 
         checks.add_condition(state)
         checks.add_probe("redis", lambda: health.redis_ping(self.health_redis))
+        checks.metrics = self.metrics.exposition
         return checks
 
     async def serve(self, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
@@ -173,12 +177,29 @@ class Gateway:
         if path != "/ws":
             return connection.respond(http.HTTPStatus.NOT_FOUND, "not found; the WebSocket endpoint is /ws\n")
         if not admission.origin_allowed(request.headers.get("Origin"), self.settings.allowed_origins):
+            self.metrics.handshakes["origin_refused"].inc()
             return connection.respond(http.HTTPStatus.FORBIDDEN, "origin not allowed\n")
         return None
+
+    async def _refuse(self, ws: ServerConnection, code: p.ErrorCode, message: str, close: p.CloseCode) -> None:
+        """An error frame, then the close: a connection that cannot go on."""
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(p.encode_text(p.Error(code=code, message=message)))
+            self.metrics.sent["error"].inc()
+            self.metrics.error(code.value)
+            await ws.close(close, message[:120])
 
     # -- one connection ------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
+        self.metrics.connections.inc()
+        try:
+            await self._connection(ws)
+        finally:
+            self.metrics.connections.dec()
+            self.metrics.closed(wsbatch.close_code(ws))
+
+    async def _connection(self, ws: ServerConnection) -> None:
         wsbatch.check_connection(ws)
         # Until hello is accepted a message may be HELLO_MAX_SIZE at most
         # (see wsbatch.set_max_size): an unauthenticated socket holds no more.
@@ -188,8 +209,10 @@ class Gateway:
             ws.request.headers.get_all("X-Forwarded-For") if ws.request is not None else [],
             self.settings.trusted_proxies))
         if not self.unauthenticated.enter(ip):
-            await _refuse(ws, p.ErrorCode.TOO_MANY_CONNECTIONS, "too many connections before hello from this address",
-                          p.CloseCode.TOO_MANY_CONNECTIONS)
+            self.metrics.handshakes["too_many_connections"].inc()
+            await self._refuse(ws, p.ErrorCode.TOO_MANY_CONNECTIONS,
+                               "too many connections before hello from this address",
+                               p.CloseCode.TOO_MANY_CONNECTIONS)
             return
         conn_id = uuid.uuid4().hex
         try:
@@ -212,12 +235,14 @@ class Gateway:
             verdict = await self.admission.admit_ip(ip, conn_id, self.settings.max_connections_per_ip)
         except RedisError as exc:
             log.warning("admission of a connection from %s failed: %s", ip, exc)
-            await _refuse(ws, p.ErrorCode.UNAVAILABLE, "storage unavailable, retry", p.CloseCode.INTERNAL_ERROR)
+            self.metrics.handshakes["unavailable"].inc()
+            await self._refuse(ws, p.ErrorCode.UNAVAILABLE, "storage unavailable, retry", p.CloseCode.INTERNAL_ERROR)
             return None
         if isinstance(verdict, admission.Refused):
             log.info("refused a connection from %s: %d connections", ip, verdict.count)
-            await _refuse(ws, p.ErrorCode.TOO_MANY_CONNECTIONS, "too many connections from this address",
-                          p.CloseCode.TOO_MANY_CONNECTIONS)
+            self.metrics.handshakes["too_many_connections"].inc()
+            await self._refuse(ws, p.ErrorCode.TOO_MANY_CONNECTIONS, "too many connections from this address",
+                               p.CloseCode.TOO_MANY_CONNECTIONS)
             return None
         slot = admission.Slot(conn_id, ip)
         self.admitted.add(slot, lambda: _close_later(ws, p.CloseCode.TOO_MANY_CONNECTIONS,
@@ -232,9 +257,10 @@ class Gateway:
         if isinstance(verdict, admission.Refused):
             log.info("refused device %s of %s: %d devices connected", device, user, verdict.count,
                      extra={"user": user, "device": device})
-            await _refuse(ws, p.ErrorCode.TOO_MANY_CONNECTIONS,
-                          f"{verdict.count} devices of this user are connected (the most allowed)",
-                          p.CloseCode.TOO_MANY_CONNECTIONS)
+            self.metrics.handshakes["too_many_connections"].inc()
+            await self._refuse(ws, p.ErrorCode.TOO_MANY_CONNECTIONS,
+                               f"{verdict.count} devices of this user are connected (the most allowed)",
+                               p.CloseCode.TOO_MANY_CONNECTIONS)
             return False
         self.admitted.update(dataclasses.replace(slot, user=user, device=device))
         if verdict.previous is not None:
@@ -260,7 +286,8 @@ class Gateway:
         try:
             claims = self.verifier.verify(hello.token)
         except auth.AuthError as exc:
-            await _refuse(ws, p.ErrorCode.UNAUTHORIZED, str(exc), p.CloseCode.UNAUTHORIZED)
+            self.metrics.handshakes["unauthorized"].inc()
+            await self._refuse(ws, p.ErrorCode.UNAUTHORIZED, str(exc), p.CloseCode.UNAUTHORIZED)
             return
         user = claims.user
         try:
@@ -270,9 +297,12 @@ class Gateway:
         except RedisError as exc:
             log.warning("hello of %s/%s failed: %s", user, hello.device_id, exc,
                         extra={"user": user, "device": hello.device_id})
-            await _refuse(ws, p.ErrorCode.UNAVAILABLE, "storage unavailable, retry", p.CloseCode.INTERNAL_ERROR)
+            self.metrics.handshakes["unavailable"].inc()
+            await self._refuse(ws, p.ErrorCode.UNAVAILABLE, "storage unavailable, retry", p.CloseCode.INTERNAL_ERROR)
             return
         where = resume.resolve(state, last_id=hello.last_id, epoch=hello.epoch, stored=stored)
+        self.metrics.handshakes["welcome"].inc()
+        self.metrics.replay(where.recovered, where.source)
         # Before welcome: a client waiting for welcome sends its first large
         # frame under the full limit.
         wsbatch.set_max_size(ws, 2 * self.settings.max_message_size)
@@ -288,7 +318,9 @@ class Gateway:
         log.debug("welcome user=%s device=%s conn=%s resume_from=%s recovered=%s (%s)",
                   user, hello.device_id, conn.id, where.resume_from, where.recovered, where.source,
                   extra=conn.log_context)
-        writer = asyncio.create_task(_drain(ws, conn), name=f"writer-{conn.id}")
+        # Events committed after this hello's view of the stream are live (delivery lag).
+        live_after_ms = streamids.parse(state.last_id)[0]
+        writer = asyncio.create_task(_drain(ws, conn, self.metrics, live_after_ms), name=f"writer-{conn.id}")
         deadline = TokenDeadline(claims.expires_at, self.settings.jwt_leeway)
         self.tokens[conn.id] = (ws, deadline)
         expirer = asyncio.create_task(self._expire(ws, conn, deadline), name=f"expiry-{conn.id}")
@@ -304,9 +336,11 @@ class Gateway:
                 if verdict is Verdict.PASS:
                     await self._on_frame(conn, data)
                 elif verdict is Verdict.REFUSE:
+                    self.metrics.received["refused"].inc()
                     await conn.reply(p.Error(code=p.ErrorCode.RATE_LIMITED,
                                              message=f"more than {s.max_frames_per_second:g} frames per second"))
                 else:
+                    self.metrics.received["refused"].inc()
                     log.info("closing a flooding connection user=%s conn=%s: %d frames refused",
                              conn.user, conn.id, gate.refused, extra=conn.log_context)
                     await self._close_flood(ws, conn)
@@ -332,8 +366,8 @@ class Gateway:
             return
         log.info("token of user=%s conn=%s expired", conn.user, conn.id, extra=conn.log_context)
         conn.delivery.closed = True
-        await _refuse(ws, p.ErrorCode.TOKEN_EXPIRED, "token expired: reconnect with a new token and last_id",
-                      p.CloseCode.TOKEN_EXPIRED)
+        await self._refuse(ws, p.ErrorCode.TOKEN_EXPIRED, "token expired: reconnect with a new token and last_id",
+                           p.CloseCode.TOKEN_EXPIRED)
 
     async def _refresh(self, conn: Connection, token: str) -> None:
         """A new token for this connection: the same user only."""
@@ -346,7 +380,7 @@ class Gateway:
             log.warning("refresh of user=%s conn=%s with a token of another user", conn.user, conn.id,
                         extra=conn.log_context)
             conn.delivery.closed = True
-            await _refuse(ws, p.ErrorCode.UNAUTHORIZED, "the token is for another user", p.CloseCode.UNAUTHORIZED)
+            await self._refuse(ws, p.ErrorCode.UNAUTHORIZED, "the token is for another user", p.CloseCode.UNAUTHORIZED)
             return
         deadline.move(claims.expires_at)
         await conn.reply(p.Refreshed(expires_at=int(claims.expires_at)))
@@ -364,17 +398,24 @@ class Gateway:
         try:
             data = await asyncio.wait_for(ws.recv(), self.settings.hello_timeout)
         except TimeoutError:
+            self.metrics.handshakes["hello_timeout"].inc()
             await ws.close(p.CloseCode.HELLO_TIMEOUT, "no hello in time")
             return None
         except ConnectionClosed:
+            self.metrics.handshakes["abandoned"].inc()
             return None
         try:
             frame = p.decode_client_frame(data, self.settings.max_message_size)
         except p.FrameError as exc:
-            await _refuse(ws, exc.code, exc.message, p.CloseCode.PROTOCOL_ERROR)
+            self.metrics.received["invalid"].inc()
+            self.metrics.handshakes["bad_hello"].inc()
+            await self._refuse(ws, exc.code, exc.message, p.CloseCode.PROTOCOL_ERROR)
             return None
+        self.metrics.frame_received(frame)
         if not isinstance(frame, p.Hello):
-            await _refuse(ws, p.ErrorCode.HELLO_REQUIRED, "the first frame must be hello", p.CloseCode.PROTOCOL_ERROR)
+            self.metrics.handshakes["hello_required"].inc()
+            await self._refuse(ws, p.ErrorCode.HELLO_REQUIRED, "the first frame must be hello",
+                               p.CloseCode.PROTOCOL_ERROR)
             return None
         return frame
 
@@ -382,8 +423,10 @@ class Gateway:
         try:
             frame = p.decode_client_frame(data, self.settings.max_message_size)
         except p.FrameError as exc:
+            self.metrics.received["invalid"].inc()
             await conn.reply(exc.to_frame())
             return
+        self.metrics.frame_received(frame)
         try:
             await self._dispatch(conn, frame)
         except p.FrameError as exc:
@@ -409,6 +452,7 @@ class Gateway:
                 except OverLimit as refused:
                     raise p.FrameError(p.ErrorCode(refused.code), _over_limit_message(refused), cmid,
                                        retry_after_ms=refused.retry_after_ms or None) from None
+                (self.metrics.accepted_new if fresh else self.metrics.accepted_repeat).inc()
                 if not fresh:
                     log.debug("repeated send user=%s cmid=%s -> %s", conn.user, cmid, in_id,
                               extra={**conn.log_context, "conversation": conv, "entry": in_id})
@@ -443,15 +487,18 @@ WRITE_FRAMES = 256
 WRITE_BYTES = 256 * 1024
 
 
-async def _drain(ws: ServerConnection, conn: Connection) -> None:
+async def _drain(ws: ServerConnection, conn: Connection, metrics: GatewayMetrics, live_after_ms: int) -> None:
     """The connection's only writer: outbox -> socket, in order.
 
     Everything queued (up to WRITE_FRAMES / WRITE_BYTES) goes out in one write
     -- one system call instead of one per frame -- as separate WebSocket text
-    frames of already encoded bytes."""
+    frames of already encoded bytes; then they are counted (and live events'
+    delivery lag measured: :meth:`GatewayMetrics.written`)."""
     try:
         while True:
-            await wsbatch.send_texts(ws, await conn.outbox.take(WRITE_FRAMES, WRITE_BYTES))
+            frames = await conn.outbox.take(WRITE_FRAMES, WRITE_BYTES)
+            await wsbatch.send_texts(ws, frames)
+            metrics.written(frames, live_after_ms)
     except ConnectionClosed:
         pass
 
@@ -470,12 +517,6 @@ def _over_limit_message(refused: OverLimit) -> str:
     if code is p.ErrorCode.RATE_LIMITED and not refused.retry_after_ms:
         return "this text is larger than a minute's allowance (SEND_BYTES_PER_MINUTE)"
     return _LIMIT_MESSAGES.get(code, refused.code).format(seconds=refused.retry_after_ms / 1000)
-
-
-async def _refuse(ws: ServerConnection, code: p.ErrorCode, message: str, close: p.CloseCode) -> None:
-    with contextlib.suppress(ConnectionClosed):
-        await ws.send(p.encode_text(p.Error(code=code, message=message)))
-        await ws.close(close, message[:120])
 
 
 _closing: set[asyncio.Task] = set()

@@ -25,6 +25,9 @@ Internals used, all of websockets' asyncio implementation
 - ``Protocol.extensions`` -- the negotiated extensions (a documented
   attribute): with none, :func:`send_texts` frames the messages itself,
   exactly as ``Frame.serialize`` does for an unmasked server frame.
+- ``Protocol.close_sent``, ``close_rcvd``, ``close_rcvd_then_sent`` -- the
+  close frames sent and received and which came first (documented
+  attributes), read by :func:`close_code` for the closes metric.
 
 Why joining is safe: while the connection is OPEN, ``data_to_send()`` holds
 only frames -- the end-of-stream marker (``b""``) comes only after a close,
@@ -48,7 +51,7 @@ from collections.abc import Sequence
 
 import websockets
 from websockets.asyncio.connection import Connection
-from websockets.protocol import Protocol
+from websockets.protocol import Protocol, State
 
 #: websockets releases this module was tested with: ``>= 14.0, < 18.0``.
 SUPPORTED = ((14, 0), (18, 0))
@@ -134,6 +137,20 @@ async def send_texts(ws: Connection, frames: Sequence[bytes]) -> None:
             parts.append(text_header(len(frame)))
             parts.append(frame)
         ws.transport.write(b"".join(parts))
+
+
+def close_code(ws: Connection) -> int:
+    """The close code that ended (or is ending) ``ws``: the gateway's when it
+    closed first, else the client's; 1006 (abnormal) when the connection
+    was lost without a close frame, 1000 while neither side has closed (the
+    server closes with 1000 once the handler returns)."""
+    protocol = ws.protocol
+    sent, received = protocol.close_sent, protocol.close_rcvd
+    if sent is not None and not protocol.close_rcvd_then_sent:
+        return sent.code
+    if received is not None:
+        return received.code
+    return 1006 if protocol.state is State.CLOSED else 1000
 
 
 def set_max_size(ws: Connection, size: int) -> None:

@@ -4,6 +4,7 @@ write reaching a real websockets client over a real loopback socket."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 
 import pytest
@@ -136,3 +137,33 @@ async def test_compressed_connections_still_go_through_the_protocol():
         async with connect(f"ws://127.0.0.1:{port}") as client:
             received = [await asyncio.wait_for(client.recv(), 5) for _ in frames]
     assert received == [f.decode() for f in frames]
+
+
+async def _close_code_seen(how: str) -> int:
+    """The close code :func:`wsbatch.close_code` gives once the handler's
+    connection ended ``how``, over a real loopback socket."""
+    seen = asyncio.get_running_loop().create_future()
+
+    async def handler(ws: ServerConnection) -> None:
+        if how == "server":
+            await ws.close(4005, "too many")
+        else:
+            with contextlib.suppress(ConnectionClosed):
+                await ws.recv()
+        seen.set_result(wsbatch.close_code(ws))
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        client = await connect(f"ws://127.0.0.1:{port}")
+        if how == "client":
+            await client.close(3001, "bye")
+        elif how == "lost":
+            client.transport.abort()  # no close frame: the TCP connection just ends
+        code = await asyncio.wait_for(seen, 5)
+        await client.close()
+    return code
+
+
+@pytest.mark.parametrize("how, code", [("server", 4005), ("client", 3001), ("lost", 1006)])
+async def test_the_close_code_is_the_side_that_closed_first(how, code):
+    assert await _close_code_seen(how) == code
