@@ -5,7 +5,7 @@ where wall-clock latency on a shared machine cannot show it.
 
 An embedded Redis, a fanout, a gateway and a worker (the default graph),
 one device sending ``--turns`` messages one after another (each waits for
-its reply). The CPU time (user + system, ``/proc/PID/stat``) of each
+its reply). The CPU time (every thread's, ``/proc/PID/task/*/schedstat``) of each
 process over the turns, divided by the turns, prints per process and goes
 to ``--out`` as JSON.
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import tempfile
 import time
@@ -28,13 +27,8 @@ from pathlib import Path
 
 from switchboard.embedded_redis import EmbeddedRedis, free_port
 
-from .harness import Cluster, token
+from .harness import Cluster, process_cpu_seconds, token
 from .loadgen import LoadDevice
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _turns(url: str, count: int, prefix: str) -> float:
@@ -58,9 +52,9 @@ async def measure(turns: int, workdir: Path) -> dict:
         cluster.start("worker", "worker")
         await _turns(gateway.url, 20, "warm")  # warm-up: imports, caches, first scripts
         pids = {name: s.process.pid for name, s in cluster.services.items()} | {"redis": redis.process.pid}
-        before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+        before = {name: process_cpu_seconds(pid) for name, pid in pids.items()}
         elapsed = await _turns(gateway.url, turns, "m")
-        after = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+        after = {name: process_cpu_seconds(pid) for name, pid in pids.items()}
     finally:
         cluster.stop()
         redis.stop()

@@ -44,7 +44,7 @@ from switchboard.shared.encryption import Keyring, generate_key
 from switchboard.worker import checkpoint_format
 from switchboard.worker.fencing import FencedRedisSaver
 
-from .harness import Cluster, token
+from .harness import Cluster, process_cpu_seconds, token
 from .loadgen import LoadDevice
 from .stats import percentile
 
@@ -52,19 +52,6 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "bench" / "encryption.json"
 ENV = {"LOG_LEVEL": "INFO", "CLAIM_IDLE": "15", "LEASE_TTL": "15", "FANOUT_SWEEP": "2",
        "FANOUT_ALIVE_TTL": "3"}
 TEXT = "my card is 4111 1111 1111 1111, message {i} about sailing boats and the weather"
-
-
-def _cpu_seconds(pid: int) -> float:
-    """CPU time of every thread of a process, to the nanosecond (the first
-    field of each ``/proc/PID/task/TID/schedstat``; ``/proc/PID/stat`` counts
-    in clock ticks, 10 ms, too coarse for a few ms a turn)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):  # a thread that just ended
-            pass
-    return total / 1e9
 
 
 async def _one_run(workdir: Path, keys: str | None, turns: int, window: int) -> dict:
@@ -86,7 +73,7 @@ async def _one_run(workdir: Path, keys: str | None, turns: int, window: int) -> 
         for i in range(turns + 1):
             if i in marks:
                 for name, pid in pids.items():
-                    cpu[name].append(_cpu_seconds(pid))
+                    cpu[name].append(process_cpu_seconds(pid))
             if i < turns:
                 latencies.append(await device.turn("c", f"m{i}", TEXT.format(i=i)))
         await device.close()
