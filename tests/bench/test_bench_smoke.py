@@ -63,3 +63,20 @@ def test_the_quick_suite_runs_every_scenario(tmp_path):
         assert point["first_delta"]["p50_ms"] < point["final"]["p50_ms"], point
     assert (out / "turn_latency.png").exists() and (out / "throughput.png").exists()
     assert {"cpu", "cores", "memory_mb", "python"} <= set(results["machine"])  # the table describes the machine
+
+
+@pytest.mark.timeout(300)
+def test_capacity_runs_and_idle_users_leave_nothing_behind(tmp_path):
+    """bench.capacity at a tiny scale: its figures are there, and every key
+    of each wave's users expires with CHECKPOINT_TTL (3 s here) while the
+    keys left do not grow from wave to wave (its exit status says so)."""
+    out = tmp_path / "capacity.json"
+    run = subprocess.run([sys.executable, "-m", "bench.capacity", "--users", "5", "--devices", "2", "--turns", "3",
+                          "--waves", "2", "--ttl", "0.05", "--out", str(out), "--plot", str(tmp_path / "r.png")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["retention"]["flat"] and all(a is not None for a in result["retention"]["after_each_wave"])
+    assert result["retention"]["after_each_wave"][-1]["keys"] == result["retention"]["baseline"]["keys"]
+    assert result["per_turn"]["redis_calls"] > 0 and result["per_idle_user"]["redis_keys"] > 0
+    assert (tmp_path / "r.png").stat().st_size > 0
