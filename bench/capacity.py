@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import statistics
 import sys
 import tempfile
@@ -299,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT / "capacity.json")
     parser.add_argument("--plot", type=Path, default=OUT / "retention.png")
     args = parser.parse_args(argv)
+    # A stopped run stops its services and Redis too (the finally above).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     with tempfile.TemporaryDirectory() as tmp:
         result = asyncio.run(measure(args, Path(tmp)))
     summary = {k: v for k, v in result.items() if k not in ("waves", "retention")}
