@@ -13,6 +13,8 @@ typed settings object built here.
     switchboard deadletters  show messages the workers gave up on (opened with
                              ENCRYPTION_KEYS when it is set)
     switchboard keygen       print a new key for ENCRYPTION_KEYS
+    switchboard nodes        every live node by tier (--json)
+    switchboard devices USER a user's devices and the gateway each is on
                              operator's Redis
 """
 
@@ -352,6 +354,15 @@ def main(argv: list[str] | None = None) -> int:
     dead.add_argument("--count", type=int, default=20)
     dead.set_defaults(func=cmd_deadletters)
     sub.add_parser("keygen", help="print a new key for ENCRYPTION_KEYS").set_defaults(func=cmd_keygen)
+    from switchboard import nodes_cli
+
+    listing = sub.add_parser("nodes", help="list every live gateway, worker and fanout (the node registry)")
+    listing.add_argument("--json", action="store_true", help="one JSON object: tier -> its nodes")
+    listing.set_defaults(func=nodes_cli.cmd_nodes)
+    devices = sub.add_parser("devices", help="list a user's connected devices and the gateway each is on")
+    devices.add_argument("user")
+    devices.add_argument("--json", action="store_true", help="a JSON list")
+    devices.set_defaults(func=nodes_cli.cmd_devices)
     token = sub.add_parser("token", help="print a signed development token")
     token.add_argument("user")
     token.add_argument("--ttl", type=float, default=86_400.0, help="seconds until the token expires")
