@@ -315,6 +315,15 @@ async def user_devices(redis: aioredis.Redis, user: str, *, now_ms: int | None =
     return devices_from(slots, owners, int(time.time() * 1000) if now_ms is None else now_ms)
 
 
+def user_devices_sync(redis, user: str, *, now_ms: int | None = None) -> list[DeviceSlot]:  # noqa: ANN001
+    """:func:`user_devices` for a synchronous ``redis.Redis`` client (command-line tools)."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.zrange(keys.devices(user), 0, -1, withscores=True)
+    pipe.hgetall(keys.device_owners(user))
+    slots, owners = pipe.execute()
+    return devices_from(slots, owners, int(time.time() * 1000) if now_ms is None else now_ms)
+
+
 # -- presentation ---------------------------------------------------------------------------
 
 _DETAIL_ORDER = ("connections", "running", "slots", "taken", "users", "attachments")

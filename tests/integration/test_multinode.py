@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -27,6 +28,19 @@ from tests.support.client import Device
 pytestmark = pytest.mark.skipif(nginx.binary() is None, reason=f"nginx is not installed: {nginx.INSTALL_HINT}")
 
 _ROW = re.compile(r"^\s+((?:gateway|worker|fanout)-\d+|nginx)\s+(\d+)\s+(\S+)\s+(\S+)$", re.M)
+
+
+def _free_block(count: int) -> int:
+    """The first of ``count`` consecutive free ports below the kernel's
+    ephemeral range: `run` gives its services consecutive ports, and one
+    inside that range may be taken by any outgoing connection (the
+    services' own Redis clients) between the check and the bind."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    while True:
+        base = rng.randrange(20000, low - count)
+        if not any(port_in_use(port) for port in range(base, base + count)):
+            return base
 
 
 def _wait_for(path: Path, marker: str, process: subprocess.Popen, timeout: float = 90.0) -> str:
@@ -64,10 +78,10 @@ def _gateway_of(device: Device, by_port: dict[int, str]) -> str:
 
 async def test_run_with_two_gateways_behind_nginx_survives_a_gateway_stopping_and_stops_everything(tmp_path):
     data = tmp_path / "data"
-    ws_port, redis_port = free_port(), free_port()
+    ws_port, redis_port = _free_block(3), free_port()  # nginx, then the two gateways
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
     env.update(DATA_DIR=str(data), WEBSOCKET_PORT=str(ws_port), REDIS_PORT=str(redis_port),
-               METRICS_PORT=str(free_port()), PYTHONUNBUFFERED="1")
+               METRICS_PORT=str(_free_block(6)), PYTHONUNBUFFERED="1")
     out = tmp_path / "run.log"
     with open(out, "wb") as log:
         run = subprocess.Popen([sys.executable, "-m", "switchboard.cli", "run", "--gateways", "2", "--workers", "2"],
@@ -151,7 +165,7 @@ def test_ctrl_c_stops_every_process_of_the_run(tmp_path):
     children all get SIGINT at once, and nothing may be left behind."""
     data = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
-    env.update(DATA_DIR=str(data), WEBSOCKET_PORT=str(free_port()), REDIS_PORT=str(free_port()),
+    env.update(DATA_DIR=str(data), WEBSOCKET_PORT=str(_free_block(3)), REDIS_PORT=str(free_port()),
                METRICS_PORT="0", PYTHONUNBUFFERED="1")
     out = tmp_path / "run.log"
     with open(out, "wb") as log:

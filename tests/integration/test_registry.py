@@ -85,3 +85,13 @@ async def test_devices_names_the_gateway_each_device_is_on(cluster, redis_client
     finally:
         await phone.close()
         await tablet.close()
+
+
+def test_the_commands_refuse_a_bad_user_id_and_say_when_redis_is_unreachable():
+    env = {**os.environ, "REDIS_URL": "redis://127.0.0.1:1/0"}
+    bad = subprocess.run([sys.executable, "-m", "switchboard.cli", "devices", "not a user!"], capture_output=True,
+                         text=True, timeout=30, env=env)
+    assert bad.returncode == 2 and "is not a user id" in bad.stderr and not bad.stdout
+    down = subprocess.run([sys.executable, "-m", "switchboard.cli", "nodes"], capture_output=True, text=True,
+                          timeout=30, env=env)
+    assert down.returncode == 1 and "cannot read the registry" in down.stderr and "Traceback" not in down.stderr

@@ -141,3 +141,16 @@ async def test_membership_keeps_only_members_whose_key_lives(client):
     assert await members.forget_expired() == ["b"]
     await members.leave("a")
     assert await members.live() == {} and not await client.exists("test:members")
+
+
+async def test_a_users_devices_read_the_same_with_a_synchronous_client(client, clean_redis):
+    import redis
+
+    await client.zadd(keys.devices("alice"), {"phone": 9e12, "old": 1.0})
+    await client.hset(keys.device_owners("alice"), mapping={"phone": "c1|gw-1", "old": "c0|gw-0"})
+    sync = redis.Redis.from_url(clean_redis)
+    try:
+        assert nodes.user_devices_sync(sync, "alice") == await nodes.user_devices(client, "alice") == [
+            nodes.DeviceSlot("old", "c0", "gw-0", 1, False), nodes.DeviceSlot("phone", "c1", "gw-1", int(9e12), True)]
+    finally:
+        sync.close()
