@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install clean redis chaos bench fuzz
+.PHONY: run multinode test install clean redis chaos bench fuzz
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ install: $(STAMP)
 ## Run everything locally: embedded Redis, one gateway, one worker, one fanout.
 run: $(STAMP)
 	$(BIN)/switchboard run
+
+## Several of each locally: GATEWAYS gateways behind nginx, WORKERS workers, two fanouts.
+GATEWAYS ?= 3
+WORKERS  ?= 2
+multinode: $(STAMP)
+	$(BIN)/switchboard run --gateways $(GATEWAYS) --workers $(WORKERS)
 
 ## Run the whole test suite (starts its own Redis unless REDIS_URL is set).
 ## Two phases: most tests TEST_WORKERS at a time (each worker its own Redis),

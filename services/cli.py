@@ -4,6 +4,7 @@ This is the only module that reads the environment; every service gets a
 typed settings object built here.
 
     switchboard run          Redis + gateway + worker + fanout, locally
+                             (--gateways N --workers M: several, behind nginx)
     switchboard gateway      one gateway      (WebSocket pods)
     switchboard worker       one worker       (LangGraph turns)
     switchboard fanout       one fanout       (delivery to gateways)
@@ -13,6 +14,8 @@ typed settings object built here.
     switchboard deadletters  show messages the workers gave up on (opened with
                              ENCRYPTION_KEYS when it is set)
     switchboard keygen       print a new key for ENCRYPTION_KEYS
+    switchboard nodes        every live node by tier (--json)
+    switchboard devices USER a user's devices and the gateway each is on
                              operator's Redis
 """
 
@@ -23,7 +26,6 @@ import asyncio
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -226,124 +228,24 @@ def _wait_for_signal() -> None:
 
 
 def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    """The embedded default: every part of the system on this machine."""
-    # SIGTERM (from a supervisor, `timeout`, systemd) stops everything like Ctrl-C.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    # Development: the gateway accepts the development JWT_SECRET (and says so).
-    from switchboard.shared.settings import redacted
+    """The embedded default: every part of the system on this machine
+    (``--gateways N --workers M``: several of each, behind nginx)."""
+    from switchboard import localrun
 
-    child_env = dict(env, SWITCHBOARD_DEV="1")
-    redis = None
-    credentials: dict[str, dict[str, str]] = {}
-    if not env.get("REDIS_URL"):
-        redis = _embedded(env)
-        redis.start()
-        # Each service logs in as its tier's user, with its own password file.
-        for name in ("REDIS_USERNAME", "REDIS_PASSWORD", "REDIS_PASSWORD_FILE"):
-            child_env.pop(name, None)
-        credentials = {service: redis.client_env(service) for service in ("fanout", "worker", "gateway")}
-    children: list[subprocess.Popen] = []
-    health_ports = _health_ports(env)
-    try:
-        for service in ("fanout", "worker", "gateway"):
-            service_env = dict(child_env, SERVER_ID=f"{service}-local", METRICS_PORT=str(health_ports.get(service, 0)),
-                               **credentials.get(service, {}))
-            children.append(subprocess.Popen([sys.executable, "-m", "switchboard.cli", service], env=service_env))
-        host = env.get("WEBSOCKET_HOST") or "127.0.0.1"
-        port = env.get("WEBSOCKET_PORT") or "8765"
-        from switchboard.gateway import auth
-
-        token = auth.mint("dev-user", env.get("JWT_SECRET") or DEV_JWT_SECRET,
-                          audience=env.get("JWT_AUDIENCE") or None, issuer=env.get("JWT_ISSUER") or None)
-        _wait_for_port(host, int(port), children)
-        if redis is not None:
-            where = f"{redis.address} (embedded, data in {redis.data_dir})\n  {_users_line(redis)}"
-        else:
-            where = redacted(env["REDIS_URL"])
-        print(
-            "\nSwitchboard is running.\n"
-            f"  Redis:      {where}\n"
-            f"  WebSocket:  ws://{host}:{port}/ws\n"
-            f"{_health_banner(env, health_ports)}"
-            f"  Dev token for user 'dev-user' (24 h):\n    {token}\n"
-            "  First frame: {\"type\":\"hello\",\"token\":TOKEN,\"device_id\":\"laptop\"}\n"
-            "  Protocol:   docs/protocol.md    Ctrl-C stops everything.\n",
-            flush=True,
-        )
-        while all(child.poll() is None for child in children):
-            try:
-                time.sleep(0.5)
-            except KeyboardInterrupt:
-                break
-        return 0
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(30)
-            except subprocess.TimeoutExpired:
-                child.kill()
-        if redis is not None:
-            redis.stop()
-
-
-#: The tiers of `switchboard run`, in the order of their METRICS_PORTs.
-RUN_TIERS = ("gateway", "worker", "fanout")
-RUN_METRICS_PORT = 9101
-
-
-def _health_ports(env: Mapping[str, str]) -> dict[str, int]:
-    """Health ports of `switchboard run`'s services: METRICS_PORT (default
-    9101) for the gateway and the next two for the worker and the fanout,
-    each replaced by a free port if taken; METRICS_PORT=0: none."""
-    from switchboard.embedded_redis import free_port, port_in_use
-
-    raw = env.get("METRICS_PORT") or str(RUN_METRICS_PORT)
-    try:
-        base = int(raw)
-    except ValueError:
-        raise SettingsError(f"METRICS_PORT={raw!r} is not an integer") from None
-    if base == 0:
-        return {}
-    if not 0 < base <= 65533:
-        raise SettingsError(f"METRICS_PORT={base}: `switchboard run` needs it and the next two ports (1-65533)")
-    host = env.get("METRICS_HOST") or "127.0.0.1"
-    probe_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    ports = {}
-    for offset, tier in enumerate(RUN_TIERS):
-        port = base + offset
-        ports[tier] = free_port() if port_in_use(port, probe_host) else port
-    return ports
-
-
-def _health_banner(env: Mapping[str, str], ports: dict[str, int]) -> str:
-    if not ports:
-        return "  Health:     off (METRICS_PORT=0)\n"
-    host = env.get("METRICS_HOST") or "127.0.0.1"
-    urls = "\n".join(f"    {tier + ':':8} http://{host}:{port}/readyz" for tier, port in ports.items())
-    return f"  Health (/healthz, /readyz):\n{urls}\n"
-
-
-def _wait_for_port(host: str, port: int, children: list[subprocess.Popen], timeout: float = 60.0) -> None:
-    from switchboard.embedded_redis import port_in_use
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if port_in_use(port, "127.0.0.1" if host in ("0.0.0.0", "") else host):
-            return
-        if any(child.poll() is not None for child in children):
-            raise SystemExit("a service exited during start-up; see its log above")
-        time.sleep(0.1)
-    raise SystemExit(f"the gateway did not listen on {host}:{port} within {timeout:g} s")
+    return localrun.run(localrun.Layout.from_args(args.gateways, args.workers, args.fanouts, args.nginx), env)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="switchboard", description="LangGraph conversations over WebSockets.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run Redis and every service locally").set_defaults(func=cmd_run)
+    run = sub.add_parser("run", help="run Redis and every service locally")
+    run.add_argument("--gateways", type=int, default=1, metavar="N", help="gateways (more than one: behind nginx)")
+    run.add_argument("--workers", type=int, default=1, metavar="M", help="conversation workers")
+    run.add_argument("--fanouts", type=int, default=None, metavar="K",
+                     help="fanouts (default: 1 for one gateway and one worker, else 2)")
+    run.add_argument("--nginx", action="store_true", help="nginx in front of the gateways even for one")
+    run.set_defaults(func=cmd_run)
     sub.add_parser("gateway", help="run one gateway").set_defaults(func=cmd_gateway)
     sub.add_parser("worker", help="run one conversation worker").set_defaults(func=cmd_worker)
     sub.add_parser("fanout", help="run one fanout").set_defaults(func=cmd_fanout)
@@ -352,6 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     dead.add_argument("--count", type=int, default=20)
     dead.set_defaults(func=cmd_deadletters)
     sub.add_parser("keygen", help="print a new key for ENCRYPTION_KEYS").set_defaults(func=cmd_keygen)
+    from switchboard import nodes_cli
+
+    listing = sub.add_parser("nodes", help="list every live gateway, worker and fanout (the node registry)")
+    listing.add_argument("--json", action="store_true", help="one JSON object: tier -> its nodes")
+    listing.set_defaults(func=nodes_cli.cmd_nodes)
+    devices = sub.add_parser("devices", help="list a user's connected devices and the gateway each is on")
+    devices.add_argument("user")
+    devices.add_argument("--json", action="store_true", help="a JSON list")
+    devices.set_defaults(func=nodes_cli.cmd_devices)
     token = sub.add_parser("token", help="print a signed development token")
     token.add_argument("user")
     token.add_argument("--ttl", type=float, default=86_400.0, help="seconds until the token expires")

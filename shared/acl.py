@@ -172,6 +172,20 @@ DEAD_LETTERS = keys.dead_letters()
 FANOUTS = keys.fanout_members()
 FANOUT_ALIVE = keys.fanout_alive(ANY)
 NOTIFY = keys.notify(ANY)
+
+
+def node_grants(tier: str) -> tuple[Grant, ...]:
+    """A tier's rights in the node registry (shared/nodes.py): its own tier's
+    records and member set only (register, renew, leave, prune expired members)."""
+    records, members = keys.node(tier, ANY), keys.node_members(tier)
+    return (
+        Grant(f"the node registry: this {tier}'s record (register, renew, leave) and, when pruning, its "
+              "tier's records", ("set", "del", "mget"), RW(records)),
+        Grant(f"... the set of {tier}s: join, leave, and prune members whose record expired",
+              ("sadd", "srem", "smembers"), RW(members)),
+    )
+
+
 FANOUT_CONTROL = keys.fanout_control(ANY)
 GATEWAY_DELIVERY = keys.gateway_delivery(ANY)
 
@@ -229,6 +243,7 @@ GATEWAY = User("gateway", "sb-gateway", "accepts messages, admits connections, s
     Grant("... their definitions, checked for case-sensitive tags; history: the search for a checkpoint's "
           "pending writes (FT.SEARCH reads any document of the index)",
           ("ft.info", "ft.create", "ft.search"), RW(*CHECKPOINT_INDEXES)),
+    *node_grants("gateway"),
 ))
 
 WORKER = User("worker", "sb-worker", "runs turns: leases, replies, deltas, checkpoints, work notices, dead letters", (
@@ -263,6 +278,7 @@ WORKER = User("worker", "sb-worker", "runs turns: leases, replies, deltas, check
           ("ft._list",)),
     Grant("... and searching them (listing and pruning a thread's checkpoints)",
           ("ft.info", "ft.create", "ft.dropindex", "ft.search", "ft.aggregate"), RW(*CHECKPOINT_INDEXES)),
+    *node_grants("worker"),
 ))
 
 FANOUT = User("fanout", "sb-fanout", "reads outbound streams and publishes deliveries to gateways", (
@@ -278,6 +294,7 @@ FANOUT = User("fanout", "sb-fanout", "reads outbound streams and publishes deliv
     Grant("attach/detach requests and the users' append notices", ("subscribe", "unsubscribe"),
           channels=(FANOUT_CONTROL, NOTIFY)),
     Grant("deliveries to the gateways", ("publish",), channels=(GATEWAY_DELIVERY,)),
+    *node_grants("fanout"),
 ))
 
 ADMIN = User("admin", "sb-admin", "the operator: switchboard deadletters, inspection, repairs, managing these users "

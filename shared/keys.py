@@ -96,7 +96,10 @@ def devices(user: str) -> str:
 
 
 def device_owners(user: str) -> str:
-    """Hash: device id -> id of the connection that holds its slot in :func:`devices`."""
+    """Hash: device id -> ``<connection id>|<gateway id>``, the connection that
+    holds its slot in :func:`devices` and the gateway (``SERVER_ID``) it is on
+    (``shared.nodes.owner_value``; a bare connection id from a gateway that
+    does not record itself)."""
     return f"{_user(user)}:device_owners"
 
 
@@ -154,3 +157,21 @@ def fanout_control(fanout_id: str) -> str:
 def gateway_delivery(gateway_id: str) -> str:
     """Pub/sub channel: event batches from fanouts to one gateway."""
     return f"{PREFIX}:gw:{gateway_id}:dlv"
+
+
+# -- the node registry (shared/nodes.py) ------------------------------------------------
+#
+# One hash tag for all of them, ``{nodes}``: a listing reads every record of a
+# tier in one MGET, which Redis Cluster allows only within one slot.
+
+
+def node_members(tier: str) -> str:
+    """Set of the ids of a tier's nodes (``gateway``, ``worker``, ``fanout``)
+    that have registered; members whose :func:`node` key expired are pruned."""
+    return f"{PREFIX}:{{nodes}}:{tier}"
+
+
+def node(tier: str, node_id: str) -> str:
+    """String with a TTL (``NODE_TTL``, renewed every ``NODE_HEARTBEAT``):
+    the JSON record of one live node (``shared.nodes.NodeRecord``)."""
+    return f"{PREFIX}:{{nodes}}:{tier}:{node_id}"

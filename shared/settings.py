@@ -301,13 +301,34 @@ class HealthSettings:
         )
 
 
+@dataclass(frozen=True)
+class NodeSettings:
+    """The registry of live nodes (:mod:`switchboard.shared.nodes`): every
+    service renews its record every ``heartbeat`` seconds; a record not
+    renewed for ``ttl`` seconds expires (a node killed with -9 is gone from
+    ``switchboard nodes`` within ``ttl``)."""
+
+    heartbeat: float = 2.0  #: NODE_HEARTBEAT: seconds between two renewals of a node's record
+    ttl: float = 6.0  #: NODE_TTL: seconds a record outlives its last renewal (default 3 x NODE_HEARTBEAT)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> NodeSettings:
+        heartbeat = _float(env, "NODE_HEARTBEAT", cls.heartbeat, minimum=0.1)
+        ttl = _float(env, "NODE_TTL", 3 * heartbeat, minimum=0.3)
+        if ttl <= heartbeat:
+            raise SettingsError(f"NODE_TTL={ttl:g} must exceed NODE_HEARTBEAT={heartbeat:g} "
+                                "(3 times it is the default): else a live node's record expires between renewals")
+        return cls(heartbeat=heartbeat, ttl=ttl)
+
+
 def _common(env: Mapping[str, str]) -> dict:
-    """Fields every service has: Redis, stream retention, instance name, health endpoints."""
+    """Fields every service has: Redis, stream retention, instance name, health endpoints, node registry."""
     return {
         "redis": RedisSettings.from_env(env),
         "streams": StreamSettings.from_env(env),
         "server_id": _get(env, "SERVER_ID", default_server_id()),
         "health": HealthSettings.from_env(env),
+        "nodes": NodeSettings.from_env(env),
     }
 
 
@@ -317,6 +338,7 @@ class GatewaySettings:
     streams: StreamSettings = StreamSettings()
     server_id: str = dataclasses.field(default_factory=default_server_id)
     health: HealthSettings = HealthSettings()
+    nodes: NodeSettings = NodeSettings()
     host: str = "127.0.0.1"
     port: int = 8765
     max_message_size: int = 1 << 20  #: bytes; a larger frame gets a ``too_large`` error
@@ -439,6 +461,7 @@ class WorkerSettings:
     streams: StreamSettings = StreamSettings()
     server_id: str = dataclasses.field(default_factory=default_server_id)
     health: HealthSettings = HealthSettings()
+    nodes: NodeSettings = NodeSettings()
     graph: str = "switchboard.worker.graph:graph"
     checkpoint_ttl: float | None = None  #: minutes; None keeps checkpoints forever
     checkpoint_cache: int = 256  #: conversations whose newest checkpoint stays in memory (0: none)
@@ -487,6 +510,7 @@ class FanoutSettings:
     streams: StreamSettings = StreamSettings()
     server_id: str = dataclasses.field(default_factory=default_server_id)
     health: HealthSettings = HealthSettings()
+    nodes: NodeSettings = NodeSettings()
     batch: int = 500  #: events read per user per round trip
     batch_bytes: int = 1 << 20  #: bytes read per user per round trip (beyond one event), hence per delivery message
     round_bytes: int = 4 << 20  #: bytes one round publishes to one gateway (beyond one delivery)

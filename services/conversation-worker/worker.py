@@ -38,6 +38,7 @@ from switchboard.shared import health, keys
 from switchboard.shared.checkpoints import setup_saver
 from switchboard.shared.fields import WorkField
 from switchboard.shared.metrics import WorkerMetrics
+from switchboard.shared.nodes import NodeRegistry
 from switchboard.shared.settings import WorkerSettings
 from switchboard.shared.tasks import finish, wait_event
 
@@ -108,6 +109,10 @@ class Worker:
         self.metrics.leases.set_function(lambda: len(self.turns.tokens.active) if self.turns is not None else 0)
         self.metrics.taken.set_function(lambda: len(self.running))
         self.metrics.slots_busy.set_function(lambda: self.slots.busy)
+        #: This worker in the node registry (``switchboard nodes``): its record
+        #: expires NODE_TTL after a kill -9, long before CLAIM_IDLE hands its work on.
+        self.node = NodeRegistry(self.redis, settings.nodes, "worker", self.consumer, lambda: {
+            "running": self.slots.busy, "slots": self.settings.concurrency, "taken": len(self.running)})
 
     def _health(self) -> health.Health:
         """Ready = set up, reading work, not stopping, Redis answering and the
@@ -178,6 +183,7 @@ class Worker:
         acks_done = asyncio.Event()
         acker = asyncio.create_task(self._ack_loop(acks_done), name="worker-ack")
         refresher = asyncio.create_task(self._refresh_loop(acks_done), name="worker-refresh")
+        node = asyncio.create_task(self.node.run(stop), name="worker-node")
         try:
             await stop.wait()
         finally:
@@ -186,7 +192,7 @@ class Worker:
             deadline = asyncio.get_running_loop().time() + self.settings.shutdown_grace
             # The loops notice `stop` within one blocking read; what that read
             # returned is started, and so covered by _finish_running.
-            await finish([reader, claimer], grace=self.settings.read_block + 1.0)
+            await finish([reader, claimer, node], grace=self.settings.read_block + 1.0)
             await self._finish_running(max(0.0, deadline - asyncio.get_running_loop().time()))
             acks_done.set()  # the acker sends what is queued, then ends
             self._ack_wanted.set()

@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 
 from switchboard.shared import connection as redisconn
 from switchboard.shared import health, internal, keys, outbound, streamids
+from switchboard.shared.nodes import Membership, NodeRegistry
 from switchboard.shared.metrics import FanoutMetrics
 from switchboard.shared.protocol import Event
 from switchboard.shared.settings import FanoutSettings
@@ -71,6 +72,10 @@ class Fanout:
         self._pubsub: aioredis.client.PubSub | None = None
         self.gateways = GatewayWatch()
         self.stopping = asyncio.Event()
+        #: The announcement gateways read: this instance's incarnation, renewed every sweep.
+        self.membership = Membership(self.redis, keys.fanout_members(), keys.fanout_alive)
+        #: The operators' registry (``switchboard nodes``).
+        self.node = NodeRegistry(self.redis, settings.nodes, "fanout", self.id, self._node_details)
         # The health checks' own small client, apart from the pump's.
         self.health_redis = redisconn.make_client(settings.redis, max_connections=2)
         self.health = self._health()
@@ -92,6 +97,10 @@ class Fanout:
         checks.metrics = self.metrics.exposition
         return checks
 
+    def _node_details(self) -> dict[str, int | str]:
+        return {"users": len(self.registry), "attachments": self.registry.attachment_count(),
+                "incarnation": self.incarnation}
+
     # -- lifecycle ---------------------------------------------------------------
 
     async def serve(self, *, stop: asyncio.Event | None = None) -> None:
@@ -105,7 +114,8 @@ class Fanout:
     async def _serve(self) -> None:
         tasks = [asyncio.create_task(self._listen(), name="fanout-listen"),
                  asyncio.create_task(self._pump(), name="fanout-pump"),
-                 asyncio.create_task(self._sweep(), name="fanout-sweep")]
+                 asyncio.create_task(self._sweep(), name="fanout-sweep"),
+                 asyncio.create_task(self.node.run(self.stopping), name="fanout-node")]
         stopped = asyncio.create_task(self.stopping.wait(), name="fanout-stop")
         try:
             done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -119,17 +129,14 @@ class Fanout:
             with contextlib.suppress(RedisError, OSError):
                 # Leave at once, so gateways move their connections now rather
                 # than when the liveness key expires.
-                await self.redis.delete(keys.fanout_alive(self.id))
-                await self.redis.srem(keys.fanout_members(), self.id)
+                await self.membership.leave(self.id)
             await self.redis.aclose()
             await self.raw.aclose()
             await self.subscriber.aclose()
             log.info("fanout %s stopped", self.id)
 
     async def _announce(self) -> None:
-        ttl_ms = int(self.settings.alive_ttl * 1000)
-        await self.redis.set(keys.fanout_alive(self.id), self.incarnation, px=ttl_ms)
-        await self.redis.sadd(keys.fanout_members(), self.id)
+        await self.membership.announce(self.id, self.incarnation, self.settings.alive_ttl)
 
     # -- listen: control + notify --------------------------------------------------
 
@@ -299,14 +306,9 @@ class Fanout:
         stopped): else the set grows with every fanout pod that ever died and
         every gateway reads it all each check. A member that was only late
         to renew announces itself again at its next sweep (SET, then SADD)."""
-        members = list(await self.redis.smembers(keys.fanout_members()))
-        if not members:
-            return
-        alive = await self.redis.mget([keys.fanout_alive(m) for m in members])
-        dead = [m for m, value in zip(members, alive) if value is None]
+        dead = await self.membership.forget_expired()
         if dead:
-            log.info("forgetting fanouts that stopped renewing: %s", ", ".join(sorted(dead)))
-            await self.redis.srem(keys.fanout_members(), *dead)
+            log.info("forgetting fanouts that stopped renewing: %s", ", ".join(dead))
 
 
 def _user_of_channel(channel: str) -> str | None:

@@ -12,7 +12,10 @@ connections not yet past ``hello``, and devices per user.
   user whose members are scored by an expiry the gateway holding them renews
   every ``ADMISSION_TTL / 3`` seconds. A gateway killed with -9 renews
   nothing, so its slots expire within ``ADMISSION_TTL`` and the next
-  admission drops them; nothing is counted forever.
+  admission drops them; nothing is counted forever. A device's owner entry
+  names the gateway beside the connection (``shared.nodes.owner_value``),
+  written by the same script, so ``switchboard devices USER`` says where
+  each device is at no extra cost.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from switchboard.shared import keys, scripts
+from switchboard.shared.nodes import owner_value, parse_owner
 from switchboard.shared.connection import execute_scripted, queue_script
 from switchboard.shared.tasks import wait_event
 
@@ -140,11 +144,14 @@ def _ms(seconds: float) -> int:
 
 
 class AdmissionStore:
-    """The shared slots, in Redis. ``ttl``: seconds a slot lives unrenewed."""
+    """The shared slots, in Redis. ``ttl``: seconds a slot lives unrenewed;
+    ``gateway``: this gateway's SERVER_ID, recorded with each device's
+    connection (None: the connection id alone)."""
 
-    def __init__(self, redis: aioredis.Redis, ttl: float):
+    def __init__(self, redis: aioredis.Redis, ttl: float, gateway: str | None = None):
         self.redis = redis
         self.ttl = ttl
+        self.gateway = gateway
         registered = scripts.register(redis, "admit_ip", "admit_device", "renew_device", "release_device")
         self._admit_ip = registered["admit_ip"]
         self._admit_device = registered["admit_device"]
@@ -166,15 +173,20 @@ class AdmissionStore:
     async def admit_device(self, user: str, device: str, conn: str, cap: int) -> Admitted | Refused:
         now, expiry, key_ttl = self._times()
         ok, detail = await self._admit_device(keys=[keys.devices(user), keys.device_owners(user)],
-                                              args=[device, conn, now, expiry, cap, key_ttl])
+                                              args=[device, self._owner(conn), now, expiry, cap, key_ttl])
         if not ok:
             return Refused(int(detail))
-        return Admitted(previous=detail or None)
+        # The previous connection may be another gateway's: its id is what counts here.
+        return Admitted(previous=parse_owner(detail)[0] if detail else None)
+
+    def _owner(self, conn: str) -> str:
+        """The owner value the scripts store and compare (``device_owners``)."""
+        return owner_value(conn, self.gateway)
 
     async def release_device(self, user: str, device: str, conn: str) -> bool:
         """Free the device's slot if this connection holds it."""
         return bool(await self._release_device(keys=[keys.devices(user), keys.device_owners(user)],
-                                               args=[device, conn]))
+                                               args=[device, self._owner(conn)]))
 
     async def renew(self, slots: Sequence[Slot], device_cap: int) -> list[str]:
         """Renew every slot of ``slots`` in one round trip; return the
@@ -188,7 +200,7 @@ class AdmissionStore:
         def fill(pipe: aioredis.client.Pipeline) -> None:
             for s in with_device:
                 queue_script(pipe, self._renew_device, [keys.devices(s.user), keys.device_owners(s.user)],
-                             [s.device, s.conn, now, expiry, device_cap, key_ttl])
+                             [s.device, self._owner(s.conn), now, expiry, device_cap, key_ttl])
             for s in slots:
                 # A slot pruned meanwhile is added back: the connection is alive.
                 pipe.zadd(keys.ip_connections(s.ip), {s.conn: expiry})

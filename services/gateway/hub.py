@@ -48,6 +48,7 @@ from redis.exceptions import RedisError
 
 from switchboard.shared import internal, keys
 from switchboard.shared.encryption import CannotOpen, Keyring
+from switchboard.shared.nodes import Membership
 from switchboard.shared.protocol import CloseCode, Error, ErrorCode, Event, Frame, encode
 from switchboard.shared.tasks import finish, wait_event
 
@@ -303,11 +304,8 @@ class DeliveryHub:
             await wait_event(self.closing, MONITOR_INTERVAL)
 
     async def _read_live(self) -> dict[str, str]:
-        members = sorted(m.decode() for m in await self.redis.smembers(keys.fanout_members()))
-        if not members:
-            return {}
-        values = await self.redis.mget([keys.fanout_alive(m) for m in members])
-        return {m: v.decode() for m, v in zip(members, values) if v is not None}
+        """The live fanouts and their incarnations (SMEMBERS, MGET)."""
+        return await Membership(self.redis, keys.fanout_members(), keys.fanout_alive).live()
 
 
 def _log_failure(task: asyncio.Task) -> None:

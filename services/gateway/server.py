@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed
 
 from switchboard.shared import connection as redisconn
 from switchboard.shared import health
+from switchboard.shared.nodes import NodeRegistry
 from switchboard.shared.checkpoints import SwitchboardRedisSaver, setup_saver, use_caching_serializer
 from switchboard.shared.metrics import GatewayMetrics
 from switchboard.shared import protocol as p
@@ -81,7 +82,7 @@ class Gateway:
         self.hub = DeliveryHub(self.raw_redis, settings.server_id, self.subscriber, settings.encryption)
         self.saver = use_caching_serializer(SwitchboardRedisSaver(redis_client=self.raw_redis), settings.encryption)
         self.history = HistoryReader(self.saver)
-        self.admission = admission.AdmissionStore(self.redis, settings.admission_ttl)
+        self.admission = admission.AdmissionStore(self.redis, settings.admission_ttl, settings.server_id)
         self.admitted = admission.Registry(self.admission, settings.max_devices_per_user)
         self.unauthenticated = admission.LocalCounts(settings.max_unauthenticated_per_ip)
         self._listening = False
@@ -90,6 +91,9 @@ class Gateway:
         self.health_redis = redisconn.make_client(settings.redis, max_connections=2)
         self.health = self._health()
         self.metrics.welcomed.set_function(lambda: len(self.hub.conns))
+        #: This gateway in the node registry (``switchboard nodes``), from start to SIGTERM.
+        self.node = NodeRegistry(self.redis, settings.nodes, "gateway", settings.server_id,
+                                 lambda: {"connections": len(self.hub.conns), "port": self.settings.port})
 
     def _health(self) -> health.Health:
         """Ready = listening, not draining, Redis answering (docs/operations.md, "Health")."""
@@ -121,6 +125,7 @@ class Gateway:
         await self.store.load()
         hub_task = asyncio.create_task(self.hub.run(), name="delivery-hub")
         renew_task = asyncio.create_task(self.admitted.run(self.hub.closing), name="admission-renew")
+        node_task = asyncio.create_task(self.node.run(stop), name="gateway-node")
         try:
             await asyncio.wait_for(self.hub.ready.wait(), timeout=30)
             s = self.settings
@@ -159,7 +164,8 @@ class Gateway:
                 await server.wait_closed()
         finally:
             self.hub.closing.set()
-            await finish([hub_task, renew_task], grace=3.0)
+            stop.set()  # also when serving failed: the node record goes
+            await finish([hub_task, renew_task, node_task], grace=3.0)
             await self.redis.aclose()
             await self.raw_redis.aclose()
             await self.subscriber.aclose()

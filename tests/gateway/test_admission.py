@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from switchboard.gateway.admission import (
     Admitted, AdmissionStore, LocalCounts, Refused, Registry, Slot, client_address, ip_key, origin_allowed)
 from switchboard.shared import keys
+from switchboard.shared.nodes import user_devices
 
 
 # -- pure ----------------------------------------------------------------------------
@@ -166,3 +167,21 @@ async def test_registry_closes_the_connections_that_lost_their_slot(store):
 ])
 def test_client_address(peer, forwarded, trusted, client):
     assert client_address(peer, forwarded, trusted) == client
+
+
+async def test_each_devices_gateway_is_recorded_with_its_connection_and_goes_with_its_slot(store):
+    u = name("u")
+    gw1, gw2 = AdmissionStore(store.redis, ttl=30.0, gateway="gw-1"), AdmissionStore(store.redis, ttl=30.0,
+                                                                                       gateway="gw|2")
+    assert await gw1.admit_device(u, "phone", "c1", cap=10) == Admitted()
+    assert await gw2.admit_device(u, "tablet", "c2", cap=10) == Admitted()
+    where = {d.device: (d.connection, d.gateway, d.live) for d in await user_devices(store.redis, u)}
+    assert where == {"phone": ("c1", "gw-1", True), "tablet": ("c2", "gw|2", True)}
+    # The phone moves to the other gateway: the previous connection comes back bare.
+    assert await gw2.admit_device(u, "phone", "c3", cap=10) == Admitted(previous="c1")
+    assert await gw1.renew([Slot("c1", "ip", u, "phone")], device_cap=10) == ["c1"]  # gw-1 learns it lost it
+    assert await gw1.release_device(u, "phone", "c1") is False
+    assert [(d.device, d.gateway) for d in await user_devices(store.redis, u)] == [("phone", "gw|2"),
+                                                                                  ("tablet", "gw|2")]
+    assert await gw2.release_device(u, "tablet", "c2") is True
+    assert [d.device for d in await user_devices(store.redis, u)] == ["phone"]

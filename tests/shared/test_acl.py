@@ -46,6 +46,8 @@ EXAMPLES = {
     acl.CHECKPOINT_WRITES: f"checkpoint_write:{THREAD}:__empty__:1f0:task:0",
     acl.WRITE_REGISTRY: f"write_keys_zset:{THREAD}:__empty__:1f0",
     **{index: index for index in acl.CHECKPOINT_INDEXES},
+    **{keys.node(tier, acl.ANY): keys.node(tier, f"{tier}-1") for tier in acl.SERVICE_TIERS},
+    **{keys.node_members(tier): keys.node_members(tier) for tier in acl.SERVICE_TIERS},
 }
 
 
