@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 
+from switchboard.embedded_redis import EmbeddedRedis, free_port
 from tests.support.cluster import Cluster
 
 
@@ -32,3 +33,20 @@ async def redis_client(cluster):
     client = aioredis.Redis.from_url(cluster.redis_url, decode_responses=True)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+def own_redis(tmp_path, request):
+    """A Redis of this test's own, to stop and start again, and services on
+    it (with the test module's ``OWN_REDIS_ENV``); their logs print on failure."""
+    server = EmbeddedRedis(tmp_path / "redis", port=free_port())
+    server.start()
+    cluster = Cluster(server.url, tmp_path, env=dict(getattr(request.module, "OWN_REDIS_ENV", {})))
+    try:
+        yield server, cluster
+    finally:
+        cluster.stop()
+        server.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(cluster.logs())

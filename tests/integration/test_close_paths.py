@@ -17,13 +17,12 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from switchboard.embedded_redis import EmbeddedRedis, free_port
 from switchboard.gateway.delivery import choose_fanout
 from switchboard.gateway.store import GatewayStore
 from switchboard.shared import internal, keys
 from switchboard.shared.settings import GatewaySettings, StreamSettings
 from tests.support.client import Device, new_user
-from tests.support.cluster import Cluster, token
+from tests.support.cluster import token
 from tests.support.rawws import RawClient
 from tests.support.wait import until as _until
 
@@ -464,23 +463,6 @@ async def test_deliveries_published_while_the_gateway_was_unsubscribed_still_arr
     assert phone.event_ids() == await _stream_ids(redis_client, user)
     assert phone.close_code is None
     await phone.close()
-
-
-@pytest.fixture
-async def own_redis(tmp_path, request):
-    """A Redis of this test's own, to stop and start; services on it (their
-    logs print on failure)."""
-    server = EmbeddedRedis(tmp_path / "redis", port=free_port())
-    server.start()
-    cluster = Cluster(server.url, tmp_path)
-    try:
-        yield server, cluster
-    finally:
-        cluster.stop()
-        server.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            print(cluster.logs())
 
 
 async def test_with_redis_down_hello_and_send_get_unavailable(own_redis):

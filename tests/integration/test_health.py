@@ -9,12 +9,13 @@ import signal
 
 import pytest
 
-from switchboard.embedded_redis import EmbeddedRedis, free_port
+from switchboard.embedded_redis import free_port
 from tests.support.client import Device, new_user
 from tests.support.cluster import Cluster, token
 
 #: Readiness re-checked five times a second, so the test sees changes fast.
 FAST_HEALTH = {"HEALTH_REFRESH": "0.2"}
+OWN_REDIS_ENV = FAST_HEALTH  #: the own_redis fixture's services get it
 
 
 async def get(port: int, path: str) -> tuple[int | None, dict | None]:
@@ -38,22 +39,6 @@ async def until(check, timeout: float, what: str) -> None:
     while not await check():
         assert loop.time() < deadline, f"{what}: not within {timeout} s"
         await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-def own_redis(tmp_path, request):
-    """A Redis of this test's own, to stop and start again; services on it."""
-    server = EmbeddedRedis(tmp_path / "redis", port=free_port())
-    server.start()
-    cluster = Cluster(server.url, tmp_path, env=dict(FAST_HEALTH))
-    try:
-        yield server, cluster
-    finally:
-        cluster.stop()
-        server.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            print(cluster.logs())
 
 
 def _start_tiers(cluster: Cluster) -> dict[str, int]:

@@ -47,20 +47,6 @@ class CountingKeyring(Keyring):
         return super().seal_bytes(data)
 
 
-@pytest.fixture
-async def raw(clean_redis):
-    client = aioredis.Redis.from_url(clean_redis)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def redis(clean_redis):
-    client = aioredis.Redis.from_url(clean_redis, decode_responses=True)
-    yield client
-    await client.aclose()
-
-
 async def _worker(redis, raw, keyring: Keyring, graph: StateGraph | None = None, **settings) -> Turns:
     """A worker's turns with ENCRYPTION_KEYS, its saver built as ``serve`` builds it."""
     settings = replace(WorkerSettings(), encryption=keyring, **settings)

@@ -34,20 +34,6 @@ USER = "u"
 THREAD = "u1:c1"
 
 
-@pytest.fixture
-async def raw(clean_redis):
-    client = aioredis.Redis.from_url(clean_redis)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def redis(clean_redis):
-    client = aioredis.Redis.from_url(clean_redis, decode_responses=True)
-    yield client
-    await client.aclose()
-
-
 async def _stock(raw, **kw) -> AsyncRedisSaver:
     """A plain library saver, as another process (an admin tool) would use."""
     saver = AsyncRedisSaver(redis_client=raw, **kw)

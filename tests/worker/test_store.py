@@ -2,7 +2,6 @@
 
 import msgspec
 import pytest
-import redis.asyncio as aioredis
 
 from switchboard.shared import keys
 from switchboard.shared.fields import ConvField
@@ -12,13 +11,6 @@ from switchboard.worker.store import (
 )
 
 LATEST = "checkpoint_latest:{u:u}/a:"  # any key of the user's slot stands for the pointer here
-
-
-@pytest.fixture
-async def redis(clean_redis):
-    client = aioredis.Redis.from_url(clean_redis, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

@@ -6,18 +6,10 @@ import asyncio
 from dataclasses import replace
 
 import pytest
-import redis.asyncio as aioredis
 
 from switchboard.shared import keys
 from switchboard.shared.settings import RedisSettings, WorkerSettings
 from switchboard.worker.worker import Worker
-
-
-@pytest.fixture
-async def redis(clean_redis):
-    client = aioredis.Redis.from_url(clean_redis, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 async def _until(predicate, timeout: float = 20.0) -> None:
