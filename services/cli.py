@@ -263,6 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     devices.add_argument("user")
     devices.add_argument("--json", action="store_true", help="a JSON list")
     devices.set_defaults(func=nodes_cli.cmd_devices)
+    from switchboard import admin
+
+    inspect = sub.add_parser("inspect", help="everything Redis holds about one user (read only)")
+    inspect.add_argument("user")
+    inspect.add_argument("--json", action="store_true", help="one JSON object")
+    inspect.add_argument("--dead-letters", type=int, default=admin.DEAD_LETTERS_SEARCHED,
+                         help="how many of the newest dead letters to search for the user's")
+    inspect.set_defaults(func=admin.cmd_inspect)
     token = sub.add_parser("token", help="print a signed development token")
     token.add_argument("user")
     token.add_argument("--ttl", type=float, default=86_400.0, help="seconds until the token expires")
