@@ -84,9 +84,8 @@ def _requirement_name(entry: str) -> str:
     return re.split(r"[\s\[<>=!~;@]", entry.strip(), maxsplit=1)[0]
 
 
-def read_project(path: Path, text: str, *, read_file: Any = None) -> Project:
-    """A ``langgraph.json``'s contents. ``read_file(path) -> str`` reads the
-    ``env`` file it may name (default: from disk)."""
+def read_project(path: Path, text: str) -> Project:
+    """A ``langgraph.json``'s contents (the ``env`` file it may name is read from disk)."""
     try:
         config = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -113,7 +112,7 @@ def read_project(path: Path, text: str, *, read_file: Any = None) -> Project:
     if isinstance(env, str):
         env_path = (base / env).resolve()
         try:
-            env_text = read_file(env_path) if read_file else env_path.read_text()
+            env_text = env_path.read_text()
         except OSError as exc:
             raise GraphLoadError(f"{path}: env file {env_path}: {exc.strerror or exc}") from None
         env = parse_env(env_text, env_path)
