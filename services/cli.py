@@ -250,9 +250,24 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("worker", help="run one conversation worker").set_defaults(func=cmd_worker)
     sub.add_parser("fanout", help="run one fanout").set_defaults(func=cmd_fanout)
     sub.add_parser("redis", help="run the embedded Redis only").set_defaults(func=cmd_redis)
-    dead = sub.add_parser("deadletters", help="show messages the workers gave up on")
+    from switchboard import admin
+
+    dead = sub.add_parser("deadletters", help="show messages the workers gave up on (or retry one)")
     dead.add_argument("--count", type=int, default=20)
     dead.set_defaults(func=cmd_deadletters)
+    retry = dead.add_subparsers(dest="action").add_parser(
+        "retry", help="queue a dead-lettered message again, so a worker answers it (once)")
+    retry.add_argument("id", help="the dead letter's id (as `switchboard deadletters` prints it)")
+    retry.set_defaults(func=admin.cmd_deadletters_retry)
+    export = sub.add_parser("export", help="one user's conversations and events as JSON lines")
+    export.add_argument("user")
+    export.add_argument("--out", metavar="FILE", help="write to FILE (default: standard output)")
+    export.set_defaults(func=admin.cmd_export)
+    delete = sub.add_parser("delete", help="erase everything Redis holds of one user (a dry run without --yes)")
+    delete.add_argument("user")
+    delete.add_argument("--yes", action="store_true", help="delete (without it: only say what would go)")
+    delete.add_argument("--force", action="store_true", help="even while devices of the user are connected")
+    delete.set_defaults(func=admin.cmd_delete)
     sub.add_parser("keygen", help="print a new key for ENCRYPTION_KEYS").set_defaults(func=cmd_keygen)
     from switchboard import nodes_cli
 
@@ -263,8 +278,6 @@ def main(argv: list[str] | None = None) -> int:
     devices.add_argument("user")
     devices.add_argument("--json", action="store_true", help="a JSON list")
     devices.set_defaults(func=nodes_cli.cmd_devices)
-    from switchboard import admin
-
     inspect = sub.add_parser("inspect", help="everything Redis holds about one user (read only)")
     inspect.add_argument("user")
     inspect.add_argument("--json", action="store_true", help="one JSON object")

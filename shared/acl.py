@@ -169,6 +169,7 @@ DEVICE_OWNERS = keys.device_owners(ANY)
 IP_CONNECTIONS = keys.ip_connections(ANY)
 WORK = keys.work(ANY)  # type: ignore[arg-type]  # the shard number as a glob
 DEAD_LETTERS = keys.dead_letters()
+DEAD_COPIES = keys.dead_copies(ANY)
 FANOUTS = keys.fanout_members()
 FANOUT_ALIVE = keys.fanout_alive(ANY)
 NOTIFY = keys.notify(ANY)
@@ -266,6 +267,8 @@ WORKER = User("worker", "sb-worker", "runs turns: leases, replies, deltas, check
           ("xgroup|create", "xreadgroup", "xclaim", "xautoclaim", "xack", "xdel", "xadd"), RW(WORK)),
     Grant("readiness: the consumer group is present on every work stream", ("xinfo|groups",), R(WORK)),
     Grant("dead letters, append only", ("xadd",), W(DEAD_LETTERS)),
+    Grant("... and the whole message, in the user's copies for a retry (and their lifetime)", ("xadd", "pexpire"),
+          W(DEAD_COPIES)),
     Grant("metrics: how many dead letters there are (never their content)", ("xlen",), R(DEAD_LETTERS)),
     Grant("checkpoint documents and pending writes (LangGraph's saver: write, read, expire, prune)",
           ("json.set", "json.get", "json.merge", "exists", "ttl", "expire", "pexpire", "del"),

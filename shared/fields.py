@@ -61,6 +61,16 @@ class EventField:
     SEQ = "seq"  #: a delta's position within its attempt
 
 
+class DeadField:
+    """A copy of a dead-lettered message (:func:`keys.dead_copies`): its inbound entry as stored."""
+
+    CONV = "conv"
+    ENTRY = "entry"  #: the inbound id it had
+    CMID = "cmid"
+    DEV = "dev"
+    TEXT = "text"  #: sealed as it was stored
+
+
 class WorkField:
     """A work notice (:func:`keys.work`): "this conversation has work"."""
 
@@ -72,7 +82,7 @@ def lua_table() -> dict[str, str]:
     """Every field as ``<hash>_<field>`` -> name, for the scripts' ``F`` table."""
     table: dict[str, str] = {}
     for prefix, cls in (("conv", ConvField), ("usage", UsageField), ("meta", MetaField), ("in", InboundField),
-                        ("event", EventField), ("work", WorkField)):
+                        ("event", EventField), ("work", WorkField), ("dead", DeadField)):
         for attr, value in vars(cls).items():
             if attr.isupper():
                 table[f"{prefix}_{attr.lower()}"] = value

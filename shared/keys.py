@@ -63,6 +63,14 @@ def dedup(user: str, client_msg_id: str) -> str:
     return f"{_user(user)}:cmid:{client_msg_id}"
 
 
+def dead_copies(user: str) -> str:
+    """Stream: whole copies of the user's dead-lettered messages (fields:
+    :class:`fields.DeadField`), kept so ``switchboard deadletters retry`` can
+    queue one again; the newest ``DEAD_LETTERS_PER_USER``, aging with the
+    user's keys. The shared :func:`dead_letters` entry names its copy."""
+    return f"{_user(user)}:dead"
+
+
 def conversation(user: str, conversation_id: str) -> str:
     """Hash of the conversation's progress (fields: :class:`fields.ConvField`):
     ``done`` = id of the last inbound entry whose turn is committed."""

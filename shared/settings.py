@@ -474,6 +474,7 @@ class WorkerSettings:
     read_block: float = 2.0  #: seconds XREADGROUP blocks (below the socket timeout)
     max_attempts: int = 3  #: attempts at one message before it is dead-lettered
     dead_letter_maxlen: int = 10_000  #: dead-letter entries kept
+    dead_letters_per_user: int = 10  #: whole copies of a user's dead-lettered messages kept for a retry (0: none)
     shutdown_grace: float = 25.0  #: seconds running turns get to finish on SIGTERM
     stream_deltas: bool = True  #: stream chat models' tokens to devices as ``delta`` events
     delta_interval: float = 0.05  #: seconds between a reply's delta writes after its first
@@ -497,6 +498,7 @@ class WorkerSettings:
             claim_idle=_float(env, "CLAIM_IDLE", d.claim_idle, minimum=0.5),
             max_attempts=_int(env, "MAX_ATTEMPTS", d.max_attempts, minimum=1),
             dead_letter_maxlen=_int(env, "DEAD_LETTER_MAXLEN", d.dead_letter_maxlen, minimum=10),
+            dead_letters_per_user=_int(env, "DEAD_LETTERS_PER_USER", d.dead_letters_per_user, minimum=0),
             shutdown_grace=_float(env, "SHUTDOWN_GRACE", d.shutdown_grace, minimum=0.0),
             stream_deltas=_bool(env, "STREAM_DELTAS", d.stream_deltas),
             delta_interval=_float(env, "DELTA_INTERVAL", d.delta_interval, minimum=0.0),

@@ -1,5 +1,6 @@
 """``switchboard inspect``'s text: what a person reads (pure)."""
 
+from switchboard import admin
 from switchboard.admin import ConversationInfo, KeyInfo, UserReport, format_report
 
 
@@ -25,3 +26,23 @@ def test_the_report_says_what_waits_who_holds_it_where_devices_are_and_what_fail
 
 def test_a_user_with_nothing_stored_says_so():
     assert format_report(UserReport("nobody", 0)) == "user nobody: nothing stored\n"
+
+
+def test_an_erasure_summary_says_what_was_or_would_be_deleted():
+    erasure = admin.Erasure("alice", keys=["a", "b"], checkpoint_keys=["c"], work_notices=1, dead_letters=2)
+    assert erasure.summary(done=False) == ("would delete for user alice: 2 keys, 1 checkpoint keys, 1 work notices, "
+                                           "2 dead letters")
+    assert erasure.summary(done=True).startswith("deleted for user alice: 2 keys")
+
+
+def test_an_exported_message_keeps_its_role_text_and_tool_calls():
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+    human = admin.message_line("c", HumanMessage(content=[{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}],
+                                                 id="m1"))
+    assert human == {"type": "message", "conversation": "c", "role": "user", "id": "m1", "text": "hi there"}
+    call = admin.message_line("c", AIMessage(content="", id="m2",
+                                             tool_calls=[{"name": "weather", "args": {"city": "Oslo"}, "id": "t1"}]))
+    assert (call["role"], call["tool_calls"]) == ("assistant", [{"name": "weather", "args": {"city": "Oslo"}, "id": "t1"}])
+    result = admin.message_line("c", ToolMessage(content="cold", tool_call_id="t1", id="m3"))
+    assert (result["role"], result["text"], result["tool_call_id"]) == ("tool", "cold", "t1")

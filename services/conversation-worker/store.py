@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 
 from switchboard.shared import keys, outbound, scripts
 from switchboard.shared.encryption import CannotOpen, Keyring
-from switchboard.shared.fields import ConvField
+from switchboard.shared.fields import ConvField, DeadField
 from switchboard.shared.settings import StreamSettings
 
 #: Characters of a message's text a dead letter keeps.
@@ -221,16 +221,29 @@ class WorkerStore:
         return entry, int(count or 0)
 
     async def dead_letter(self, *, user: str, entry: InboundEntry, reason: str, attempts: int, worker: str,
-                          maxlen: int) -> None:
+                          maxlen: int, per_user: int = 0) -> None:
         """Record a message given up on, for an operator (``switchboard deadletters``):
         its first 1,000 characters and the reason (which may quote the text),
-        both sealed with keys. A text no key opens is kept as it was stored."""
+        both sealed with keys. A text no key opens is kept as it was stored.
+
+        With ``per_user`` > 0 the whole message is copied first into the user's
+        :func:`keys.dead_copies` stream (its newest ``per_user``, aging with the
+        user's keys), and the dead letter names the copy (``kept``): that copy
+        is what ``switchboard deadletters retry`` queues again."""
         try:
             text = self.keyring.seal(self.keyring.open(entry.text)[:DEAD_LETTER_TEXT])
         except CannotOpen:
             text = entry.text
+        kept = ""
+        if per_user > 0:
+            copies = keys.dead_copies(user)
+            kept = await self.redis.xadd(copies, {
+                DeadField.CONV: entry.conversation, DeadField.ENTRY: entry.id, DeadField.CMID: entry.client_msg_id,
+                DeadField.DEV: entry.device, DeadField.TEXT: entry.text}, maxlen=per_user, approximate=False)
+            if self.streams.retention_ms:
+                await self.redis.pexpire(copies, self.streams.retention_ms * 3 // 2)
         await self.redis.xadd(keys.dead_letters(), {
             "user": user, "conv": entry.conversation, "entry": entry.id, "cmid": entry.client_msg_id,
             "text": text, "reason": self.keyring.seal(reason), "attempts": attempts, "worker": worker,
-            "ts": outbound.now_ms(),
+            "ts": outbound.now_ms(), **({"kept": kept} if kept else {}),
         }, maxlen=maxlen, approximate=True)

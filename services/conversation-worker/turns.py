@@ -405,7 +405,8 @@ class Turns:
 
     async def _dead_letter(self, user: str, entry: InboundEntry, reason: str, attempts: int) -> None:
         await self.store.dead_letter(user=user, entry=entry, reason=reason, attempts=attempts,
-                                     worker=self.settings.server_id, maxlen=self.settings.dead_letter_maxlen)
+                                     worker=self.settings.server_id, maxlen=self.settings.dead_letter_maxlen,
+                                     per_user=self.settings.dead_letters_per_user)
         self.metrics.dead_letters.inc()
         log.error("dead-lettered user=%s conv=%s entry=%s after %d attempts: %s",
                   user, entry.conversation, entry.id, attempts, reason,

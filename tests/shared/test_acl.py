@@ -36,6 +36,7 @@ EXAMPLES = {
     acl.IP_CONNECTIONS: keys.ip_connections("10.0.0.1"),
     acl.WORK: keys.work(3),
     acl.DEAD_LETTERS: keys.dead_letters(),
+    acl.DEAD_COPIES: keys.dead_copies("alice"),
     acl.FANOUTS: keys.fanout_members(),
     acl.FANOUT_ALIVE: keys.fanout_alive("fanout-1"),
     acl.NOTIFY: keys.notify("alice"),

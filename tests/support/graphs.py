@@ -33,8 +33,9 @@ async def _slow(state: MessagesState) -> dict:
     """Marks that a turn started (a file per process and message, a line per
     attempt), then sleeps if asked.
 
-    ``sleep:<seconds> ...`` sleeps; ``fail ...`` raises; ``crash ...`` kills the
-    worker process. SLOW_GRAPH_MARKS names
+    ``sleep:<seconds> ...`` sleeps; ``fail-unless:<path> ...`` raises while
+    no file ``path`` exists (a bug fixed later); ``fail ...`` raises; ``crash
+    ...`` kills the worker process. SLOW_GRAPH_MARKS names
     the directory for the start marks.
     """
     text = _last_text(state)
@@ -45,7 +46,10 @@ async def _slow(state: MessagesState) -> dict:
             mark.write(text + "\n")
     if text.startswith("sleep:"):
         await asyncio.sleep(float(text.split()[0].split(":", 1)[1]))
-    if text.startswith("fail"):
+    if text.startswith("fail-unless:"):
+        if not Path(text.split()[0].split(":", 1)[1]).exists():
+            raise RuntimeError("the graph was asked to fail until a file exists")
+    elif text.startswith("fail"):
         raise RuntimeError("the graph was asked to fail")
     if text.startswith("crash"):
         os._exit(3)  # a poison message: takes the whole worker process down
