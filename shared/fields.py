@@ -21,6 +21,7 @@ class ConvField:
     COUNT = "count"  #: messages ever accepted (the MAX_MESSAGES_PER_SESSION bound)
     NOTICED = "noticed"  #: ms of the last work notice a new message asked for (see accept.lua)
     RENOTICED = "renoticed"  #: ms of the last work notice a repeated message asked for
+    GRAPH = "graph"  #: the graph the conversation runs, fixed by its first message (``send.graph``)
 
 
 class UsageField:
@@ -46,6 +47,7 @@ class InboundField:
     DEV = "dev"
     TEXT = "text"
     TS = "ts"
+    GRAPH = "graph"  #: the conversation's graph (absent in entries written before graphs were chosen: the default)
 
 
 class EventField:
@@ -69,6 +71,7 @@ class DeadField:
     CMID = "cmid"
     DEV = "dev"
     TEXT = "text"  #: sealed as it was stored
+    GRAPH = "graph"  #: the conversation's graph
 
 
 class WorkField:

@@ -59,6 +59,8 @@ class ErrorCode(str, enum.Enum):
     BACKLOG_FULL = "backlog_full"  #: MAX_UNANSWERED messages of the user still wait for replies
     TOO_MANY_CONNECTIONS = "too_many_connections"  #: MAX_DEVICES_PER_USER or MAX_CONNECTIONS_PER_IP reached
     TOKEN_EXPIRED = "token_expired"  #: the connection's token expired without a ``refresh``
+    UNKNOWN_GRAPH = "unknown_graph"  #: ``send.graph`` names no graph of the server's GRAPH
+    GRAPH_MISMATCH = "graph_mismatch"  #: ``send.graph`` names another graph than the conversation runs
 
 
 class CloseCode(enum.IntEnum):
@@ -124,6 +126,7 @@ class Send(Frame, tag="send"):
     conversation_id: Name
     client_msg_id: ClientMsgId
     text: Text
+    graph: Name | None = None  #: the graph a new conversation runs (a ``langgraph.json`` name); None: the default
 
 
 class Ack(Frame, tag="ack"):

@@ -374,6 +374,8 @@ class GatewaySettings:
     resync_holdoff: float = 0.25  #: seconds after an attach in which a gap does not re-attach again
     compression: bool = False  #: permessage-deflate (off: it costs CPU per connection, see bench/NOTES.md)
     drain_delay: float = 0.0  #: seconds a stopping gateway keeps serving, not ready, before it closes its sockets
+    #: GRAPH, as the workers have it: the gateway reads the graph names (a project file) to check ``send.graph``
+    graph: str = "switchboard.worker.graph:graph"
     #: ENCRYPTION_KEYS: seals the text the gateway stores, opens what it delivers (no keys: nothing sealed)
     encryption: Keyring = dataclasses.field(default_factory=Keyring)
 
@@ -383,6 +385,7 @@ class GatewaySettings:
         settings = cls(
             **_common(env),
             quotas=QuotaSettings.from_env(env),
+            graph=_get(env, "GRAPH", d.graph),
             ssl_certfile=_get(env, "SSL_CERTFILE", "") or None,
             ssl_keyfile=_get(env, "SSL_KEYFILE", "") or None,
             host=_get(env, "WEBSOCKET_HOST", d.host),

@@ -11,9 +11,10 @@
   ``module:attr``, relative to the file), its ``dependencies`` (local
   directories go on the import path; packages must be installed -- a missing
   one is an error that names it) and its ``env`` (a ``.env`` file or a
-  mapping; variables already set in the environment win). With one graph it
-  is used; with several, ``:NAME`` picks one, and no name is an error that
-  lists them (never a silent pick).
+  mapping; variables already set in the environment win). ``:NAME`` runs
+  that graph only; without it every graph of the file is loaded, and each
+  conversation runs the one its first ``send`` names (``graph``), the first
+  listed when it names none (``switchboard.shared.project``).
 
 The attribute may be a ``StateGraph`` (compiled here with the worker's
 checkpointer), a compiled graph (re-bound to the checkpointer), or a
@@ -30,12 +31,10 @@ import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
-import json
 import os
-import re
 import sys
 from collections.abc import MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,116 +42,17 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
-from switchboard.shared.errors import SwitchboardError
-
-#: The LangGraph CLI's project file name (any ``*.json`` path is read as one).
-PROJECT_FILE = "langgraph.json"
-
-
-class GraphLoadError(SwitchboardError):
-    pass
-
-
-# -- langgraph.json --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Project:
-    """What a ``langgraph.json`` says, its relative paths made absolute."""
-
-    path: Path
-    graphs: dict[str, str]  #: name -> spec (``/abs/file.py:attr`` or ``module:attr``)
-    paths: tuple[Path, ...] = ()  #: local dependencies: directories for the import path
-    packages: tuple[str, ...] = ()  #: dependencies to be installed already (distribution names)
-    env: dict[str, str] = field(default_factory=dict)
-
-    def spec(self, name: str | None) -> str:
-        """The spec of graph ``name`` (or of the only graph)."""
-        if name is None:
-            if len(self.graphs) == 1:
-                return next(iter(self.graphs.values()))
-            raise GraphLoadError(f"{self.path} has {len(self.graphs)} graphs ({', '.join(sorted(self.graphs))}): "
-                                 f"name one, GRAPH={self.path}:NAME")
-        if name not in self.graphs:
-            raise GraphLoadError(f"{self.path} has no graph {name!r} (it has {', '.join(sorted(self.graphs))})")
-        return self.graphs[name]
-
-
-def _requirement_name(entry: str) -> str:
-    """The distribution name of a requirement (``langchain-openai>=0.2`` ->
-    ``langchain-openai``)."""
-    return re.split(r"[\s\[<>=!~;@]", entry.strip(), maxsplit=1)[0]
-
-
-def read_project(path: Path, text: str) -> Project:
-    """A ``langgraph.json``'s contents (the ``env`` file it may name is read from disk)."""
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise GraphLoadError(f"{path}: not JSON: {exc}") from None
-    if not isinstance(config, dict):
-        raise GraphLoadError(f"{path}: expected an object with 'graphs'")
-    base = path.parent
-    graphs = config.get("graphs")
-    if not isinstance(graphs, dict) or not graphs:
-        raise GraphLoadError(f"{path}: 'graphs' must map graph names to 'path.py:attribute' or 'module:attribute'")
-    resolved = {}
-    for name, spec in graphs.items():
-        if isinstance(spec, dict):  # the CLI's long form: {"path": "...", "description": ...}
-            spec = spec.get("path")
-        if not isinstance(spec, str) or ":" not in spec:
-            raise GraphLoadError(f"{path}: graph {name!r}: expected 'path.py:attribute', got {spec!r}")
-        resolved[str(name)] = _absolute(spec, base)
-    dependencies = config.get("dependencies", [])
-    if not isinstance(dependencies, list) or not all(isinstance(d, str) for d in dependencies):
-        raise GraphLoadError(f"{path}: 'dependencies' must be a list of strings")
-    paths = tuple((base / d).resolve() for d in dependencies if d.startswith((".", "/")))
-    packages = tuple(_requirement_name(d) for d in dependencies if not d.startswith((".", "/")))
-    env = config.get("env", {})
-    if isinstance(env, str):
-        env_path = (base / env).resolve()
-        try:
-            env_text = env_path.read_text()
-        except OSError as exc:
-            raise GraphLoadError(f"{path}: env file {env_path}: {exc.strerror or exc}") from None
-        env = parse_env(env_text, env_path)
-    elif not isinstance(env, dict) or not all(isinstance(v, (str, int, float, bool)) for v in env.values()):
-        raise GraphLoadError(f"{path}: 'env' must be a .env file's path or a mapping of names to values")
-    return Project(path, resolved, paths, packages, {str(k): str(v) for k, v in env.items()})
-
-
-def _absolute(spec: str, base: Path) -> str:
-    """A file spec made absolute against ``base``; a module spec unchanged."""
-    target, _, attribute = spec.rpartition(":")
-    if _is_file(target):
-        return f"{(base / target).resolve()}:{attribute}"
-    return spec
-
-
-def _is_file(target: str) -> bool:
-    return target.endswith(".py") or "/" in target or os.sep in target
-
-
-_ENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
-
-
-def parse_env(text: str, path: Path | str = ".env") -> dict[str, str]:
-    """A ``.env`` file: ``NAME=value`` lines, ``export`` allowed, ``#``
-    comments, values optionally in single or double quotes."""
-    env = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        match = _ENV_LINE.match(line)
-        if not match:
-            raise GraphLoadError(f"{path}:{number}: expected NAME=value")
-        name, value = match.groups()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        env[name] = value
-    return env
+from switchboard.shared.project import (  # noqa: F401 - re-exported: the loader's errors and project reading
+    PROJECT_FILE,
+    GraphChoice,
+    GraphLoadError,
+    Project,
+    graph_choice,
+    is_file_spec,
+    parse_env,
+    project_of,
+    read_project,
+)
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -186,7 +86,7 @@ def resolve(spec: str) -> Any:
     target_name, sep, attribute = spec.rpartition(":")
     if not sep or not target_name or not attribute:
         raise GraphLoadError(f"GRAPH={spec!r}: expected 'package.module:attribute' or './file.py:attribute'")
-    if _is_file(target_name):
+    if is_file_spec(target_name):
         module = _import_file(Path(target_name).resolve())
     else:
         try:
@@ -202,34 +102,17 @@ def resolve(spec: str) -> Any:
     return target
 
 
-def project_of(graph: str) -> tuple[Path, str | None] | None:
-    """``(langgraph.json path, graph name or None)`` when ``GRAPH`` names a
-    project file, else None."""
-    path, sep, name = graph.rpartition(":")
-    if sep and path.endswith(".json"):
-        return Path(path).resolve(), name or None
-    if graph.endswith(".json"):
-        return Path(graph).resolve(), None
-    return None
-
-
-def prepare(graph: str, environ: MutableMapping[str, str] | None = None) -> str:
-    """The ``module:attr`` or ``/file.py:attr`` spec ``GRAPH`` comes to,
+def prepare(graph: str, environ: MutableMapping[str, str] | None = None) -> GraphChoice:
+    """The graphs ``GRAPH`` offers (name -> ``module:attr`` or ``/file.py:attr``),
     after applying a project file's import paths and environment (variables
     already in ``environ`` are kept) and checking its packages are installed."""
-    project = project_of(graph)
-    if project is None:
-        return graph
-    path, name = project
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise GraphLoadError(f"GRAPH={graph!r}: {path}: {exc.strerror or exc}") from None
-    config = read_project(path, text)
-    spec = config.spec(name)
+    choice = graph_choice(graph)
+    config = choice.project
+    if config is None:
+        return choice
     missing = [package for package in config.packages if not _installed(package)]
     if missing:
-        raise GraphLoadError(f"{path}: dependencies not installed: {', '.join(missing)} "
+        raise GraphLoadError(f"{config.path}: dependencies not installed: {', '.join(missing)} "
                              f"(pip install {' '.join(missing)})")
     for directory in reversed(config.paths):
         if str(directory) not in sys.path:
@@ -237,7 +120,7 @@ def prepare(graph: str, environ: MutableMapping[str, str] | None = None) -> str:
     environ = os.environ if environ is None else environ
     for key, value in config.env.items():
         environ.setdefault(key, value)
-    return spec
+    return choice
 
 
 def _installed(distribution: str) -> bool:
@@ -248,10 +131,19 @@ def _installed(distribution: str) -> bool:
         return importlib.util.find_spec(distribution.replace("-", "_")) is not None
 
 
-def load(graph: str, checkpointer: BaseCheckpointSaver,
-         environ: MutableMapping[str, str] | None = None) -> CompiledStateGraph:
-    """The compiled graph ``GRAPH`` names, on ``checkpointer``."""
-    spec = prepare(graph, environ)
+@dataclass(frozen=True)
+class Graphs:
+    """Every graph a worker runs, by name (:class:`GraphChoice`), compiled."""
+
+    by_name: dict[str, CompiledStateGraph]
+    default: str
+
+    def get(self, name: str) -> CompiledStateGraph | None:
+        """Graph ``name`` ('' : the default), or None if this worker has none of that name."""
+        return self.by_name.get(name or self.default)
+
+
+def _compile(spec: str, graph: str, checkpointer: BaseCheckpointSaver) -> CompiledStateGraph:
     target = resolve(spec)
     if callable(target) and not isinstance(target, (StateGraph, CompiledStateGraph)):
         target = target()
@@ -265,3 +157,18 @@ def load(graph: str, checkpointer: BaseCheckpointSaver,
         raise GraphLoadError(f"GRAPH={graph!r}: the state has no 'messages' channel (use MessagesState)")
     return compiled
 
+
+def load_all(graph: str, checkpointer: BaseCheckpointSaver,
+             environ: MutableMapping[str, str] | None = None) -> Graphs:
+    """Every graph ``GRAPH`` offers, compiled on ``checkpointer``."""
+    choice = prepare(graph, environ)
+    label = (lambda name: f"{graph}:{name}") if choice.project is not None and len(choice.specs) > 1 else (lambda _: graph)
+    return Graphs({name: _compile(spec, label(name), checkpointer) for name, spec in choice.specs.items()},
+                  choice.default)
+
+
+def load(graph: str, checkpointer: BaseCheckpointSaver,
+         environ: MutableMapping[str, str] | None = None) -> CompiledStateGraph:
+    """The default graph ``GRAPH`` offers (its only one, or a project's first), on ``checkpointer``."""
+    graphs = load_all(graph, checkpointer, environ)
+    return graphs.by_name[graphs.default]

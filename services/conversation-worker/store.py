@@ -42,6 +42,7 @@ class InboundEntry:
     client_msg_id: str
     device: str
     text: str  #: as stored: sealed when encryption at rest is on (``keyring.open`` it)
+    graph: str = ""  #: the conversation's graph ('': the default)
 
 
 # -- what follows an entry ----------------------------------------------------------------
@@ -72,8 +73,8 @@ Found = Union[Attempt, FindAfter, NoneLeft]
 
 def _found(conversation: str, reply: Sequence[Any]) -> Found:
     if reply[0] == "entry":
-        _, entry_id, cmid, device, text, attempt = reply
-        return Attempt(InboundEntry(entry_id, conversation, cmid, device, text), int(attempt))
+        _, entry_id, cmid, device, text, attempt, graph = reply
+        return Attempt(InboundEntry(entry_id, conversation, cmid, device, text, graph), int(attempt))
     return NoneLeft()
 
 
@@ -239,7 +240,8 @@ class WorkerStore:
             copies = keys.dead_copies(user)
             kept = await self.redis.xadd(copies, {
                 DeadField.CONV: entry.conversation, DeadField.ENTRY: entry.id, DeadField.CMID: entry.client_msg_id,
-                DeadField.DEV: entry.device, DeadField.TEXT: entry.text}, maxlen=per_user, approximate=False)
+                DeadField.DEV: entry.device, DeadField.TEXT: entry.text,
+                DeadField.GRAPH: entry.graph}, maxlen=per_user, approximate=False)
             if self.streams.retention_ms:
                 await self.redis.pexpire(copies, self.streams.retention_ms * 3 // 2)
         await self.redis.xadd(keys.dead_letters(), {

@@ -37,12 +37,14 @@ from switchboard.shared.connection import is_outage
 from switchboard.shared.encryption import CannotOpen
 from switchboard.shared.errors import SwitchboardError
 from switchboard.shared.metrics import WorkerMetrics
+from switchboard.shared.project import DEFAULT_GRAPH
 from switchboard.shared.protocol import EventKind
 from switchboard.shared.settings import WorkerSettings
 
 from .deltas import DeltaWriter, content_text
 from .fencing import FencedRedisSaver, fence_config
 from .lease import Lease, LeaseLostError, LeaseState, Tokens
+from .loader import Graphs
 from .slots import FairSlots, Slot
 from .store import (
     AlreadyDone, Attempt, Begun, Busy, Committed, DoneMoved, FindAfter, InboundEntry, LeaseLost, NoneLeft,
@@ -111,9 +113,11 @@ class _Progress:
 
 
 class Turns:
-    def __init__(self, redis: aioredis.Redis, graph: CompiledStateGraph, settings: WorkerSettings,
+    def __init__(self, redis: aioredis.Redis, graph: CompiledStateGraph | Graphs, settings: WorkerSettings,
                  slots: FairSlots | None = None, *, metrics: WorkerMetrics | None = None):
-        self.graph = graph
+        #: The graphs conversations run, by name (one graph: named ``default``).
+        self.graphs = graph if isinstance(graph, Graphs) else Graphs({DEFAULT_GRAPH: graph}, DEFAULT_GRAPH)
+        self.graph = self.graphs.by_name[self.graphs.default]  #: the default graph (all share one checkpointer)
         self.metrics = metrics or WorkerMetrics()
         self.settings = settings
         #: The worker's turn slots, shared fairly between users (:mod:`.slots`).
@@ -121,7 +125,7 @@ class Turns:
         self.store = WorkerStore(redis, settings.streams, lease_ttl=settings.lease_ttl, keyring=settings.encryption)
         self.tokens = Tokens()
         self.deltas = DeltaWriter(self.store, interval=settings.delta_interval) if settings.stream_deltas else None
-        saver = graph.checkpointer
+        saver = self.graph.checkpointer
         self.saver = saver if isinstance(saver, FencedRedisSaver) else None
         self._unpruned: dict[str, int] = {}  # turns committed per thread since its last prune
         # (user, conversation) -> the entry whose attempt this process gave up
@@ -334,6 +338,11 @@ class Turns:
         config = {"configurable": {"thread_id": keys.thread_id(user, entry.conversation),
                                    **fence_config(keys.lease(user, entry.conversation), token)}}
         human_id = message_id(entry.id)
+        graph = self.graphs.get(entry.graph)
+        if graph is None:
+            raise TurnFailed(f"the conversation's graph {entry.graph!r} is not one this worker runs "
+                             f"({', '.join(self.graphs.by_name)}): GRAPH differs between gateway and worker?",
+                             "the assistant for this conversation is not available", permanent=True)
         try:
             text = self.store.keyring.open(entry.text)
         except CannotOpen as exc:
@@ -341,7 +350,7 @@ class Turns:
                              permanent=True) from None
         if not fresh:
             try:
-                snapshot = await self.graph.aget_state(config)
+                snapshot = await graph.aget_state(config)
             except CannotOpen as exc:
                 raise _unreadable_state(exc) from None
             reply = reply_after((snapshot.values or {}).get("messages", []), human_id)
@@ -357,7 +366,7 @@ class Turns:
         started = time.perf_counter()
         try:
             result = await asyncio.wait_for(
-                self.graph.ainvoke({"messages": [HumanMessage(content=text, id=human_id)]}, config,
+                graph.ainvoke({"messages": [HumanMessage(content=text, id=human_id)]}, config,
                                    durability="exit"),
                 timeout=self.settings.turn_timeout,
             )

@@ -169,13 +169,14 @@ class Worker:
         saver = FencedRedisSaver(redis_client=self.raw, ttl=ttl, cache_size=self.settings.checkpoint_cache,
                                  keyring=self.settings.encryption)
         await setup_saver(saver)
-        graph = loader.load(self.settings.graph, saver)
-        self.turns = Turns(self.redis, graph, self.settings, self.slots, metrics=self.metrics)
+        graphs = loader.load_all(self.settings.graph, saver)
+        self.turns = Turns(self.redis, graphs, self.settings, self.slots, metrics=self.metrics)
         for stream in self.streams:
             with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
                 await self.redis.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
-        log.info("worker %s ready: graph=%s concurrency=%d encryption at rest: %s", self.consumer,
-                 self.settings.graph, self.settings.concurrency,
+        log.info("worker %s ready: graph=%s (%s) concurrency=%d encryption at rest: %s", self.consumer,
+                 self.settings.graph, ", ".join(f"{n} (default)" if n == graphs.default else n for n in graphs.by_name),
+                 self.settings.concurrency,
                  repr(self.settings.encryption) if self.settings.encryption.enabled else "off")
         self.ready.set()
         reader = self._reader = asyncio.create_task(self._read_loop(stop), name="worker-read")

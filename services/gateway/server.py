@@ -29,6 +29,7 @@ from switchboard.shared.metrics import GatewayMetrics
 from switchboard.shared import protocol as p
 from switchboard.shared import streamids
 from switchboard.shared.encryption import CannotOpen
+from switchboard.shared.project import GraphLoadError, graph_choice
 from switchboard.shared.settings import GatewaySettings, SettingsError
 from switchboard.shared.tasks import finish
 
@@ -82,6 +83,10 @@ class Gateway:
         self.hub = DeliveryHub(self.raw_redis, settings.server_id, self.subscriber, settings.encryption)
         self.saver = use_caching_serializer(SwitchboardRedisSaver(redis_client=self.raw_redis), settings.encryption)
         self.history = HistoryReader(self.saver)
+        try:
+            self.graphs = graph_choice(settings.graph)  #: the graph names a ``send`` may pick
+        except GraphLoadError as exc:
+            raise SettingsError(f"GRAPH: {exc}") from None
         self.admission = admission.AdmissionStore(self.redis, settings.admission_ttl, settings.server_id)
         self.admitted = admission.Registry(self.admission, settings.max_devices_per_user)
         self.unauthenticated = admission.LocalCounts(settings.max_unauthenticated_per_ip)
@@ -448,13 +453,17 @@ class Gateway:
 
     async def _dispatch(self, conn: Connection, frame: p.ClientFrame) -> None:
         match frame:
-            case p.Send(conversation_id=conv, client_msg_id=cmid, text=text):
+            case p.Send(conversation_id=conv, client_msg_id=cmid, text=text, graph=graph):
                 limit = self.settings.quotas.max_text_length
                 if limit and len(text) > limit:
                     raise p.FrameError(p.ErrorCode.TEXT_TOO_LONG,
                                        f"text of {len(text)} characters exceeds the limit of {limit}", cmid)
+                if graph is not None and graph not in self.graphs.specs:
+                    raise p.FrameError(p.ErrorCode.UNKNOWN_GRAPH, f"no graph {graph!r} (there are: "
+                                       f"{', '.join(self.graphs.names)})", cmid)
                 try:
-                    in_id, fresh = await self.store.accept(conn.user, conn.device, conv, cmid, text)
+                    in_id, fresh = await self.store.accept(conn.user, conn.device, conv, cmid, text,
+                                                           graph=graph or "", default_graph=self.graphs.default)
                 except OverLimit as refused:
                     raise p.FrameError(p.ErrorCode(refused.code), _over_limit_message(refused), cmid,
                                        retry_after_ms=refused.retry_after_ms or None) from None
@@ -515,6 +524,8 @@ _LIMIT_MESSAGES = {
     p.ErrorCode.TOO_MANY_CONVERSATIONS: "too many conversations (MAX_SESSIONS_PER_USER)",
     p.ErrorCode.CONVERSATION_FULL: "this conversation holds the most messages allowed (MAX_MESSAGES_PER_SESSION)",
     p.ErrorCode.BACKLOG_FULL: "too many messages wait for replies (MAX_UNANSWERED); retry when some are answered",
+    p.ErrorCode.GRAPH_MISMATCH: "this conversation runs another graph (a conversation keeps the graph of its "
+                                "first message)",
 }
 
 

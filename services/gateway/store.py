@@ -20,6 +20,7 @@ from switchboard.shared.connection import execute_scripted, queue_script
 from switchboard.shared.encryption import Keyring
 from switchboard.shared.errors import SwitchboardError
 from switchboard.shared.fields import WorkField
+from switchboard.shared.project import DEFAULT_GRAPH
 from switchboard.shared.settings import QuotaSettings, StreamSettings
 
 from .resume import StreamState, parse_offset
@@ -59,7 +60,7 @@ class GatewayStore:
         await self.redis.script_load(self._accept.script)
 
     async def accept(self, user: str, device: str, conversation: str, client_msg_id: str,
-                     text: str) -> Accepted:
+                     text: str, *, graph: str = "", default_graph: str = DEFAULT_GRAPH) -> Accepted:
         """Durably append a message, or raise :class:`OverLimit`.
 
         A ``client_msg_id`` seen before (within DEDUP_TTL) returns the id it got
@@ -67,7 +68,7 @@ class GatewayStore:
         script asks for it (see ``accept.lua``): a conversation with messages
         waiting already has one, and a repeat costs no work.
         """
-        script_keys, args = self._accept_call(user, device, conversation, client_msg_id, text)
+        script_keys, args = self._accept_call(user, device, conversation, client_msg_id, text, graph, default_graph)
         status, in_id, extra = await self._accept(keys=script_keys, args=args)
         if status == "limit":
             raise OverLimit(in_id, int(extra))
@@ -94,7 +95,7 @@ class GatewayStore:
         return [in_id for _, in_id, _ in replies]
 
     def _accept_call(self, user: str, device: str, conversation: str, client_msg_id: str,
-                     text: str) -> tuple[list, list]:
+                     text: str, graph: str = "", default_graph: str = DEFAULT_GRAPH) -> tuple[list, list]:
         """The keys and arguments of the accept script."""
         q = self.quotas
         return (
@@ -104,7 +105,8 @@ class GatewayStore:
             [conversation, client_msg_id, device, self.keyring.seal(text), outbound.new_epoch(),
              self.streams.outbound_maxlen, self.streams.dedup_ttl, keys.notify(user), q.sends_per_minute,
              q.max_conversations, q.max_messages, q.max_waiting, int(q.renotice_interval * 1000),
-             keys.inbound_prefix(user), q.send_bytes_per_minute, len(text.encode()), self.streams.retention_ms],
+             keys.inbound_prefix(user), q.send_bytes_per_minute, len(text.encode()), self.streams.retention_ms,
+             graph, default_graph],
         )
 
     def _work_notice(self, user: str, conversation: str) -> tuple[str, dict[str, str]]:

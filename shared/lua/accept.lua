@@ -27,7 +27,12 @@
 -- ARGV: conversation, client_msg_id, device, text, new epoch, out maxlen,
 --       dedup ttl s, channel, sends per minute, max conversations,
 --       max messages per conversation, max waiting, renotice ms, inbound key prefix,
---       text bytes per minute, the text's size in bytes, retention ms
+--       text bytes per minute, the text's size in bytes, retention ms,
+--       the graph the send names ('' none), the default graph
+-- The conversation's graph is fixed by its first message (the one named, or
+-- the default) and written into each of its entries for the worker; a later
+-- message naming another is refused (`graph_mismatch`). A conversation from
+-- before graphs were chosen runs the default.
 -- The text is stored as given: sealed (shared/encryption.py) when encryption
 -- at rest is on, so the byte quota counts the size the caller passes, the
 -- UTF-8 size of the plain text, not that of its ciphertext.
@@ -37,7 +42,7 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local conv = redis.call('HMGET', KEYS[5], F.conv_done, F.conv_last, F.conv_count, F.conv_noticed,
-  F.conv_renoticed)
+  F.conv_renoticed, F.conv_graph)
 local done, last = conv[1] or '0-0', conv[2]
 local count = tonumber(conv[3] or '0')
 local renotice = tonumber(ARGV[13])
@@ -52,6 +57,14 @@ if known then
     return {'repeat', known, 1}
   end
   return {'repeat', known, 0}
+end
+
+local requested, graph = ARGV[18], conv[6]
+if not graph and count > 0 then graph = ARGV[19] end
+if graph then
+  if requested ~= '' and requested ~= graph then return {'limit', 'graph_mismatch', 0} end
+else
+  graph = requested ~= '' and requested or ARGV[19]
 end
 
 -- Quotas, cheapest first; nothing is written until all pass.
@@ -105,16 +118,15 @@ end
 
 local ts = string.format('%d', now)
 local in_id = redis.call('XADD', KEYS[2], '*', F.in_cmid, ARGV[2], F.in_dev, ARGV[3], F.in_text, ARGV[4],
-  F.in_ts, ts)
+  F.in_ts, ts, F.in_graph, graph)
 redis.call('SET', KEYS[1], in_id, 'EX', ARGV[7])
 local idle = not last or last == done
 local notice = 0
 if idle or overdue(conv[4]) then notice = 1 end
-if notice == 1 then
-  redis.call('HSET', KEYS[5], F.conv_last, in_id, F.conv_count, count + 1, F.conv_noticed, now)
-else
-  redis.call('HSET', KEYS[5], F.conv_last, in_id, F.conv_count, count + 1)
-end
+local progress = {F.conv_last, in_id, F.conv_count, count + 1}
+if notice == 1 then progress[#progress + 1] = F.conv_noticed; progress[#progress + 1] = now end
+if not conv[6] then progress[#progress + 1] = F.conv_graph; progress[#progress + 1] = graph end
+redis.call('HSET', KEYS[5], unpack(progress))
 if idle and retention > 0 then
   -- Something waits now: the conversation's keys must not expire.
   redis.call('PERSIST', KEYS[5])

@@ -21,7 +21,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local conv = redis.call('HMGET', KEYS[3], F.conv_done, F.conv_last)
 local idle = not conv[2] or conv[2] == (conv[1] or '0-0')
 local in_id = redis.call('XADD', KEYS[2], '*', F.in_cmid, f[F.dead_cmid] or '', F.in_dev, f[F.dead_dev] or '',
-  F.in_text, f[F.dead_text] or '', F.in_ts, string.format('%d', now))
+  F.in_text, f[F.dead_text] or '', F.in_ts, string.format('%d', now), F.in_graph, f[F.dead_graph] or '')
 redis.call('HSET', KEYS[3], F.conv_last, in_id)
 if idle and tonumber(ARGV[4]) > 0 then
   -- Something waits now: the conversation's keys must not expire (as accept.lua).

@@ -160,3 +160,27 @@ async def test_accept_survives_redis_forgetting_its_script(redis_url):
     assert await store.accept("u-noscript", "phone", "c", "m1", "hello") == (in_id, False)
     await client.delete(keys.work(0))
     await client.aclose()
+
+
+async def test_a_conversation_keeps_the_graph_of_its_first_message(store):
+    from switchboard.gateway.store import OverLimit
+
+    u = user()
+    first = await store.accept(u, "phone", "s", "m1", "quote?", graph="sales", default_graph="support")
+    later = await store.accept(u, "phone", "s", "m2", "thanks", default_graph="support")  # names none
+    same = await store.accept(u, "phone", "s", "m3", "more", graph="sales", default_graph="support")
+    with pytest.raises(OverLimit) as refused:
+        await store.accept(u, "phone", "s", "m4", "wrong desk", graph="support", default_graph="support")
+    assert refused.value.code == "graph_mismatch"
+    plain = await store.accept(u, "phone", "d", "n1", "hello", default_graph="support")
+    entries = {e: f for e, f in await store.redis.xrange(keys.inbound(u, "s"))}
+    assert [entries[a.id]["graph"] for a in (first, later, same)] == ["sales"] * 3
+    assert len(entries) == 3  # the refused message stored nothing
+    assert (await store.redis.xrange(keys.inbound(u, "d")))[0][1]["graph"] == "support"
+    assert await store.redis.hget(keys.conversation(u, "s"), "graph") == "sales"
+    # A conversation from before graphs were chosen (no graph field) runs the default.
+    await store.redis.hdel(keys.conversation(u, "d"), "graph")
+    with pytest.raises(OverLimit):
+        await store.accept(u, "phone", "d", "n2", "other", graph="sales", default_graph="support")
+    await store.accept(u, "phone", "d", "n3", "same", graph="support", default_graph="support")
+    await store.redis.delete(keys.work(0))

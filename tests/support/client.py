@@ -86,9 +86,9 @@ class Device:
         assert self.ws is not None
         await self.ws.send(data)
 
-    async def send(self, conversation_id: str, client_msg_id: str, text: str) -> None:
+    async def send(self, conversation_id: str, client_msg_id: str, text: str, **fields: Any) -> None:
         await self.send_raw(json.dumps({"type": "send", "conversation_id": conversation_id,
-                                        "client_msg_id": client_msg_id, "text": text}))
+                                        "client_msg_id": client_msg_id, "text": text, **fields}))
 
     async def ack(self, entry_id: str) -> None:
         await self.send_raw(json.dumps({"type": "ack", "id": entry_id}))

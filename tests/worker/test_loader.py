@@ -100,6 +100,31 @@ async def test_langgraph_json_graphs_dependencies_and_env(tmp_path, monkeypatch)
     assert await _reply(loader.load("./langgraph.json:agent", InMemorySaver(), {}), "x") == "echo: x"
 
 
+def test_a_project_offers_every_graph_by_name_the_first_listed_the_default(tmp_path):
+    path = tmp_path / "langgraph.json"
+    path.write_text(json.dumps({"graphs": {"support": "./a.py:graph", "sales": "pkg.graphs:sales"}}))
+    choice = loader.graph_choice(str(path))
+    assert (choice.names, choice.default) == (("support", "sales"), "support")
+    pinned = loader.graph_choice(f"{path}:sales")
+    assert (pinned.specs, pinned.default) == ({"sales": "pkg.graphs:sales"}, "sales")
+    with pytest.raises(loader.GraphLoadError, match=r"no graph 'billing' \(it has sales, support\)"):
+        loader.graph_choice(f"{path}:billing")
+    single = loader.graph_choice("pkg.module:graph")
+    assert (single.specs, single.default, single.project) == ({"default": "pkg.module:graph"}, "default", None)
+    with pytest.raises(loader.GraphLoadError, match="No such file"):
+        loader.graph_choice(str(tmp_path / "missing.json"))
+
+
+async def test_every_graph_of_a_project_is_compiled(tmp_path):
+    _project(tmp_path, "many")
+    (tmp_path / "langgraph.json").write_text(json.dumps(
+        {"dependencies": ["."], "graphs": {"one": "./agent/graph.py:graph", "two": "./agent/graph.py:builder"}}))
+    graphs = loader.load_all(str(tmp_path / "langgraph.json"), InMemorySaver(), {})
+    assert set(graphs.by_name) == {"one", "two"} and graphs.default == "one"
+    assert graphs.get("") is graphs.by_name["one"] and graphs.get("three") is None
+    assert await _reply(graphs.get("two"), "hi") == "echo: hi"
+
+
 def test_several_graphs_need_a_name_and_an_unknown_name_is_refused(tmp_path):
     path = tmp_path / "langgraph.json"
     text = json.dumps({"graphs": {"support": "./a.py:graph", "sales": {"path": "pkg.graphs:sales"}}, "env": {"N": 1}})

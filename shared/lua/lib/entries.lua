@@ -25,7 +25,7 @@ end
 -- The stream is the conversation's own and holds only entries still waiting,
 -- so this reads exactly one entry, however long the conversation or the
 -- user's other conversations are. Returns {'entry', id, cmid, dev, text,
--- attempt} or {'none'}.
+-- attempt, graph} or {'none'}.
 local function next_entry(inbound, conv, after, token, resumed)
   local entries = redis.call('XRANGE', inbound, '(' .. after, '+', 'COUNT', 1)
   if #entries == 0 then return {'none'} end
@@ -33,7 +33,7 @@ local function next_entry(inbound, conv, after, token, resumed)
   local f = {}
   for i = 1, #e[2], 2 do f[e[2][i]] = e[2][i + 1] end
   return {'entry', e[1], f[F.in_cmid] or '', f[F.in_dev] or '', f[F.in_text] or '',
-          begin_attempt(conv, e[1], token, resumed)}
+          begin_attempt(conv, e[1], token, resumed), f[F.in_graph] or ''}
 end
 
 -- Entry `id` is answered: remove it and everything before it from the
