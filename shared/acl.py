@@ -173,6 +173,7 @@ DEAD_COPIES = keys.dead_copies(ANY)
 FANOUTS = keys.fanout_members()
 FANOUT_ALIVE = keys.fanout_alive(ANY)
 NOTIFY = keys.notify(ANY)
+CANCELS = keys.cancels()
 
 
 def node_grants(tier: str) -> tuple[Grant, ...]:
@@ -210,7 +211,10 @@ GATEWAY = User("gateway", "sb-gateway", "accepts messages, admits connections, s
     Grant("accept: the client_msg_id's dedup key", ("get", "set"), RW(DEDUP)),
     Grant("accept: append to a conversation's inbound stream; count the user's waiting messages",
           ("xadd", "xlen"), W(INBOUND)),
-    Grant("accept: the conversation's counters and notice times", ("hmget", "hset"), RW(CONVERSATION)),
+    Grant("cancel: the id of the conversation's next waiting entry (the one running)", ("xrange",), R(INBOUND)),
+    Grant("cancel and if_busy: interrupt: tell the workers which turns to stop", ("publish",), channels=(CANCELS,)),
+    Grant("accept: the conversation's counters and notice times; cancel: its cancel mark", ("hget", "hmget", "hset"),
+          RW(CONVERSATION)),
     Grant("accept (retention): a conversation that has a message waiting must not expire",
           ("persist",), RW(CONVERSATION, INBOUND)),
     Grant("accept: whether a drain holds the conversation (its lease exists), never the token",
@@ -262,6 +266,7 @@ WORKER = User("worker", "sb-worker", "runs turns: leases, replies, deltas, check
     Grant("... and its epoch and newest trimmed id", ("hget", "hset", "pexpire"), RW(META)),
     Grant("count an answered message off the user's waiting ones", ("hincrby", "hset"), RW(USAGE)),
     Grant("the notice of each appended event", ("publish",), channels=(NOTIFY,)),
+    Grant("which turns to stop (the gateways' cancels)", ("subscribe", "unsubscribe"), channels=(CANCELS,)),
     Grant("the work streams: the consumer group (created at start and after data loss), reading, claiming, "
           "acknowledging, handing back",
           ("xgroup|create", "xreadgroup", "xclaim", "xautoclaim", "xack", "xdel", "xadd"), RW(WORK)),

@@ -22,6 +22,7 @@ class ConvField:
     NOTICED = "noticed"  #: ms of the last work notice a new message asked for (see accept.lua)
     RENOTICED = "renoticed"  #: ms of the last work notice a repeated message asked for
     GRAPH = "graph"  #: the graph the conversation runs, fixed by its first message (``send.graph``)
+    CANCEL = "cancel"  #: every entry up to this id is cancelled (``cancel``, ``if_busy: interrupt``)
 
 
 class UsageField:

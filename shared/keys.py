@@ -139,6 +139,14 @@ def work_shard(user: str, shards: int) -> int:
     return zlib.crc32(user.encode()) % shards
 
 
+def cancels() -> str:
+    """Pub/sub channel: "stop these turns" -- ``<user> <conversation> <entry id>``,
+    every entry of the conversation up to the id -- from the gateways to every
+    worker. Only a prompt nudge: the conversation's ``cancel`` field is the
+    truth, which the commit script checks."""
+    return f"{PREFIX}:cancels"
+
+
 def dead_letters() -> str:
     """Stream of messages the workers gave up on, for operators to inspect."""
     return f"{PREFIX}:deadletters"

@@ -287,9 +287,9 @@ HANDSHAKE_OUTCOMES = (
 
 #: Client frame types, plus ``invalid`` (not decodable) and ``refused``
 #: (dropped undecoded by MAX_FRAMES_PER_SECOND).
-RECEIVED_TYPES = ("hello", "send", "ack", "history", "ping", "refresh", "invalid", "refused")
-_RECEIVED_BY_CLASS = {p.Hello: "hello", p.Send: "send", p.Ack: "ack", p.History: "history", p.Ping: "ping",
-                      p.Refresh: "refresh"}
+RECEIVED_TYPES = ("hello", "send", "cancel", "ack", "history", "ping", "refresh", "invalid", "refused")
+_RECEIVED_BY_CLASS = {p.Hello: "hello", p.Send: "send", p.Cancel: "cancel", p.Ack: "ack", p.History: "history",
+                      p.Ping: "ping", p.Refresh: "refresh"}
 #: Server frame types.
 SENT_TYPES = ("welcome", "accepted", "event", "history", "pong", "refreshed", "error", OTHER)
 
@@ -417,6 +417,7 @@ class GatewayMetrics(Metrics):
 TURN_OUTCOMES = (
     "assistant",     # the reply was committed
     "turn_error",    # the last attempt failed: turn_error committed, the message dead-lettered
+    "cancelled",     # stopped (cancel, if_busy: interrupt): cancelled committed, its checkpoint dropped
     "already_done",  # committed before (a retried commit, or another worker)
     "moved",         # done moved elsewhere meanwhile: nothing written
     "lease_lost",    # the lease was another worker's: nothing written

@@ -61,6 +61,8 @@ class ErrorCode(str, enum.Enum):
     TOKEN_EXPIRED = "token_expired"  #: the connection's token expired without a ``refresh``
     UNKNOWN_GRAPH = "unknown_graph"  #: ``send.graph`` names no graph of the server's GRAPH
     GRAPH_MISMATCH = "graph_mismatch"  #: ``send.graph`` names another graph than the conversation runs
+    BUSY = "busy"  #: ``send`` with ``if_busy: reject`` while the conversation has a turn running or waiting
+    NOT_RUNNING = "not_running"  #: ``cancel`` of a conversation with no turn running or waiting
 
 
 class CloseCode(enum.IntEnum):
@@ -106,6 +108,7 @@ class EventKind(str, enum.Enum):
     ASSISTANT = "assistant"  #: the graph's complete reply to one message
     DELTA = "delta"  #: a piece of a reply still being written (``seq`` 0 starts it afresh)
     TURN_ERROR = "turn_error"  #: the graph failed on one message; the conversation goes on
+    CANCELLED = "cancelled"  #: a message's turn was stopped (``cancel``, ``if_busy: interrupt``); its reply so far
 
 
 # -- client -> server --------------------------------------------------------
@@ -127,6 +130,16 @@ class Send(Frame, tag="send"):
     client_msg_id: ClientMsgId
     text: Text
     graph: Name | None = None  #: the graph a new conversation runs (a ``langgraph.json`` name); None: the default
+    #: while the conversation has a turn running or waiting: ``enqueue`` (run after them), ``interrupt``
+    #: (stop them: each ends with a ``cancelled`` event; this one runs next) or ``reject`` (error ``busy``)
+    if_busy: Literal["enqueue", "interrupt", "reject"] = "enqueue"
+
+
+class Cancel(Frame, tag="cancel"):
+    """Stop the conversation's running turn (or the next to run); queued messages then run."""
+
+    conversation_id: Name
+    client_msg_id: ClientMsgId | None = None  #: only if this message is the one running
 
 
 class Ack(Frame, tag="ack"):
@@ -148,7 +161,7 @@ class Refresh(Frame, tag="refresh"):
     token: Token
 
 
-ClientFrame = Union[Hello, Send, Ack, History, Ping, Refresh]
+ClientFrame = Union[Hello, Send, Cancel, Ack, History, Ping, Refresh]
 
 # -- server -> client --------------------------------------------------------
 

@@ -100,6 +100,7 @@ class ReplyStream(AsyncCallbackHandler):
         self.client_msg_id = client_msg_id
         self.inbound_id = inbound_id
         self.seq = 0  #: deltas written so far
+        self.written: list[str] = []  #: their texts (a stopped turn's ``cancelled`` event carries them)
         self._name = secrets.token_hex(4)  #: this attempt's, in each delta's mark
         self.error: BaseException | None = None
         #: ``time.perf_counter()`` when the first delta was written (the first-delta metric)
@@ -186,6 +187,7 @@ class ReplyStream(AsyncCallbackHandler):
         if not self.seq:
             self.first_written = time.perf_counter()
         self.seq += 1
+        self.written.append(text)
 
     async def close(self) -> None:
         """End the attempt's stream: write what is waiting now, without the

@@ -54,6 +54,7 @@ class Attempt:
 
     entry: InboundEntry
     number: int  #: 1 for the first attempt
+    cancelled: bool = False  #: stopped before it ran: commit a ``cancelled`` event, run nothing
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,9 @@ Found = Union[Attempt, FindAfter, NoneLeft]
 
 def _found(conversation: str, reply: Sequence[Any]) -> Found:
     if reply[0] == "entry":
-        _, entry_id, cmid, device, text, attempt, graph = reply
-        return Attempt(InboundEntry(entry_id, conversation, cmid, device, text, graph), int(attempt))
+        _, entry_id, cmid, device, text, attempt, graph, cancelled = reply
+        return Attempt(InboundEntry(entry_id, conversation, cmid, device, text, graph), int(attempt),
+                       cancelled == "1")
     return NoneLeft()
 
 
@@ -104,6 +106,7 @@ class Busy:
 class Committed:
     reply_id: str  #: the reply's event id
     found: Found  #: the next entry; with :class:`NoneLeft` the lease was released
+    cancelled: bool = False  #: the entry was cancelled: written as ``cancelled``, its checkpoint not stored
 
     @property
     def released(self) -> bool:
@@ -193,7 +196,7 @@ class WorkerStore:
                   keys.notify(user), *checkpoint_args, self.streams.retention_ms, *fields])
         status = reply[0]
         if status == "ok":
-            return Committed(reply[1], _found(conversation, reply[2:]))
+            return Committed(reply[1], _found(conversation, reply[3:]), cancelled=reply[2] == "1")
         if status == "already":
             return AlreadyDone(holds_lease=reply[1] == "1")
         if status == "stale":

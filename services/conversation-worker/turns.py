@@ -67,6 +67,14 @@ def _observe(task: asyncio.Task) -> None:
         task.exception()
 
 
+class TurnCancelled(SwitchboardError):
+    """The turn was stopped (``cancel``, ``if_busy: interrupt``) while it ran."""
+
+    def __init__(self, partial: str):
+        super().__init__("the turn was cancelled")
+        self.partial = partial  #: the reply as far as its deltas went
+
+
 class TurnFailed(SwitchboardError):
     """One attempt at a turn failed in the graph (raised, or ran too long)."""
 
@@ -131,6 +139,20 @@ class Turns:
         # (user, conversation) -> the entry whose attempt this process gave up
         # because Redis went away: its retry is not counted again.
         self._resumed: dict[tuple[str, str], str] = {}
+        # (user, conversation) -> (the entry whose graph runs now, set to stop it):
+        # what a cancel notice (:meth:`cancel`) looks for; at most one per drain.
+        self._running: dict[tuple[str, str], tuple[str, asyncio.Event]] = {}
+
+    def cancel(self, user: str, conversation: str, up_to: str) -> bool:
+        """A cancel notice: stop the graph run of ``conversation`` if it runs an
+        entry at or before ``up_to`` here. True if one was stopped. (Only a
+        nudge: the commit script writes a cancelled entry as ``cancelled``
+        whether or not its run was stopped.)"""
+        running = self._running.get((user, conversation))
+        if running is None or streamids.later(running[0], up_to):
+            return False
+        running[1].set()
+        return True
 
     # -- a drain ---------------------------------------------------------------------
 
@@ -260,13 +282,19 @@ class Turns:
             started = time.perf_counter()
             if found.number == 1:  # accept -> first attempt (the entry id is the accept's Redis time)
                 self.metrics.queue_wait.observe(max(0.0, time.time() - streamids.parse(entry.id)[0] / 1000))
-            kind, text = await self._turn(user, found, lease.token, fresh=found.number == 1 and entry.id != resumed)
+            if found.cancelled:  # stopped before it ran: nothing to run
+                kind, text = EventKind.CANCELLED, ""
+            else:
+                kind, text = await self._turn(user, found, lease.token,
+                                              fresh=found.number == 1 and entry.id != resumed)
             result = await self._commit(user, entry, lease, done, kind, text)
             progress.entry = None
             self.metrics.turn_duration.observe(time.perf_counter() - started)
             match result:
                 case Committed(found=found):
-                    self.metrics.turns[kind.value].inc()
+                    if result.cancelled and self.saver is not None:
+                        self.saver.forget(keys.thread_id(user, conversation))  # its checkpoint was not stored
+                    self.metrics.turns["cancelled" if result.cancelled else kind.value].inc()
                     lease.commit_answered(released=result.released)
                     done = entry.id
                     self._count_unpruned(keys.thread_id(user, conversation))
@@ -311,6 +339,10 @@ class Turns:
                 return EventKind.TURN_ERROR, "the assistant could not process this message"
             try:
                 return EventKind.ASSISTANT, await self._run(user, entry, token, fresh=fresh)
+            except TurnCancelled as cancelled:
+                if self.saver is not None:  # what the stopped run left is dropped
+                    self.saver.forget(keys.thread_id(user, entry.conversation))
+                return EventKind.CANCELLED, cancelled.partial
             except TurnFailed as failed:
                 self.metrics.attempts_failed.inc()
                 log.warning("turn failed user=%s entry=%s attempt %d/%d: %s", user, entry.id, number, limit,
@@ -364,12 +396,15 @@ class Turns:
                                              client_msg_id=entry.client_msg_id, inbound_id=entry.id)
             config["callbacks"] = [reply_stream]
         started = time.perf_counter()
+        stop = asyncio.Event()
+        running_key = (user, entry.conversation)
+        self._running[running_key] = (entry.id, stop)
         try:
-            result = await asyncio.wait_for(
-                graph.ainvoke({"messages": [HumanMessage(content=text, id=human_id)]}, config,
-                                   durability="exit"),
-                timeout=self.settings.turn_timeout,
-            )
+            result = await _stoppable(
+                graph.ainvoke({"messages": [HumanMessage(content=text, id=human_id)]}, config, durability="exit"),
+                stop, timeout=self.settings.turn_timeout)
+        except _Stopped:
+            raise TurnCancelled("".join(reply_stream.written) if reply_stream is not None else "") from None
         except TimeoutError:  # first: TimeoutError is an OSError too
             raise TurnFailed(f"no answer within TURN_TIMEOUT={self.settings.turn_timeout:g} s",
                              f"the assistant did not answer within {self.settings.turn_timeout:g} s") from None
@@ -383,6 +418,8 @@ class Turns:
             raise TurnFailed(f"{type(exc).__name__}: {exc}"[:500],
                              f"the assistant failed on this message ({type(exc).__name__})") from None
         finally:
+            if self._running.get(running_key, (None,))[0] == entry.id:
+                del self._running[running_key]
             self.metrics.graph_duration.observe(time.perf_counter() - started)
             if reply_stream is not None:
                 await reply_stream.close()  # no delta may follow the final event
@@ -403,7 +440,7 @@ class Turns:
                                        client_msg_id=entry.client_msg_id, device_id=None, ts=outbound.now_ms(),
                                        inbound_id=entry.id)
         checkpoint = (self.saver.take(keys.thread_id(user, entry.conversation), lease.token)
-                      if self.saver is not None else None)
+                      if self.saver is not None and kind is not EventKind.CANCELLED else None)
         lease.commit_sent()
         try:
             return await self.store.commit(user, entry.conversation, token=lease.token, expected_done=done,
@@ -443,4 +480,29 @@ class Turns:
             await self.saver.aprune([thread_id], keep_last=keep)
         except Exception as exc:  # noqa: BLE001 - storage is reclaimed on a later turn
             log.warning("pruning checkpoints of %s failed: %s", thread_id, exc)
+
+
+class _Stopped(Exception):
+    """The graph run was stopped by a cancel (see :func:`_stoppable`)."""
+
+
+async def _stoppable(run: Any, stop: asyncio.Event, *, timeout: float) -> Any:
+    """Await ``run`` (the graph's), at most ``timeout`` seconds (TimeoutError),
+    or until ``stop`` is set: then the run is cancelled, awaited, and
+    :class:`_Stopped` raised."""
+    task = asyncio.ensure_future(run)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait([task, stopped], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        await asyncio.wait([task], timeout=WORK_EXIT_GRACE)  # let it unwind (a checkpoint at exit is dropped)
+        if stopped in done:
+            raise _Stopped
+        raise TimeoutError
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
 

@@ -185,6 +185,7 @@ class Worker:
         acker = asyncio.create_task(self._ack_loop(acks_done), name="worker-ack")
         refresher = asyncio.create_task(self._refresh_loop(acks_done), name="worker-refresh")
         node = asyncio.create_task(self.node.run(stop), name="worker-node")
+        cancels = asyncio.create_task(self._cancel_loop(stop), name="worker-cancels")
         try:
             await stop.wait()
         finally:
@@ -195,11 +196,44 @@ class Worker:
             # returned is started, and so covered by _finish_running.
             await finish([reader, claimer, node], grace=self.settings.read_block + 1.0)
             await self._finish_running(max(0.0, deadline - asyncio.get_running_loop().time()))
+            await finish([cancels], grace=1.0)
             acks_done.set()  # the acker sends what is queued, then ends
             self._ack_wanted.set()
             await finish([acker, refresher], grace=5.0)
             await self.redis.aclose()
             await self.raw.aclose()
+
+    async def _cancel_loop(self, stop: asyncio.Event) -> None:
+        """Stop the graph runs the gateways' cancel notices name (``keys.cancels``).
+
+        Pub/sub is at most once: a notice lost while the subscription is down
+        only means the turn runs on, and its commit writes it as
+        ``cancelled`` all the same (the conversation's ``cancel`` mark)."""
+        subscriber = redisconn.make_subscriber(self.settings.redis, decode=True)
+        backoff = 0.1
+        try:
+            while not stop.is_set():
+                pubsub = subscriber.pubsub()
+                try:
+                    await pubsub.subscribe(keys.cancels())
+                    backoff = 0.1
+                    while not stop.is_set():
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                        if message is None or message["type"] != "message" or self.turns is None:
+                            continue
+                        parts = str(message["data"]).split(" ")
+                        if len(parts) == 3 and self.turns.cancel(*parts):
+                            log.info("stopping the turn of %s/%s (cancelled up to %s)", *parts,
+                                     extra={"user": parts[0], "conversation": parts[1]})
+                except (RedisError, OSError) as exc:
+                    log.warning("cancel subscription lost: %s", exc)
+                    await wait_event(stop, backoff)
+                    backoff = min(backoff * 2, 2.0)
+                finally:
+                    with contextlib.suppress(RedisError, OSError):
+                        await pubsub.aclose()
+        finally:
+            await subscriber.aclose()
 
     async def _finish_running(self, grace: float) -> None:
         """Let running turns finish within the grace period; hand the rest back.

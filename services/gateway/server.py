@@ -38,7 +38,7 @@ from .expiry import TokenDeadline
 from .ratelimit import FrameGate, Verdict
 from .history import HistoryReader
 from .hub import Connection, DeliveryHub
-from .store import GatewayStore, OverLimit
+from .store import GatewayStore, NotRunning, OverLimit
 
 log = logging.getLogger(__name__)
 
@@ -453,7 +453,7 @@ class Gateway:
 
     async def _dispatch(self, conn: Connection, frame: p.ClientFrame) -> None:
         match frame:
-            case p.Send(conversation_id=conv, client_msg_id=cmid, text=text, graph=graph):
+            case p.Send(conversation_id=conv, client_msg_id=cmid, text=text, graph=graph, if_busy=if_busy):
                 limit = self.settings.quotas.max_text_length
                 if limit and len(text) > limit:
                     raise p.FrameError(p.ErrorCode.TEXT_TOO_LONG,
@@ -463,7 +463,8 @@ class Gateway:
                                        f"{', '.join(self.graphs.names)})", cmid)
                 try:
                     in_id, fresh = await self.store.accept(conn.user, conn.device, conv, cmid, text,
-                                                           graph=graph or "", default_graph=self.graphs.default)
+                                                           graph=graph or "", default_graph=self.graphs.default,
+                                                           if_busy=if_busy)
                 except OverLimit as refused:
                     raise p.FrameError(p.ErrorCode(refused.code), _over_limit_message(refused), cmid,
                                        retry_after_ms=refused.retry_after_ms or None) from None
@@ -472,6 +473,15 @@ class Gateway:
                     log.debug("repeated send user=%s cmid=%s -> %s", conn.user, cmid, in_id,
                               extra={**conn.log_context, "conversation": conv, "entry": in_id})
                 await conn.reply(p.Accepted(client_msg_id=cmid, id=in_id))
+            case p.Cancel(conversation_id=conv, client_msg_id=cmid):
+                answer = await self.store.cancel(conn.user, conv, cmid)
+                if isinstance(answer, NotRunning):
+                    raise p.FrameError(p.ErrorCode.NOT_RUNNING, (
+                        f"message {cmid!r} is not the one running in {conv!r} (answered already, or queued behind "
+                        f"another: cancel that first)" if answer.running else f"nothing runs or waits in {conv!r}"),
+                        cmid)
+                log.info("cancel user=%s conversation=%s entry=%s", conn.user, conv, answer.id,
+                         extra={**conn.log_context, "conversation": conv, "entry": answer.id})
             case p.Ack(id=entry_id):
                 if streamids.later(entry_id, conn.last):
                     raise p.FrameError(p.ErrorCode.INVALID_ACK,
@@ -524,6 +534,7 @@ _LIMIT_MESSAGES = {
     p.ErrorCode.TOO_MANY_CONVERSATIONS: "too many conversations (MAX_SESSIONS_PER_USER)",
     p.ErrorCode.CONVERSATION_FULL: "this conversation holds the most messages allowed (MAX_MESSAGES_PER_SESSION)",
     p.ErrorCode.BACKLOG_FULL: "too many messages wait for replies (MAX_UNANSWERED); retry when some are answered",
+    p.ErrorCode.BUSY: "this conversation has a turn running or waiting (if_busy: reject)",
     p.ErrorCode.GRAPH_MISMATCH: "this conversation runs another graph (a conversation keeps the graph of its "
                                 "first message)",
 }

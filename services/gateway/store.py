@@ -31,6 +31,14 @@ class Accepted(NamedTuple):
     fresh: bool  #: False for a repeat: nothing was appended
 
 
+class Cancelled(NamedTuple):
+    id: str  #: the entry marked cancelled (its turn ends with a ``cancelled`` event)
+
+
+class NotRunning(NamedTuple):
+    running: str | None  #: the entry that runs instead (``client_msg_id`` named another), or None: none waits
+
+
 class OverLimit(SwitchboardError):
     """A quota refused the message; nothing was written."""
 
@@ -49,7 +57,8 @@ class GatewayStore:
         self.streams = streams
         self.quotas = quotas
         self.keyring = keyring or Keyring()  #: seals the text stored (no keys: as it is)
-        registered = scripts.register(redis, "accept", "stream_state", "store_offset")
+        registered = scripts.register(redis, "accept", "stream_state", "store_offset", "cancel")
+        self._cancel = registered["cancel"]
         self._accept = registered["accept"]
         self._state = registered["stream_state"]
         self._store_offset = registered["store_offset"]
@@ -60,7 +69,8 @@ class GatewayStore:
         await self.redis.script_load(self._accept.script)
 
     async def accept(self, user: str, device: str, conversation: str, client_msg_id: str,
-                     text: str, *, graph: str = "", default_graph: str = DEFAULT_GRAPH) -> Accepted:
+                     text: str, *, graph: str = "", default_graph: str = DEFAULT_GRAPH,
+                     if_busy: str = "enqueue") -> Accepted:
         """Durably append a message, or raise :class:`OverLimit`.
 
         A ``client_msg_id`` seen before (within DEDUP_TTL) returns the id it got
@@ -68,7 +78,8 @@ class GatewayStore:
         script asks for it (see ``accept.lua``): a conversation with messages
         waiting already has one, and a repeat costs no work.
         """
-        script_keys, args = self._accept_call(user, device, conversation, client_msg_id, text, graph, default_graph)
+        script_keys, args = self._accept_call(user, device, conversation, client_msg_id, text, graph, default_graph,
+                                              if_busy)
         status, in_id, extra = await self._accept(keys=script_keys, args=args)
         if status == "limit":
             raise OverLimit(in_id, int(extra))
@@ -95,7 +106,8 @@ class GatewayStore:
         return [in_id for _, in_id, _ in replies]
 
     def _accept_call(self, user: str, device: str, conversation: str, client_msg_id: str,
-                     text: str, graph: str = "", default_graph: str = DEFAULT_GRAPH) -> tuple[list, list]:
+                     text: str, graph: str = "", default_graph: str = DEFAULT_GRAPH,
+                     if_busy: str = "enqueue") -> tuple[list, list]:
         """The keys and arguments of the accept script."""
         q = self.quotas
         return (
@@ -106,8 +118,19 @@ class GatewayStore:
              self.streams.outbound_maxlen, self.streams.dedup_ttl, keys.notify(user), q.sends_per_minute,
              q.max_conversations, q.max_messages, q.max_waiting, int(q.renotice_interval * 1000),
              keys.inbound_prefix(user), q.send_bytes_per_minute, len(text.encode()), self.streams.retention_ms,
-             graph, default_graph],
+             graph, default_graph, if_busy, keys.cancels(), user],
         )
+
+    async def cancel(self, user: str, conversation: str, client_msg_id: str | None = None) -> Cancelled | NotRunning:
+        """Stop the conversation's running turn (``cancel.lua``): the one named
+        by ``client_msg_id``, or whichever runs."""
+        reply = await self._cancel(
+            keys=[keys.conversation(user, conversation), keys.inbound(user, conversation),
+                  keys.dedup(user, client_msg_id) if client_msg_id else keys.conversation(user, conversation)],
+            args=[user, conversation, keys.cancels(), client_msg_id or ""])
+        if reply[0] == "ok":
+            return Cancelled(reply[1])
+        return NotRunning(reply[1] if reply[0] == "other" else None)
 
     def _work_notice(self, user: str, conversation: str) -> tuple[str, dict[str, str]]:
         """The stream and fields of a work notice: "this conversation has

@@ -28,7 +28,12 @@
 --       dedup ttl s, channel, sends per minute, max conversations,
 --       max messages per conversation, max waiting, renotice ms, inbound key prefix,
 --       text bytes per minute, the text's size in bytes, retention ms,
---       the graph the send names ('' none), the default graph
+--       the graph the send names ('' none), the default graph,
+--       if_busy ('enqueue', 'interrupt', 'reject'), the cancel channel, the user
+-- `if_busy` applies while the conversation has messages waiting (one runs, or
+-- is about to): `reject` refuses this one (`busy`, before any quota counts);
+-- `interrupt` marks every waiting entry cancelled (the conversation's `cancel`
+-- mark, as cancel.lua) and tells the workers, so this one runs next.
 -- The conversation's graph is fixed by its first message (the one named, or
 -- the default) and written into each of its entries for the worker; a later
 -- message naming another is refused (`graph_mismatch`). A conversation from
@@ -42,7 +47,7 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local conv = redis.call('HMGET', KEYS[5], F.conv_done, F.conv_last, F.conv_count, F.conv_noticed,
-  F.conv_renoticed, F.conv_graph)
+  F.conv_renoticed, F.conv_graph, F.conv_cancel)
 local done, last = conv[1] or '0-0', conv[2]
 local count = tonumber(conv[3] or '0')
 local renotice = tonumber(ARGV[13])
@@ -66,6 +71,8 @@ if graph then
 else
   graph = requested ~= '' and requested or ARGV[19]
 end
+local busy = last and last ~= done
+if busy and ARGV[20] == 'reject' then return {'limit', 'busy', 0} end
 
 -- Quotas, cheapest first; nothing is written until all pass.
 local usage = redis.call('HMGET', KEYS[7], F.usage_tat, F.usage_btat, F.usage_waiting, F.usage_kept)
@@ -134,6 +141,11 @@ if idle and retention > 0 then
 end
 redis.call('ZADD', KEYS[6], now, ARGV[1])
 redis.call('HINCRBY', KEYS[7], F.usage_waiting, 1)
+if busy and ARGV[20] == 'interrupt' then
+  local mark = conv[7]
+  if not mark or id_after(last, mark) then redis.call('HSET', KEYS[5], F.conv_cancel, last) end
+  redis.call('PUBLISH', ARGV[21], ARGV[22] .. ' ' .. ARGV[1] .. ' ' .. last)
+end
 local keep = math.floor(retention * 1.5)
 local set = {}
 if tat then set[#set + 1] = F.usage_tat; set[#set + 1] = string.format('%d', math.ceil(tat)) end

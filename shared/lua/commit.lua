@@ -10,19 +10,28 @@
 -- ARGV: token, expected done, new done, new epoch, out maxlen, channel,
 --       checkpoint document ('' for none), checkpoint ttl ms, retention ms (0: keep),
 --       event fields...
--- Returns {'ok', reply id, <next_entry's answer>...}, {'already', holds lease
+-- A cancelled entry (at or before the conversation's `cancel` mark: a
+-- `cancel`, or a `send` with `if_busy: interrupt`, came while it ran) is
+-- committed as a `cancelled` event, whatever kind the worker passed, and
+-- without its checkpoint: the graph's state stays as if it never ran.
+-- Returns {'ok', reply id, cancelled ('1'/'0'), <next_entry's answer>...}, {'already', holds lease
 -- ('1'/'0')} when `done` is already the new one (this call repeated after its
 -- reply was lost, or another worker committed it), {'stale', done} when `done`
 -- moved elsewhere, or {'lease'} when the lease is not the caller's.
-local done = redis.call('HGET', KEYS[2], F.conv_done) or '0-0'
+local conv = redis.call('HMGET', KEYS[2], F.conv_done, F.conv_cancel)
+local done = conv[1] or '0-0'
 local holds = redis.call('GET', KEYS[1]) == ARGV[1]
 if done == ARGV[3] then return {'already', holds and '1' or '0'} end
 if done ~= ARGV[2] then return {'stale', done} end
 if not holds then return {'lease'} end
-if ARGV[7] ~= '' then store_checkpoint(KEYS[6], KEYS[7], ARGV[7], ARGV[8]) end
+local cancelled = conv[2] and not id_after(ARGV[3], conv[2])
+if ARGV[7] ~= '' and not cancelled then store_checkpoint(KEYS[6], KEYS[7], ARGV[7], ARGV[8]) end
 local fields = {}
 local retention = tonumber(ARGV[9])
 for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
+if cancelled then
+  for i = 1, #fields, 2 do if fields[i] == F.event_kind then fields[i + 1] = 'cancelled' end end
+end
 local appended = append_event(KEYS[3], KEYS[4], ARGV[6], ARGV[4], tonumber(ARGV[5]), fields,
   math.floor(retention * 1.5))
 redis.call('HSET', KEYS[2], F.conv_done, ARGV[3])
@@ -36,4 +45,4 @@ if found[1] == 'none' then
     redis.call('PEXPIRE', KEYS[5], retention)
   end
 end
-return {'ok', appended[1], unpack(found)}
+return {'ok', appended[1], cancelled and '1' or '0', unpack(found)}

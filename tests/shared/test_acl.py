@@ -40,6 +40,7 @@ EXAMPLES = {
     acl.FANOUTS: keys.fanout_members(),
     acl.FANOUT_ALIVE: keys.fanout_alive("fanout-1"),
     acl.NOTIFY: keys.notify("alice"),
+    acl.CANCELS: keys.cancels(),
     acl.FANOUT_CONTROL: keys.fanout_control("fanout-1"),
     acl.GATEWAY_DELIVERY: keys.gateway_delivery("gw-1"),
     acl.CHECKPOINTS: f"checkpoint:{THREAD}:__empty__:1f0",

@@ -39,10 +39,12 @@ stream_ids = st.builds(lambda ms, seq: f"{ms}-{seq}", st.integers(0, 10**20 - 1)
 texts = st.text(min_size=1, max_size=300)
 hellos = st.builds(p.Hello, token=st.text(min_size=1, max_size=200), device_id=names,
                    last_id=st.none() | stream_ids, epoch=st.none() | st.text(max_size=64))
-sends = st.builds(p.Send, conversation_id=names, client_msg_id=names, text=texts)
+sends = st.builds(p.Send, conversation_id=names, client_msg_id=names, text=texts, graph=st.none() | names,
+                  if_busy=st.sampled_from(["enqueue", "interrupt", "reject"]))
+cancels = st.builds(p.Cancel, conversation_id=names, client_msg_id=st.none() | names)
 acks = st.builds(p.Ack, id=stream_ids)
 histories = st.builds(p.History, conversation_id=names, limit=st.integers(1, 1000))
-valid_frames = st.one_of(hellos, sends, acks, histories, st.just(p.Ping()))
+valid_frames = st.one_of(hellos, sends, cancels, acks, histories, st.just(p.Ping()))
 
 # -- strategies: hostile input -------------------------------------------------
 
@@ -56,7 +58,7 @@ json_values = st.recursive(
     max_leaves=10,
 )
 FIELDS = ["type", "token", "device_id", "last_id", "epoch", "conversation_id", "client_msg_id",
-          "text", "id", "limit"]
+          "text", "id", "limit", "graph", "if_busy"]
 TYPES = ["hello", "send", "ack", "history", "ping", "welcome", "event", "error", "pong", "", "PING", "ping "]
 
 
@@ -188,8 +190,11 @@ def test_a_wrong_type_in_any_field_is_bad_frame(frame, data):
         return
     field = data.draw(st.sampled_from(fields))
     current = obj[field]
+    # An optional name left out (None) takes any name: its wrong types are the others.
     wrong = data.draw(json_values.filter(lambda v: type(v) is not type(current) and v is not None
-                                         and not (isinstance(current, int) and isinstance(v, float))))
+                                         and not (isinstance(current, int) and isinstance(v, float))
+                                         and not (current is None and field in ("graph", "client_msg_id")
+                                                  and isinstance(v, str))))
     obj[field] = wrong
     result = decode_or_error(json.dumps(obj))
     assert isinstance(result, p.FrameError) and result.code is p.ErrorCode.BAD_FRAME

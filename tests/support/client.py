@@ -122,7 +122,7 @@ class Device:
         return await self.wait_for(find, timeout)
 
     def replies(self, client_msg_id: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["kind"] in ("assistant", "turn_error")
+        return [e for e in self.events if e["kind"] in ("assistant", "turn_error", "cancelled")
                 and e["client_msg_id"] == client_msg_id]
 
     async def wait_reply(self, client_msg_id: str, timeout: float = 20.0) -> dict[str, Any]:
