@@ -533,7 +533,7 @@ def restore(backup: Path, data_dir: Path, *, now: float | None = None) -> Restor
     stamp = _stamp(time.time() if now is None else now)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        staging = data_dir / f"{AOF_DIR}.restoring-{stamp}"
+        staging = _unused(data_dir / f"{AOF_DIR}.restoring-{stamp}")
         staging.mkdir()
     except OSError as exc:
         raise BackupError(f"cannot prepare {data_dir}: {exc}") from None
@@ -570,6 +570,15 @@ def _stage(rdb: Path, staging: Path, manifest: Manifest) -> None:
     _write_durably(staging / AOF_MANIFEST, f"file {AOF_BASE} seq 1 type b\n".encode())
 
 
+def _unused(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3`` ... if it exists (two restores in one second)."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
 def _move_aside(data_dir: Path, stamp: str) -> Path | None:
     """The AOF directory and a dump.rdb (which ``appendonly yes`` never loads,
     but which would shadow the restore if AOF were turned off) into one
@@ -577,7 +586,7 @@ def _move_aside(data_dir: Path, stamp: str) -> Path | None:
     present = [data_dir / name for name in (AOF_DIR, RDB_FILE) if (data_dir / name).exists()]
     if not present:
         return None
-    aside, moved = data_dir / f"before-restore-{stamp}", []
+    aside, moved = _unused(data_dir / f"before-restore-{stamp}"), []
     try:
         aside.mkdir()
         for path in present:

@@ -205,3 +205,13 @@ def test_the_newest_start_in_a_redis_log_gives_its_pid_and_port():
 def test_the_default_data_dir_is_the_embedded_redis_one():
     assert backup.default_data_dir({}) == Path(".data/redis")
     assert backup.default_data_dir({"DATA_DIR": "/srv/sb"}) == Path("/srv/sb/redis")
+
+
+def test_two_restores_in_the_same_second_keep_both_earlier_states(tmp_path, data_dir):
+    write_backup(tmp_path / "b")
+    first = backup.restore(tmp_path / "b", data_dir, now=1767225600)
+    second = backup.restore(tmp_path / "b", data_dir, now=1767225600)
+    assert (first.aside.name, second.aside.name) == ("before-restore-20260101T000000Z",
+                                                     "before-restore-20260101T000000Z-2")
+    assert (first.aside / "appendonlydir" / "appendonly.aof.1.base.rdb").read_bytes() == b"REDIS0012old"
+    assert (second.aside / "appendonlydir" / "appendonly.aof.1.base.rdb").read_bytes() == b"REDIS0012\xff" + b"\0" * 8
