@@ -364,18 +364,24 @@ def take_backup(settings, out: Path, *, force: bool = False,  # noqa: ANN001 - R
         raise BackupError(f"{out} already holds a backup; choose another directory or pass --force")
     try:
         out.mkdir(parents=True, exist_ok=True)
+        # Replacing a backup: its manifest goes first, so that a backup cut
+        # short never pairs the new RDB with the old manifest.
+        (out / MANIFEST_FILE).unlink(missing_ok=True)
     except OSError as exc:
-        raise BackupError(f"cannot create {out}: {exc}") from None
+        raise BackupError(f"cannot write into {out}: {exc}") from None
+    partial = out / (RDB_FILE + ".partial")
     client = make_sync_client(settings)
     try:
         version = str(client.info("server").get("redis_version", "unknown"))
         modules = [Module(str(m["name"]), int(m["ver"])) for m in client.module_list()]
         dbsize = int(client.dbsize())
-        partial = out / (RDB_FILE + ".partial")
         with open(partial, "wb") as f:
             reader, sha256 = _sync_into(client, f, timeout)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     finally:
         client.close()
     with open(partial, "rb") as f:

@@ -15,12 +15,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
+from switchboard.embedded_redis import free_port
 from switchboard.shared import keys
+from tests.support.certs import self_signed
 from tests.support.client import Device, new_user
 from tests.support.cluster import token
+from tests.support.tlsproxy import TLSProxy
 from tests.support.wait import until
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -133,3 +137,37 @@ async def test_a_backup_restored_is_the_store_at_the_backup_and_stays_so(own_red
     # The first start wrote a fresh incremental AOF on the restored base.
     assert sorted(p.name for p in (data / "appendonlydir").iterdir()) == [
         "appendonly.aof.1.base.rdb", "appendonly.aof.1.incr.aof", "appendonly.aof.manifest"]
+
+
+def test_a_backup_over_tls_from_disk_is_the_servers_own_rdb_and_failures_are_one_line(own_redis, tmp_path):
+    server, _ = own_redis
+    client = redis.Redis.from_url(server.url)
+    client.config_set("repl-diskless-sync", "no")  # Redis writes the snapshot to its disk, then sends it: $<length>
+    for n in range(300):
+        client.hset(f"sb-test:{n}", mapping={"n": n, "pad": os.urandom(500)})  # incompressible
+    cert, key = self_signed(tmp_path)
+    admin = server.client_env("admin")
+    with TLSProxy(server.port, cert, key) as proxy:
+        tls = {**admin, "REDIS_URL": f"rediss://localhost:{proxy.port}/0?ssl_ca_certs={quote(str(cert))}"}
+        run = cli(tls, "backup", "--out", str(tmp_path / "b"))
+        assert run.returncode == 0, run.stderr
+        assert proxy.connections >= 2  # the reads and the SYNC, both through TLS
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert (manifest["transfer"], manifest["keys"], manifest["keys_from"]) == ("disk", 300, "rdb")
+    # The file Redis wrote for this sync is the one received, byte for byte.
+    assert (tmp_path / "b" / "dump.rdb").read_bytes() == (server.data_dir / "dump.rdb").read_bytes()
+    assert manifest["rdb_bytes"] > 150_000  # several chunks
+
+    # A user who may read INFO and REPLCONF but not SYNC: refused once the transfer starts.
+    client.acl_setuser("sb-test-nosync", enabled=True, passwords=["+pw"], keys=["*"],
+                       commands=["+info", "+module|list", "+dbsize", "+client|setinfo", "+replconf"])
+    gateway = cli({"REDIS_URL": server.address, "REDIS_USERNAME": "sb-test-nosync", "REDIS_PASSWORD": "pw"},
+                  "backup", "--out", str(tmp_path / "g"))
+    assert gateway.returncode == 1 and "backup failed: Redis refused the snapshot: NOPERM" in gateway.stderr, \
+        gateway.stderr
+    nobody = cli({**admin, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, "backup", "--out", str(tmp_path / "n"))
+    assert nobody.returncode == 1 and "backup failed: ConnectionError" in nobody.stderr, nobody.stderr
+    for failed in (gateway, nobody):
+        assert "Traceback" not in failed.stderr and failed.stderr.count("\n") == 1
+    assert not [*(tmp_path / "g").glob("dump.rdb*"), *(tmp_path / "n").glob("dump.rdb*")]  # no partial file left
+    client.close()
