@@ -344,6 +344,11 @@ def _write_durably(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def _private(path: Path) -> BinaryIO:
+    """A new file only this account reads: a snapshot holds every user's data."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+
+
 def _utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -375,7 +380,7 @@ def take_backup(settings, out: Path, *, force: bool = False,  # noqa: ANN001 - R
         version = str(client.info("server").get("redis_version", "unknown"))
         modules = [Module(str(m["name"]), int(m["ver"])) for m in client.module_list()]
         dbsize = int(client.dbsize())
-        with open(partial, "wb") as f:
+        with _private(partial) as f:
             reader, sha256 = _sync_into(client, f, timeout)
             f.flush()
             os.fsync(f.fileno())
@@ -407,6 +412,8 @@ def take_backup(settings, out: Path, *, force: bool = False,  # noqa: ANN001 - R
 def _sync_into(client, f: BinaryIO, timeout: float) -> tuple[SyncReader, str]:  # noqa: ANN001
     """The replication handshake on a connection of its own (redis-py made it:
     TLS, a unix socket and the login are its), then the payload into ``f``."""
+    from redis.exceptions import NoPermissionError, ResponseError
+
     conn = client.connection_pool.make_connection()
     try:
         conn.connect()
@@ -414,10 +421,12 @@ def _sync_into(client, f: BinaryIO, timeout: float) -> tuple[SyncReader, str]:  
             conn.send_command("REPLCONF", option, value)
             try:
                 conn.read_response()
-            except Exception as exc:  # noqa: BLE001 - an older Redis lacks rdb-only: it then
-                # streams commands after the payload, which the reader ignores
-                if option == "capa":
-                    raise BackupError(f"Redis refused REPLCONF capa eof: {exc}") from None
+            except ResponseError as exc:
+                # A Redis before 7.0 lacks rdb-only: it streams commands after
+                # the payload, which the reader ignores. Without capa eof the
+                # sync still works, from Redis's disk; refused, it is a right missing.
+                if isinstance(exc, NoPermissionError):
+                    raise BackupError(f"Redis refused REPLCONF: {exc}") from None
         # The replies above were read whole and Redis sends nothing before the
         # SYNC: the parser holds no byte, and the raw socket is the stream.
         sock = conn._sock
@@ -562,7 +571,7 @@ def _stage(rdb: Path, staging: Path, manifest: Manifest) -> None:
     """The RDB as the base of a new AOF in ``staging``, checked against the
     manifest as it is copied (the copy is what Redis will load)."""
     try:
-        with open(rdb, "rb") as src, open(staging / AOF_BASE, "wb") as dst:
+        with open(rdb, "rb") as src, _private(staging / AOF_BASE) as dst:
             size, sha256 = copy_hashed(src, dst, limit=manifest.rdb_bytes + 1)
             dst.flush()
             os.fsync(dst.fileno())

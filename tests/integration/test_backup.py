@@ -157,6 +157,7 @@ def test_a_backup_over_tls_from_disk_is_the_servers_own_rdb_and_failures_are_one
     # The file Redis wrote for this sync is the one received, byte for byte.
     assert (tmp_path / "b" / "dump.rdb").read_bytes() == (server.data_dir / "dump.rdb").read_bytes()
     assert manifest["rdb_bytes"] > 150_000  # several chunks
+    assert (tmp_path / "b" / "dump.rdb").stat().st_mode & 0o777 == 0o600  # every user's data: this account only
 
     # A user who may read INFO and REPLCONF but not SYNC: refused once the transfer starts.
     client.acl_setuser("sb-test-nosync", enabled=True, passwords=["+pw"], keys=["*"],
