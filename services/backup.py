@@ -468,9 +468,13 @@ def last_start(log: bytes) -> tuple[int, int] | None:
     return (int(found[-1][0]), int(found[-1][1])) if found else None
 
 
-def _redis_processes_on(data_dir: Path) -> list[Running]:
-    """redis-server processes started with ``--dir data_dir`` (Linux: /proc)."""
-    found = []
+def redis_processes_on(data_dir: Path) -> list[Running]:
+    """redis-server processes working in ``data_dir`` (Linux: /proc).
+
+    Redis rewrites its command line into a title (``redis-server
+    127.0.0.1:6379``), so its ``--dir`` is not there to read; but it changes
+    into that directory at start, so its working directory names it."""
+    found: list[Running] = []
     proc = Path("/proc")
     if not proc.is_dir():
         return found
@@ -478,14 +482,14 @@ def _redis_processes_on(data_dir: Path) -> list[Running]:
         if not entry.name.isdigit():
             continue
         try:
-            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
+            title = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if "redis-server" not in os.path.basename(title[0].split(" ")[0]):
+                continue
+            cwd = os.readlink(entry / "cwd")
+        except OSError:  # gone, or another account's
             continue
-        if not argv or "redis-server" not in os.path.basename(argv[0]):
-            continue
-        options = dict(zip(argv[1::2], argv[2::2]))
-        if options.get("--dir") == str(data_dir):
-            port = options.get("--port", "")
+        if cwd == str(data_dir):
+            port = " ".join(title).rsplit(":", 1)[-1].split(" ")[0]
             found.append(Running(int(entry.name), int(port) if port.isdigit() else None))
     return found
 
@@ -505,7 +509,7 @@ def find_running(data_dir: Path) -> Running | None:
     or the process and port of the newest start in its ``redis.log`` both alive."""
     from switchboard.embedded_redis import port_in_use
 
-    processes = _redis_processes_on(data_dir)
+    processes = redis_processes_on(data_dir)
     if processes:
         return processes[0]
     log = data_dir / "redis.log"
