@@ -571,6 +571,55 @@ def restore(backup: Path, data_dir: Path, *, now: float | None = None) -> Restor
     return Restored(manifest, data_dir / AOF_DIR, aside)
 
 
+def new_epochs(data_dir: Path) -> int:
+    """Start the restored embedded Redis once, on a free loopback port, give
+    every user's event stream a new epoch (its ``meta`` hash), and stop it
+    (SIGTERM: the AOF is flushed). Returns the streams renewed.
+
+    A restore takes the streams back in time, and a device may hold events
+    written after the backup: with the old epoch its ``last_id`` could pass
+    for a position in the restored stream once the stream grows past it (or
+    skip new events that get ids below it). With a new epoch every device
+    resumes once with ``recovered: false`` and starts over from what the
+    server has (docs/operations.md, "What clients see after a restore")."""
+    import redis
+
+    from switchboard.embedded_redis import EmbeddedRedis, EmbeddedRedisError, free_port
+    from switchboard.shared import keys, outbound
+    from switchboard.shared.fields import MetaField
+
+    server = EmbeddedRedis(data_dir, port=free_port())
+    try:
+        server.start(timeout=120.0)  # it loads the whole RDB first
+    except EmbeddedRedisError as exc:
+        raise BackupError(f"the restored data does not start: {exc}") from None
+    renewed = 0
+    try:
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        try:
+            pattern = f"{keys.PREFIX}:{{u:*}}:meta"
+            batch: list[str] = []
+            for key in client.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) == 500:
+                    renewed += _renew(client, batch, outbound.new_epoch, MetaField.EPOCH)
+                    batch = []
+            renewed += _renew(client, batch, outbound.new_epoch, MetaField.EPOCH)
+        finally:
+            client.close()
+    finally:
+        server.stop(timeout=60.0)
+    return renewed
+
+
+def _renew(client, metas: list[str], new_epoch, field: str) -> int:  # noqa: ANN001
+    pipe = client.pipeline(transaction=False)
+    for key in metas:
+        pipe.hset(key, field, new_epoch())
+    pipe.execute()
+    return len(metas)
+
+
 def _stage(rdb: Path, staging: Path, manifest: Manifest) -> None:
     """The RDB as the base of a new AOF in ``staging``, checked against the
     manifest as it is copied (the copy is what Redis will load)."""
@@ -665,6 +714,14 @@ def cmd_restore(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         return 1
     m = done.manifest
     aside = f"; the previous AOF is kept in {done.aside}" if done.aside else ""
-    print(f"restored the backup of {m.created} ({m.keys} keys) into {done.aof}{aside}; the next start of the "
-          f"embedded Redis on {data_dir} loads it (users and passwords unchanged)")
+    try:
+        renewed = new_epochs(data_dir)
+    except (BackupError, OSError) as exc:
+        print(f"switchboard: restored into {done.aof}{aside}, but could not give the event streams new epochs: "
+              f"{exc}; devices may resume with recovered: true on events that are gone -- run the restore again",
+              file=sys.stderr)
+        return 1
+    print(f"restored the backup of {m.created} ({m.keys} keys) into {done.aof}{aside}; {renewed} event streams "
+          f"have a new epoch (each device starts over once, recovered: false); the next start of the embedded "
+          f"Redis on {data_dir} serves it (users and passwords unchanged)")
     return 0

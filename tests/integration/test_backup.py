@@ -34,9 +34,20 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 
 def state(client: redis.Redis) -> tuple[float, dict[bytes, tuple[bytes, bytes, int]]]:
-    """Every key: its type, its value (DUMP: Redis's own serialization) and its time to live."""
+    """Every key: its type, its value (DUMP: Redis's own serialization) and its time to live --
+    an event stream's ``meta`` hash without its epoch, which a restore renews (see :func:`epochs`)."""
     now = time.monotonic()
-    return now, {key: (client.type(key), client.dump(key), client.pttl(key)) for key in client.scan_iter(count=1000)}
+
+    def value(key: bytes) -> object:
+        if key.endswith(b":meta") and key.startswith(b"sb:{u:"):
+            return sorted((k, v) for k, v in client.hgetall(key).items() if k != b"epoch")
+        return client.dump(key)
+
+    return now, {key: (client.type(key), value(key), client.pttl(key)) for key in client.scan_iter(count=1000)}
+
+
+def epochs(client: redis.Redis) -> dict[bytes, bytes]:
+    return {key: client.hget(key, "epoch") for key in client.scan_iter(match="sb:{u:*}:meta", count=1000)}
 
 
 def assert_same(expected: tuple[float, dict], got: tuple[float, dict]) -> None:
@@ -83,6 +94,7 @@ async def test_a_backup_restored_is_the_store_at_the_backup_and_stays_so(own_red
     indexes = set(client.execute_command("FT._LIST"))
     assert indexes
     at_backup = state(client)
+    backup_epochs = epochs(client)
 
     out = tmp_path / "backup"
     run = cli(admin, "backup", "--out", str(out))
@@ -121,11 +133,20 @@ async def test_a_backup_restored_is_the_store_at_the_backup_and_stays_so(own_red
     assert files(aside / "appendonlydir") == {k[len("appendonlydir/"):]: v for k, v in before.items()
                                               if k.startswith("appendonlydir/")}
 
+    assert "event streams have a new epoch" in restored.stdout
     for start in ("first start", "restart"):
         server.start()
         client = redis.Redis.from_url(server.url)
         try:
             assert_same(at_backup, state(client))
+            # Every stream starts a new life: a device holding events written after
+            # the backup resumes with recovered: false, never on events that are gone.
+            renewed = epochs(client)
+            assert renewed.keys() == backup_epochs.keys() and renewed
+            assert all(renewed[k] != backup_epochs[k] for k in renewed), start
+            if start == "first start":
+                first_epochs = renewed
+            assert renewed == first_epochs  # a restart keeps them
             assert set(client.execute_command("FT._LIST")) == indexes, start
             assert client.dbsize() == manifest["keys"] - sum(
                 1 for v in at_backup[1].values() if 0 <= v[2] < (time.monotonic() - at_backup[0]) * 1000)
