@@ -221,6 +221,7 @@ GATEWAY = User("gateway", "sb-gateway", "accepts messages, admits connections, s
           ("exists",), R(LEASE)),
     Grant("accept: the user's conversations (MAX_SESSIONS_PER_USER; those idle past retention dropped)",
           ("zscore", "zcard", "zrange", "zadd", "zremrangebyscore", "pexpire"), RW(CONVERSATIONS)),
+    Grant("conversations: a page of the user's conversations, newest first", ("zrevrangebyscore",), R(CONVERSATIONS)),
     Grant("accept: the user's quota state (and its lifetime)", ("hget", "hmget", "hset", "hincrby", "pexpire"),
           RW(USAGE)),
     Grant("accept and hello: the user's outbound stream (user events, its life, retention, the replay window)",

@@ -23,6 +23,8 @@ class ConvField:
     RENOTICED = "renoticed"  #: ms of the last work notice a repeated message asked for
     GRAPH = "graph"  #: the graph the conversation runs, fixed by its first message (``send.graph``)
     CANCEL = "cancel"  #: every entry up to this id is cancelled (``cancel``, ``if_busy: interrupt``)
+    TITLE = "title"  #: its title: ``rename``'s, else the start of its first message (sealed as stored text)
+    CREATED = "created"  #: ms of its first message
 
 
 class UsageField:

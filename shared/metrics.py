@@ -287,11 +287,12 @@ HANDSHAKE_OUTCOMES = (
 
 #: Client frame types, plus ``invalid`` (not decodable) and ``refused``
 #: (dropped undecoded by MAX_FRAMES_PER_SECOND).
-RECEIVED_TYPES = ("hello", "send", "cancel", "ack", "history", "ping", "refresh", "invalid", "refused")
+RECEIVED_TYPES = ("hello", "send", "cancel", "ack", "history", "conversations", "rename", "ping", "refresh",
+                  "invalid", "refused")
 _RECEIVED_BY_CLASS = {p.Hello: "hello", p.Send: "send", p.Cancel: "cancel", p.Ack: "ack", p.History: "history",
-                      p.Ping: "ping", p.Refresh: "refresh"}
+                      p.Conversations: "conversations", p.Rename: "rename", p.Ping: "ping", p.Refresh: "refresh"}
 #: Server frame types.
-SENT_TYPES = ("welcome", "accepted", "event", "history", "pong", "refreshed", "error", OTHER)
+SENT_TYPES = ("welcome", "accepted", "event", "history", "conversations", "pong", "refreshed", "error", OTHER)
 
 #: Every server frame is a tagged msgspec Struct encoded tag first:
 #: ``{"type":"<tag>",...``; an event continues ``"id":"<ms>-<seq>"`` and an

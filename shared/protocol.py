@@ -14,7 +14,7 @@ This module is pure: it imports neither redis nor websockets. See
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
@@ -36,6 +36,16 @@ StreamId = Annotated[str, msgspec.Meta(max_length=41, pattern=r"^[0-9]{1,20}-[0-
 Text = Annotated[str, msgspec.Meta(min_length=1)]
 Token = Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
 HistoryLimit = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+#: Characters of a conversation's title (``rename``; a default title is the first message's start).
+MAX_TITLE_LENGTH = 200
+Title = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TITLE_LENGTH)]
+#: Conversations per ``conversations`` page, at most.
+MAX_CONVERSATIONS_PAGE = 100
+ConversationsLimit = Annotated[int, msgspec.Meta(ge=1, le=MAX_CONVERSATIONS_PAGE)]
+#: A ``conversations`` page's cursor: ``<updated ms>|<conversation id>`` of the last one listed.
+Cursor = Annotated[str, msgspec.Meta(max_length=150, pattern=r"^[0-9]{1,20}\|[A-Za-z0-9_.:@-]{1,128}\Z")]
+#: A message id in ``history`` (LangChain's: the worker's ``in-<entry>``, a model's run id).
+MessageRef = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
 class ErrorCode(str, enum.Enum):
@@ -109,6 +119,7 @@ class EventKind(str, enum.Enum):
     DELTA = "delta"  #: a piece of a reply still being written (``seq`` 0 starts it afresh)
     TURN_ERROR = "turn_error"  #: the graph failed on one message; the conversation goes on
     CANCELLED = "cancelled"  #: a message's turn was stopped (``cancel``, ``if_busy: interrupt``); its reply so far
+    RENAMED = "renamed"  #: the conversation's title changed (``text``: the new title)
 
 
 # -- client -> server --------------------------------------------------------
@@ -149,6 +160,19 @@ class Ack(Frame, tag="ack"):
 class History(Frame, tag="history"):
     conversation_id: Name
     limit: HistoryLimit = 50
+    before: MessageRef | None = None  #: the messages before this one (paging backwards); None: the newest
+
+
+class Conversations(Frame, tag="conversations"):
+    """List the user's conversations, newest first (by their last message)."""
+
+    limit: ConversationsLimit = 20
+    before: Cursor | None = None  #: the previous page's ``next``
+
+
+class Rename(Frame, tag="rename"):
+    conversation_id: Name
+    title: Title
 
 
 class Ping(Frame, tag="ping"):
@@ -161,7 +185,7 @@ class Refresh(Frame, tag="refresh"):
     token: Token
 
 
-ClientFrame = Union[Hello, Send, Cancel, Ack, History, Ping, Refresh]
+ClientFrame = Union[Hello, Send, Cancel, Ack, History, Conversations, Rename, Ping, Refresh]
 
 # -- server -> client --------------------------------------------------------
 
@@ -195,11 +219,28 @@ class Event(Frame, tag="event"):
 class HistoryMessage(msgspec.Struct):
     role: Literal["user", "assistant"]
     text: str
+    id: str | None = None  #: the message's id (pass it as ``before`` for the page before it)
 
 
 class HistoryResult(Frame, tag="history"):
     conversation_id: str
     messages: list[HistoryMessage]
+    has_more: bool = False  #: older messages exist before the first one here
+
+
+class ConversationInfo(msgspec.Struct):
+    conversation_id: str
+    title: str | None  #: ``rename``'s, or the start of the first message (None: a conversation from before titles)
+    created_at: int | None  #: ms of its first message (None: from before it was recorded)
+    updated_at: int  #: ms of its last message
+    message_count: int  #: messages accepted
+    graph: str | None = None  #: the graph it runs
+    pending_interrupt: Any = None  #: reserved for human-in-the-loop (always None today)
+
+
+class ConversationsResult(Frame, tag="conversations"):
+    conversations: list[ConversationInfo]
+    next: str | None = None  #: pass as ``before`` for the next (older) page; None: this is the last
 
 
 class Pong(Frame, tag="pong"):
@@ -219,7 +260,7 @@ class Error(Frame, tag="error"):
     retry_after_ms: int | None = None  #: ``rate_limited``: when the same frame would be accepted
 
 
-ServerFrame = Union[Welcome, Accepted, Event, HistoryResult, Pong, Refreshed, Error]
+ServerFrame = Union[Welcome, Accepted, Event, HistoryResult, ConversationsResult, Pong, Refreshed, Error]
 
 # -- codecs (built once; msgspec perf tip) ------------------------------------
 

@@ -20,6 +20,13 @@ _ROLES = {"human": "user", "ai": "assistant"}
 
 def to_history(messages: Iterable[Any], limit: int) -> list[HistoryMessage]:
     """Keep user and assistant text messages, newest last, at most ``limit``."""
+    return history_page(messages, limit)[0]
+
+
+def history_page(messages: Iterable[Any], limit: int, before: str | None = None) -> tuple[list[HistoryMessage], bool]:
+    """The ``limit`` user and assistant messages before the one whose id is
+    ``before`` (None: the newest), newest last; and whether older ones
+    exist. An id not among them gives the newest page."""
     out: list[HistoryMessage] = []
     for message in messages:
         role = _ROLES.get(getattr(message, "type", ""))
@@ -28,8 +35,11 @@ def to_history(messages: Iterable[Any], limit: int) -> list[HistoryMessage]:
         content = message.content
         if not isinstance(content, str):
             content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-        out.append(HistoryMessage(role=role, text=content))
-    return out[-limit:]
+        out.append(HistoryMessage(role=role, text=content, id=getattr(message, "id", None)))
+    if before is not None:
+        end = next((i for i, m in enumerate(out) if m.id == before), len(out))
+        out = out[:end]
+    return out[-limit:], len(out) > limit
 
 
 class HistoryReader:
@@ -38,9 +48,15 @@ class HistoryReader:
 
     async def read(self, user: str, conversation_id: str, limit: int) -> list[HistoryMessage] | None:
         """Return the messages, or None if the conversation has no checkpoint."""
+        page = await self.page(user, conversation_id, limit)
+        return None if page is None else page[0]
+
+    async def page(self, user: str, conversation_id: str, limit: int,
+                   before: str | None = None) -> tuple[list[HistoryMessage], bool] | None:
+        """:func:`history_page` of the conversation's newest checkpoint, or None if it has none."""
         config = {"configurable": {"thread_id": keys.thread_id(user, conversation_id), "checkpoint_ns": ""}}
         found = await self.saver.aget_tuple(config)
         if found is None:
             return None
         messages = found.checkpoint.get("channel_values", {}).get("messages", [])
-        return to_history(messages, limit)
+        return history_page(messages, limit, before)

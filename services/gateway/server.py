@@ -451,6 +451,25 @@ class Gateway:
             await conn.reply(p.Error(code=p.ErrorCode.INTERNAL, message="internal error",
                                      client_msg_id=getattr(frame, "client_msg_id", None)))
 
+    async def _conversations(self, conn: Connection, limit: int, before: str | None) -> p.ConversationsResult:
+        """A page of the user's conversations; titles opened (one no key opens: None)."""
+        cursor = None
+        if before is not None:
+            score, _, conversation = before.partition("|")
+            cursor = (int(score), conversation)
+        rows, more = await self.store.list_conversations(conn.user, limit=limit, before=cursor)
+
+        def title(stored: str | None) -> str | None:
+            try:
+                return self.settings.encryption.open(stored) if stored else None
+            except CannotOpen:
+                return None
+
+        listed = [p.ConversationInfo(conversation_id=r.id, title=title(r.title), created_at=r.created_ms,
+                                     updated_at=r.updated_ms, message_count=r.count, graph=r.graph) for r in rows]
+        return p.ConversationsResult(conversations=listed,
+                                     next=f"{rows[-1].updated_ms}|{rows[-1].id}" if more and rows else None)
+
     async def _dispatch(self, conn: Connection, frame: p.ClientFrame) -> None:
         match frame:
             case p.Send(conversation_id=conv, client_msg_id=cmid, text=text, graph=graph, if_busy=if_busy):
@@ -487,17 +506,22 @@ class Gateway:
                     raise p.FrameError(p.ErrorCode.INVALID_ACK,
                                        f"ack of {entry_id}, but this connection was sent events up to {conn.last}")
                 await self.store.store_offset(conn.user, conn.device, conn.epoch, entry_id)
-            case p.History(conversation_id=conv, limit=limit):
+            case p.History(conversation_id=conv, limit=limit, before=before):
                 try:
-                    messages = await self.history.read(conn.user, conv, limit)
+                    page = await self.history.page(conn.user, conv, limit, before)
                 except CannotOpen as exc:
                     log.error("history of user=%s conversation=%s cannot be decrypted: %s", conn.user, conv, exc,
                               extra={**conn.log_context, "conversation": conv})
                     raise p.FrameError(p.ErrorCode.UNREADABLE, "this conversation's history cannot be "
                                        "decrypted with this server's keys") from None
-                if messages is None:
+                if page is None:
                     raise p.FrameError(p.ErrorCode.UNKNOWN_CONVERSATION, f"no conversation {conv!r}")
-                await conn.reply(p.HistoryResult(conversation_id=conv, messages=messages))
+                await conn.reply(p.HistoryResult(conversation_id=conv, messages=page[0], has_more=page[1]))
+            case p.Conversations(limit=limit, before=before):
+                await conn.reply(await self._conversations(conn, limit, before))
+            case p.Rename(conversation_id=conv, title=title):
+                if await self.store.rename(conn.user, conn.device, conv, title) is None:
+                    raise p.FrameError(p.ErrorCode.UNKNOWN_CONVERSATION, f"no conversation {conv!r}")
             case p.Ping():
                 await conn.reply(p.Pong())
             case p.Refresh(token=token):

@@ -39,6 +39,34 @@ class NotRunning(NamedTuple):
     running: str | None  #: the entry that runs instead (``client_msg_id`` named another), or None: none waits
 
 
+#: Characters of a default title (the start of a conversation's first message).
+DEFAULT_TITLE_LENGTH = 60
+
+
+def default_title(text: str) -> str:
+    """A conversation's title until it is renamed: the start of its first
+    message, its whitespace collapsed, cut at a word within
+    DEFAULT_TITLE_LENGTH characters (with an ellipsis when cut)."""
+    words = " ".join(text.split())
+    if len(words) <= DEFAULT_TITLE_LENGTH:
+        return words
+    cut = words[:DEFAULT_TITLE_LENGTH - 1]
+    if " " in cut[DEFAULT_TITLE_LENGTH // 2:]:
+        cut = cut.rsplit(" ", 1)[0]
+    return cut.rstrip() + "…"
+
+
+class ConversationRow(NamedTuple):
+    """One conversation as ``list_conversations.lua`` lists it (title as stored: sealed)."""
+
+    id: str
+    updated_ms: int
+    title: str | None
+    created_ms: int | None
+    count: int
+    graph: str | None
+
+
 class OverLimit(SwitchboardError):
     """A quota refused the message; nothing was written."""
 
@@ -57,7 +85,10 @@ class GatewayStore:
         self.streams = streams
         self.quotas = quotas
         self.keyring = keyring or Keyring()  #: seals the text stored (no keys: as it is)
-        registered = scripts.register(redis, "accept", "stream_state", "store_offset", "cancel")
+        registered = scripts.register(redis, "accept", "stream_state", "store_offset", "cancel",
+                                      "list_conversations", "rename")
+        self._list = registered["list_conversations"]
+        self._rename = registered["rename"]
         self._cancel = registered["cancel"]
         self._accept = registered["accept"]
         self._state = registered["stream_state"]
@@ -118,7 +149,7 @@ class GatewayStore:
              self.streams.outbound_maxlen, self.streams.dedup_ttl, keys.notify(user), q.sends_per_minute,
              q.max_conversations, q.max_messages, q.max_waiting, int(q.renotice_interval * 1000),
              keys.inbound_prefix(user), q.send_bytes_per_minute, len(text.encode()), self.streams.retention_ms,
-             graph, default_graph, if_busy, keys.cancels(), user],
+             graph, default_graph, if_busy, keys.cancels(), user, self.keyring.seal(default_title(text))],
         )
 
     async def cancel(self, user: str, conversation: str, client_msg_id: str | None = None) -> Cancelled | NotRunning:
@@ -131,6 +162,28 @@ class GatewayStore:
         if reply[0] == "ok":
             return Cancelled(reply[1])
         return NotRunning(reply[1] if reply[0] == "other" else None)
+
+    async def list_conversations(self, user: str, *, limit: int,
+                                 before: tuple[int, str] | None = None) -> tuple[list[ConversationRow], bool]:
+        """A page of the user's conversations, newest first, after ``before``
+        (``(updated ms, id)`` of the last one of the previous page); and
+        whether more follow."""
+        reply = await self._list(keys=[keys.conversations(user)],
+                                 args=[keys.conversation(user, ""), str(before[0]) if before else "",
+                                       before[1] if before else "", limit])
+        rows = [ConversationRow(reply[i], int(float(reply[i + 1])), reply[i + 2] or None,
+                                int(reply[i + 3]) if reply[i + 3] else None, int(reply[i + 4]), reply[i + 5] or None)
+                for i in range(1, len(reply), 6)]
+        return rows, reply[0] == "1"
+
+    async def rename(self, user: str, device: str, conversation: str, title: str) -> str | None:
+        """Retitle a conversation (and tell every device: a ``renamed`` event);
+        the event id, or None if the conversation has had no message."""
+        reply = await self._rename(
+            keys=[keys.conversation(user, conversation), keys.outbound(user), keys.meta(user)],
+            args=[conversation, self.keyring.seal(title), outbound.new_epoch(), self.streams.outbound_maxlen,
+                  keys.notify(user), self.streams.retention_ms * 3 // 2, device])
+        return reply[1] if reply[0] == "ok" else None
 
     def _work_notice(self, user: str, conversation: str) -> tuple[str, dict[str, str]]:
         """The stream and fields of a work notice: "this conversation has

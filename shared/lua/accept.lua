@@ -29,7 +29,8 @@
 --       max messages per conversation, max waiting, renotice ms, inbound key prefix,
 --       text bytes per minute, the text's size in bytes, retention ms,
 --       the graph the send names ('' none), the default graph,
---       if_busy ('enqueue', 'interrupt', 'reject'), the cancel channel, the user
+--       if_busy ('enqueue', 'interrupt', 'reject'), the cancel channel, the user,
+--       the conversation's default title (the start of this text, sealed as it is)
 -- `if_busy` applies while the conversation has messages waiting (one runs, or
 -- is about to): `reject` refuses this one (`busy`, before any quota counts);
 -- `interrupt` marks every waiting entry cancelled (the conversation's `cancel`
@@ -133,6 +134,10 @@ if idle or overdue(conv[4]) then notice = 1 end
 local progress = {F.conv_last, in_id, F.conv_count, count + 1}
 if notice == 1 then progress[#progress + 1] = F.conv_noticed; progress[#progress + 1] = now end
 if not conv[6] then progress[#progress + 1] = F.conv_graph; progress[#progress + 1] = graph end
+if count == 0 then
+  -- The first message: when the conversation began, and a title until `rename` gives one.
+  for _, v in ipairs({F.conv_created, ts, F.conv_title, ARGV[23]}) do progress[#progress + 1] = v end
+end
 redis.call('HSET', KEYS[5], unpack(progress))
 if idle and retention > 0 then
   -- Something waits now: the conversation's keys must not expire.

@@ -184,3 +184,48 @@ async def test_a_conversation_keeps_the_graph_of_its_first_message(store):
         await store.accept(u, "phone", "d", "n2", "other", graph="sales", default_graph="support")
     await store.accept(u, "phone", "d", "n3", "same", graph="support", default_graph="support")
     await store.redis.delete(keys.work(0))
+
+
+def test_a_default_title_is_the_start_of_the_first_message():
+    from switchboard.gateway.store import DEFAULT_TITLE_LENGTH, default_title
+
+    assert default_title("  hello\n\tthere  ") == "hello there"
+    long = "word " * 40
+    title = default_title(long)
+    assert title.endswith("…") and len(title) <= DEFAULT_TITLE_LENGTH and not title[:-1].endswith(" ")
+    assert default_title("x" * 100) == "x" * (DEFAULT_TITLE_LENGTH - 1) + "…"  # no space to cut at
+
+
+async def test_conversations_page_newest_first_through_ties_and_skip_expired_ones(store):
+    u = user()
+    for c in ("a", "b", "c", "d", "e"):
+        await store.accept(u, "phone", c, f"{c}1", f"first of {c}")
+    # Equal scores (one ms for all but "a"), and "c" expired with retention:
+    await store.redis.zadd(keys.conversations(u), {"b": 5000, "c": 5000, "d": 5000, "e": 5000, "a": 4000})
+    await store.redis.delete(keys.conversation(u, "c"))
+    seen, cursor, pages = [], None, 0
+    while True:
+        rows, more = await store.list_conversations(u, limit=2, before=cursor)
+        seen += [r.id for r in rows]
+        pages += 1
+        if not more:
+            break
+        cursor = (rows[-1].updated_ms, rows[-1].id)
+    assert seen == ["e", "d", "b", "a"] and pages == 2
+    [first] = (await store.list_conversations(u, limit=1))[0]
+    assert (first.title, first.count, first.graph) == ("first of e", 1, "default") and first.created_ms
+    await store.redis.delete(keys.work(0))
+
+
+def test_history_pages_back_by_message_id():
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+    from switchboard.gateway.history import history_page
+
+    messages = [HumanMessage("q1", id="h1"), AIMessage("a1", id="x1"), ToolMessage("t", tool_call_id="t", id="t1"),
+                HumanMessage("q2", id="h2"), AIMessage("a2", id="x2")]
+    newest, more = history_page(messages, 2)
+    assert [(m.id, m.text) for m in newest] == [("h2", "q2"), ("x2", "a2")] and more
+    older, more = history_page(messages, 2, before="h2")
+    assert [m.id for m in older] == ["h1", "x1"] and not more
+    assert history_page(messages, 2, before="unknown") == (newest, True)

@@ -160,6 +160,7 @@ def test_every_server_frame_type_has_its_own_key():
               "accepted": p.Accepted(client_msg_id="m", id="1-0"), "event": p.Event(id="1-0", conversation_id="c",
                                                                                    kind="user", text="t"),
               "history": p.HistoryResult(conversation_id="c", messages=[]), "pong": p.Pong(),
+              "conversations": p.ConversationsResult(conversations=[]),
               "refreshed": p.Refreshed(expires_at=1), "error": p.Error(code=p.ErrorCode.INTERNAL, message="x")}
     assert set(frames) | {m.OTHER} == set(m.SENT_TYPES)
     metrics = m.GatewayMetrics()
