@@ -306,11 +306,13 @@ async def export_user(redis, raw_redis, user: str, keyring, *, page: int = PAGE)
     async for key in redis.scan_iter(match=f"{prefix}*", count=1000):
         found.add(key[len(prefix):])
     async for key in redis.scan_iter(match=f"{latest_prefix}*", count=1000):
-        found.add(key[len(latest_prefix):].rsplit(":", 1)[0])  # the thread's namespace follows
+        # The thread's namespace follows; a cleared conversation's later threads end ``~N``.
+        found.add(key[len(latest_prefix):].rsplit(":", 1)[0].split("~", 1)[0])
     saver = use_caching_serializer(SwitchboardRedisSaver(redis_client=raw_redis), keyring)
     for conversation in sorted(found):
-        config = {"configurable": {"thread_id": keys.thread_id(user, conversation), "checkpoint_ns": ""}}
         progress = await redis.hgetall(keys.conversation(user, conversation))
+        thread = keys.thread_id(user, conversation, int(progress.get(ConvField.GEN, 0)))  # its current generation
+        config = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
         line: dict[str, Any] = {"type": "conversation", "conversation": conversation,
                                 "updated_ms": int(index[conversation]) if conversation in index else None,
                                 "count": int(progress.get(ConvField.COUNT, 0)), "checkpoint_id": None}

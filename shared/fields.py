@@ -25,6 +25,7 @@ class ConvField:
     CANCEL = "cancel"  #: every entry up to this id is cancelled (``cancel``, ``if_busy: interrupt``)
     TITLE = "title"  #: its title: ``rename``'s, else the start of its first message (sealed as stored text)
     CREATED = "created"  #: ms of its first message
+    GEN = "gen"  #: times it was cleared: its LangGraph thread is ``keys.thread_id(..., gen)``
 
 
 class UsageField:
@@ -51,6 +52,8 @@ class InboundField:
     TEXT = "text"
     TS = "ts"
     GRAPH = "graph"  #: the conversation's graph (absent in entries written before graphs were chosen: the default)
+    GEN = "gen"  #: the conversation's generation the entry runs in (absent: 0)
+    KIND = "kind"  #: absent: a message; ``clear``: start the conversation afresh (``clear``)
 
 
 class EventField:

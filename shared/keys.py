@@ -88,13 +88,18 @@ def notify(user: str) -> str:
     return f"{_user(user)}:notify"
 
 
-def thread_id(user: str, conversation_id: str) -> str:
+def thread_id(user: str, conversation_id: str, generation: int = 0) -> str:
     """LangGraph thread id of a conversation (user ids contain no ``/``).
 
     It carries the user's hash tag, so the checkpointer's keys for the thread
     (``checkpoint:{u:USER}/CONV:...``) live in the user's Cluster slot too:
-    the worker's commit script stores a turn's checkpoint with its reply."""
-    return f"{{u:{user}}}/{conversation_id}"
+    the worker's commit script stores a turn's checkpoint with its reply.
+
+    ``generation``: how many times the conversation was cleared (``clear``);
+    each clear starts a new, empty thread, ``{u:USER}/CONV~N`` (``~`` is not
+    in the ids' charset, so it never names another conversation)."""
+    base = f"{{u:{user}}}/{conversation_id}"
+    return f"{base}~{generation}" if generation else base
 
 
 def devices(user: str) -> str:

@@ -288,9 +288,10 @@ HANDSHAKE_OUTCOMES = (
 #: Client frame types, plus ``invalid`` (not decodable) and ``refused``
 #: (dropped undecoded by MAX_FRAMES_PER_SECOND).
 RECEIVED_TYPES = ("hello", "send", "cancel", "ack", "history", "conversations", "rename", "ping", "refresh",
-                  "invalid", "refused")
+                  "clear", "invalid", "refused")
 _RECEIVED_BY_CLASS = {p.Hello: "hello", p.Send: "send", p.Cancel: "cancel", p.Ack: "ack", p.History: "history",
-                      p.Conversations: "conversations", p.Rename: "rename", p.Ping: "ping", p.Refresh: "refresh"}
+                      p.Conversations: "conversations", p.Rename: "rename", p.Clear: "clear", p.Ping: "ping",
+                      p.Refresh: "refresh"}
 #: Server frame types.
 SENT_TYPES = ("welcome", "accepted", "event", "history", "conversations", "pong", "refreshed", "error", OTHER)
 
@@ -419,6 +420,7 @@ TURN_OUTCOMES = (
     "assistant",     # the reply was committed
     "turn_error",    # the last attempt failed: turn_error committed, the message dead-lettered
     "cancelled",     # stopped (cancel, if_busy: interrupt): cancelled committed, its checkpoint dropped
+    "cleared",       # a clear: cleared committed, the old generation's checkpoints deleted
     "already_done",  # committed before (a retried commit, or another worker)
     "moved",         # done moved elsewhere meanwhile: nothing written
     "lease_lost",    # the lease was another worker's: nothing written

@@ -120,6 +120,7 @@ class EventKind(str, enum.Enum):
     TURN_ERROR = "turn_error"  #: the graph failed on one message; the conversation goes on
     CANCELLED = "cancelled"  #: a message's turn was stopped (``cancel``, ``if_busy: interrupt``); its reply so far
     RENAMED = "renamed"  #: the conversation's title changed (``text``: the new title)
+    CLEARED = "cleared"  #: the conversation was cleared: the next turn starts from an empty state
 
 
 # -- client -> server --------------------------------------------------------
@@ -170,6 +171,12 @@ class Conversations(Frame, tag="conversations"):
     before: Cursor | None = None  #: the previous page's ``next``
 
 
+class Clear(Frame, tag="clear"):
+    """Start the conversation afresh: messages already queued run first; the next one after starts empty."""
+
+    conversation_id: Name
+
+
 class Rename(Frame, tag="rename"):
     conversation_id: Name
     title: Title
@@ -185,7 +192,7 @@ class Refresh(Frame, tag="refresh"):
     token: Token
 
 
-ClientFrame = Union[Hello, Send, Cancel, Ack, History, Conversations, Rename, Ping, Refresh]
+ClientFrame = Union[Hello, Send, Cancel, Ack, History, Conversations, Rename, Clear, Ping, Refresh]
 
 # -- server -> client --------------------------------------------------------
 

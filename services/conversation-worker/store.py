@@ -43,6 +43,8 @@ class InboundEntry:
     device: str
     text: str  #: as stored: sealed when encryption at rest is on (``keyring.open`` it)
     graph: str = ""  #: the conversation's graph ('': the default)
+    kind: str = ""  #: '': a message; ``clear``: clear the conversation (no graph runs)
+    gen: int = 0  #: the conversation's generation it runs in (its thread: ``keys.thread_id(..., gen)``)
 
 
 # -- what follows an entry ----------------------------------------------------------------
@@ -74,9 +76,9 @@ Found = Union[Attempt, FindAfter, NoneLeft]
 
 def _found(conversation: str, reply: Sequence[Any]) -> Found:
     if reply[0] == "entry":
-        _, entry_id, cmid, device, text, attempt, graph, cancelled = reply
-        return Attempt(InboundEntry(entry_id, conversation, cmid, device, text, graph), int(attempt),
-                       cancelled == "1")
+        _, entry_id, cmid, device, text, attempt, graph, cancelled, kind, gen = reply
+        return Attempt(InboundEntry(entry_id, conversation, cmid, device, text, graph, kind, int(gen)),
+                       int(attempt), cancelled == "1")
     return NoneLeft()
 
 

@@ -114,10 +114,13 @@ def reply_after(messages: Sequence[Any], human_id: str) -> str | None:
 class _Progress:
     """What a drain is attempting now: the entry an outage would cut short."""
 
-    __slots__ = ("entry",)
+    __slots__ = ("entry", "thread")
 
-    def __init__(self) -> None:
+    def __init__(self, thread: str) -> None:
         self.entry: str | None = None
+        #: The LangGraph thread the drain's turns run on now (the generation of
+        #: the entry last taken); its kept copy in the saver is up to date.
+        self.thread = thread
 
 
 class Turns:
@@ -142,6 +145,9 @@ class Turns:
         # (user, conversation) -> (the entry whose graph runs now, set to stop it):
         # what a cancel notice (:meth:`cancel`) looks for; at most one per drain.
         self._running: dict[tuple[str, str], tuple[str, asyncio.Event]] = {}
+        # (user, conversation) -> the generation its turns last ran in here
+        # (``clear`` moves it on): which thread's kept copy a begin validates.
+        self._generations: dict[tuple[str, str], int] = {}
 
     def cancel(self, user: str, conversation: str, up_to: str) -> bool:
         """A cancel notice: stop the graph run of ``conversation`` if it runs an
@@ -176,7 +182,7 @@ class Turns:
         self._resumed.pop((user, conversation), None)
         lease, begun = taken
         self.tokens.active.add(lease.token)
-        progress = _Progress()
+        progress = _Progress(keys.thread_id(user, conversation, self._generations.get((user, conversation), 0)))
         work = asyncio.create_task(self._run_turns(user, conversation, lease, begun, progress, resumed, slot))
         work.add_done_callback(_observe)
         try:
@@ -191,7 +197,7 @@ class Turns:
                 # exit): let it, then drop what it left.
                 await asyncio.wait([work], timeout=WORK_EXIT_GRACE)
             if self.saver is not None:
-                self.saver.forget(keys.thread_id(user, conversation))
+                self.saver.forget(progress.thread)
             raise
         finally:
             if not work.done():
@@ -203,8 +209,25 @@ class Turns:
                     log.debug("lease release failed for %s/%s", user, conversation)
             self.tokens.active.discard(lease.token)
         slot.give_back()  # pruning needs no slot
-        await self._prune(keys.thread_id(user, conversation))
+        await self._prune(progress.thread)
         return True
+
+    def _remember_generation(self, key: tuple[str, str], generation: int) -> None:
+        if len(self._generations) >= RESUMED_MAX and key not in self._generations:
+            self._generations.clear()  # bounded; a forgotten one costs one read of the checkpoint
+        self._generations[key] = generation
+
+    async def _delete_thread(self, thread: str) -> None:
+        """A cleared generation's checkpoints go (the library's own deletion);
+        should it fail, they expire with CHECKPOINT_TTL like any idle thread's."""
+        self._unpruned.pop(thread, None)
+        if self.saver is None:
+            return
+        self.saver.forget(thread)
+        try:
+            await self.saver.adelete_thread(thread)
+        except Exception as exc:  # noqa: BLE001 - reclaimed by retention
+            log.warning("deleting the cleared thread %s failed: %s", thread, exc)
 
     def _remember_resumed(self, key: tuple[str, str], entry_id: str) -> None:
         if len(self._resumed) >= RESUMED_MAX:
@@ -218,7 +241,10 @@ class Turns:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_wait
         delay = 0.01
-        thread = keys.thread_id(user, conversation)
+        # The thread of the generation this process last ran the conversation
+        # in (a clear moves it on; :meth:`_run_turns` forgets the kept copy of
+        # a thread it did not validate here).
+        thread = keys.thread_id(user, conversation, self._generations.get((user, conversation), 0))
         # Without the fenced saver there is no kept copy to check; the script
         # still needs a key of the user's slot in that place (its answer is unused).
         latest_key = self.saver.latest_key(thread) if self.saver is not None else keys.lease(user, conversation)
@@ -279,10 +305,20 @@ class Turns:
             first = False
             entry = found.entry
             progress.entry = entry.id
+            thread = keys.thread_id(user, conversation, entry.gen)
+            if thread != progress.thread:
+                # Another generation than the one validated at begin: its kept
+                # copy may be stale; read it from Redis (under our lease it then stays right).
+                if self.saver is not None:
+                    self.saver.forget(thread)
+                progress.thread = thread
+                self._remember_generation((user, conversation), entry.gen)
             started = time.perf_counter()
             if found.number == 1:  # accept -> first attempt (the entry id is the accept's Redis time)
                 self.metrics.queue_wait.observe(max(0.0, time.time() - streamids.parse(entry.id)[0] / 1000))
-            if found.cancelled:  # stopped before it ran: nothing to run
+            if entry.kind == "clear":  # nothing runs: the next generation starts empty (never cancelled)
+                kind, text = EventKind.CLEARED, ""
+            elif found.cancelled:  # stopped before it ran: nothing to run
                 kind, text = EventKind.CANCELLED, ""
             else:
                 kind, text = await self._turn(user, found, lease.token,
@@ -293,11 +329,14 @@ class Turns:
             match result:
                 case Committed(found=found):
                     if result.cancelled and self.saver is not None:
-                        self.saver.forget(keys.thread_id(user, conversation))  # its checkpoint was not stored
+                        self.saver.forget(thread)  # its checkpoint was not stored
                     self.metrics.turns["cancelled" if result.cancelled else kind.value].inc()
                     lease.commit_answered(released=result.released)
                     done = entry.id
-                    self._count_unpruned(keys.thread_id(user, conversation))
+                    if kind is EventKind.CLEARED and not result.cancelled:
+                        await self._delete_thread(thread)
+                    else:
+                        self._count_unpruned(thread)
                 case AlreadyDone(holds_lease=holds):
                     # Committed before: by this very call, retried after its
                     # answer was lost, or by another worker that had the lease.
@@ -310,7 +349,7 @@ class Turns:
                     self.metrics.turns["moved"].inc()
                     lease.commit_answered(released=False)
                     if self.saver is not None:  # the turn's checkpoint was not stored
-                        self.saver.forget(keys.thread_id(user, conversation))
+                        self.saver.forget(thread)
                     done, found = moved, FindAfter(moved)
                 case LeaseLost():
                     self.metrics.turns["lease_lost"].inc()
@@ -341,7 +380,7 @@ class Turns:
                 return EventKind.ASSISTANT, await self._run(user, entry, token, fresh=fresh)
             except TurnCancelled as cancelled:
                 if self.saver is not None:  # what the stopped run left is dropped
-                    self.saver.forget(keys.thread_id(user, entry.conversation))
+                    self.saver.forget(keys.thread_id(user, entry.conversation, entry.gen))
                 return EventKind.CANCELLED, cancelled.partial
             except TurnFailed as failed:
                 self.metrics.attempts_failed.inc()
@@ -352,7 +391,7 @@ class Turns:
                     # A failed attempt's output is discarded: a checkpoint it
                     # left waiting (say, it timed out just after LangGraph handed
                     # it over) is neither retried from nor committed.
-                    self.saver.forget(keys.thread_id(user, entry.conversation))
+                    self.saver.forget(keys.thread_id(user, entry.conversation, entry.gen))
                 if number >= limit or failed.permanent:
                     await self._dead_letter(user, entry, failed.reason, number)
                     return EventKind.TURN_ERROR, failed.public
@@ -367,7 +406,7 @@ class Turns:
         Only a repeated attempt can find the turn already checkpointed (by a
         worker that died before committing), so only then is the state read
         first -- the first attempt saves that round trip and its decoding."""
-        config = {"configurable": {"thread_id": keys.thread_id(user, entry.conversation),
+        config = {"configurable": {"thread_id": keys.thread_id(user, entry.conversation, entry.gen),
                                    **fence_config(keys.lease(user, entry.conversation), token)}}
         human_id = message_id(entry.id)
         graph = self.graphs.get(entry.graph)
@@ -439,8 +478,8 @@ class Turns:
         fields = outbound.event_fields(kind.value, entry.conversation, self.store.keyring.seal(text),
                                        client_msg_id=entry.client_msg_id, device_id=None, ts=outbound.now_ms(),
                                        inbound_id=entry.id)
-        checkpoint = (self.saver.take(keys.thread_id(user, entry.conversation), lease.token)
-                      if self.saver is not None and kind is not EventKind.CANCELLED else None)
+        checkpoint = (self.saver.take(keys.thread_id(user, entry.conversation, entry.gen), lease.token)
+                      if self.saver is not None and kind not in (EventKind.CANCELLED, EventKind.CLEARED) else None)
         lease.commit_sent()
         try:
             return await self.store.commit(user, entry.conversation, token=lease.token, expected_done=done,
@@ -482,6 +521,18 @@ class Turns:
             log.warning("pruning checkpoints of %s failed: %s", thread_id, exc)
 
 
+async def _cancel(task: asyncio.Future, *, grace: float) -> None:
+    """Cancel ``task`` and wait up to ``grace`` seconds for it to end. The
+    cancellation is repeated every tenth of a second: code under the graph
+    can swallow one (a cancel landing while a library call cleans up), which
+    would leave the run going on to its end."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while not task.done() and loop.time() < deadline:
+        task.cancel()
+        await asyncio.wait([task], timeout=min(0.1, max(0.0, deadline - loop.time())))
+
+
 class _Stopped(Exception):
     """The graph run was stopped by a cancel (see :func:`_stoppable`)."""
 
@@ -496,8 +547,7 @@ async def _stoppable(run: Any, stop: asyncio.Event, *, timeout: float) -> Any:
         done, _ = await asyncio.wait([task, stopped], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             return task.result()
-        task.cancel()
-        await asyncio.wait([task], timeout=WORK_EXIT_GRACE)  # let it unwind (a checkpoint at exit is dropped)
+        await _cancel(task, grace=WORK_EXIT_GRACE)  # let it unwind (a checkpoint at exit is dropped)
         if stopped in done:
             raise _Stopped
         raise TimeoutError

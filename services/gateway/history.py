@@ -51,10 +51,12 @@ class HistoryReader:
         page = await self.page(user, conversation_id, limit)
         return None if page is None else page[0]
 
-    async def page(self, user: str, conversation_id: str, limit: int,
-                   before: str | None = None) -> tuple[list[HistoryMessage], bool] | None:
-        """:func:`history_page` of the conversation's newest checkpoint, or None if it has none."""
-        config = {"configurable": {"thread_id": keys.thread_id(user, conversation_id), "checkpoint_ns": ""}}
+    async def page(self, user: str, conversation_id: str, limit: int, before: str | None = None,
+                   generation: int = 0) -> tuple[list[HistoryMessage], bool] | None:
+        """:func:`history_page` of the newest checkpoint of the conversation's
+        thread in ``generation`` (how many times it was cleared), or None if it has none."""
+        config = {"configurable": {"thread_id": keys.thread_id(user, conversation_id, generation),
+                                   "checkpoint_ns": ""}}
         found = await self.saver.aget_tuple(config)
         if found is None:
             return None

@@ -508,17 +508,23 @@ class Gateway:
                 await self.store.store_offset(conn.user, conn.device, conn.epoch, entry_id)
             case p.History(conversation_id=conv, limit=limit, before=before):
                 try:
-                    page = await self.history.page(conn.user, conv, limit, before)
+                    page = await self.history.page(conn.user, conv, limit, before,
+                                                   await self.store.generation(conn.user, conv))
                 except CannotOpen as exc:
                     log.error("history of user=%s conversation=%s cannot be decrypted: %s", conn.user, conv, exc,
                               extra={**conn.log_context, "conversation": conv})
                     raise p.FrameError(p.ErrorCode.UNREADABLE, "this conversation's history cannot be "
                                        "decrypted with this server's keys") from None
+                if page is None and await self.store.generation(conn.user, conv):
+                    page = ([], False)  # cleared, and no turn since
                 if page is None:
                     raise p.FrameError(p.ErrorCode.UNKNOWN_CONVERSATION, f"no conversation {conv!r}")
                 await conn.reply(p.HistoryResult(conversation_id=conv, messages=page[0], has_more=page[1]))
             case p.Conversations(limit=limit, before=before):
                 await conn.reply(await self._conversations(conn, limit, before))
+            case p.Clear(conversation_id=conv):
+                if await self.store.clear(conn.user, conn.device, conv) is None:
+                    raise p.FrameError(p.ErrorCode.UNKNOWN_CONVERSATION, f"no conversation {conv!r}")
             case p.Rename(conversation_id=conv, title=title):
                 if await self.store.rename(conn.user, conn.device, conv, title) is None:
                     raise p.FrameError(p.ErrorCode.UNKNOWN_CONVERSATION, f"no conversation {conv!r}")

@@ -19,7 +19,7 @@ from switchboard.shared import keys, outbound, scripts
 from switchboard.shared.connection import execute_scripted, queue_script
 from switchboard.shared.encryption import Keyring
 from switchboard.shared.errors import SwitchboardError
-from switchboard.shared.fields import WorkField
+from switchboard.shared.fields import ConvField, WorkField
 from switchboard.shared.project import DEFAULT_GRAPH
 from switchboard.shared.settings import QuotaSettings, StreamSettings
 
@@ -86,7 +86,8 @@ class GatewayStore:
         self.quotas = quotas
         self.keyring = keyring or Keyring()  #: seals the text stored (no keys: as it is)
         registered = scripts.register(redis, "accept", "stream_state", "store_offset", "cancel",
-                                      "list_conversations", "rename")
+                                      "list_conversations", "rename", "clear")
+        self._clear = registered["clear"]
         self._list = registered["list_conversations"]
         self._rename = registered["rename"]
         self._cancel = registered["cancel"]
@@ -175,6 +176,22 @@ class GatewayStore:
                                 int(reply[i + 3]) if reply[i + 3] else None, int(reply[i + 4]), reply[i + 5] or None)
                 for i in range(1, len(reply), 6)]
         return rows, reply[0] == "1"
+
+    async def clear(self, user: str, device: str, conversation: str) -> str | None:
+        """Queue the clearing of a conversation (``clear.lua``); its inbound
+        entry id, or None if the conversation has had no message."""
+        reply = await self._clear(
+            keys=[keys.conversation(user, conversation), keys.inbound(user, conversation), keys.usage(user)],
+            args=[device, self.streams.retention_ms, int(self.quotas.renotice_interval * 1000)])
+        if reply[0] != "ok":
+            return None
+        if int(reply[2]):
+            await self.redis.xadd(*self._work_notice(user, conversation))
+        return reply[1]
+
+    async def generation(self, user: str, conversation: str) -> int:
+        """How many times the conversation was cleared (its thread: ``keys.thread_id(..., gen)``)."""
+        return int(await self.redis.hget(keys.conversation(user, conversation), ConvField.GEN) or 0)
 
     async def rename(self, user: str, device: str, conversation: str, title: str) -> str | None:
         """Retitle a conversation (and tell every device: a ``renamed`` event);

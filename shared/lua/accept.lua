@@ -48,7 +48,7 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local conv = redis.call('HMGET', KEYS[5], F.conv_done, F.conv_last, F.conv_count, F.conv_noticed,
-  F.conv_renoticed, F.conv_graph, F.conv_cancel)
+  F.conv_renoticed, F.conv_graph, F.conv_cancel, F.conv_gen)
 local done, last = conv[1] or '0-0', conv[2]
 local count = tonumber(conv[3] or '0')
 local renotice = tonumber(ARGV[13])
@@ -126,7 +126,7 @@ end
 
 local ts = string.format('%d', now)
 local in_id = redis.call('XADD', KEYS[2], '*', F.in_cmid, ARGV[2], F.in_dev, ARGV[3], F.in_text, ARGV[4],
-  F.in_ts, ts, F.in_graph, graph)
+  F.in_ts, ts, F.in_graph, graph, F.in_gen, conv[8] or '0')
 redis.call('SET', KEYS[1], in_id, 'EX', ARGV[7])
 local idle = not last or last == done
 local notice = 0

@@ -25,13 +25,18 @@ if done == ARGV[3] then return {'already', holds and '1' or '0'} end
 if done ~= ARGV[2] then return {'stale', done} end
 if not holds then return {'lease'} end
 local cancelled = conv[2] and not id_after(ARGV[3], conv[2])
-if ARGV[7] ~= '' and not cancelled then store_checkpoint(KEYS[6], KEYS[7], ARGV[7], ARGV[8]) end
 local fields = {}
 local retention = tonumber(ARGV[9])
 for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
 if cancelled then
-  for i = 1, #fields, 2 do if fields[i] == F.event_kind then fields[i + 1] = 'cancelled' end end
+  for i = 1, #fields, 2 do
+    if fields[i] == F.event_kind then
+      -- A clear is never cancelled: the conversation moved to its next generation when it was accepted.
+      if fields[i + 1] == 'cleared' then cancelled = false else fields[i + 1] = 'cancelled' end
+    end
+  end
 end
+if ARGV[7] ~= '' and not cancelled then store_checkpoint(KEYS[6], KEYS[7], ARGV[7], ARGV[8]) end
 local appended = append_event(KEYS[3], KEYS[4], ARGV[6], ARGV[4], tonumber(ARGV[5]), fields,
   math.floor(retention * 1.5))
 redis.call('HSET', KEYS[2], F.conv_done, ARGV[3])

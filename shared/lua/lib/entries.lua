@@ -29,7 +29,7 @@ end
 -- The stream is the conversation's own and holds only entries still waiting,
 -- so this reads exactly one entry, however long the conversation or the
 -- user's other conversations are. Returns {'entry', id, cmid, dev, text,
--- attempt, graph, cancelled ('1'/'0')} or {'none'}.
+-- attempt, graph, cancelled ('1'/'0'), kind ('' or 'clear'), generation} or {'none'}.
 local function next_entry(inbound, conv, after, token, resumed)
   local entries = redis.call('XRANGE', inbound, '(' .. after, '+', 'COUNT', 1)
   if #entries == 0 then return {'none'} end
@@ -38,7 +38,7 @@ local function next_entry(inbound, conv, after, token, resumed)
   for i = 1, #e[2], 2 do f[e[2][i]] = e[2][i + 1] end
   local attempt, cancelled = begin_attempt(conv, e[1], token, resumed)
   return {'entry', e[1], f[F.in_cmid] or '', f[F.in_dev] or '', f[F.in_text] or '', attempt,
-          f[F.in_graph] or '', cancelled}
+          f[F.in_graph] or '', cancelled, f[F.in_kind] or '', f[F.in_gen] or '0'}
 end
 
 -- Entry `id` is answered: remove it and everything before it from the
