@@ -121,6 +121,8 @@ class EventKind(str, enum.Enum):
     CANCELLED = "cancelled"  #: a message's turn was stopped (``cancel``, ``if_busy: interrupt``); its reply so far
     RENAMED = "renamed"  #: the conversation's title changed (``text``: the new title)
     CLEARED = "cleared"  #: the conversation was cleared: the next turn starts from an empty state
+    TOOL_CALL = "tool_call"  #: the graph's model asked for tools (``text``: JSON list of name, args, id)
+    TOOL_RESULT = "tool_result"  #: a tool answered (``text``: JSON of id, name, content)
 
 
 # -- client -> server --------------------------------------------------------

@@ -15,6 +15,14 @@ afresh. Deltas are written by the lease holder only (the script checks the
 token, as the commit does), so a worker that stalled past its lease cannot
 interleave a stale attempt's text with the current one.
 
+*Tools.* When a chat model asks for tools, a ``tool_call`` event says which
+(``text``: a JSON list of ``{"name", "args", "id"}``), and each tool's
+answer a ``tool_result`` event (``{"id", "name", "content"}``), so a person
+sees what the assistant is doing. They are written like deltas (lease
+holder only, each once), in order with them -- the text streamed before a
+tool call is written first -- and share their ``seq``: ``seq`` 0 of either
+kind starts an attempt afresh. Each is cut to TOOL_EVENT_CHARS characters.
+
 *How many.* A reply's first piece is written at once (the latency to the first
 delta is what a user notices); after that at most one write every
 ``DELTA_INTERVAL`` seconds, each carrying every piece streamed meanwhile, so a
@@ -28,6 +36,7 @@ reply hold all the text it streamed.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
@@ -48,6 +57,14 @@ log = logging.getLogger(__name__)
 #: Tags that keep a chat model's tokens out of the stream (LangGraph's and
 #: LangSmith's conventions), e.g. for a model that only routes or summarises.
 NOSTREAM_TAGS = frozenset({"nostream", "langsmith:nostream"})
+#: Characters of a ``tool_call`` / ``tool_result`` event's text, at most (the
+#: arguments and results are the graph's; the event is a preview of them).
+TOOL_EVENT_CHARS = 2000
+
+
+def _bounded(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= TOOL_EVENT_CHARS else text[:TOOL_EVENT_CHARS - 1] + "…"
 
 def content_text(content: Any) -> str:
     """The text of a message's content: a string, or the text blocks of a list."""
@@ -85,7 +102,7 @@ class ReplyStream(AsyncCallbackHandler):
 
     # Chat-model callbacks only; everything else is skipped by the manager.
     ignore_chain = True
-    ignore_agent = True
+    ignore_agent = False  #: tools' callbacks come under "agent": their results become ``tool_result`` events
     ignore_retriever = True
     ignore_custom_event = True
     raise_error = True  #: a lost lease must stop the turn, not be logged and ignored
@@ -110,6 +127,8 @@ class ReplyStream(AsyncCallbackHandler):
         self._run: UUID | None = None  #: the model run the last piece came from
         self._any_text = False
         self._closing = asyncio.Event()
+        self._hurry = asyncio.Event()  #: set: the flusher writes without the interval's pause
+        self._loop = asyncio.get_running_loop()  #: the worker's, where every write happens
         self._flusher: asyncio.Task | None = None
 
     # -- LangChain callbacks ---------------------------------------------------------
@@ -128,7 +147,22 @@ class ReplyStream(AsyncCallbackHandler):
         self.add(text, run_id)
 
     async def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        muted = run_id in self._muted
         self._muted.discard(run_id)
+        if muted:
+            return
+        calls = [{"name": c.get("name"), "args": c.get("args"), "id": c.get("id")}
+                 for generations in getattr(response, "generations", None) or []
+                 for generation in generations
+                 for c in (getattr(getattr(generation, "message", None), "tool_calls", None) or [])]
+        if calls:
+            await self.event(EventKind.TOOL_CALL, _bounded(calls))
+
+    async def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        content = getattr(output, "content", output)
+        await self.event(EventKind.TOOL_RESULT, _bounded({
+            "id": getattr(output, "tool_call_id", None), "name": getattr(output, "name", None) or kwargs.get("name"),
+            "content": content_text(content) if not isinstance(content, str) else content}))
 
     async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._muted.discard(run_id)
@@ -159,6 +193,35 @@ class ReplyStream(AsyncCallbackHandler):
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush(), name=f"deltas-{self.user}/{self.conversation}")
 
+    async def event(self, kind: EventKind, text: str) -> None:
+        """Write a ``tool_call`` / ``tool_result`` event now, after every delta
+        streamed before it. A failed write is raised into the graph.
+
+        A synchronous tool runs in a thread, and LangChain calls this handler
+        there on an event loop of its own: the write is then handed to the
+        worker's loop (its Redis connections belong to it) and waited for."""
+        if asyncio.get_running_loop() is not self._loop:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.event(kind, text), self._loop))
+            return
+        if self.error is not None:
+            raise self.error
+        while self._flusher is not None:  # the deltas before it, without the interval's pause
+            self._hurry.set()
+            await asyncio.shield(self._flusher)
+        if not self._closing.is_set():
+            self._hurry.clear()
+        if self.error is not None:
+            raise self.error
+        try:
+            if self._pieces:
+                text_before = "".join(self._pieces)
+                self._pieces.clear()
+                await self._write(text_before)
+            await self._write(text, kind=kind)
+        except Exception as exc:
+            self.error = exc
+            raise
+
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -169,15 +232,15 @@ class ReplyStream(AsyncCallbackHandler):
                 await self._write(text)
                 pause = self.writer.interval - (loop.time() - started)
                 if pause > 0:
-                    await wait_event(self._closing, pause)
+                    await wait_event(self._hurry, pause)
         except Exception as exc:  # noqa: BLE001 - handed to the graph at its next token
             self.error = exc
         finally:
             self._flusher = None
 
-    async def _write(self, text: str) -> None:
+    async def _write(self, text: str, kind: EventKind = EventKind.DELTA) -> None:
         # Sealed like every event text with ENCRYPTION_KEYS (no keys: as it is).
-        fields = outbound.event_fields(EventKind.DELTA.value, self.conversation, self.writer.store.keyring.seal(text),
+        fields = outbound.event_fields(kind.value, self.conversation, self.writer.store.keyring.seal(text),
                                        client_msg_id=self.client_msg_id, device_id=None, ts=outbound.now_ms(),
                                        inbound_id=self.inbound_id, seq=self.seq)
         written = await self.writer.store.write_delta(self.user, self.conversation, token=self.token,
@@ -187,7 +250,8 @@ class ReplyStream(AsyncCallbackHandler):
         if not self.seq:
             self.first_written = time.perf_counter()
         self.seq += 1
-        self.written.append(text)
+        if kind is EventKind.DELTA:
+            self.written.append(text)
 
     async def close(self) -> None:
         """End the attempt's stream: write what is waiting now, without the
@@ -197,6 +261,7 @@ class ReplyStream(AsyncCallbackHandler):
         :attr:`error` -- an attempt whose deltas do not hold all it streamed
         must not be committed (see :meth:`Turns._run`)."""
         self._closing.set()
+        self._hurry.set()
         if self._flusher is None and self._pieces and self.error is None:
             self._flusher = asyncio.create_task(self._flush(), name=f"deltas-{self.user}/{self.conversation}")
         flusher = self._flusher

@@ -35,6 +35,8 @@ def history_page(messages: Iterable[Any], limit: int, before: str | None = None)
         content = message.content
         if not isinstance(content, str):
             content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        if role == "assistant" and not content:
+            continue  # a model's request for tools, without text
         out.append(HistoryMessage(role=role, text=content, id=getattr(message, "id", None)))
     if before is not None:
         end = next((i for i, m in enumerate(out) if m.id == before), len(out))
