@@ -443,7 +443,7 @@ class Turns:
                 graph.ainvoke({"messages": [HumanMessage(content=text, id=human_id)]}, config, durability="exit"),
                 stop, timeout=self.settings.turn_timeout)
         except _Stopped:
-            raise TurnCancelled("".join(reply_stream.written) if reply_stream is not None else "") from None
+            result = _STOPPED  # the partial reply is read once its deltas are all written (below)
         except TimeoutError:  # first: TimeoutError is an OSError too
             raise TurnFailed(f"no answer within TURN_TIMEOUT={self.settings.turn_timeout:g} s",
                              f"the assistant did not answer within {self.settings.turn_timeout:g} s") from None
@@ -464,6 +464,10 @@ class Turns:
                 await reply_stream.close()  # no delta may follow the final event
                 if reply_stream.first_written is not None:
                     self.metrics.first_delta.observe(reply_stream.first_written - started)
+        if result is _STOPPED:
+            # After close(): a delta write in flight when the run stopped is in
+            # the stream, so it is in the text too (the event equals the deltas).
+            raise TurnCancelled("".join(reply_stream.written) if reply_stream is not None else "")
         if reply_stream is not None and reply_stream.error is not None:
             # A delta write failed after the graph's last token (Redis went
             # away, or the lease): the attempt's deltas miss part of the reply,
@@ -531,6 +535,9 @@ async def _cancel(task: asyncio.Future, *, grace: float) -> None:
     while not task.done() and loop.time() < deadline:
         task.cancel()
         await asyncio.wait([task], timeout=min(0.1, max(0.0, deadline - loop.time())))
+
+
+_STOPPED = object()  #: what a stopped graph run returned (see :meth:`Turns._run`)
 
 
 class _Stopped(Exception):

@@ -13,7 +13,11 @@ from typing import Any
 
 from switchboard.shared import streamids
 
-REPLY_KINDS = ("assistant", "turn_error")
+REPLY_KINDS = ("assistant", "turn_error", "cancelled")
+#: ms a stop (cancel, if_busy: interrupt) may be recorded after the accept of
+#: the message it stopped: the client's clock reads the time just before it
+#: sends, the accept's is Redis's (one machine: the same clock).
+STOP_SLACK_MS = 1_000
 
 #: Default bound, in ms, on the time from an event's commit (its ``ts``) to its
 #: arrival at a device that stayed connected meanwhile (:func:`check_delays`).
@@ -68,11 +72,14 @@ def _same(event: dict[str, Any], fields: dict[str, str]) -> bool:
 
 
 def check_replies(stream: list[tuple[str, dict[str, str]]], accepted: dict[str, str], user: str,
-                  report: Report) -> None:
+                  report: Report, stops: dict[str, list[int]] | None = None) -> None:
     """Every accepted message (cmid -> inbound id) has exactly one user event
-    and exactly one assistant/turn_error event -- and that one is an
-    ``assistant``: the chaos graph never fails, so a ``turn_error`` (a message
-    given up on: its attempts used up, or a timeout) is a violation too."""
+    and exactly one final event -- ``assistant``, or ``cancelled`` where a stop
+    was asked for: the chaos graph never fails, so a ``turn_error`` (a message
+    given up on: its attempts used up, or a timeout) is a violation too, and
+    so is a ``cancelled`` with no cancel or interrupting send in its
+    conversation after the message was accepted (``stops``: conversation ->
+    the ms each was asked)."""
     replies: Counter = Counter()
     users: Counter = Counter()
     for entry_id, fields in stream:
@@ -80,6 +87,12 @@ def check_replies(stream: list[tuple[str, dict[str, str]]], accepted: dict[str, 
             replies[fields.get("cmid")] += 1
             if fields.get("kind") == "turn_error":
                 report.add("turn_error", f"{user} {fields.get('cmid')}: {entry_id} {fields.get('text')!r}")
+            if fields.get("kind") == "cancelled":
+                accepted_ms = streamids.parse(fields.get("in") or "0-0")[0]
+                asked = (stops or {}).get(fields.get("conv", ""), [])
+                if not any(at >= accepted_ms - STOP_SLACK_MS for at in asked):
+                    report.add("unexpected_cancel", f"{user} {fields.get('cmid')}: cancelled ({entry_id}) with no "
+                                                    f"stop asked in {fields.get('conv')} after it was accepted")
         elif fields.get("kind") == "user":
             users[fields.get("cmid")] += 1
     for cmid in accepted:
@@ -116,6 +129,11 @@ def check_deltas(stream: list[tuple[str, dict[str, str]]], user: str, report: Re
             texts = attempt_text.pop(cmid, [])
             if kind == "assistant":
                 _check_reply_deltas(user, cmid, texts, fields.get("text", ""), streamed, report)
+            elif kind == "cancelled" and texts and fields.get("text", "") not in ("", texts[-1]):
+                # Stopped while it streamed: the event holds what that attempt's deltas held
+                # (or nothing, when it was stopped before another attempt began).
+                report.add("cancel_text", f"{user} {cmid}: cancelled with {fields.get('text')!r}, its last "
+                                          f"attempt streamed {texts[-1]!r}")
             continue
         if kind != "delta":
             continue
@@ -180,15 +198,20 @@ _REPLY_NUMBER = re.compile(r"^reply (\d+) to: ")
 
 
 def check_history(conversation: str, human_ids: list[str], replies: list[tuple[str, str]],
-                  report: Report) -> None:
+                  report: Report, cancelled: Iterable[str] = ()) -> None:
     """The conversation's LangGraph history, as stored: each message at most
     once, in inbound order, and every answered one in it -- at the place its
     reply was computed from (the test graph says ``reply <n> to: ...``, n =
     the human messages in the state it ran on). A turn run twice, a lost or
     forked checkpoint, or a reply committed without its checkpoint breaks one
     of these. ``human_ids`` are the state's ``in-<inbound id>`` message ids;
-    ``replies`` the (inbound id, text) of the conversation's assistant events."""
+    ``replies`` the (inbound id, text) of the conversation's assistant events;
+    ``cancelled`` the inbound ids of its stopped messages, which the state must
+    not hold (a stopped turn leaves no trace)."""
     counts = Counter(human_ids)
+    for inbound_id in cancelled:
+        if f"in-{inbound_id}" in counts:
+            report.add("history_cancelled", f"{conversation}: the stopped {inbound_id} is in the history")
     for message_id, n in counts.items():
         if n > 1:
             report.add("history_duplicate", f"{conversation}: {message_id} {n} times in the history")

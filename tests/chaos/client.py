@@ -18,6 +18,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidHandsh
 from .checker import DeviceLog, Segment
 
 RESEND_AFTER = 3.0  #: seconds without `accepted` before a send is resent
+#: Shares of the load: sends with ``if_busy: interrupt``, and cancels per message sent.
+INTERRUPT_SHARE = 0.04
+CANCEL_SHARE = 0.03
 
 
 def now_ms() -> int:
@@ -195,6 +198,9 @@ class ChaosUser:
         self.accepts: list[tuple[str, str, str]] = []  # (user, cmid, inbound id)
         self.accepted: set[str] = set()
         self.streamed: set[str] = set()  #: cmids whose reply the graph streams (the word "streamed")
+        #: conversation -> wall-clock ms of each stop asked for (a cancel, a send
+        #: with if_busy: interrupt): what makes a ``cancelled`` event legitimate
+        self.stops: dict[str, list[int]] = {}
         self.sent = 0
 
     def on_accepted(self, cmid: str, inbound_id: str) -> None:
@@ -209,8 +215,13 @@ class ChaosUser:
         cmid = uuid.uuid4().hex
         think = self.rng.choice(["0", "0", "0.05", "0.1", "0.3"])
         streamed = " streamed" if self.rng.random() < 0.5 else ""  # the reply comes as deltas, then the final
-        frame = {"type": "send", "conversation_id": f"c{self.rng.randint(0, 2)}", "client_msg_id": cmid,
+        conversation = f"c{self.rng.randint(0, 2)}"
+        frame = {"type": "send", "conversation_id": conversation, "client_msg_id": cmid,
                  "text": f"sleep:{think} {self.name} says {self.sent}{streamed}"}
+        if self.rng.random() < INTERRUPT_SHARE:  # double-texting: stop what runs, answer this one
+            frame["if_busy"] = "interrupt"
+            self.stops.setdefault(conversation, []).append(now_ms())
+            self.stats.counts["interrupt_sends"] += 1
         self.sent += 1
         if streamed:
             self.streamed.add(cmid)
@@ -223,6 +234,16 @@ class ChaosUser:
         if devices and await self.rng.choice(devices).send(frame):
             self.pending[cmid] = (frame, asyncio.get_running_loop().time())
             self.stats.counts["sends"] += 1
+
+    async def cancel(self) -> None:
+        """Stop whatever runs in one of the conversations, from any device."""
+        devices = self.connected_devices()
+        if not devices:
+            return
+        conversation = f"c{self.rng.randint(0, 2)}"
+        self.stops.setdefault(conversation, []).append(now_ms())  # before it is sent: it may act at once
+        if await self.rng.choice(devices).send({"type": "cancel", "conversation_id": conversation}):
+            self.stats.counts["cancels"] += 1
 
     async def resend_due(self) -> None:
         now = asyncio.get_running_loop().time()

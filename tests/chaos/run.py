@@ -45,7 +45,7 @@ from switchboard.shared import keys
 from tests.support.cluster import Cluster, token
 
 from . import checker
-from .client import ChaosUser, Stats, now_ms
+from .client import CANCEL_SHARE, ChaosUser, Stats, now_ms
 
 GRAPH = "tests.support.graphs:slow"
 FANOUT_SWEEP = 10.0  #: above the delay bound: a stall that only the sweep heals is seen
@@ -201,6 +201,8 @@ class Chaos:
         while loop.time() < until:
             user = self.rng.choice(self.users)
             await user.new_message()
+            if self.rng.random() < CANCEL_SHARE:
+                await self.rng.choice(self.users).cancel()
             await asyncio.sleep(interval * self.rng.uniform(0.5, 1.5))
 
     async def resender(self, stop: asyncio.Event) -> None:
@@ -292,14 +294,19 @@ class Chaos:
         try:
             for user, stream in streams.items():
                 replies: dict[str, list[tuple[str, str]]] = {}
+                cancelled: dict[str, list[str]] = {}
                 for _, fields in stream:
                     if fields.get("kind") == "assistant":
                         replies.setdefault(fields["conv"], []).append((fields["in"], fields["text"]))
-                for conversation, answered in replies.items():
+                    elif fields.get("kind") == "cancelled":
+                        cancelled.setdefault(fields["conv"], []).append(fields["in"])
+                for conversation in set(replies) | set(cancelled):
+                    answered = replies.get(conversation, [])
                     stored = await saver.aget_tuple({"configurable": {"thread_id": keys.thread_id(user, conversation)}})
                     messages = stored.checkpoint["channel_values"].get("messages", []) if stored else []
                     human_ids = [m.id for m in messages if getattr(m, "type", "") == "human"]
-                    checker.check_history(f"{user}/{conversation}", human_ids, answered, report)
+                    checker.check_history(f"{user}/{conversation}", human_ids, answered, report,
+                                          cancelled=cancelled.get(conversation, []))
         finally:
             await raw.aclose()
 
@@ -321,7 +328,7 @@ class Chaos:
             trimmed = await client.hget(keys.meta(user.name), "trimmed") or "0-0"
             streams[user.name] = stream
             mine = accepted.get(user.name, {})
-            checker.check_replies(stream, mine, user.name, report)
+            checker.check_replies(stream, mine, user.name, report, stops=user.stops)
             checker.check_inbound_ids(stream, mine, user.name, report)
             checker.check_deltas(stream, user.name, report, streamed=user.streamed)
             for device in user.devices:

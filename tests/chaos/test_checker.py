@@ -249,3 +249,31 @@ def test_live_delivery_must_arrive_within_the_bound_while_connected():
     assert delays([1_100, 2_050, 5_500], outages=[(3_200, 4_800)]).ok
     assert delays([1_100, 2_050, 6_500], outages=[(3_200, 4_800)]).violations == {"delay": 1}
     assert delays([1_100, 2_050, 4_500], outages=[(5_000, 6_000)]).violations == {"delay": 1}
+
+
+def test_a_cancelled_reply_needs_a_stop_asked_after_its_message_and_the_text_its_deltas_had():
+    from tests.chaos.checker import check_history
+
+    accepted = {"m1": "1000-0"}
+    stream = [("1000-0", {"kind": "user", "cmid": "m1", "conv": "c", "in": "1000-0"}),
+              ("1001-0", {"kind": "delta", "cmid": "m1", "conv": "c", "seq": "0", "text": "reply 1"}),
+              ("1002-0", {"kind": "cancelled", "cmid": "m1", "conv": "c", "in": "1000-0", "text": "reply 1"})]
+    good = Report()
+    check_replies(stream, accepted, "u", good, stops={"c": [1500]})
+    check_deltas(stream, "u", good, streamed={"m1"})
+    assert good.ok, good.examples
+    for stops in ({}, {"c": [-5000]}, {"other": [1500]}):  # none, one long before the message, another conversation
+        bad = Report()
+        check_replies(stream, accepted, "u", bad, stops=stops)
+        assert bad.violations == {"unexpected_cancel": 1}
+    wrong = [*stream[:2], ("1002-0", {**stream[2][1], "text": "something else"})]
+    bad = Report()
+    check_deltas(wrong, "u", bad, streamed={"m1"})
+    assert bad.violations == {"cancel_text": 1}
+    stopped_before = [*stream[:2], ("1002-0", {**stream[2][1], "text": ""})]  # a later attempt stopped at once
+    fine = Report()
+    check_deltas(stopped_before, "u", fine, streamed={"m1"})
+    assert fine.ok
+    history = Report()
+    check_history("u/c", ["in-1000-0"], [], history, cancelled=["1000-0"])
+    assert history.violations == {"history_cancelled": 1}
