@@ -177,6 +177,8 @@ class Clear(Frame, tag="clear"):
     """Start the conversation afresh: messages already queued run first; the next one after starts empty."""
 
     conversation_id: Name
+    #: given: answered by ``accepted``, and a resend with it clears once (as a ``send``'s, within DEDUP_TTL)
+    client_msg_id: ClientMsgId | None = None
 
 
 class Rename(Frame, tag="rename"):

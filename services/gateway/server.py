@@ -522,9 +522,12 @@ class Gateway:
                 await conn.reply(p.HistoryResult(conversation_id=conv, messages=page[0], has_more=page[1]))
             case p.Conversations(limit=limit, before=before):
                 await conn.reply(await self._conversations(conn, limit, before))
-            case p.Clear(conversation_id=conv):
-                if await self.store.clear(conn.user, conn.device, conv) is None:
-                    raise p.FrameError(p.ErrorCode.UNKNOWN_CONVERSATION, f"no conversation {conv!r}")
+            case p.Clear(conversation_id=conv, client_msg_id=cmid):
+                cleared = await self.store.clear(conn.user, conn.device, conv, cmid)
+                if cleared is None:
+                    raise p.FrameError(p.ErrorCode.UNKNOWN_CONVERSATION, f"no conversation {conv!r}", cmid)
+                if cmid is not None:
+                    await conn.reply(p.Accepted(client_msg_id=cmid, id=cleared))
             case p.Rename(conversation_id=conv, title=title):
                 if await self.store.rename(conn.user, conn.device, conv, title) is None:
                     raise p.FrameError(p.ErrorCode.UNKNOWN_CONVERSATION, f"no conversation {conv!r}")

@@ -177,13 +177,16 @@ class GatewayStore:
                 for i in range(1, len(reply), 6)]
         return rows, reply[0] == "1"
 
-    async def clear(self, user: str, device: str, conversation: str) -> str | None:
-        """Queue the clearing of a conversation (``clear.lua``); its inbound
-        entry id, or None if the conversation has had no message."""
+    async def clear(self, user: str, device: str, conversation: str, client_msg_id: str | None = None) -> str | None:
+        """Queue the clearing of a conversation (``clear.lua``; once per
+        ``client_msg_id`` if one is given); its inbound entry id, or None if
+        the conversation has had no message."""
         reply = await self._clear(
-            keys=[keys.conversation(user, conversation), keys.inbound(user, conversation), keys.usage(user)],
-            args=[device, self.streams.retention_ms, int(self.quotas.renotice_interval * 1000)])
-        if reply[0] != "ok":
+            keys=[keys.conversation(user, conversation), keys.inbound(user, conversation), keys.usage(user),
+                  keys.dedup(user, client_msg_id) if client_msg_id else keys.usage(user)],
+            args=[device, self.streams.retention_ms, int(self.quotas.renotice_interval * 1000), client_msg_id or "",
+                  self.streams.dedup_ttl])
+        if reply[0] == "unknown":
             return None
         if int(reply[2]):
             await self.redis.xadd(*self._work_notice(user, conversation))

@@ -39,7 +39,9 @@ async def test_clear_runs_in_order_and_the_next_turn_starts_empty(cluster, tmp_p
         await phone.send("a", "m2", "sleep:1.5 a slow one")
         await phone.send("a", "m3", "queued before the clear")
         await phone.wait_frame("accepted", client_msg_id="m3")  # devices are not ordered with each other
-        await laptop.send_raw(json.dumps({"type": "clear", "conversation_id": "a"}))
+        clear = json.dumps({"type": "clear", "conversation_id": "a", "client_msg_id": "clr"})
+        await laptop.send_raw(clear)
+        await laptop.send_raw(clear)  # a resend (its accepted "lost"): cleared once
         await laptop.send("a", "m4", "after the clear")  # one connection's frames are handled in order
         await phone.wait_for(lambda: [line for m in marks.iterdir() for line in m.read_text().splitlines()
                                       if line.startswith("sleep:1.5")] if marks.exists() else [])
@@ -51,6 +53,8 @@ async def test_clear_runs_in_order_and_the_next_turn_starts_empty(cluster, tmp_p
         for device in (phone, laptop):
             assert _kinds(device) == [("assistant", "m1"), ("assistant", "m2"), ("assistant", "m3"),
                                       ("cleared", None), ("assistant", "m4")]
+        accepted = [f["id"] for f in laptop.frames if f["type"] == "accepted" and f["client_msg_id"] == "clr"]
+        assert len(accepted) == 2 and accepted[0] == accepted[1]
         texts = {e["client_msg_id"]: e["text"] for e in phone.events if e["kind"] == "assistant"}
         assert texts["m3"] == "reply 3 to: queued before the clear"  # on the old state
         assert texts["m4"] == "reply 1 to: after the clear"  # from an empty one
