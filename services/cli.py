@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("--dead-letters", type=int, default=admin.DEAD_LETTERS_SEARCHED,
                          help="how many of the newest dead letters to search for the user's")
     inspect.set_defaults(func=admin.cmd_inspect)
-    from switchboard import backup
+    from switchboard import backup, restore
 
     snapshot = sub.add_parser("backup", help="a consistent snapshot of the whole Redis (its RDB) into a directory")
     snapshot.add_argument("--out", required=True, metavar="DIR", help="where dump.rdb and manifest.json go")
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     put_back.add_argument("dir", metavar="DIR", help="a directory written by `switchboard backup`")
     put_back.add_argument("--data-dir", metavar="D",
                           help="the embedded Redis's data directory (default: $DATA_DIR/redis, i.e. .data/redis)")
-    put_back.set_defaults(func=backup.cmd_restore)
+    put_back.set_defaults(func=restore.cmd_restore)
     token = sub.add_parser("token", help="print a signed development token")
     token.add_argument("user")
     token.add_argument("--ttl", type=float, default=86_400.0, help="seconds until the token expires")

@@ -10,7 +10,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from switchboard import backup
+from switchboard import backup, restore
 from switchboard.backup import BackupError, Manifest, Module, SyncReader
 
 MARK = b"f8195b67b855c321263d01b99a42e9752594cc41"
@@ -147,7 +147,7 @@ def test_restore_puts_the_rdb_in_as_the_aof_base_and_keeps_the_old_aof(tmp_path,
     rdb = b"REDIS0012" + b"\x01" * 100_000 + b"\xff" + b"\0" * 8
     write_backup(tmp_path / "b", rdb)
     (data_dir / "dump.rdb").write_bytes(b"REDIS0012stale")
-    done = backup.restore(tmp_path / "b", data_dir, now=1767225600)
+    done = restore.restore(tmp_path / "b", data_dir, now=1767225600)
     assert done.aof == data_dir / "appendonlydir"
     assert snapshot(done.aof) == {"appendonly.aof.1.base.rdb": rdb,
                                   "appendonly.aof.manifest": b"file appendonly.aof.1.base.rdb seq 1 type b\n"}
@@ -163,7 +163,7 @@ def test_restore_puts_the_rdb_in_as_the_aof_base_and_keeps_the_old_aof(tmp_path,
 
 def test_restore_into_a_new_data_directory_moves_nothing_aside(tmp_path):
     write_backup(tmp_path / "b")
-    done = backup.restore(tmp_path / "b", tmp_path / "fresh")
+    done = restore.restore(tmp_path / "b", tmp_path / "fresh")
     assert done.aside is None and (done.aof / "appendonly.aof.1.base.rdb").exists()
 
 
@@ -182,7 +182,7 @@ def test_a_damaged_or_missing_backup_is_refused_and_nothing_changes(tmp_path, da
     damage(tmp_path / "b")
     before = snapshot(data_dir.parent)
     with pytest.raises(BackupError, match=message):
-        backup.restore(tmp_path / "b", data_dir)
+        restore.restore(tmp_path / "b", data_dir)
     assert snapshot(data_dir.parent) == before
     assert sorted(p.name for p in data_dir.iterdir()) == ["appendonlydir", "users", "users.acl"]
 
@@ -190,7 +190,7 @@ def test_a_damaged_or_missing_backup_is_refused_and_nothing_changes(tmp_path, da
 def test_a_data_dir_given_for_the_redis_directory_is_named(tmp_path, data_dir):
     write_backup(tmp_path / "b")
     with pytest.raises(BackupError, match="is a DATA_DIR; the embedded Redis's data directory is .*/data/redis"):
-        backup.restore(tmp_path / "b", data_dir.parent)
+        restore.restore(tmp_path / "b", data_dir.parent)
 
 
 def test_the_newest_start_in_a_redis_log_gives_its_pid_and_port():
@@ -198,19 +198,19 @@ def test_the_newest_start_in_a_redis_log_gives_its_pid_and_port():
            b"12823:M 03 Dec 2026 16:54:22.421 * Running mode=standalone, port=52779.\n"
            b"12823:M 03 Dec 2026 16:54:22.646 # Redis is now ready to exit, bye bye...\n"
            b"12829:M 03 Dec 2026 16:54:23.541 * Running mode=standalone, port=6380.\n")
-    assert backup.last_start(log) == (12829, 6380)
-    assert backup.last_start(b"nothing here\n") is None
+    assert restore.last_start(log) == (12829, 6380)
+    assert restore.last_start(b"nothing here\n") is None
 
 
 def test_the_default_data_dir_is_the_embedded_redis_one():
-    assert backup.default_data_dir({}) == Path(".data/redis")
-    assert backup.default_data_dir({"DATA_DIR": "/srv/sb"}) == Path("/srv/sb/redis")
+    assert restore.default_data_dir({}) == Path(".data/redis")
+    assert restore.default_data_dir({"DATA_DIR": "/srv/sb"}) == Path("/srv/sb/redis")
 
 
 def test_two_restores_in_the_same_second_keep_both_earlier_states(tmp_path, data_dir):
     write_backup(tmp_path / "b")
-    first = backup.restore(tmp_path / "b", data_dir, now=1767225600)
-    second = backup.restore(tmp_path / "b", data_dir, now=1767225600)
+    first = restore.restore(tmp_path / "b", data_dir, now=1767225600)
+    second = restore.restore(tmp_path / "b", data_dir, now=1767225600)
     assert (first.aside.name, second.aside.name) == ("before-restore-20260101T000000Z",
                                                      "before-restore-20260101T000000Z-2")
     assert (first.aside / "appendonlydir" / "appendonly.aof.1.base.rdb").read_bytes() == b"REDIS0012old"

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import redis
 
-from switchboard import backup
+from switchboard import restore
 from switchboard.embedded_redis import free_port
 from switchboard.shared import keys
 from tests.support.certs import self_signed
@@ -155,7 +155,7 @@ async def test_a_backup_restored_is_the_store_at_the_backup_and_stays_so(own_red
         if start == "first start":
             running = cli(admin, "restore", str(out), "--data-dir", str(data))
             assert running.returncode == 1 and "is running (pid" in running.stderr, running.stderr
-            assert backup.redis_processes_on(data) == [backup.Running(server.process.pid, server.port)]
+            assert restore.redis_processes_on(data) == [restore.Running(server.process.pid, server.port)]
         server.stop()
     # The first start wrote a fresh incremental AOF on the restored base.
     assert sorted(p.name for p in (data / "appendonlydir").iterdir()) == [
