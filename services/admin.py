@@ -363,7 +363,7 @@ def cmd_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from switchboard.shared.connection import make_client
     from switchboard.shared.settings import RedisSettings, encryption_from_env
 
-    _check_user(args.user)
+    check_user(args.user)
     keyring = encryption_from_env(env)
     settings = RedisSettings.from_env(env)
 
@@ -486,7 +486,7 @@ def cmd_delete(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from switchboard.shared.connection import make_sync_client
     from switchboard.shared.settings import RedisSettings, StreamSettings
 
-    _check_user(args.user)
+    check_user(args.user)
     streams = StreamSettings.from_env(env)
     client = make_sync_client(RedisSettings.from_env(env))
     try:
@@ -513,7 +513,8 @@ def cmd_delete(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
-def _check_user(user: str) -> None:
+def check_user(user: str) -> None:
+    """Refuse (SettingsError, exit status 2) what is not a user id as the gateway checks them."""
     import msgspec
 
     from switchboard.shared.protocol import Name
@@ -532,7 +533,7 @@ def cmd_inspect(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from switchboard.shared.connection import make_sync_client
     from switchboard.shared.settings import RedisSettings
 
-    _check_user(args.user)
+    check_user(args.user)
     client = make_sync_client(RedisSettings.from_env(env))  # as the operator: REDIS_USERNAME=sb-admin
     try:
         report = read_user(client, args.user, dead_letters=args.dead_letters)

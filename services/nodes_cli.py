@@ -16,8 +16,7 @@ from redis.exceptions import RedisError
 
 from switchboard.shared import nodes
 from switchboard.shared.connection import make_client
-from switchboard.shared.protocol import Name
-from switchboard.shared.settings import RedisSettings, SettingsError
+from switchboard.shared.settings import RedisSettings
 
 
 async def _nodes(settings: RedisSettings) -> dict[str, list[nodes.Node]]:
@@ -54,12 +53,9 @@ def cmd_nodes(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def cmd_devices(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """A user's connected devices and the gateway each is on."""
-    import msgspec
+    from switchboard.admin import check_user
 
-    try:
-        msgspec.convert(args.user, Name)  # the ids tokens may carry, as the gateway checks them
-    except msgspec.ValidationError:
-        raise SettingsError(f"{args.user!r} is not a user id (1-128 of A-Z a-z 0-9 _ . : @ -)") from None
+    check_user(args.user)  # the ids tokens may carry, as the gateway checks them
     settings = RedisSettings.from_env(env)
     try:
         devices, live = asyncio.run(_devices(settings, args.user))

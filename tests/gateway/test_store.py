@@ -172,7 +172,7 @@ async def test_a_conversation_keeps_the_graph_of_its_first_message(store):
     with pytest.raises(OverLimit) as refused:
         await store.accept(u, "phone", "s", "m4", "wrong desk", graph="support", default_graph="support")
     assert refused.value.code == "graph_mismatch"
-    plain = await store.accept(u, "phone", "d", "n1", "hello", default_graph="support")
+    await store.accept(u, "phone", "d", "n1", "hello", default_graph="support")
     entries = {e: f for e, f in await store.redis.xrange(keys.inbound(u, "s"))}
     assert [entries[a.id]["graph"] for a in (first, later, same)] == ["sales"] * 3
     assert len(entries) == 3  # the refused message stored nothing
