@@ -26,6 +26,14 @@ class ConvField:
     TITLE = "title"  #: its title: ``rename``'s, else the start of its first message (sealed as stored text)
     CREATED = "created"  #: ms of its first message
     GEN = "gen"  #: times it was cleared: its LangGraph thread is ``keys.thread_id(..., gen)``
+    #: ``<entry id> <interrupt id> <client_msg_id>``: the waiting entry's turn asked the person (LangGraph's
+    #: ``interrupt``) and waits for a ``resume``; nothing behind it runs meanwhile
+    INTERRUPT = "interrupt"
+    INTERRUPT_TEXT = "interrupt_text"  #: that ``interrupt`` event's text (JSON of id and value; sealed as stored)
+    RESUME = "resume"  #: the ``resume`` value given (JSON, sealed as stored text): the turn continues with it
+    #: the thread's latest checkpoint pointer before the interrupted turn ran ('-': there was none): what
+    #: a cancel of that turn puts back
+    BASE = "base"
 
 
 class UsageField:

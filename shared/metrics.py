@@ -287,9 +287,9 @@ HANDSHAKE_OUTCOMES = (
 
 #: Client frame types, plus ``invalid`` (not decodable) and ``refused``
 #: (dropped undecoded by MAX_FRAMES_PER_SECOND).
-RECEIVED_TYPES = ("hello", "send", "cancel", "ack", "history", "conversations", "rename", "ping", "refresh",
+RECEIVED_TYPES = ("hello", "send", "cancel", "resume", "ack", "history", "conversations", "rename", "ping", "refresh",
                   "clear", "invalid", "refused")
-_RECEIVED_BY_CLASS = {p.Hello: "hello", p.Send: "send", p.Cancel: "cancel", p.Ack: "ack", p.History: "history",
+_RECEIVED_BY_CLASS = {p.Hello: "hello", p.Send: "send", p.Cancel: "cancel", p.Resume: "resume", p.Ack: "ack", p.History: "history",
                       p.Conversations: "conversations", p.Rename: "rename", p.Clear: "clear", p.Ping: "ping",
                       p.Refresh: "refresh"}
 #: Server frame types.
@@ -421,6 +421,7 @@ TURN_OUTCOMES = (
     "turn_error",    # the last attempt failed: turn_error committed, the message dead-lettered
     "cancelled",     # stopped (cancel, if_busy: interrupt): cancelled committed, its checkpoint dropped
     "cleared",       # a clear: cleared committed, the old generation's checkpoints deleted
+    "interrupt",     # the graph asked the person (interrupt): the event committed, the turn waits for a resume
     "already_done",  # committed before (a retried commit, or another worker)
     "moved",         # done moved elsewhere meanwhile: nothing written
     "lease_lost",    # the lease was another worker's: nothing written

@@ -44,6 +44,8 @@ MAX_CONVERSATIONS_PAGE = 100
 ConversationsLimit = Annotated[int, msgspec.Meta(ge=1, le=MAX_CONVERSATIONS_PAGE)]
 #: A ``conversations`` page's cursor: ``<updated ms>|<conversation id>`` of the last one listed.
 Cursor = Annotated[str, msgspec.Meta(max_length=150, pattern=r"^[0-9]{1,20}\|[A-Za-z0-9_.:@-]{1,128}\Z")]
+#: The id LangGraph gives an interrupt (hex).
+InterruptId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=_ID_PATTERN)]
 #: A message id in ``history`` (LangChain's: the worker's ``in-<entry>``, a model's run id).
 MessageRef = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
@@ -73,6 +75,8 @@ class ErrorCode(str, enum.Enum):
     GRAPH_MISMATCH = "graph_mismatch"  #: ``send.graph`` names another graph than the conversation runs
     BUSY = "busy"  #: ``send`` with ``if_busy: reject`` while the conversation has a turn running or waiting
     NOT_RUNNING = "not_running"  #: ``cancel`` of a conversation with no turn running or waiting
+    NOT_INTERRUPTED = "not_interrupted"  #: ``resume`` of a turn with no interrupt pending (or another interrupt)
+    ALREADY_RESUMED = "already_resumed"  #: a second ``resume`` of the same interrupt
 
 
 class CloseCode(enum.IntEnum):
@@ -123,6 +127,10 @@ class EventKind(str, enum.Enum):
     CLEARED = "cleared"  #: the conversation was cleared: the next turn starts from an empty state
     TOOL_CALL = "tool_call"  #: the graph's model asked for tools (``text``: JSON list of name, args, id)
     TOOL_RESULT = "tool_result"  #: a tool answered (``text``: JSON of id, name, content)
+    #: the turn asks the person (LangGraph's ``interrupt``; ``text``: JSON of ``id`` and ``value``) and waits for
+    #: a ``resume``
+    INTERRUPT = "interrupt"
+    RESUMED = "resumed"  #: an interrupt was answered (``text``: the ``resume`` value, JSON); the turn runs on
 
 
 # -- client -> server --------------------------------------------------------
@@ -154,6 +162,17 @@ class Cancel(Frame, tag="cancel"):
 
     conversation_id: Name
     client_msg_id: ClientMsgId | None = None  #: only if this message is the one running
+
+
+class Resume(Frame, tag="resume"):
+    """Answer a turn's interrupt: the turn runs on with ``value`` (LangGraph's ``Command(resume=value)``)."""
+
+    conversation_id: Name
+    client_msg_id: ClientMsgId  #: the interrupted turn's (its message's)
+    value: Any = None  #: any JSON value
+    #: the ``interrupt`` event's ``id``: given, only that interrupt is answered (a late resend of an answer
+    #: to an earlier interrupt of the same turn is refused); None: whichever is pending
+    interrupt_id: InterruptId | None = None
 
 
 class Ack(Frame, tag="ack"):
@@ -196,7 +215,7 @@ class Refresh(Frame, tag="refresh"):
     token: Token
 
 
-ClientFrame = Union[Hello, Send, Cancel, Ack, History, Conversations, Rename, Clear, Ping, Refresh]
+ClientFrame = Union[Hello, Send, Cancel, Resume, Ack, History, Conversations, Rename, Clear, Ping, Refresh]
 
 # -- server -> client --------------------------------------------------------
 
@@ -239,6 +258,12 @@ class HistoryResult(Frame, tag="history"):
     has_more: bool = False  #: older messages exist before the first one here
 
 
+class PendingInterrupt(msgspec.Struct):
+    client_msg_id: str  #: the interrupted turn's
+    id: str  #: the interrupt's (``resume.interrupt_id``)
+    value: Any = None  #: what the graph asked (``interrupt(value)``)
+
+
 class ConversationInfo(msgspec.Struct):
     conversation_id: str
     title: str | None  #: ``rename``'s, or the start of the first message (None: a conversation from before titles)
@@ -246,7 +271,7 @@ class ConversationInfo(msgspec.Struct):
     updated_at: int  #: ms of its last message
     message_count: int  #: messages accepted
     graph: str | None = None  #: the graph it runs
-    pending_interrupt: Any = None  #: reserved for human-in-the-loop (always None today)
+    pending_interrupt: PendingInterrupt | None = None  #: the turn waiting for a ``resume``, if one does
 
 
 class ConversationsResult(Frame, tag="conversations"):

@@ -83,6 +83,9 @@ class FencedRedisSaver(SwitchboardRedisSaver):
         self._newest: OrderedDict[str, CheckpointTuple] = OrderedDict()
         # thread -> (fence, the turn's final checkpoint waiting for the commit script)
         self._pending: dict[str, tuple[tuple[str, str], Document]] = {}
+        # thread -> (lease token, the parent of the first checkpoint a run stored
+        # before its commit -- an interrupt's): what a cancel of the run puts back
+        self._stored_base: dict[str, tuple[str, str | None]] = {}
         self._client = checkpoint_format.client(self)
         self._store_script = scripts.register(self._client, "store_checkpoint")["store_checkpoint"]
         self.ttl_ms = checkpoint_format.ttl_ms(self)
@@ -110,11 +113,26 @@ class FencedRedisSaver(SwitchboardRedisSaver):
         for a commit that will not happen."""
         self._newest.pop(thread_id, None)
         self._pending.pop(thread_id, None)
+        self._stored_base.pop(thread_id, None)
+
+    def run_started(self, thread_id: str) -> None:
+        """A graph run on ``thread_id`` begins: forget what an earlier run stored."""
+        self._stored_base.pop(thread_id, None)
+
+    def stored_base(self, thread_id: str, token: str) -> str | None:
+        """If the run under ``token`` stored a checkpoint before its commit (an
+        interrupt), the latest pointer's value before it -- the key of its
+        parent, or '-' when it had none; else None."""
+        stored = self._stored_base.get(thread_id)
+        if stored is None or stored[0] != token:
+            return None
+        return "-" if stored[1] is None else checkpoint_format.checkpoint_key(self, thread_id, stored[1])
 
     def take(self, thread_id: str, token: str) -> CheckpointWrite | None:
         """The turn's final checkpoint, for the commit script to store: only
         one written under the committing lease ``token`` (an attempt cut short
         may have left one behind)."""
+        self._stored_base.pop(thread_id, None)  # its commit comes: known from here on in Redis
         waiting = self._pending.pop(thread_id, None)
         if waiting is None or waiting[0][1] != token:
             return None
@@ -158,6 +176,8 @@ class FencedRedisSaver(SwitchboardRedisSaver):
         if not stored:
             self.forget(thread_id)
             raise LeaseLostError(f"checkpoint write refused: lease {lease_key} lost")
+        if self._stored_base.get(thread_id, ("",))[0] != token:
+            self._stored_base[thread_id] = (token, pending.parent_id)
 
     async def _check_fence(self, config: RunnableConfig) -> None:
         fence = _fence(config)

@@ -45,6 +45,9 @@ class InboundEntry:
     graph: str = ""  #: the conversation's graph ('': the default)
     kind: str = ""  #: '': a message; ``clear``: clear the conversation (no graph runs)
     gen: int = 0  #: the conversation's generation it runs in (its thread: ``keys.thread_id(..., gen)``)
+    #: its turn was interrupted and answered: the interrupt's id, and the ``resume`` value (JSON, as stored)
+    interrupt_id: str = ""
+    resume: str = ""
 
 
 # -- what follows an entry ----------------------------------------------------------------
@@ -76,9 +79,9 @@ Found = Union[Attempt, FindAfter, NoneLeft]
 
 def _found(conversation: str, reply: Sequence[Any]) -> Found:
     if reply[0] == "entry":
-        _, entry_id, cmid, device, text, attempt, graph, cancelled, kind, gen = reply
-        return Attempt(InboundEntry(entry_id, conversation, cmid, device, text, graph, kind, int(gen)),
-                       int(attempt), cancelled == "1")
+        _, entry_id, cmid, device, text, attempt, graph, cancelled, kind, gen, resume, interrupt_id = reply
+        return Attempt(InboundEntry(entry_id, conversation, cmid, device, text, graph, kind, int(gen),
+                                    interrupt_id, resume), int(attempt), cancelled == "1")
     return NoneLeft()
 
 
@@ -186,16 +189,25 @@ class WorkerStore:
                                                   args=[entry_id, seen]))
 
     async def commit(self, user: str, conversation: str, *, token: str, expected_done: str, entry_id: str,
-                     fields: list[str], checkpoint: CheckpointWrite | None) -> CommitResult:
-        """Commit the reply event ``fields`` to ``entry_id`` (and ``checkpoint``)."""
+                     fields: list[str], checkpoint: CheckpointWrite | None, latest_key: str | None = None,
+                     checkpoint_ttl_ms: int = 0, interrupt_id: str = "", base: str = "") -> CommitResult:
+        """Commit the reply event ``fields`` to ``entry_id`` (and ``checkpoint``).
+
+        ``interrupt_id``: the event is the turn's interrupt; the entry stays
+        waiting for a ``resume``. ``base``: the thread's ``latest_key`` pointer
+        before the turn stored a checkpoint of its own ('-': it had none; '':
+        not known), put back if the turn turns out cancelled."""
         lease_key = keys.lease(user, conversation)
-        checkpoint_keys = [checkpoint.key, checkpoint.latest_key] if checkpoint else [lease_key, lease_key]
-        checkpoint_args = [checkpoint.document, checkpoint.ttl_ms] if checkpoint else ["", 0]
+        if checkpoint is not None:
+            latest_key, checkpoint_ttl_ms = checkpoint.latest_key, checkpoint.ttl_ms
+        checkpoint_keys = [checkpoint.key if checkpoint else lease_key, latest_key or lease_key]
+        checkpoint_args = [checkpoint.document if checkpoint else "", checkpoint_ttl_ms]
         reply = await self._s["commit"](
             keys=[lease_key, keys.conversation(user, conversation), keys.outbound(user), keys.meta(user),
                   keys.inbound(user, conversation), *checkpoint_keys, keys.usage(user)],
             args=[token, expected_done, entry_id, outbound.new_epoch(), self.streams.outbound_maxlen,
-                  keys.notify(user), *checkpoint_args, self.streams.retention_ms, *fields])
+                  keys.notify(user), *checkpoint_args, self.streams.retention_ms, interrupt_id,
+                  base if latest_key else "", *fields])
         status = reply[0]
         if status == "ok":
             return Committed(reply[1], _found(conversation, reply[3:]), cancelled=reply[2] == "1")

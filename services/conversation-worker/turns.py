@@ -23,14 +23,17 @@ once, with the reason, and answered with ``turn_error``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from langchain_core.messages import HumanMessage
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Command
 
 from switchboard.shared import keys, outbound, streamids
 from switchboard.shared.connection import is_outage
@@ -41,6 +44,7 @@ from switchboard.shared.project import DEFAULT_GRAPH
 from switchboard.shared.protocol import EventKind
 from switchboard.shared.settings import WorkerSettings
 
+from . import checkpoint_format
 from .deltas import DeltaWriter, content_text
 from .fencing import FencedRedisSaver, fence_config
 from .lease import Lease, LeaseLostError, LeaseState, Tokens
@@ -70,9 +74,51 @@ def _observe(task: asyncio.Task) -> None:
 class TurnCancelled(SwitchboardError):
     """The turn was stopped (``cancel``, ``if_busy: interrupt``) while it ran."""
 
-    def __init__(self, partial: str):
+    def __init__(self, partial: str, base: str = ""):
         super().__init__("the turn was cancelled")
         self.partial = partial  #: the reply as far as its deltas went
+        self.base = base  #: the latest pointer to put back, if the run stored a checkpoint ('': none)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a turn ended, for its commit: the event's kind and text; an
+    interrupt's id (the turn waits for a ``resume``) and the pointer a
+    cancel of the turn puts back (see commit.lua)."""
+
+    kind: EventKind
+    text: str
+    interrupt_id: str = ""
+    base: str = ""
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    """The graph asked the person (LangGraph's ``interrupt``): its checkpoint
+    and the interrupt's pending writes are stored."""
+
+    id: str
+    value: Any
+    base: str = ""  #: the latest pointer before the turn's first stored checkpoint ('-': none; '': not known)
+
+    def event_text(self) -> str:
+        return json.dumps({"id": self.id, "value": self.value}, ensure_ascii=False, default=str)
+
+
+def first_interrupt(snapshot: Any) -> Any:
+    """The first interrupt a state snapshot has pending, if any."""
+    pending = getattr(snapshot, "interrupts", ()) or ()
+    return pending[0] if pending else None
+
+
+def holds_unanswered(messages: Sequence[Any], human_id: str) -> bool:
+    """The human message ``human_id`` is the newest one, with no reply after it."""
+    for message in reversed(messages):
+        if getattr(message, "id", None) == human_id:
+            return True
+        if getattr(message, "type", "") in ("human", "ai"):
+            return False
+    return False
 
 
 class TurnFailed(SwitchboardError):
@@ -317,13 +363,14 @@ class Turns:
             if found.number == 1:  # accept -> first attempt (the entry id is the accept's Redis time)
                 self.metrics.queue_wait.observe(max(0.0, time.time() - streamids.parse(entry.id)[0] / 1000))
             if entry.kind == "clear":  # nothing runs: the next generation starts empty (never cancelled)
-                kind, text = EventKind.CLEARED, ""
-            elif found.cancelled:  # stopped before it ran: nothing to run
-                kind, text = EventKind.CANCELLED, ""
+                outcome = Outcome(EventKind.CLEARED, "")
+            elif found.cancelled:  # stopped before it ran (or while it waited for a resume): nothing to run
+                outcome = Outcome(EventKind.CANCELLED, "")
             else:
-                kind, text = await self._turn(user, found, lease.token,
-                                              fresh=found.number == 1 and entry.id != resumed)
-            result = await self._commit(user, entry, lease, done, kind, text)
+                outcome = await self._turn(user, found, lease.token,
+                                           fresh=found.number == 1 and entry.id != resumed)
+            kind = outcome.kind
+            result = await self._commit(user, entry, lease, done, outcome)
             progress.entry = None
             self.metrics.turn_duration.observe(time.perf_counter() - started)
             match result:
@@ -332,6 +379,8 @@ class Turns:
                         self.saver.forget(thread)  # its checkpoint was not stored
                     self.metrics.turns["cancelled" if result.cancelled else kind.value].inc()
                     lease.commit_answered(released=result.released)
+                    if kind is EventKind.INTERRUPT and not result.cancelled:
+                        return  # held until resumed (the commit released the lease)
                     done = entry.id
                     if kind is EventKind.CLEARED and not result.cancelled:
                         await self._delete_thread(thread)
@@ -363,7 +412,7 @@ class Turns:
 
     # -- one turn ----------------------------------------------------------------------
 
-    async def _turn(self, user: str, attempt: Attempt, token: str, *, fresh: bool) -> tuple[EventKind, str]:
+    async def _turn(self, user: str, attempt: Attempt, token: str, *, fresh: bool) -> Outcome:
         """Run one turn with bounded attempts (``attempt`` is already counted);
         after the last failed attempt the message is dead-lettered and
         answered with ``turn_error``. ``fresh``: no earlier attempt can have
@@ -375,13 +424,16 @@ class Turns:
                 # Every earlier attempt ended with the worker gone (killed,
                 # crashed, out of memory) before it could record the outcome.
                 await self._dead_letter(user, entry, f"the worker stopped during each of {limit} attempts", limit)
-                return EventKind.TURN_ERROR, "the assistant could not process this message"
+                return Outcome(EventKind.TURN_ERROR, "the assistant could not process this message")
             try:
-                return EventKind.ASSISTANT, await self._run(user, entry, token, fresh=fresh)
+                ran = await self._run(user, entry, token, fresh=fresh)
+                if isinstance(ran, Interrupted):
+                    return Outcome(EventKind.INTERRUPT, ran.event_text(), interrupt_id=ran.id, base=ran.base)
+                return Outcome(EventKind.ASSISTANT, ran)
             except TurnCancelled as cancelled:
                 if self.saver is not None:  # what the stopped run left is dropped
                     self.saver.forget(keys.thread_id(user, entry.conversation, entry.gen))
-                return EventKind.CANCELLED, cancelled.partial
+                return Outcome(EventKind.CANCELLED, cancelled.partial, base=cancelled.base)
             except TurnFailed as failed:
                 self.metrics.attempts_failed.inc()
                 log.warning("turn failed user=%s entry=%s attempt %d/%d: %s", user, entry.id, number, limit,
@@ -394,18 +446,21 @@ class Turns:
                     self.saver.forget(keys.thread_id(user, entry.conversation, entry.gen))
                 if number >= limit or failed.permanent:
                     await self._dead_letter(user, entry, failed.reason, number)
-                    return EventKind.TURN_ERROR, failed.public
+                    return Outcome(EventKind.TURN_ERROR, failed.public)
                 await asyncio.sleep(min(0.25 * 2 ** (number - 1), 5.0))
             fresh = False
             number = await self.store.count_attempt(user, entry.conversation, entry.id, seen=number)
 
-    async def _run(self, user: str, entry: InboundEntry, token: str, *, fresh: bool) -> str:
-        """One attempt: the reply text, or :class:`TurnFailed`. A Redis outage
-        propagates: it is not the message's fault, the drain is retried.
+    async def _run(self, user: str, entry: InboundEntry, token: str, *, fresh: bool) -> str | Interrupted:
+        """One attempt: the reply text, :class:`Interrupted`, or
+        :class:`TurnFailed`. A Redis outage propagates: it is not the
+        message's fault, the drain is retried.
 
         Only a repeated attempt can find the turn already checkpointed (by a
         worker that died before committing), so only then is the state read
-        first -- the first attempt saves that round trip and its decoding."""
+        first -- the first attempt saves that round trip and its decoding. A
+        resumed turn always reads it: an earlier attempt may have run on to
+        its next interrupt, which is then what the turn commits."""
         config = {"configurable": {"thread_id": keys.thread_id(user, entry.conversation, entry.gen),
                                    **fence_config(keys.lease(user, entry.conversation), token)}}
         human_id = message_id(entry.id)
@@ -414,21 +469,37 @@ class Turns:
             raise TurnFailed(f"the conversation's graph {entry.graph!r} is not one this worker runs "
                              f"({', '.join(self.graphs.by_name)}): GRAPH differs between gateway and worker?",
                              "the assistant for this conversation is not available", permanent=True)
+        thread = config["configurable"]["thread_id"]
         try:
             text = self.store.keyring.open(entry.text)
+            graph_input: Any = {"messages": [HumanMessage(content=text, id=human_id)]}
+            if entry.interrupt_id:
+                graph_input = Command(resume={entry.interrupt_id: json.loads(self.store.keyring.open(entry.resume))})
         except CannotOpen as exc:
             raise TurnFailed(f"the message cannot be decrypted: {exc}", "the assistant cannot decrypt this message",
                              permanent=True) from None
-        if not fresh:
+        if not fresh or entry.interrupt_id:
             try:
                 snapshot = await graph.aget_state(config)
             except CannotOpen as exc:
                 raise _unreadable_state(exc) from None
-            reply = reply_after((snapshot.values or {}).get("messages", []), human_id)
-            if reply is not None:
-                log.info("reusing checkpointed reply user=%s entry=%s", user, entry.id,
-                         extra={"user": user, "conversation": entry.conversation, "entry": entry.id})
-                return reply
+            asked = first_interrupt(snapshot)
+            messages = (snapshot.values or {}).get("messages", [])
+            if entry.interrupt_id:
+                if asked is None:
+                    raise TurnFailed(f"the interrupted state of {thread} is gone (expired, or deleted)",
+                                     "the assistant no longer has the question it asked", permanent=True)
+                if asked.id != entry.interrupt_id:  # an earlier attempt ran on to the next interrupt
+                    return Interrupted(asked.id, asked.value)
+            else:
+                reply = reply_after(messages, human_id)
+                if reply is not None:
+                    log.info("reusing checkpointed reply user=%s entry=%s", user, entry.id,
+                             extra={"user": user, "conversation": entry.conversation, "entry": entry.id})
+                    return reply
+                if asked is not None and holds_unanswered(messages, human_id):
+                    # An earlier attempt reached an interrupt and died before committing it.
+                    return Interrupted(asked.id, asked.value, _base_of(self.saver, thread, snapshot))
         reply_stream = None
         if self.deltas is not None:
             reply_stream = self.deltas.reply(user, entry.conversation, token=token,
@@ -438,10 +509,11 @@ class Turns:
         stop = asyncio.Event()
         running_key = (user, entry.conversation)
         self._running[running_key] = (entry.id, stop)
+        if self.saver is not None:
+            self.saver.run_started(thread)
         try:
-            result = await _stoppable(
-                graph.ainvoke({"messages": [HumanMessage(content=text, id=human_id)]}, config, durability="exit"),
-                stop, timeout=self.settings.turn_timeout)
+            result = await _stoppable(graph.ainvoke(graph_input, config, durability="exit"),
+                                      stop, timeout=self.settings.turn_timeout)
         except _Stopped:
             result = _STOPPED  # the partial reply is read once its deltas are all written (below)
         except TimeoutError:  # first: TimeoutError is an OSError too
@@ -464,30 +536,38 @@ class Turns:
                 await reply_stream.close()  # no delta may follow the final event
                 if reply_stream.first_written is not None:
                     self.metrics.first_delta.observe(reply_stream.first_written - started)
+        stored_base = (self.saver.stored_base(thread, token) if self.saver is not None else None) or ""
         if result is _STOPPED:
             # After close(): a delta write in flight when the run stopped is in
             # the stream, so it is in the text too (the event equals the deltas).
-            raise TurnCancelled("".join(reply_stream.written) if reply_stream is not None else "")
+            raise TurnCancelled("".join(reply_stream.written) if reply_stream is not None else "", stored_base)
         if reply_stream is not None and reply_stream.error is not None:
             # A delta write failed after the graph's last token (Redis went
             # away, or the lease): the attempt's deltas miss part of the reply,
             # so it is not committed. An outage retries it from seq 0 (not
             # counted); a lost lease ends the drain.
             raise reply_stream.error
+        asked = result.get("__interrupt__") if isinstance(result, dict) else None
+        if asked:
+            return Interrupted(asked[0].id, asked[0].value, stored_base)
         return reply_after(result.get("messages", []) if isinstance(result, dict) else [], human_id) or ""
 
-    async def _commit(self, user: str, entry: InboundEntry, lease: Lease, done: str, kind: EventKind,
-                      text: str):
+    async def _commit(self, user: str, entry: InboundEntry, lease: Lease, done: str, outcome: Outcome):
         """Commit the reply (and the turn's checkpoint): the store's answer."""
-        fields = outbound.event_fields(kind.value, entry.conversation, self.store.keyring.seal(text),
+        kind = outcome.kind
+        fields = outbound.event_fields(kind.value, entry.conversation, self.store.keyring.seal(outcome.text),
                                        client_msg_id=entry.client_msg_id, device_id=None, ts=outbound.now_ms(),
                                        inbound_id=entry.id)
-        checkpoint = (self.saver.take(keys.thread_id(user, entry.conversation, entry.gen), lease.token)
+        thread = keys.thread_id(user, entry.conversation, entry.gen)
+        checkpoint = (self.saver.take(thread, lease.token)
                       if self.saver is not None and kind not in (EventKind.CANCELLED, EventKind.CLEARED) else None)
         lease.commit_sent()
         try:
-            return await self.store.commit(user, entry.conversation, token=lease.token, expected_done=done,
-                                           entry_id=entry.id, fields=fields, checkpoint=checkpoint)
+            return await self.store.commit(
+                user, entry.conversation, token=lease.token, expected_done=done, entry_id=entry.id, fields=fields,
+                checkpoint=checkpoint, latest_key=self.saver.latest_key(thread) if self.saver is not None else None,
+                checkpoint_ttl_ms=self.saver.ttl_ms if self.saver is not None else 0,
+                interrupt_id=outcome.interrupt_id, base=outcome.base)
         except BaseException:
             lease.commit_unanswered()
             raise
@@ -523,6 +603,14 @@ class Turns:
             await self.saver.aprune([thread_id], keep_last=keep)
         except Exception as exc:  # noqa: BLE001 - storage is reclaimed on a later turn
             log.warning("pruning checkpoints of %s failed: %s", thread_id, exc)
+
+
+def _base_of(saver: FencedRedisSaver | None, thread: str, snapshot: Any) -> str:
+    """The latest pointer before the snapshot's checkpoint: its parent's key ('-': none)."""
+    if saver is None:
+        return ""
+    parent = (getattr(snapshot, "parent_config", None) or {}).get("configurable", {}).get("checkpoint_id")
+    return checkpoint_format.checkpoint_key(saver, thread, parent) if parent else "-"
 
 
 async def _cancel(task: asyncio.Future, *, grace: float) -> None:

@@ -13,6 +13,7 @@ import ssl
 import contextlib
 import dataclasses
 import http
+import json
 import logging
 import time
 import uuid
@@ -38,7 +39,7 @@ from .expiry import TokenDeadline
 from .ratelimit import FrameGate, Verdict
 from .history import HistoryReader
 from .hub import Connection, DeliveryHub
-from .store import GatewayStore, NotRunning, OverLimit
+from .store import GatewayStore, NotInterrupted, NotRunning, OverLimit
 
 log = logging.getLogger(__name__)
 
@@ -465,8 +466,19 @@ class Gateway:
             except CannotOpen:
                 return None
 
+        def pending(row) -> p.PendingInterrupt | None:  # noqa: ANN001
+            if row.interrupt_cmid is None or row.interrupt_text is None:
+                return None
+            try:
+                asked = json.loads(self.settings.encryption.open(row.interrupt_text))
+            except (CannotOpen, ValueError):
+                asked = {"id": "", "value": None}
+            return p.PendingInterrupt(client_msg_id=row.interrupt_cmid, id=asked.get("id", ""),
+                                      value=asked.get("value"))
+
         listed = [p.ConversationInfo(conversation_id=r.id, title=title(r.title), created_at=r.created_ms,
-                                     updated_at=r.updated_ms, message_count=r.count, graph=r.graph) for r in rows]
+                                     updated_at=r.updated_ms, message_count=r.count, graph=r.graph,
+                                     pending_interrupt=pending(r)) for r in rows]
         return p.ConversationsResult(conversations=listed,
                                      next=f"{rows[-1].updated_ms}|{rows[-1].id}" if more and rows else None)
 
@@ -501,6 +513,20 @@ class Gateway:
                         cmid)
                 log.info("cancel user=%s conversation=%s entry=%s", conn.user, conv, answer.id,
                          extra={**conn.log_context, "conversation": conv, "entry": answer.id})
+            case p.Resume(conversation_id=conv, client_msg_id=cmid, value=value, interrupt_id=interrupt_id):
+                value_json = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+                limit = self.settings.quotas.max_text_length
+                if limit and len(value_json) > limit:
+                    raise p.FrameError(p.ErrorCode.TEXT_TOO_LONG, f"value of {len(value_json)} characters (as JSON) "
+                                       f"exceeds the limit of {limit}", cmid)
+                answer = await self.store.resume(conn.user, conn.device, conv, cmid, interrupt_id, value_json)
+                if isinstance(answer, NotInterrupted):
+                    if answer.resumed is not None:
+                        raise p.FrameError(p.ErrorCode.ALREADY_RESUMED,
+                                           f"the interrupt of {cmid!r} was answered already", cmid)
+                    raise p.FrameError(p.ErrorCode.NOT_INTERRUPTED, f"no interrupt of {cmid!r} waits for an answer in "
+                                       f"{conv!r}" + (f" with id {interrupt_id!r}" if interrupt_id else ""), cmid)
+                await conn.reply(p.Accepted(client_msg_id=cmid, id=answer.id))
             case p.Ack(id=entry_id):
                 if streamids.later(entry_id, conn.last):
                     raise p.FrameError(p.ErrorCode.INVALID_ACK,

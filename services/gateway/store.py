@@ -35,6 +35,14 @@ class Cancelled(NamedTuple):
     id: str  #: the entry marked cancelled (its turn ends with a ``cancelled`` event)
 
 
+class Resumed(NamedTuple):
+    id: str  #: the interrupted entry, which now runs on with the value
+
+
+class NotInterrupted(NamedTuple):
+    resumed: str | None  #: the entry resumed already (a second ``resume``), or None: no such interrupt pending
+
+
 class NotRunning(NamedTuple):
     running: str | None  #: the entry that runs instead (``client_msg_id`` named another), or None: none waits
 
@@ -65,6 +73,8 @@ class ConversationRow(NamedTuple):
     created_ms: int | None
     count: int
     graph: str | None
+    interrupt_cmid: str | None = None  #: the turn waiting for a ``resume`` (its client_msg_id), if any
+    interrupt_text: str | None = None  #: its ``interrupt`` event's text, as stored (sealed)
 
 
 class OverLimit(SwitchboardError):
@@ -86,7 +96,8 @@ class GatewayStore:
         self.quotas = quotas
         self.keyring = keyring or Keyring()  #: seals the text stored (no keys: as it is)
         registered = scripts.register(redis, "accept", "stream_state", "store_offset", "cancel",
-                                      "list_conversations", "rename", "clear")
+                                      "list_conversations", "rename", "clear", "resume")
+        self._resume = registered["resume"]
         self._clear = registered["clear"]
         self._list = registered["list_conversations"]
         self._rename = registered["rename"]
@@ -161,6 +172,8 @@ class GatewayStore:
                   keys.dedup(user, client_msg_id) if client_msg_id else keys.conversation(user, conversation)],
             args=[user, conversation, keys.cancels(), client_msg_id or ""])
         if reply[0] == "ok":
+            if int(reply[2]):  # held by an interrupt: no drain runs it, a worker must write its end
+                await self.redis.xadd(*self._work_notice(user, conversation))
             return Cancelled(reply[1])
         return NotRunning(reply[1] if reply[0] == "other" else None)
 
@@ -173,8 +186,9 @@ class GatewayStore:
                                  args=[keys.conversation(user, ""), str(before[0]) if before else "",
                                        before[1] if before else "", limit])
         rows = [ConversationRow(reply[i], int(float(reply[i + 1])), reply[i + 2] or None,
-                                int(reply[i + 3]) if reply[i + 3] else None, int(reply[i + 4]), reply[i + 5] or None)
-                for i in range(1, len(reply), 6)]
+                                int(reply[i + 3]) if reply[i + 3] else None, int(reply[i + 4]), reply[i + 5] or None,
+                                reply[i + 6] or None, reply[i + 7] or None)
+                for i in range(1, len(reply), 8)]
         return rows, reply[0] == "1"
 
     async def clear(self, user: str, device: str, conversation: str, client_msg_id: str | None = None) -> str | None:
@@ -191,6 +205,21 @@ class GatewayStore:
         if int(reply[2]):
             await self.redis.xadd(*self._work_notice(user, conversation))
         return reply[1]
+
+    async def resume(self, user: str, device: str, conversation: str, client_msg_id: str, interrupt_id: str | None,
+                     value_json: str) -> Resumed | NotInterrupted:
+        """Answer the interrupt of the turn ``client_msg_id`` (``resume.lua``)
+        with ``value_json``: once; every device gets a ``resumed`` event, and
+        a worker is told to run the turn on."""
+        reply = await self._resume(
+            keys=[keys.conversation(user, conversation), keys.inbound(user, conversation), keys.outbound(user),
+                  keys.meta(user)],
+            args=[client_msg_id, interrupt_id or "", self.keyring.seal(value_json), device, outbound.new_epoch(),
+                  self.streams.outbound_maxlen, keys.notify(user), self.streams.retention_ms * 3 // 2, conversation])
+        if reply[0] == "ok":
+            await self.redis.xadd(*self._work_notice(user, conversation))
+            return Resumed(reply[1])
+        return NotInterrupted(reply[1] if reply[0] == "already" else None)
 
     async def generation(self, user: str, conversation: str) -> int:
         """How many times the conversation was cleared (its thread: ``keys.thread_id(..., gen)``)."""

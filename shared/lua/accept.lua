@@ -34,7 +34,9 @@
 -- `if_busy` applies while the conversation has messages waiting (one runs, or
 -- is about to): `reject` refuses this one (`busy`, before any quota counts);
 -- `interrupt` marks every waiting entry cancelled (the conversation's `cancel`
--- mark, as cancel.lua) and tells the workers, so this one runs next.
+-- mark, as cancel.lua) and tells the workers, so this one runs next. A turn
+-- waiting for a `resume` (human-in-the-loop) is busy too: `enqueue` waits
+-- behind it until it is resumed and answered.
 -- The conversation's graph is fixed by its first message (the one named, or
 -- the default) and written into each of its entries for the worker; a later
 -- message naming another is refused (`graph_mismatch`). A conversation from
@@ -48,7 +50,7 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local conv = redis.call('HMGET', KEYS[5], F.conv_done, F.conv_last, F.conv_count, F.conv_noticed,
-  F.conv_renoticed, F.conv_graph, F.conv_cancel, F.conv_gen)
+  F.conv_renoticed, F.conv_graph, F.conv_cancel, F.conv_gen, F.conv_interrupt)
 local done, last = conv[1] or '0-0', conv[2]
 local count = tonumber(conv[3] or '0')
 local renotice = tonumber(ARGV[13])
@@ -130,7 +132,8 @@ local in_id = redis.call('XADD', KEYS[2], '*', F.in_cmid, ARGV[2], F.in_dev, ARG
 redis.call('SET', KEYS[1], in_id, 'EX', ARGV[7])
 local idle = not last or last == done
 local notice = 0
-if idle or overdue(conv[4]) then notice = 1 end
+-- A turn held by an interrupt has no drain under way: stopping it needs one.
+if idle or overdue(conv[4]) or (busy and ARGV[20] == 'interrupt' and conv[9]) then notice = 1 end
 local progress = {F.conv_last, in_id, F.conv_count, count + 1}
 if notice == 1 then progress[#progress + 1] = F.conv_noticed; progress[#progress + 1] = now end
 if not conv[6] then progress[#progress + 1] = F.conv_graph; progress[#progress + 1] = graph end

@@ -7,7 +7,10 @@
 -- started is not run). Queued messages behind it run as usual.
 -- KEYS: conv, inbound, dedup key of `client_msg_id` (or any key of the user's)
 -- ARGV: user, conversation, channel, client_msg_id ('' : whichever runs)
--- Returns {'ok', entry id}, {'idle'} when nothing waits, or {'other', entry
+-- An entry held by an interrupt (human-in-the-loop) has no worker running it:
+-- the caller must send a work notice (notice 1), and a worker writes its
+-- `cancelled` event (and puts the graph's state back).
+-- Returns {'ok', entry id, notice (1/0)}, {'idle'} when nothing waits, or {'other', entry
 -- id} when `client_msg_id` is not the entry running (answered, or queued behind it).
 local done = redis.call('HGET', KEYS[1], F.conv_done) or '0-0'
 local first = redis.call('XRANGE', KEYS[2], '(' .. done, '+', 'COUNT', 1)
@@ -17,4 +20,5 @@ if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) ~= id then return {'other', id} 
 local mark = redis.call('HGET', KEYS[1], F.conv_cancel)
 if not mark or id_after(id, mark) then redis.call('HSET', KEYS[1], F.conv_cancel, id) end
 redis.call('PUBLISH', ARGV[3], ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. id)
-return {'ok', id}
+local held = redis.call('HGET', KEYS[1], F.conv_interrupt)
+return {'ok', id, (held and string.match(held, '^(%S+)') == id) and 1 or 0}

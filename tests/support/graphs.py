@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.types import interrupt
 
 from switchboard.worker.graph import ChatState, ReadingModel, build, process_input, update_context
 
@@ -112,3 +114,32 @@ def _guarded() -> StateGraph:
 #: reply quoting the message, streamed a word every 5 ms; a text beginning
 #: with "fail" raises an error that quotes it.
 guarded_streaming = _guarded()
+
+
+async def _asking(state: MessagesState) -> dict:
+    """Asks the person before answering (human-in-the-loop), as ``slow`` does
+    otherwise: ``ask:<n> ...`` asks ``n`` questions in turn (LangGraph's
+    ``interrupt``), and the reply lists the answers. ``then-sleep:<s>`` in the
+    text sleeps after the answers; SLOW_GRAPH_MARKS gets a line per run."""
+    text = _last_text(state)
+    marks = os.environ.get("SLOW_GRAPH_MARKS")
+    if marks:
+        Path(marks).mkdir(parents=True, exist_ok=True)
+        with open(Path(marks) / f"{os.getpid()}-ask", "a") as mark:
+            mark.write(text + "\n")
+    first = text.split()[0] if text.split() else ""
+    answers = []
+    if first.startswith("ask:"):
+        for number in range(1, int(first.split(":", 1)[1]) + 1):
+            answers.append(interrupt({"question": number, "about": text}))
+    for word in text.split():
+        if word.startswith("then-sleep:"):
+            await asyncio.sleep(float(word.split(":", 1)[1]))
+    reply = f"reply {_count_turns(state)} to: {text}"
+    if answers:
+        reply += " answers: " + json.dumps(answers)
+    return {"messages": [AIMessage(content=reply)]}
+
+
+#: ``slow``'s replies, after asking the person (``ask:<n>``): GRAPH=tests.support.graphs:asking
+asking = _single(_asking)

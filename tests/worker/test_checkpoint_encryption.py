@@ -212,7 +212,9 @@ async def test_pending_writes_are_sealed_and_read_back_with_the_keys(redis, raw)
     ring = Keyring([A])
     turns = await _worker(redis, raw, ring, graph=_approving())
     await _say(turns, "a", "hello")
-    assert ring.open((await _say(turns, "a", f"please approve {MARKER}"))["text"]) == ""
+    asked = await _say(turns, "a", f"please approve {MARKER}")
+    assert asked["kind"] == "interrupt" and MARKER not in asked["text"]
+    assert json.loads(ring.open(asked["text"]))["value"] == f"approve 'please approve {MARKER}'?"
     documents = await _documents(raw)
     assert any(b"checkpoint_write:" in key for key in documents) and not _leaks(documents, MARKER)
     thread = {"configurable": {"thread_id": keys.thread_id(USER, "a")}}

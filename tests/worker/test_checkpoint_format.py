@@ -191,7 +191,8 @@ async def test_a_stock_saver_reads_the_pending_writes_of_an_interrupted_turn(red
     same as for the same turns run by the library alone."""
     turns = await _worker(redis, raw, graph=_approving())
     assert await _say(turns, "a", "hello") == "noted: hello"
-    assert await _say(turns, "a", "please approve the plan") == ""  # stopped: no reply text yet
+    asked = json.loads(await _say(turns, "a", "please approve the plan"))  # stopped: the interrupt event
+    assert asked["value"] == "approve 'please approve the plan'?"
     library_graph = _approving().compile(checkpointer=await _stock(raw))
     alone = {"configurable": {"thread_id": "library-alone"}}
     for text in ("hello", "please approve the plan"):

@@ -176,3 +176,57 @@ async def test_a_delta_is_written_once_per_mark_and_only_by_the_holder(redis, st
     assert await store.write_delta("u", "a", token="t1", mark="s|1", fields=fields) is True
     assert await store.write_delta("u", "a", token="t2", mark="s|2", fields=fields) is False
     assert len(await redis.xrange(keys.outbound("u"))) == 2
+
+
+# -- interrupts (human-in-the-loop) -----------------------------------------------------------
+
+
+def _asking(entry_id: str) -> list[str]:
+    return ["kind", "interrupt", "conv", "a", "text", '{"id":"i1","value":1}', "cmid", "q", "dev", "", "ts", "1",
+            "in", entry_id]
+
+
+async def _interrupt(store, entry: str, token: str, interrupt_id: str, base: str = "-"):
+    return await store.commit("u", "a", token=token, expected_done="0-0", entry_id=entry, fields=_asking(entry),
+                              checkpoint=None, latest_key=LATEST, interrupt_id=interrupt_id, base=base)
+
+
+async def test_an_interrupt_holds_its_entry_and_the_queue_until_a_resume(redis, store):
+    entry = await _send(redis, "a", "q")
+    await _send(redis, "a", "queued")
+    await store.begin("u", "a", token="t1", latest_key=LATEST)
+    assert isinstance(await _interrupt(store, entry, "t1", "i1"), Committed)
+    assert await redis.exists(keys.lease("u", "a")) == 0  # released: nothing runs until the person answers
+    conv = await redis.hgetall(keys.conversation("u", "a"))
+    assert conv["interrupt"] == f"{entry} i1 q" and conv["base"] == "-" and "done" not in conv
+    assert (await store.begin("u", "a", token="t2", latest_key=LATEST)).found == NoneLeft()
+    # The commit repeated (its answer lost): already done, nothing written twice.
+    assert await _interrupt(store, entry, "t2", "i1") == AlreadyDone(holds_lease=True)
+    assert [f["kind"] for _, f in await redis.xrange(keys.outbound("u"))] == ["interrupt"]
+    await store.release("u", "a", "t2")
+    await redis.hset(keys.conversation("u", "a"), "resume", '"yes"')  # as resume.lua records it
+    begun = await store.begin("u", "a", token="t3", latest_key=LATEST)
+    assert begun.found.entry.id == entry and begun.found.number == 1  # the resumed run counts afresh
+    assert (begun.found.entry.interrupt_id, begun.found.entry.resume) == ("i1", '"yes"')
+    answered = await store.commit("u", "a", token="t3", expected_done="0-0", entry_id=entry,
+                                  fields=_fields("done", entry), checkpoint=None, latest_key=LATEST)
+    assert isinstance(answered, Committed) and answered.found.entry.text == "queued"
+    conv = await redis.hgetall(keys.conversation("u", "a"))
+    assert not {"interrupt", "interrupt_text", "resume", "base"} & set(conv)
+
+
+@pytest.mark.parametrize("base", ["-", "checkpoint:{u:u}/a::before"])
+async def test_a_cancelled_interrupted_turn_puts_the_latest_pointer_back(redis, store, base):
+    entry = await _send(redis, "a", "q")
+    await store.begin("u", "a", token="t1", latest_key=LATEST)
+    await redis.set(LATEST, "checkpoint:{u:u}/a::interrupted")  # what the interrupt stored
+    await _interrupt(store, entry, "t1", "i1", base=base)
+    await redis.hset(keys.conversation("u", "a"), "cancel", entry)  # as cancel.lua marks it
+    begun = await store.begin("u", "a", token="t2", latest_key=LATEST)
+    assert begun.found.cancelled and begun.found.entry.id == entry
+    # The worker knows no base now (another process): the one recorded with the interrupt is used.
+    result = await store.commit("u", "a", token="t2", expected_done="0-0", entry_id=entry,
+                                fields=_fields("", entry), checkpoint=None, latest_key=LATEST)
+    assert isinstance(result, Committed) and result.cancelled
+    assert await redis.get(LATEST) == (None if base == "-" else base)
+    assert [f["kind"] for _, f in await redis.xrange(keys.outbound("u"))] == ["interrupt", "cancelled"]
