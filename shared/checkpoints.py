@@ -78,6 +78,16 @@ log = logging.getLogger(__name__)
 
 _MISSING = object()
 
+#: Where a user message in the graph's state keeps the client_msg_id it was sent
+#: with (its ``response_metadata``: a field no model provider is sent); the
+#: worker stamps it, ``history``, ``regenerate`` and ``edit`` read it.
+CMID_KEY = "client_msg_id"
+
+
+def client_msg_id(message: Any) -> str | None:
+    """The client_msg_id a user message was sent with (None: before they were recorded)."""
+    return (getattr(message, "response_metadata", None) or {}).get(CMID_KEY)
+
 #: Upper bound on remembered class look-ups (ids are class names, a small set).
 MAX_CLASSES = 10_000
 

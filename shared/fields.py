@@ -61,7 +61,10 @@ class InboundField:
     TS = "ts"
     GRAPH = "graph"  #: the conversation's graph (absent in entries written before graphs were chosen: the default)
     GEN = "gen"  #: the conversation's generation the entry runs in (absent: 0)
-    KIND = "kind"  #: absent: a message; ``clear``: start the conversation afresh (``clear``)
+    KIND = "kind"  #: absent: a message; ``clear``: start afresh; ``edit``, ``regenerate``: fork (see below)
+    #: ``edit``/``regenerate``: the checkpoint the turn forks from ('': the empty state, before the first message)
+    BASE = "base"
+    HUMAN = "human"  #: ``regenerate``: the id of the message run again (absent: ``in-<entry id>``)
 
 
 class EventField:

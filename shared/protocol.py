@@ -77,6 +77,9 @@ class ErrorCode(str, enum.Enum):
     NOT_RUNNING = "not_running"  #: ``cancel`` of a conversation with no turn running or waiting
     NOT_INTERRUPTED = "not_interrupted"  #: ``resume`` of a turn with no interrupt pending (or another interrupt)
     ALREADY_RESUMED = "already_resumed"  #: a second ``resume`` of the same interrupt
+    UNKNOWN_MESSAGE = "unknown_message"  #: ``regenerate``/``edit`` of a message not in the conversation's state
+    NOT_LAST = "not_last"  #: ``regenerate`` of a message that is not the conversation's last
+    TOO_OLD = "too_old"  #: ``edit`` of a message older than the checkpoints kept (CHECKPOINT_KEEP)
 
 
 class CloseCode(enum.IntEnum):
@@ -131,6 +134,9 @@ class EventKind(str, enum.Enum):
     #: a ``resume``
     INTERRUPT = "interrupt"
     RESUMED = "resumed"  #: an interrupt was answered (``text``: the ``resume`` value, JSON); the turn runs on
+    #: ``regenerate``/``edit``: messages from ``client_msg_id``'s are replaced (``text``: ``reply``: only the replies
+    #: after it; ``message``: it and everything after it); the new branch's events follow
+    REPLACED = "replaced"
 
 
 # -- client -> server --------------------------------------------------------
@@ -175,6 +181,24 @@ class Resume(Frame, tag="resume"):
     interrupt_id: InterruptId | None = None
 
 
+class Regenerate(Frame, tag="regenerate"):
+    """Replace the reply to the conversation's last message by a new one (LangGraph time travel)."""
+
+    conversation_id: Name
+    client_msg_id: ClientMsgId  #: the last message's
+    #: given: a resend with it regenerates once (within DEDUP_TTL); None: each frame regenerates
+    request_id: ClientMsgId | None = None
+
+
+class Edit(Frame, tag="edit"):
+    """Replace a message, and everything after it, by ``text``: the conversation forks before it."""
+
+    conversation_id: Name
+    client_msg_id: ClientMsgId  #: the message replaced
+    text: Text
+    new_client_msg_id: ClientMsgId  #: the new message's (a resend with it edits once, as a ``send``)
+
+
 class Ack(Frame, tag="ack"):
     id: StreamId
 
@@ -215,7 +239,7 @@ class Refresh(Frame, tag="refresh"):
     token: Token
 
 
-ClientFrame = Union[Hello, Send, Cancel, Resume, Ack, History, Conversations, Rename, Clear, Ping, Refresh]
+ClientFrame = Union[Hello, Send, Cancel, Resume, Regenerate, Edit, Ack, History, Conversations, Rename, Clear, Ping, Refresh]
 
 # -- server -> client --------------------------------------------------------
 
@@ -250,6 +274,7 @@ class HistoryMessage(msgspec.Struct):
     role: Literal["user", "assistant"]
     text: str
     id: str | None = None  #: the message's id (pass it as ``before`` for the page before it)
+    client_msg_id: str | None = None  #: a user message's (``regenerate``, ``edit`` name it); None: an older one
 
 
 class HistoryResult(Frame, tag="history"):

@@ -57,6 +57,8 @@ from .store import CheckpointWrite
 log = logging.getLogger(__name__)
 
 FENCE = "switchboard_fence"
+#: In a turn's config: the checkpoint id the turn forks from ('': the empty state) -- ``edit``, ``regenerate``.
+FORK = "switchboard_fork"
 
 
 def fence_config(lease_key: str, token: str) -> dict[str, Any]:
@@ -149,6 +151,12 @@ class FencedRedisSaver(SwitchboardRedisSaver):
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         configurable = config.get("configurable") or {}
+        if FORK in configurable and _is_root(config) and not configurable.get("checkpoint_id"):
+            # Time travel: the turn starts from an earlier checkpoint (LangGraph then
+            # makes it the new one's parent), or from nothing.
+            if not configurable[FORK]:
+                return None
+            return await super().aget_tuple({"configurable": {**configurable, "checkpoint_id": configurable[FORK]}})
         if _fence(config) and _is_root(config) and not configurable.get("checkpoint_id"):
             kept = self._newest.get(configurable["thread_id"])
             if kept is not None:

@@ -43,11 +43,18 @@ class InboundEntry:
     device: str
     text: str  #: as stored: sealed when encryption at rest is on (``keyring.open`` it)
     graph: str = ""  #: the conversation's graph ('': the default)
-    kind: str = ""  #: '': a message; ``clear``: clear the conversation (no graph runs)
+    kind: str = ""  #: '': a message; ``clear``: clear the conversation (no graph runs); ``edit``, ``regenerate``
     gen: int = 0  #: the conversation's generation it runs in (its thread: ``keys.thread_id(..., gen)``)
     #: its turn was interrupted and answered: the interrupt's id, and the ``resume`` value (JSON, as stored)
     interrupt_id: str = ""
     resume: str = ""
+    base: str = ""  #: ``edit``/``regenerate``: the checkpoint id the turn forks from ('': the empty state)
+    human: str = ""  #: ``regenerate``: the id of the message run again ('': ``in-<entry id>``)
+
+    @property
+    def forks(self) -> bool:
+        """An ``edit`` or ``regenerate``: the turn runs on an earlier checkpoint (time travel)."""
+        return self.kind in ("edit", "regenerate")
 
 
 # -- what follows an entry ----------------------------------------------------------------
@@ -79,9 +86,9 @@ Found = Union[Attempt, FindAfter, NoneLeft]
 
 def _found(conversation: str, reply: Sequence[Any]) -> Found:
     if reply[0] == "entry":
-        _, entry_id, cmid, device, text, attempt, graph, cancelled, kind, gen, resume, interrupt_id = reply
+        _, entry_id, cmid, device, text, attempt, graph, cancelled, kind, gen, resume, interrupt_id, base, human = reply
         return Attempt(InboundEntry(entry_id, conversation, cmid, device, text, graph, kind, int(gen),
-                                    interrupt_id, resume), int(attempt), cancelled == "1")
+                                    interrupt_id, resume, base, human), int(attempt), cancelled == "1")
     return NoneLeft()
 
 

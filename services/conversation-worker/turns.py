@@ -39,6 +39,7 @@ from switchboard.shared import keys, outbound, streamids
 from switchboard.shared.connection import is_outage
 from switchboard.shared.encryption import CannotOpen
 from switchboard.shared.errors import SwitchboardError
+from switchboard.shared.checkpoints import CMID_KEY
 from switchboard.shared.metrics import WorkerMetrics
 from switchboard.shared.project import DEFAULT_GRAPH
 from switchboard.shared.protocol import EventKind
@@ -46,7 +47,7 @@ from switchboard.shared.settings import WorkerSettings
 
 from . import checkpoint_format
 from .deltas import DeltaWriter, content_text
-from .fencing import FencedRedisSaver, fence_config
+from .fencing import FORK, FencedRedisSaver, fence_config
 from .lease import Lease, LeaseLostError, LeaseState, Tokens
 from .loader import Graphs
 from .slots import FairSlots, Slot
@@ -463,7 +464,7 @@ class Turns:
         its next interrupt, which is then what the turn commits."""
         config = {"configurable": {"thread_id": keys.thread_id(user, entry.conversation, entry.gen),
                                    **fence_config(keys.lease(user, entry.conversation), token)}}
-        human_id = message_id(entry.id)
+        human_id = entry.human or message_id(entry.id)
         graph = self.graphs.get(entry.graph)
         if graph is None:
             raise TurnFailed(f"the conversation's graph {entry.graph!r} is not one this worker runs "
@@ -472,13 +473,19 @@ class Turns:
         thread = config["configurable"]["thread_id"]
         try:
             text = self.store.keyring.open(entry.text)
-            graph_input: Any = {"messages": [HumanMessage(content=text, id=human_id)]}
+            graph_input: Any = {"messages": [HumanMessage(content=text, id=human_id,
+                                                          response_metadata={CMID_KEY: entry.client_msg_id})]}
             if entry.interrupt_id:
                 graph_input = Command(resume={entry.interrupt_id: json.loads(self.store.keyring.open(entry.resume))})
         except CannotOpen as exc:
             raise TurnFailed(f"the message cannot be decrypted: {exc}", "the assistant cannot decrypt this message",
                              permanent=True) from None
-        if not fresh or entry.interrupt_id:
+        if entry.forks and not entry.interrupt_id:
+            # Time travel: the run forks from the checkpoint before the message
+            # replaced. Only the commit moves the thread's pointer, so a retry
+            # forks again from there (never reusing the old branch's reply).
+            config["configurable"][FORK] = entry.base
+        elif not fresh or entry.interrupt_id:
             try:
                 snapshot = await graph.aget_state(config)
             except CannotOpen as exc:

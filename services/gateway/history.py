@@ -13,6 +13,7 @@ from typing import Any
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 
 from switchboard.shared import keys
+from switchboard.shared.checkpoints import client_msg_id
 from switchboard.shared.protocol import HistoryMessage
 
 _ROLES = {"human": "user", "ai": "assistant"}
@@ -37,7 +38,8 @@ def history_page(messages: Iterable[Any], limit: int, before: str | None = None)
             content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
         if role == "assistant" and not content:
             continue  # a model's request for tools, without text
-        out.append(HistoryMessage(role=role, text=content, id=getattr(message, "id", None)))
+        out.append(HistoryMessage(role=role, text=content, id=getattr(message, "id", None),
+                                  client_msg_id=client_msg_id(message) if role == "user" else None))
     if before is not None:
         end = next((i for i, m in enumerate(out) if m.id == before), len(out))
         out = out[:end]
@@ -53,13 +55,16 @@ class HistoryReader:
         page = await self.page(user, conversation_id, limit)
         return None if page is None else page[0]
 
+    async def latest(self, user: str, conversation_id: str, generation: int = 0) -> Any:
+        """The newest checkpoint tuple of the conversation's thread in ``generation``, or None."""
+        return await self.saver.aget_tuple({"configurable": {
+            "thread_id": keys.thread_id(user, conversation_id, generation), "checkpoint_ns": ""}})
+
     async def page(self, user: str, conversation_id: str, limit: int, before: str | None = None,
                    generation: int = 0) -> tuple[list[HistoryMessage], bool] | None:
         """:func:`history_page` of the newest checkpoint of the conversation's
         thread in ``generation`` (how many times it was cleared), or None if it has none."""
-        config = {"configurable": {"thread_id": keys.thread_id(user, conversation_id, generation),
-                                   "checkpoint_ns": ""}}
-        found = await self.saver.aget_tuple(config)
+        found = await self.latest(user, conversation_id, generation)
         if found is None:
             return None
         messages = found.checkpoint.get("channel_values", {}).get("messages", [])

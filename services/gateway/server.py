@@ -34,12 +34,12 @@ from switchboard.shared.project import GraphLoadError, graph_choice
 from switchboard.shared.settings import GatewaySettings, SettingsError
 from switchboard.shared.tasks import finish
 
-from . import admission, auth, resume, wsbatch
+from . import admission, auth, forks, resume, wsbatch
 from .expiry import TokenDeadline
 from .ratelimit import FrameGate, Verdict
 from .history import HistoryReader
 from .hub import Connection, DeliveryHub
-from .store import GatewayStore, NotInterrupted, NotRunning, OverLimit
+from .store import Fork, GatewayStore, NotInterrupted, NotRunning, OverLimit
 
 log = logging.getLogger(__name__)
 
@@ -482,6 +482,43 @@ class Gateway:
         return p.ConversationsResult(conversations=listed,
                                      next=f"{rows[-1].updated_ms}|{rows[-1].id}" if more and rows else None)
 
+    async def _fork(self, conn: Connection, conv: str, cmid: str, *, regenerate: bool) -> tuple[Fork, forks.Target]:
+        """Where a ``regenerate``/``edit`` of message ``cmid`` forks (:mod:`.forks`)."""
+        done, generation = await self.store.progress(conn.user, conv)
+        try:
+            latest = await self.history.latest(conn.user, conv, generation)
+        except CannotOpen:
+            raise p.FrameError(p.ErrorCode.UNREADABLE, "this conversation's state cannot be decrypted with this "
+                               "server's keys", cmid) from None
+        if latest is None:
+            raise p.FrameError(p.ErrorCode.UNKNOWN_MESSAGE, f"no message {cmid!r} in {conv!r}", cmid)
+        target = forks.locate(latest.checkpoint.get("channel_values", {}).get("messages", []), cmid,
+                              last=regenerate)
+        base = await forks.fork_base(self.history.saver, latest, target.id, cmid)
+        return Fork("regenerate" if regenerate else "edit", cmid, base, done, generation), target
+
+    async def _repeated(self, conn: Connection, cmid: str, dedup_id: str) -> bool:
+        """A fork resent after it was accepted: answered as then (its message
+        is no longer where it was, so it is not looked for again)."""
+        known = await self.store.known(conn.user, dedup_id)
+        if known is None:
+            return False
+        self.metrics.accepted_repeat.inc()
+        await conn.reply(p.Accepted(client_msg_id=cmid, id=known))
+        return True
+
+    async def _accept_fork(self, conn: Connection, conv: str, cmid: str, text: str, fork: Fork) -> None:
+        try:
+            in_id, fresh = await self.store.accept(conn.user, conn.device, conv, cmid, text,
+                                                   default_graph=self.graphs.default, if_busy="reject", fork=fork)
+        except OverLimit as refused:
+            message = (f"{conv!r} has a turn running or waiting (or one ran meanwhile): {fork.kind} it when the "
+                       f"conversation is idle" if refused.code == "busy" else _over_limit_message(refused))
+            raise p.FrameError(p.ErrorCode(refused.code), message, cmid,
+                               retry_after_ms=refused.retry_after_ms or None) from None
+        (self.metrics.accepted_new if fresh else self.metrics.accepted_repeat).inc()
+        await conn.reply(p.Accepted(client_msg_id=cmid, id=in_id))
+
     async def _dispatch(self, conn: Connection, frame: p.ClientFrame) -> None:
         match frame:
             case p.Send(conversation_id=conv, client_msg_id=cmid, text=text, graph=graph, if_busy=if_busy):
@@ -527,6 +564,26 @@ class Gateway:
                     raise p.FrameError(p.ErrorCode.NOT_INTERRUPTED, f"no interrupt of {cmid!r} waits for an answer in "
                                        f"{conv!r}" + (f" with id {interrupt_id!r}" if interrupt_id else ""), cmid)
                 await conn.reply(p.Accepted(client_msg_id=cmid, id=answer.id))
+            case p.Regenerate(conversation_id=conv, client_msg_id=cmid, request_id=request_id):
+                if request_id is not None and await self._repeated(conn, cmid, request_id):
+                    return
+                fork, target = await self._fork(conn, conv, cmid, regenerate=True)
+                fork = fork._replace(human=target.id, dedup_id=request_id or f"regenerate-{uuid.uuid4().hex}")
+                await self._accept_fork(conn, conv, cmid, target.text, fork)
+            case p.Edit(conversation_id=conv, client_msg_id=cmid, text=text, new_client_msg_id=new_cmid):
+                # An edit is answered as the new message: its errors carry new_client_msg_id.
+                limit = self.settings.quotas.max_text_length
+                if limit and len(text) > limit:
+                    raise p.FrameError(p.ErrorCode.TEXT_TOO_LONG,
+                                       f"text of {len(text)} characters exceeds the limit of {limit}", new_cmid)
+                if await self._repeated(conn, new_cmid, new_cmid):
+                    return
+                try:
+                    fork, _ = await self._fork(conn, conv, cmid, regenerate=False)
+                except p.FrameError as refused:
+                    refused.client_msg_id = new_cmid
+                    raise
+                await self._accept_fork(conn, conv, new_cmid, text, fork)
             case p.Ack(id=entry_id):
                 if streamids.later(entry_id, conn.last):
                     raise p.FrameError(p.ErrorCode.INVALID_ACK,

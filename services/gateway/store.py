@@ -35,6 +35,20 @@ class Cancelled(NamedTuple):
     id: str  #: the entry marked cancelled (its turn ends with a ``cancelled`` event)
 
 
+class Fork(NamedTuple):
+    """A ``regenerate`` or ``edit`` to accept (time travel): where the
+    conversation forks, found by the gateway at ``done``/``generation``
+    (the accept refuses it, ``busy``, if a turn ran since)."""
+
+    kind: str  #: ``edit`` or ``regenerate``
+    replaced: str  #: the client_msg_id of the message replaced (an edit), or whose reply is (a regenerate)
+    base: str  #: the checkpoint id the turn runs on ('': the empty state)
+    done: str
+    generation: int
+    human: str = ""  #: a regenerate: the id of the message run again ('': a new message, ``in-<entry>``)
+    dedup_id: str = ""  #: the id a resend is known by ('': the client_msg_id)
+
+
 class Resumed(NamedTuple):
     id: str  #: the interrupted entry, which now runs on with the value
 
@@ -113,7 +127,7 @@ class GatewayStore:
 
     async def accept(self, user: str, device: str, conversation: str, client_msg_id: str,
                      text: str, *, graph: str = "", default_graph: str = DEFAULT_GRAPH,
-                     if_busy: str = "enqueue") -> Accepted:
+                     if_busy: str = "enqueue", fork: Fork | None = None) -> Accepted:
         """Durably append a message, or raise :class:`OverLimit`.
 
         A ``client_msg_id`` seen before (within DEDUP_TTL) returns the id it got
@@ -122,7 +136,7 @@ class GatewayStore:
         waiting already has one, and a repeat costs no work.
         """
         script_keys, args = self._accept_call(user, device, conversation, client_msg_id, text, graph, default_graph,
-                                              if_busy)
+                                              if_busy, fork)
         status, in_id, extra = await self._accept(keys=script_keys, args=args)
         if status == "limit":
             raise OverLimit(in_id, int(extra))
@@ -150,19 +164,32 @@ class GatewayStore:
 
     def _accept_call(self, user: str, device: str, conversation: str, client_msg_id: str,
                      text: str, graph: str = "", default_graph: str = DEFAULT_GRAPH,
-                     if_busy: str = "enqueue") -> tuple[list, list]:
+                     if_busy: str = "enqueue", fork: Fork | None = None) -> tuple[list, list]:
         """The keys and arguments of the accept script."""
         q = self.quotas
+        fork_args = ([fork.kind, fork.replaced, fork.base, fork.human, fork.done, str(fork.generation)] if fork
+                     else ["", "", "", "", "", ""])
+        dedup_id = fork.dedup_id if fork is not None and fork.dedup_id else client_msg_id
         return (
-            [keys.dedup(user, client_msg_id), keys.inbound(user, conversation), keys.outbound(user),
+            [keys.dedup(user, dedup_id), keys.inbound(user, conversation), keys.outbound(user),
              keys.meta(user), keys.conversation(user, conversation), keys.conversations(user), keys.usage(user),
              keys.lease(user, conversation), keys.offsets(user)],
             [conversation, client_msg_id, device, self.keyring.seal(text), outbound.new_epoch(),
              self.streams.outbound_maxlen, self.streams.dedup_ttl, keys.notify(user), q.sends_per_minute,
              q.max_conversations, q.max_messages, q.max_waiting, int(q.renotice_interval * 1000),
              keys.inbound_prefix(user), q.send_bytes_per_minute, len(text.encode()), self.streams.retention_ms,
-             graph, default_graph, if_busy, keys.cancels(), user, self.keyring.seal(default_title(text))],
+             graph, default_graph, if_busy, keys.cancels(), user, self.keyring.seal(default_title(text)),
+             *fork_args],
         )
+
+    async def known(self, user: str, client_msg_id: str) -> str | None:
+        """The entry id a client_msg_id was accepted as (within DEDUP_TTL), if it was."""
+        return await self.redis.get(keys.dedup(user, client_msg_id))
+
+    async def progress(self, user: str, conversation: str) -> tuple[str, int]:
+        """The conversation's ``done`` and generation: where a fork is found (see :class:`Fork`)."""
+        done, gen = await self.redis.hmget(keys.conversation(user, conversation), [ConvField.DONE, ConvField.GEN])
+        return done or "0-0", int(gen or 0)
 
     async def cancel(self, user: str, conversation: str, client_msg_id: str | None = None) -> Cancelled | NotRunning:
         """Stop the conversation's running turn (``cancel.lua``): the one named

@@ -30,7 +30,17 @@
 --       text bytes per minute, the text's size in bytes, retention ms,
 --       the graph the send names ('' none), the default graph,
 --       if_busy ('enqueue', 'interrupt', 'reject'), the cancel channel, the user,
---       the conversation's default title (the start of this text, sealed as it is)
+--       the conversation's default title (the start of this text, sealed as it is),
+--       fork ('' : a send; 'edit', 'regenerate'), the message replaced (its client_msg_id),
+--       the checkpoint to fork from ('' : the empty state), the id of the message run
+--       again ('' : a new one), the `done` and generation the fork was found at
+-- A fork (`edit`, `regenerate`: time travel) needs the conversation idle, and
+-- as it was when the gateway found the checkpoint to fork from (`done` and the
+-- generation unchanged: no turn ran since), else `busy`. It tells the devices
+-- first with a `replaced` event (`text`: 'message' for an edit, which replaces
+-- the message and all after it; 'reply' for a regenerate, which keeps it), then,
+-- for an edit, the new message's `user` event; a regenerate is not a new
+-- message (the conversation's message count stays).
 -- `if_busy` applies while the conversation has messages waiting (one runs, or
 -- is about to): `reject` refuses this one (`busy`, before any quota counts);
 -- `interrupt` marks every waiting entry cancelled (the conversation's `cancel`
@@ -76,6 +86,8 @@ else
 end
 local busy = last and last ~= done
 if busy and ARGV[20] == 'reject' then return {'limit', 'busy', 0} end
+local fork = ARGV[24]
+if fork ~= '' and (busy or done ~= ARGV[28] or (conv[8] or '0') ~= ARGV[29]) then return {'limit', 'busy', 0} end
 
 -- Quotas, cheapest first; nothing is written until all pass.
 local usage = redis.call('HMGET', KEYS[7], F.usage_tat, F.usage_btat, F.usage_waiting, F.usage_kept)
@@ -127,14 +139,19 @@ if max_waiting > 0 and tonumber(usage[3] or '0') >= max_waiting then
 end
 
 local ts = string.format('%d', now)
-local in_id = redis.call('XADD', KEYS[2], '*', F.in_cmid, ARGV[2], F.in_dev, ARGV[3], F.in_text, ARGV[4],
-  F.in_ts, ts, F.in_graph, graph, F.in_gen, conv[8] or '0')
+local entry = {F.in_cmid, ARGV[2], F.in_dev, ARGV[3], F.in_text, ARGV[4], F.in_ts, ts, F.in_graph, graph,
+  F.in_gen, conv[8] or '0'}
+if fork ~= '' then
+  for _, v in ipairs({F.in_kind, fork, F.in_base, ARGV[26]}) do entry[#entry + 1] = v end
+  if ARGV[27] ~= '' then entry[#entry + 1] = F.in_human; entry[#entry + 1] = ARGV[27] end
+end
+local in_id = redis.call('XADD', KEYS[2], '*', unpack(entry))
 redis.call('SET', KEYS[1], in_id, 'EX', ARGV[7])
 local idle = not last or last == done
 local notice = 0
 -- A turn held by an interrupt has no drain under way: stopping it needs one.
 if idle or overdue(conv[4]) or (busy and ARGV[20] == 'interrupt' and conv[9]) then notice = 1 end
-local progress = {F.conv_last, in_id, F.conv_count, count + 1}
+local progress = {F.conv_last, in_id, F.conv_count, fork == 'regenerate' and count or count + 1}
 if notice == 1 then progress[#progress + 1] = F.conv_noticed; progress[#progress + 1] = now end
 if not conv[6] then progress[#progress + 1] = F.conv_graph; progress[#progress + 1] = graph end
 if count == 0 then
@@ -161,9 +178,16 @@ if btat then set[#set + 1] = F.usage_btat; set[#set + 1] = string.format('%d', m
 local refresh = retention > 0 and tonumber(usage[4] or '0') - now < retention
 if refresh then set[#set + 1] = F.usage_kept; set[#set + 1] = string.format('%d', now + keep) end
 if #set > 0 then redis.call('HSET', KEYS[7], unpack(set)) end
-append_event(KEYS[3], KEYS[4], ARGV[8], ARGV[5], tonumber(ARGV[6]), {
-  F.event_kind, 'user', F.event_conv, ARGV[1], F.event_text, ARGV[4], F.event_cmid, ARGV[2],
-  F.event_dev, ARGV[3], F.event_ts, ts, F.event_in, in_id}, keep)
+if fork ~= '' then
+  append_event(KEYS[3], KEYS[4], ARGV[8], ARGV[5], tonumber(ARGV[6]), {
+    F.event_kind, 'replaced', F.event_conv, ARGV[1], F.event_text, fork == 'edit' and 'message' or 'reply',
+    F.event_cmid, ARGV[25], F.event_dev, ARGV[3], F.event_ts, ts, F.event_in, in_id}, keep)
+end
+if fork ~= 'regenerate' then
+  append_event(KEYS[3], KEYS[4], ARGV[8], ARGV[5], tonumber(ARGV[6]), {
+    F.event_kind, 'user', F.event_conv, ARGV[1], F.event_text, ARGV[4], F.event_cmid, ARGV[2],
+    F.event_dev, ARGV[3], F.event_ts, ts, F.event_in, in_id}, keep)
+end
 if refresh then
   for _, key in ipairs({KEYS[3], KEYS[4], KEYS[6], KEYS[7], KEYS[9]}) do redis.call('PEXPIRE', key, keep) end
 end

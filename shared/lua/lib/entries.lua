@@ -33,7 +33,8 @@ end
 -- An entry is cancelled when its id is at or before the conversation's
 -- `cancel` mark: the worker then commits a `cancelled` event without running it.
 -- Returns {'entry', id, cmid, dev, text, attempt, graph, cancelled ('1'/'0'),
--- kind ('' or 'clear'), generation, resume value ('' : none), interrupt id ('' : none)} or {'none'}.
+-- kind ('' , 'clear', 'edit', 'regenerate'), generation, resume value ('' : none), interrupt id ('' : none),
+-- the checkpoint a fork runs on, the id of the message a regenerate runs again} or {'none'}.
 local function next_entry(inbound, conv, after, token, resumed)
   local entries = redis.call('XRANGE', inbound, '(' .. after, '+', 'COUNT', 1)
   if #entries == 0 then return {'none'} end
@@ -53,7 +54,8 @@ local function next_entry(inbound, conv, after, token, resumed)
   for i = 1, #e[2], 2 do f[e[2][i]] = e[2][i + 1] end
   local attempt = begin_attempt(conv, e[1], token, resumed, state)
   return {'entry', e[1], f[F.in_cmid] or '', f[F.in_dev] or '', f[F.in_text] or '', attempt,
-          f[F.in_graph] or '', cancelled and '1' or '0', f[F.in_kind] or '', f[F.in_gen] or '0', resume, interrupt_id}
+          f[F.in_graph] or '', cancelled and '1' or '0', f[F.in_kind] or '', f[F.in_gen] or '0', resume, interrupt_id,
+          f[F.in_base] or '', f[F.in_human] or ''}
 end
 
 -- Entry `id` is answered: remove it and everything before it from the
