@@ -473,8 +473,9 @@ def erase_user(client, user: str, *, work_shards: int, dry_run: bool = False) ->
         found = own + threads
         if not found:
             break
-        erasure.keys += [k for k in own if k not in erasure.keys]
-        erasure.checkpoint_keys += [k for k in threads if k not in erasure.checkpoint_keys]
+        known = set(erasure.keys) | set(erasure.checkpoint_keys)
+        erasure.keys += [k for k in own if k not in known]
+        erasure.checkpoint_keys += [k for k in threads if k not in known]
     erasure.left = len(found)
     return erasure
 

@@ -4,6 +4,7 @@ and what Redis holds. Pure functions, tested on their own (test_checker.py)."""
 from __future__ import annotations
 
 import bisect
+import json
 import math
 import re
 from collections import Counter, defaultdict
@@ -175,7 +176,7 @@ def check_inbound_ids(stream: list[tuple[str, dict[str, str]]], accepted: dict[s
     from the outbound stream's fields."""
     for entry_id, fields in stream:
         cmid = fields.get("cmid")
-        if not cmid:
+        if not cmid or fields.get("kind") == "replaced":  # names the message replaced; its `in` is the edit's
             continue
         expected = accepted.get(cmid)
         if expected is None:
@@ -198,7 +199,7 @@ _REPLY_NUMBER = re.compile(r"^reply (\d+) to: ")
 
 
 def check_history(conversation: str, human_ids: list[str], replies: list[tuple[str, str]],
-                  report: Report, cancelled: Iterable[str] = ()) -> None:
+                  report: Report, cancelled: Iterable[str] = (), replaced: Iterable[str] = ()) -> None:
     """The conversation's LangGraph history, as stored: each message at most
     once, in inbound order, and every answered one in it -- at the place its
     reply was computed from (the test graph says ``reply <n> to: ...``, n =
@@ -207,11 +208,16 @@ def check_history(conversation: str, human_ids: list[str], replies: list[tuple[s
     of these. ``human_ids`` are the state's ``in-<inbound id>`` message ids;
     ``replies`` the (inbound id, text) of the conversation's assistant events;
     ``cancelled`` the inbound ids of its stopped messages, which the state must
-    not hold (a stopped turn leaves no trace)."""
+    not hold (a stopped turn leaves no trace); ``replaced`` those an edit
+    replaced (:func:`replaced_by_edits`): not in it either, their replies not looked for."""
     counts = Counter(human_ids)
     for inbound_id in cancelled:
         if f"in-{inbound_id}" in counts:
             report.add("history_cancelled", f"{conversation}: the stopped {inbound_id} is in the history")
+    gone = set(replaced)
+    for inbound_id in gone:
+        if f"in-{inbound_id}" in counts:
+            report.add("history_replaced", f"{conversation}: {inbound_id}, replaced by an edit, is in the history")
     for message_id, n in counts.items():
         if n > 1:
             report.add("history_duplicate", f"{conversation}: {message_id} {n} times in the history")
@@ -222,6 +228,8 @@ def check_history(conversation: str, human_ids: list[str], replies: list[tuple[s
     for i, message_id in enumerate(human_ids):
         position.setdefault(message_id, i)
     for inbound_id, text in replies:
+        if inbound_id in gone:
+            continue
         where = position.get(f"in-{inbound_id}")
         if where is None:
             report.add("history_missing", f"{conversation}: answered {inbound_id} is not in the history")
@@ -230,6 +238,50 @@ def check_history(conversation: str, human_ids: list[str], replies: list[tuple[s
         if match and int(match.group(1)) != where + 1:
             report.add("history_fork", f"{conversation}: the reply to {inbound_id} was computed on "
                                        f"{match.group(1)} messages, the history has it at {where + 1}")
+
+
+def replaced_by_edits(stream: list[tuple[str, dict[str, str]]], accepted: dict[str, str]) -> dict[str, set[str]]:
+    """Conversation -> the inbound ids its edits replaced: from the edited
+    message (``accepted``: cmid -> inbound id) up to the edit itself."""
+    messages: dict[str, list[str]] = defaultdict(list)
+    edits: list[tuple[str, str, str]] = []
+    for _, fields in stream:
+        if fields.get("kind") == "user":
+            messages[fields.get("conv", "")].append(fields.get("in", ""))
+        elif fields.get("kind") == "replaced" and fields.get("text") == "message":
+            edits.append((fields.get("conv", ""), accepted.get(fields.get("cmid", ""), ""), fields.get("in", "")))
+    gone: dict[str, set[str]] = defaultdict(set)
+    for conversation, first, edit in edits:
+        if not first:
+            continue
+        low, high = streamids.parse(first), streamids.parse(edit)
+        gone[conversation] |= {i for i in messages[conversation] if low <= streamids.parse(i) < high}
+    return gone
+
+
+def check_questions(stream: list[tuple[str, dict[str, str]]], asking: set[str], user: str, report: Report,
+                    answer: Any) -> None:
+    """Human-in-the-loop, per message: only a turn that asks (``asking``)
+    gets an ``interrupt`` event, at most one (the chaos graph asks once),
+    at most one ``resumed`` after it, and an ``assistant`` reply only after
+    both, its text ending with the answer given (``answer(cmid)``)."""
+    seen: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for _, fields in stream:
+        if fields.get("kind") in ("interrupt", "resumed", *REPLY_KINDS):
+            seen[fields.get("cmid", "")].append((fields["kind"], fields.get("text", "")))
+    for cmid, events in seen.items():
+        kinds = [k for k, _ in events]
+        if "interrupt" in kinds and cmid not in asking:
+            report.add("unexpected_interrupt", f"{user} {cmid}: an interrupt, but its turn does not ask")
+        if kinds.count("interrupt") > 1 or kinds.count("resumed") > 1:
+            report.add("question_count", f"{user} {cmid}: {kinds}")
+        if cmid in asking and "assistant" in kinds:
+            expected = ["interrupt", "resumed", "assistant"]
+            if [k for k in kinds if k in expected] != expected:
+                report.add("question_order", f"{user} {cmid}: {kinds}")
+            reply = next(t for k, t in events if k == "assistant")
+            if not reply.endswith(f" answered {json.dumps(answer(cmid))}"):
+                report.add("question_answer", f"{user} {cmid}: {reply[-60:]!r} does not end with its answer")
 
 
 def check_device(log: DeviceLog, stream: list[tuple[str, dict[str, str]]], report: Report,

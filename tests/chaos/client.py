@@ -21,6 +21,17 @@ RESEND_AFTER = 3.0  #: seconds without `accepted` before a send is resent
 #: Shares of the load: sends with ``if_busy: interrupt``, and cancels per message sent.
 INTERRUPT_SHARE = 0.04
 CANCEL_SHARE = 0.03
+#: Shares of the messages whose turn asks the person first (human-in-the-loop),
+#: and of the load's ticks that edit an earlier message.
+ASK_SHARE = 0.05
+EDIT_SHARE = 0.03
+#: Refusals an edit may get, and then is dropped (the conversation was busy, the message gone).
+EDIT_REFUSALS = ("busy", "unknown_message", "not_last", "too_old")
+
+
+def answer_for(cmid: str) -> str:
+    """What a chaos user answers the question of message ``cmid``."""
+    return f"yes-{cmid[:8]}"
 
 
 def now_ms() -> int:
@@ -135,6 +146,7 @@ class ChaosDevice:
             if kind == "event":
                 segment.arrived.append(now_ms())
                 segment.events.append(frame)
+                self.user.on_event(frame)
                 self.received.append(frame["id"])
                 since_ack += 1
                 if since_ack >= 8:
@@ -149,6 +161,7 @@ class ChaosDevice:
             elif kind == "error":
                 self.user.stats.counts[f"error:{frame['code']}"] += 1
                 self._pending_ack = None  # the ack may be what failed
+                self.user.on_error(frame)
 
     async def _ack(self, ws: ClientConnection, entry_id: str) -> None:
         self.acked.append(entry_id)
@@ -202,11 +215,40 @@ class ChaosUser:
         #: with if_busy: interrupt): what makes a ``cancelled`` event legitimate
         self.stops: dict[str, list[int]] = {}
         self.sent = 0
+        self.asking: set[str] = set()  #: cmids whose turn asks the person (the word "ask")
+        #: cmid -> (conversation, interrupt id, last answer sent: loop time, 0 for none): questions waiting
+        self.questions: dict[str, tuple[str, str, float]] = {}
+        self.finished: set[str] = set()  #: cmids whose final event a device saw
+        self.by_conversation: dict[str, list[str]] = {}  #: conversation -> cmids accepted in it, in order
+        self.edits: set[str] = set()  #: the new cmids of edits sent and not refused
 
     def on_accepted(self, cmid: str, inbound_id: str) -> None:
         self.accepts.append((self.name, cmid, inbound_id))
+        if cmid not in self.accepted:
+            frame = self.pending.get(cmid, ({},))[0]
+            if frame.get("conversation_id"):
+                self.by_conversation.setdefault(frame["conversation_id"], []).append(cmid)
         self.accepted.add(cmid)
         self.pending.pop(cmid, None)
+
+    def on_event(self, event: dict) -> None:
+        cmid, kind = event.get("client_msg_id"), event["kind"]
+        if kind == "interrupt" and cmid not in self.finished:
+            asked = json.loads(event["text"])
+            known = self.questions.get(cmid)
+            if known is None or known[1] != asked["id"]:
+                self.questions[cmid] = (event["conversation_id"], asked["id"], 0.0)
+        elif kind in ("resumed", "assistant", "turn_error", "cancelled"):
+            self.questions.pop(cmid, None)
+            if kind != "resumed":
+                self.finished.add(cmid)
+
+    def on_error(self, frame: dict) -> None:
+        cmid = frame.get("client_msg_id")
+        if cmid in self.edits and frame["code"] in EDIT_REFUSALS and cmid not in self.accepted:
+            self.edits.discard(cmid)
+            self.pending.pop(cmid, None)
+            self.stats.counts["edits_refused"] += 1
 
     def connected_devices(self) -> list[ChaosDevice]:
         return [d for d in self.devices if d.connected.is_set()]
@@ -216,8 +258,11 @@ class ChaosUser:
         think = self.rng.choice(["0", "0", "0.05", "0.1", "0.3"])
         streamed = " streamed" if self.rng.random() < 0.5 else ""  # the reply comes as deltas, then the final
         conversation = f"c{self.rng.randint(0, 2)}"
+        ask = " ask" if self.rng.random() < ASK_SHARE else ""  # the turn asks the person first
         frame = {"type": "send", "conversation_id": conversation, "client_msg_id": cmid,
-                 "text": f"sleep:{think} {self.name} says {self.sent}{streamed}"}
+                 "text": f"sleep:{think} {self.name} says {self.sent}{streamed}{ask}"}
+        if ask:
+            self.asking.add(cmid)
         if self.rng.random() < INTERRUPT_SHARE:  # double-texting: stop what runs, answer this one
             frame["if_busy"] = "interrupt"
             self.stops.setdefault(conversation, []).append(now_ms())
@@ -244,6 +289,36 @@ class ChaosUser:
         self.stops.setdefault(conversation, []).append(now_ms())  # before it is sent: it may act at once
         if await self.rng.choice(devices).send({"type": "cancel", "conversation_id": conversation}):
             self.stats.counts["cancels"] += 1
+
+    async def answer_due(self) -> None:
+        """Answer each waiting question from any device; again if no
+        ``resumed`` came within RESEND_AFTER (the answer may have been lost:
+        a second one is refused, ``already_resumed``)."""
+        now = asyncio.get_running_loop().time()
+        for cmid, (conversation, interrupt_id, last) in list(self.questions.items()):
+            if now - last < RESEND_AFTER:
+                continue
+            devices = self.connected_devices()
+            if devices and await self.rng.choice(devices).send({
+                    "type": "resume", "conversation_id": conversation, "client_msg_id": cmid,
+                    "interrupt_id": interrupt_id, "value": answer_for(cmid)}):
+                if cmid in self.questions:
+                    self.questions[cmid] = (conversation, interrupt_id, now)
+                self.stats.counts["resumes" if not last else "resumes_again"] += 1
+
+    async def edit(self) -> None:
+        """Edit one of the messages of a conversation (it may be refused: busy, gone)."""
+        conversation = f"c{self.rng.randint(0, 2)}"
+        candidates = self.by_conversation.get(conversation)
+        if not candidates:
+            return
+        cmid = uuid.uuid4().hex
+        frame = {"type": "edit", "conversation_id": conversation, "client_msg_id": self.rng.choice(candidates[-5:]),
+                 "new_client_msg_id": cmid, "text": f"sleep:0 {self.name} edits {len(self.edits)}"}
+        self.edits.add(cmid)
+        self.pending[cmid] = (frame, 0.0)
+        self.stats.counts["edits"] += 1
+        await self._try_send(cmid)
 
     async def resend_due(self) -> None:
         now = asyncio.get_running_loop().time()

@@ -45,7 +45,7 @@ from switchboard.shared import keys
 from tests.support.cluster import Cluster, token
 
 from . import checker
-from .client import CANCEL_SHARE, ChaosUser, Stats, now_ms
+from .client import CANCEL_SHARE, EDIT_SHARE, ChaosUser, Stats, answer_for, now_ms
 
 GRAPH = "tests.support.graphs:slow"
 FANOUT_SWEEP = 10.0  #: above the delay bound: a stall that only the sweep heals is seen
@@ -203,12 +203,15 @@ class Chaos:
             await user.new_message()
             if self.rng.random() < CANCEL_SHARE:
                 await self.rng.choice(self.users).cancel()
+            if self.rng.random() < EDIT_SHARE:
+                await self.rng.choice(self.users).edit()
             await asyncio.sleep(interval * self.rng.uniform(0.5, 1.5))
 
     async def resender(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             for user in self.users:
                 await user.resend_due()
+                await user.answer_due()
             await asyncio.sleep(0.5)
 
     async def sample_memory(self, stop: asyncio.Event) -> None:
@@ -287,12 +290,14 @@ class Chaos:
                     return False
         return True
 
-    async def _check_histories(self, url: str, streams: dict[str, list], report: checker.Report) -> None:
+    async def _check_histories(self, url: str, streams: dict[str, list], report: checker.Report,
+                               accepted: dict[str, dict[str, str]]) -> None:
         """Each conversation's stored LangGraph history against its replies."""
         raw = aioredis.Redis.from_url(url)
         saver = AsyncRedisSaver(redis_client=raw)
         try:
             for user, stream in streams.items():
+                replaced = checker.replaced_by_edits(stream, accepted.get(user, {}))
                 replies: dict[str, list[tuple[str, str]]] = {}
                 cancelled: dict[str, list[str]] = {}
                 for _, fields in stream:
@@ -306,7 +311,8 @@ class Chaos:
                     messages = stored.checkpoint["channel_values"].get("messages", []) if stored else []
                     human_ids = [m.id for m in messages if getattr(m, "type", "") == "human"]
                     checker.check_history(f"{user}/{conversation}", human_ids, answered, report,
-                                          cancelled=cancelled.get(conversation, []))
+                                          cancelled=cancelled.get(conversation, []),
+                                          replaced=replaced.get(conversation, ()))
         finally:
             await raw.aclose()
 
@@ -331,6 +337,7 @@ class Chaos:
             checker.check_replies(stream, mine, user.name, report, stops=user.stops)
             checker.check_inbound_ids(stream, mine, user.name, report)
             checker.check_deltas(stream, user.name, report, streamed=user.streamed)
+            checker.check_questions(stream, user.asking, user.name, report, answer_for)
             for device in user.devices:
                 for log in device.logs():
                     checker.check_device(log, stream, report, must_reach_end=log is device.log,
@@ -340,7 +347,7 @@ class Chaos:
         checker.check_dead_letters(dead_letters, report)
         dead = len(dead_letters)
         await client.aclose()
-        await self._check_histories(url, streams, report)
+        await self._check_histories(url, streams, report, accepted)
         memory = checker.check_memory(self.memory, report, limit_mb=self.args.memory_limit)
         counts = self.stats.counts
         summary = {
@@ -350,6 +357,8 @@ class Chaos:
             "devices": sum(len(u.devices) for u in self.users),
             "messages": sum(u.sent for u in self.users),
             "accepted": len({(u, c) for u, c, _ in records}),
+            "edits_accepted": sum(len(u.edits & u.accepted) for u in self.users),
+            "asked": sum(len(u.asking & u.accepted) for u in self.users),
             "events": sum(len(s) for s in streams.values()),
             "dead_letters": dead,
             "delay_ms": _percentiles(delays),
@@ -412,7 +421,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def print_summary(summary: dict) -> None:
     print(f"chaos seed={summary['seed']} {summary['duration_s']:g} s: {summary['users']} users, "
-          f"{summary['devices']} devices, {summary['messages']} messages, {summary['accepted']} accepted, "
+          f"{summary['devices']} devices, {summary['messages']} messages, {summary['accepted']} accepted ({summary['edits_accepted']} edits; "
+          f"{summary['asked']} asked the person), "
           f"{summary['events']} events, {summary['dead_letters']} dead letters")
     print("delay ms:   " + ", ".join(f"{k}={v}" for k, v in summary["delay_ms"].items()))
     print("faults:     " + ", ".join(f"{k}={v}" for k, v in summary["faults"].items()))

@@ -3,7 +3,7 @@ proves nothing), and pass a clean run."""
 
 from tests.chaos.checker import (
     DeviceLog, Report, Segment, check_accept_ids, check_dead_letters, check_deltas, check_delays, check_device,
-    check_history, check_inbound_ids, check_memory, check_replies, group_accepts,
+    check_history, check_inbound_ids, check_memory, check_questions, check_replies, group_accepts, replaced_by_edits,
 )
 
 
@@ -277,3 +277,48 @@ def test_a_cancelled_reply_needs_a_stop_asked_after_its_message_and_the_text_its
     history = Report()
     check_history("u/c", ["in-1000-0"], [], history, cancelled=["1000-0"])
     assert history.violations == {"history_cancelled": 1}
+
+
+def _fields(kind: str, cmid: str, text: str = "", inbound: str = "") -> dict:
+    return {"conv": "c", "kind": kind, "cmid": cmid, "text": text, "in": inbound}
+
+
+def test_questions_pass_one_asked_and_answered_turn_and_catch_each_fault():
+    def answer(cmid: str) -> str:
+        return f"yes-{cmid}"
+
+    good = [("1-0", _fields("interrupt", "q")), ("2-0", _fields("resumed", "q", '"yes-q"')),
+            ("3-0", _fields("assistant", "q", 'reply 1 to: x ask answered "yes-q"'))]
+    report = Report()
+    check_questions(good, {"q"}, "u", report, answer)
+    assert report.ok
+    faults = {
+        "unexpected_interrupt": (good, set()),
+        "question_count": (good[:1] + good, {"q"}),
+        "question_order": ([good[1], good[0], good[2]], {"q"}),
+        "question_answer": (good[:2] + [("3-0", _fields("assistant", "q", 'reply 1 to: x ask answered "no"'))],
+                            {"q"}),
+    }
+    for kind, (stream, asking) in faults.items():
+        report = Report()
+        check_questions(stream, asking, "u", report, answer)
+        assert report.violations[kind] >= 1, kind
+
+
+def test_an_edit_replaces_from_the_edited_message_to_the_edit_and_history_must_not_hold_them():
+    stream = [("1-0", _fields("user", "a", inbound="10-0")), ("2-0", _fields("user", "b", inbound="11-0")),
+              ("3-0", _fields("user", "c", inbound="12-0")), ("4-0", _fields("replaced", "b", "message", "13-0")),
+              ("5-0", _fields("user", "e", inbound="13-0"))]
+    accepted = {"a": "10-0", "b": "11-0", "c": "12-0", "e": "13-0"}
+    gone = replaced_by_edits(stream, accepted)
+    assert gone == {"c": {"11-0", "12-0"}}
+    replies = [("10-0", "reply 1 to: a"), ("11-0", "reply 2 to: b"), ("12-0", "reply 3 to: c"),
+               ("13-0", "reply 2 to: e")]
+    report = Report()
+    check_history("c", ["in-10-0", "in-13-0"], replies, report, replaced=gone["c"])
+    assert report.ok
+    report = Report()
+    check_history("c", ["in-10-0", "in-11-0", "in-13-0"], replies, report, replaced=gone["c"])
+    assert report.violations["history_replaced"] == 1
+    # A regenerate replaces no message.
+    assert replaced_by_edits([("4-0", _fields("replaced", "b", "reply", "13-0"))], accepted) == {}

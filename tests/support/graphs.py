@@ -37,8 +37,10 @@ async def _slow(state: MessagesState) -> dict:
 
     ``sleep:<seconds> ...`` sleeps; ``fail-unless:<path> ...`` raises while
     no file ``path`` exists (a bug fixed later); ``fail ...`` raises; ``crash
-    ...`` kills the worker process. SLOW_GRAPH_MARKS names
-    the directory for the start marks.
+    ...`` kills the worker process; with the word ``ask``, it asks the
+    person once (LangGraph's ``interrupt``) and the reply ends ``answered
+    <the answer as JSON>``. SLOW_GRAPH_MARKS names the directory for the
+    start marks.
     """
     text = _last_text(state)
     marks = os.environ.get("SLOW_GRAPH_MARKS")
@@ -56,6 +58,8 @@ async def _slow(state: MessagesState) -> dict:
     if text.startswith("crash"):
         os._exit(3)  # a poison message: takes the whole worker process down
     reply = f"reply {_count_turns(state)} to: {text}"
+    if "ask" in text.split():
+        reply += " answered " + json.dumps(interrupt({"question": "go on?", "about": text}))
     if "streamed" in text.split():
         reply = (await _SPEAKER.ainvoke([SystemMessage(content=reply)])).content
     return {"messages": [AIMessage(content=reply)]}
@@ -65,7 +69,7 @@ _SPEAKER = ReadingModel(token_ms=20)
 
 
 #: Replies "reply <n> to: <text>"; sleeps on "sleep:<s>", raises on "fail";
-#: a text with the word "streamed" gets its reply streamed, a word every 20 ms.
+#: a text with the word "streamed" gets its reply streamed, a word every 20 ms; "ask" asks first.
 slow = _single(_slow)
 
 
