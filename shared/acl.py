@@ -213,8 +213,8 @@ GATEWAY = User("gateway", "sb-gateway", "accepts messages, admits connections, s
           ("xadd", "xlen"), W(INBOUND)),
     Grant("cancel: the id of the conversation's next waiting entry (the one running)", ("xrange",), R(INBOUND)),
     Grant("cancel and if_busy: interrupt: tell the workers which turns to stop", ("publish",), channels=(CANCELS,)),
-    Grant("accept: the conversation's counters and notice times; cancel: its cancel mark", ("hget", "hmget", "hset"),
-          RW(CONVERSATION)),
+    Grant("accept: the conversation's counters and notice times (a first message's sealed title: hsetnx); "
+          "cancel: its cancel mark", ("hget", "hmget", "hset", "hsetnx"), RW(CONVERSATION)),
     Grant("accept (retention): a conversation that has a message waiting must not expire",
           ("persist",), RW(CONVERSATION, INBOUND)),
     Grant("accept: whether a drain holds the conversation (its lease exists), never the token",

@@ -137,12 +137,24 @@ class GatewayStore:
         """
         script_keys, args = self._accept_call(user, device, conversation, client_msg_id, text, graph, default_graph,
                                               if_busy, fork)
-        status, in_id, extra = await self._accept(keys=script_keys, args=args)
+        reply = await self._accept(keys=script_keys, args=args)
+        status, in_id, extra = reply[:3]
         if status == "limit":
             raise OverLimit(in_id, int(extra))
         if int(extra):
             await self.redis.xadd(*self._work_notice(user, conversation))
+        if status == "new" and int(reply[3]):
+            await self._title_first(user, conversation, text)
         return Accepted(in_id, status == "new")
+
+    async def _title_first(self, user: str, conversation: str, text: str) -> None:
+        """A first message's default title, sealed, when encryption at rest is
+        on (the accept script stores a plain one itself): sealed here, once
+        per conversation rather than on every send. A ``rename`` that came
+        first is kept."""
+        if self.keyring.enabled:
+            await self.redis.hsetnx(keys.conversation(user, conversation), ConvField.TITLE,
+                                    self.keyring.seal(default_title(text)))
 
     async def accept_many(self, user: str, device: str, conversation: str,
                           messages: list[tuple[str, str]]) -> list[str]:
@@ -158,9 +170,12 @@ class GatewayStore:
         refused = [r for r in replies if r[0] == "limit"]
         if refused:
             raise OverLimit(refused[0][1], int(refused[0][2]))
-        if any(int(notice) for _, _, notice in replies):
+        if any(int(r[2]) for r in replies):
             await self.redis.xadd(*self._work_notice(user, conversation))
-        return [in_id for _, in_id, _ in replies]
+        for reply, (_, text) in zip(replies, messages):
+            if reply[0] == "new" and int(reply[3]):
+                await self._title_first(user, conversation, text)
+        return [r[1] for r in replies]
 
     def _accept_call(self, user: str, device: str, conversation: str, client_msg_id: str,
                      text: str, graph: str = "", default_graph: str = DEFAULT_GRAPH,
@@ -178,7 +193,8 @@ class GatewayStore:
              self.streams.outbound_maxlen, self.streams.dedup_ttl, keys.notify(user), q.sends_per_minute,
              q.max_conversations, q.max_messages, q.max_waiting, int(q.renotice_interval * 1000),
              keys.inbound_prefix(user), q.send_bytes_per_minute, len(text.encode()), self.streams.retention_ms,
-             graph, default_graph, if_busy, keys.cancels(), user, self.keyring.seal(default_title(text)),
+             graph, default_graph, if_busy, keys.cancels(), user,
+             "" if self.keyring.enabled else default_title(text),
              *fork_args],
         )
 

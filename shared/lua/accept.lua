@@ -30,7 +30,8 @@
 --       text bytes per minute, the text's size in bytes, retention ms,
 --       the graph the send names ('' none), the default graph,
 --       if_busy ('enqueue', 'interrupt', 'reject'), the cancel channel, the user,
---       the conversation's default title (the start of this text, sealed as it is),
+--       the conversation's default title (the start of this text; '' : the caller
+--       stores it after a first message, sealed: only then is the seal's cost paid),
 --       fork ('' : a send; 'edit', 'regenerate'), the message replaced (its client_msg_id),
 --       the checkpoint to fork from ('' : the empty state), the id of the message run
 --       again ('' : a new one), the `done` and generation the fork was found at
@@ -55,7 +56,7 @@
 -- at rest is on, so the byte quota counts the size the caller passes, the
 -- UTF-8 size of the plain text, not that of its ciphertext.
 -- Limits of 0 are off.
--- Returns {'new', id, notice (1/0)}, {'repeat', id, notice} or
+-- Returns {'new', id, notice (1/0), first message (1/0)}, {'repeat', id, notice} or
 -- {'limit', error code, retry after ms (0: not by waiting)}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -156,7 +157,8 @@ if notice == 1 then progress[#progress + 1] = F.conv_noticed; progress[#progress
 if not conv[6] then progress[#progress + 1] = F.conv_graph; progress[#progress + 1] = graph end
 if count == 0 then
   -- The first message: when the conversation began, and a title until `rename` gives one.
-  for _, v in ipairs({F.conv_created, ts, F.conv_title, ARGV[23]}) do progress[#progress + 1] = v end
+  progress[#progress + 1] = F.conv_created; progress[#progress + 1] = ts
+  if ARGV[23] ~= '' then progress[#progress + 1] = F.conv_title; progress[#progress + 1] = ARGV[23] end
 end
 redis.call('HSET', KEYS[5], unpack(progress))
 if idle and retention > 0 then
@@ -191,4 +193,4 @@ end
 if refresh then
   for _, key in ipairs({KEYS[3], KEYS[4], KEYS[6], KEYS[7], KEYS[9]}) do redis.call('PEXPIRE', key, keep) end
 end
-return {'new', in_id, notice}
+return {'new', in_id, notice, count == 0 and 1 or 0}
