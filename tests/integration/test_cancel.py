@@ -13,7 +13,8 @@ import redis
 
 from switchboard.shared import keys
 from tests.support.client import Device, new_user
-from tests.support.cluster import token
+from tests.support.devices import phone_and_laptop
+from tests.support.wait import until
 
 SLOW = "tests.support.graphs:slow"
 
@@ -27,14 +28,6 @@ def _started(cluster, user: str, conversation: str) -> bool:
         client.close()
 
 
-async def _until(predicate, timeout: float = 15.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
 def _runs(marks) -> list[str]:
     """The texts of the graph runs begun (the slow graph's start marks)."""
     return [line for mark in marks.iterdir() for line in mark.read_text().splitlines()] if marks.exists() else []
@@ -45,22 +38,15 @@ def _finals(device: Device) -> list[tuple[str, str]]:
                                                                                    "cancelled")]
 
 
-async def _devices(cluster, user: str) -> tuple[Device, Device]:
-    phone = Device(cluster.services["gw1"].url, token(user), "phone")
-    laptop = Device(cluster.services["gw2"].url, token(user), "laptop")
-    await phone.connect()
-    await laptop.connect()
-    return phone, laptop
-
 
 async def test_a_cancel_from_another_gateway_stops_the_turn_and_the_queue_runs_on(cluster):
     cluster.start_many(("fanout", "f"), ("gateway", "gw1"), ("gateway", "gw2"), ("worker", "w"), GRAPH=SLOW)
     user = new_user()
-    phone, laptop = await _devices(cluster, user)
+    phone, laptop = await phone_and_laptop(cluster, user)
     try:
         await phone.send("c", "long", "sleep:30 a long one")
         await phone.send("c", "next", "after it")
-        await _until(lambda: _started(cluster, user, "c"))
+        await until(lambda: _started(cluster, user, "c"), 15, "a worker running the turn")
         loop = asyncio.get_running_loop()
         asked = loop.time()
         await laptop.send_raw(json.dumps({"type": "cancel", "conversation_id": "c"}))
@@ -84,13 +70,13 @@ async def test_a_cancel_from_another_gateway_stops_the_turn_and_the_queue_runs_o
 async def test_if_busy_reject_refuses_and_interrupt_stops_what_waits_and_runs_next(cluster):
     cluster.start_many(("fanout", "f"), ("gateway", "gw1"), ("gateway", "gw2"), ("worker", "w"), GRAPH=SLOW)
     user = new_user()
-    phone, laptop = await _devices(cluster, user)
+    phone, laptop = await phone_and_laptop(cluster, user)
     try:
         await phone.send("c", "first", "hello")
         assert (await phone.wait_reply("first"))["text"] == "reply 1 to: hello"
         await phone.send("c", "slow", "sleep:30 think hard")
         await phone.send("c", "queued", "sleep:30 and this")
-        await _until(lambda: _started(cluster, user, "c"))
+        await until(lambda: _started(cluster, user, "c"), 15, "a worker running the turn")
         await laptop.send("c", "nope", "not now", if_busy="reject")
         error = await laptop.wait_frame("error", client_msg_id="nope")
         assert error["code"] == "busy"
@@ -117,11 +103,11 @@ async def test_a_cancel_while_no_worker_runs_is_kept_and_the_message_never_answe
     cluster.start_many(("fanout", "f"), ("gateway", "gw1"), ("gateway", "gw2"), ("worker", "w"), GRAPH=SLOW,
                        SLOW_GRAPH_MARKS=str(marks), LEASE_TTL="1", CLAIM_IDLE="1")
     user = new_user()
-    phone, laptop = await _devices(cluster, user)
+    phone, laptop = await phone_and_laptop(cluster, user)
     try:
         await phone.send("c", "long", "sleep:30 streamed partly")
         await phone.send("c", "next", "then this")
-        await _until(lambda: "sleep:30 streamed partly" in _runs(marks))  # the graph runs it
+        await until(lambda: "sleep:30 streamed partly" in _runs(marks), 15, "the graph running it")  # the graph runs it
         cluster.kill("w")  # kill -9 mid-turn
         await laptop.send_raw(json.dumps({"type": "cancel", "conversation_id": "c", "client_msg_id": "next"}))
         error = await laptop.wait_frame("error", client_msg_id="next")
@@ -147,7 +133,7 @@ async def test_a_cancel_while_no_worker_runs_is_kept_and_the_message_never_answe
 async def test_a_stopped_streamed_reply_ends_with_what_was_streamed(cluster):
     cluster.start_many(("fanout", "f"), ("gateway", "gw1"), ("gateway", "gw2"), ("worker", "w"), GRAPH=SLOW)
     user = new_user()
-    phone, laptop = await _devices(cluster, user)
+    phone, laptop = await phone_and_laptop(cluster, user)
     words = " ".join(f"word{i}" for i in range(400))  # ~20 ms a token: seconds of streaming
     try:
         await phone.send("c", "talk", f"streamed {words}")

@@ -11,6 +11,7 @@ import json
 import pytest
 
 from tests.support.client import Device, new_user
+from tests.support.devices import phone_and_laptop
 from tests.support.cluster import token
 from tests.support.fake_openai import FakeOpenAI
 
@@ -34,10 +35,7 @@ async def test_a_chat_model_streams_calls_tools_and_remembers(cluster, endpoint)
                        OPENAI_BASE_URL=endpoint.base_url, OPENAI_API_KEY="sk-test", CHAT_MODEL="tiny-chat",
                        CHAT_SYSTEM_PROMPT="Be brief.")
     user = new_user()
-    phone = Device(cluster.services["gw1"].url, token(user), "phone")
-    laptop = Device(cluster.services["gw2"].url, token(user), "laptop")
-    await phone.connect()
-    await laptop.connect()
+    phone, laptop = await phone_and_laptop(cluster, user)
     try:
         await phone.send("c", "m1", "hello there, how are you today")
         reply = await phone.wait_reply("m1")

@@ -13,7 +13,7 @@ import redis
 
 from switchboard.shared import keys
 from tests.support.client import Device, new_user
-from tests.support.cluster import token
+from tests.support.devices import phone_and_laptop
 
 SLOW = "tests.support.graphs:slow"
 
@@ -27,10 +27,7 @@ async def test_clear_runs_in_order_and_the_next_turn_starts_empty(cluster, tmp_p
     env = dict(GRAPH=SLOW, SLOW_GRAPH_MARKS=str(marks), LEASE_TTL="1", CLAIM_IDLE="1")
     cluster.start_many(("fanout", "f"), ("gateway", "gw1"), ("gateway", "gw2"), ("worker", "w"), **env)
     user = new_user()
-    phone = Device(cluster.services["gw1"].url, token(user), "phone")
-    laptop = Device(cluster.services["gw2"].url, token(user), "laptop")
-    await phone.connect()
-    await laptop.connect()
+    phone, laptop = await phone_and_laptop(cluster, user)
     client = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
     old_thread = keys.thread_id(user, "a")
     try:

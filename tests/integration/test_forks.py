@@ -10,7 +10,8 @@ import asyncio
 import json
 
 from tests.support.client import Device, new_user
-from tests.support.cluster import token
+from tests.support.devices import phone_and_laptop
+from tests.support.wait import until
 
 SLOW = "tests.support.graphs:slow"
 
@@ -43,10 +44,7 @@ async def test_regenerate_and_edit_fork_the_conversation_on_every_device(cluster
     cluster.start_many(("fanout", "f"), ("gateway", "gw1"), ("gateway", "gw2"), ("worker", "w"), GRAPH=SLOW,
                        SLOW_GRAPH_MARKS=str(marks))
     user = new_user()
-    phone = Device(cluster.services["gw1"].url, token(user), "phone")
-    laptop = Device(cluster.services["gw2"].url, token(user), "laptop")
-    await phone.connect()
-    await laptop.connect()
+    phone, laptop = await phone_and_laptop(cluster, user)
     try:
         for cmid, text in (("m1", "hello"), ("m2", "second"), ("m3", "third")):
             await phone.send("c", cmid, text)
@@ -120,10 +118,7 @@ async def test_a_regenerate_whose_worker_is_killed_answers_once_and_a_reconnecti
     env = dict(GRAPH=SLOW, SLOW_GRAPH_MARKS=str(marks), LEASE_TTL="1", CLAIM_IDLE="1")
     cluster.start_many(("fanout", "f"), ("gateway", "gw1"), ("gateway", "gw2"), ("worker", "w"), **env)
     user = new_user()
-    phone = Device(cluster.services["gw1"].url, token(user), "phone")
-    laptop = Device(cluster.services["gw2"].url, token(user), "laptop")
-    await phone.connect()
-    await laptop.connect()
+    phone, laptop = await phone_and_laptop(cluster, user)
     try:
         await phone.send("c", "m1", "hello")
         await phone.wait_reply("m1")
@@ -132,11 +127,7 @@ async def test_a_regenerate_whose_worker_is_killed_answers_once_and_a_reconnecti
         await laptop.wait_reply("m2")
         await laptop.send_raw(json.dumps({"type": "regenerate", "conversation_id": "c", "client_msg_id": "m2"}))
         await laptop.wait_frame("accepted", client_msg_id="m2")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 15
-        while _runs(marks).count("sleep:2 think it over") < 2:  # the regenerated run sleeps now
-            assert loop.time() < deadline
-            await asyncio.sleep(0.05)
+        await until(lambda: _runs(marks).count("sleep:2 think it over") == 2, 15, "the regenerated run sleeping")
         await phone.drop()  # the phone loses its network meanwhile
         cluster.kill("w")  # kill -9 mid-run
         cluster.start("worker", "w2", **env)

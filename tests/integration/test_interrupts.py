@@ -11,7 +11,8 @@ import asyncio
 import json
 
 from tests.support.client import Device, new_user
-from tests.support.cluster import token
+from tests.support.devices import phone_and_laptop
+from tests.support.wait import until
 
 ASKING = "tests.support.graphs:asking"
 FINALS = ("assistant", "turn_error", "cancelled")
@@ -41,18 +42,11 @@ async def _listed(device: Device) -> dict:
             ["conversations"]}
 
 
-async def _devices(cluster, user: str) -> tuple[Device, Device]:
-    phone = Device(cluster.services["gw1"].url, token(user), "phone")
-    laptop = Device(cluster.services["gw2"].url, token(user), "laptop")
-    await phone.connect()
-    await laptop.connect()
-    return phone, laptop
-
 
 async def test_questions_in_turn_answered_from_either_device_once(cluster):
     cluster.start_many(("fanout", "f"), ("gateway", "gw1"), ("gateway", "gw2"), ("worker", "w"), GRAPH=ASKING)
     user = new_user()
-    phone, laptop = await _devices(cluster, user)
+    phone, laptop = await phone_and_laptop(cluster, user)
     try:
         await phone.send("c", "trip", "ask:2 plan a trip")
         for device in (phone, laptop):
@@ -110,7 +104,7 @@ async def test_a_pending_question_survives_restarts_and_a_killed_resumed_turn_an
     env = dict(GRAPH=ASKING, SLOW_GRAPH_MARKS=str(marks), LEASE_TTL="1", CLAIM_IDLE="1")
     cluster.start_many(("fanout", "f"), ("gateway", "gw1"), ("gateway", "gw2"), ("worker", "w"), **env)
     user = new_user()
-    phone, laptop = await _devices(cluster, user)
+    phone, laptop = await phone_and_laptop(cluster, user)
     try:
         await phone.send("c", "q", "ask:1 then-sleep:3 decide")
         await phone.wait_for(lambda: _asked(phone, "q"))
@@ -131,11 +125,7 @@ async def test_a_pending_question_survives_restarts_and_a_killed_resumed_turn_an
             lines = [line for mark in marks.iterdir() for line in mark.read_text().splitlines()]
             return len(lines) - 1  # the first run asked
 
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 15
-        while resumed_runs() < 1:  # the resumed run sleeps now: kill it
-            assert loop.time() < deadline
-            await asyncio.sleep(0.05)
+        await until(lambda: resumed_runs() >= 1, 15, "the resumed run sleeping")  # kill it now
         cluster.kill("w2")
         cluster.start("worker", "w3", **env)  # runs it on again
         for device in (phone, laptop):
@@ -156,7 +146,7 @@ async def test_a_pending_question_survives_restarts_and_a_killed_resumed_turn_an
 async def test_a_cancel_or_an_interrupting_send_ends_a_pending_question_and_its_state(cluster):
     cluster.start_many(("fanout", "f"), ("gateway", "gw1"), ("gateway", "gw2"), ("worker", "w"), GRAPH=ASKING)
     user = new_user()
-    phone, laptop = await _devices(cluster, user)
+    phone, laptop = await phone_and_laptop(cluster, user)
     try:
         await phone.send("c", "first", "hello")
         assert (await phone.wait_reply("first"))["text"] == "reply 1 to: hello"
