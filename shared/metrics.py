@@ -287,9 +287,10 @@ HANDSHAKE_OUTCOMES = (
 
 #: Client frame types, plus ``invalid`` (not decodable) and ``refused``
 #: (dropped undecoded by MAX_FRAMES_PER_SECOND).
-RECEIVED_TYPES = ("hello", "send", "cancel", "resume", "regenerate", "edit", "ack", "history", "conversations", "rename", "ping", "refresh",
-                  "clear", "invalid", "refused")
-_RECEIVED_BY_CLASS = {p.Hello: "hello", p.Send: "send", p.Cancel: "cancel", p.Resume: "resume", p.Regenerate: "regenerate", p.Edit: "edit", p.Ack: "ack", p.History: "history",
+RECEIVED_TYPES = ("hello", "send", "cancel", "resume", "regenerate", "edit", "ack", "history", "conversations",
+                  "rename", "ping", "refresh", "clear", "invalid", "refused")
+_RECEIVED_BY_CLASS = {p.Hello: "hello", p.Send: "send", p.Cancel: "cancel", p.Resume: "resume",
+                      p.Regenerate: "regenerate", p.Edit: "edit", p.Ack: "ack", p.History: "history",
                       p.Conversations: "conversations", p.Rename: "rename", p.Clear: "clear", p.Ping: "ping",
                       p.Refresh: "refresh"}
 #: Server frame types.

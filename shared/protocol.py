@@ -239,7 +239,8 @@ class Refresh(Frame, tag="refresh"):
     token: Token
 
 
-ClientFrame = Union[Hello, Send, Cancel, Resume, Regenerate, Edit, Ack, History, Conversations, Rename, Clear, Ping, Refresh]
+ClientFrame = Union[Hello, Send, Cancel, Resume, Regenerate, Edit, Ack, History, Conversations, Rename, Clear, Ping,
+                    Refresh]
 
 # -- server -> client --------------------------------------------------------
 

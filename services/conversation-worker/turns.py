@@ -471,42 +471,16 @@ class Turns:
                              f"({', '.join(self.graphs.by_name)}): GRAPH differs between gateway and worker?",
                              "the assistant for this conversation is not available", permanent=True)
         thread = config["configurable"]["thread_id"]
-        try:
-            text = self.store.keyring.open(entry.text)
-            graph_input: Any = {"messages": [HumanMessage(content=text, id=human_id,
-                                                          response_metadata={CMID_KEY: entry.client_msg_id})]}
-            if entry.interrupt_id:
-                graph_input = Command(resume={entry.interrupt_id: json.loads(self.store.keyring.open(entry.resume))})
-        except CannotOpen as exc:
-            raise TurnFailed(f"the message cannot be decrypted: {exc}", "the assistant cannot decrypt this message",
-                             permanent=True) from None
+        graph_input = self._input(entry, human_id)
         if entry.forks and not entry.interrupt_id:
             # Time travel: the run forks from the checkpoint before the message
             # replaced. Only the commit moves the thread's pointer, so a retry
             # forks again from there (never reusing the old branch's reply).
             config["configurable"][FORK] = entry.base
         elif not fresh or entry.interrupt_id:
-            try:
-                snapshot = await graph.aget_state(config)
-            except CannotOpen as exc:
-                raise _unreadable_state(exc) from None
-            asked = first_interrupt(snapshot)
-            messages = (snapshot.values or {}).get("messages", [])
-            if entry.interrupt_id:
-                if asked is None:
-                    raise TurnFailed(f"the interrupted state of {thread} is gone (expired, or deleted)",
-                                     "the assistant no longer has the question it asked", permanent=True)
-                if asked.id != entry.interrupt_id:  # an earlier attempt ran on to the next interrupt
-                    return Interrupted(asked.id, asked.value)
-            else:
-                reply = reply_after(messages, human_id)
-                if reply is not None:
-                    log.info("reusing checkpointed reply user=%s entry=%s", user, entry.id,
-                             extra={"user": user, "conversation": entry.conversation, "entry": entry.id})
-                    return reply
-                if asked is not None and holds_unanswered(messages, human_id):
-                    # An earlier attempt reached an interrupt and died before committing it.
-                    return Interrupted(asked.id, asked.value, _base_of(self.saver, thread, snapshot))
+            earlier = await self._left_by_earlier(user, entry, graph, config, human_id)
+            if earlier is not None:
+                return earlier
         reply_stream = None
         if self.deltas is not None:
             reply_stream = self.deltas.reply(user, entry.conversation, token=token,
@@ -558,6 +532,47 @@ class Turns:
         if asked:
             return Interrupted(asked[0].id, asked[0].value, stored_base)
         return reply_after(result.get("messages", []) if isinstance(result, dict) else [], human_id) or ""
+
+    def _input(self, entry: InboundEntry, human_id: str) -> Any:
+        """What the graph is run with: the user's message (its client_msg_id
+        kept with it, for ``history``, ``regenerate`` and ``edit``), or the
+        answer to the question the turn asked."""
+        try:
+            if entry.interrupt_id:
+                return Command(resume={entry.interrupt_id: json.loads(self.store.keyring.open(entry.resume))})
+            text = self.store.keyring.open(entry.text)
+        except CannotOpen as exc:
+            raise TurnFailed(f"the message cannot be decrypted: {exc}", "the assistant cannot decrypt this message",
+                             permanent=True) from None
+        message = HumanMessage(content=text, id=human_id, response_metadata={CMID_KEY: entry.client_msg_id})
+        return {"messages": [message]}
+
+    async def _left_by_earlier(self, user: str, entry: InboundEntry, graph: Any, config: dict,
+                               human_id: str) -> str | Interrupted | None:
+        """What an earlier attempt at the turn left in its checkpoint, that
+        this one commits instead of running the graph: the reply (it died
+        after checkpointing), its question (it died after asking), or, for a
+        resumed turn, the next question (it ran on to it). None: run."""
+        thread = config["configurable"]["thread_id"]
+        try:
+            snapshot = await graph.aget_state(config)
+        except CannotOpen as exc:
+            raise _unreadable_state(exc) from None
+        asked = first_interrupt(snapshot)
+        messages = (snapshot.values or {}).get("messages", [])
+        if entry.interrupt_id:
+            if asked is None:
+                raise TurnFailed(f"the interrupted state of {thread} is gone (expired, or deleted)",
+                                 "the assistant no longer has the question it asked", permanent=True)
+            return Interrupted(asked.id, asked.value) if asked.id != entry.interrupt_id else None
+        reply = reply_after(messages, human_id)
+        if reply is not None:
+            log.info("reusing checkpointed reply user=%s entry=%s", user, entry.id,
+                     extra={"user": user, "conversation": entry.conversation, "entry": entry.id})
+            return reply
+        if asked is not None and holds_unanswered(messages, human_id):
+            return Interrupted(asked.id, asked.value, _base_of(self.saver, thread, snapshot))
+        return None
 
     async def _commit(self, user: str, entry: InboundEntry, lease: Lease, done: str, outcome: Outcome):
         """Commit the reply (and the turn's checkpoint): the store's answer."""

@@ -421,7 +421,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def print_summary(summary: dict) -> None:
     print(f"chaos seed={summary['seed']} {summary['duration_s']:g} s: {summary['users']} users, "
-          f"{summary['devices']} devices, {summary['messages']} messages, {summary['accepted']} accepted ({summary['edits_accepted']} edits; "
+          f"{summary['devices']} devices, {summary['messages']} messages, {summary['accepted']} accepted "
+          f"({summary['edits_accepted']} edits; "
           f"{summary['asked']} asked the person), "
           f"{summary['events']} events, {summary['dead_letters']} dead letters")
     print("delay ms:   " + ", ".join(f"{k}={v}" for k, v in summary["delay_ms"].items()))

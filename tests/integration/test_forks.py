@@ -112,7 +112,7 @@ async def test_regenerate_and_edit_fork_the_conversation_on_every_device(cluster
         await laptop.close()
 
 
-async def test_a_regenerate_whose_worker_is_killed_answers_once_and_a_reconnecting_device_sees_it_once(
+async def test_a_regenerate_or_edit_whose_worker_is_killed_answers_once_and_a_reconnecting_device_sees_it_once(
         cluster, tmp_path):
     marks = tmp_path / "marks"
     env = dict(GRAPH=SLOW, SLOW_GRAPH_MARKS=str(marks), LEASE_TTL="1", CLAIM_IDLE="1")
@@ -145,6 +145,24 @@ async def test_a_regenerate_whose_worker_is_killed_answers_once_and_a_reconnecti
         assert await _history(phone) == [("user", "m1", "hello"), ("assistant", None, "reply 1 to: hello"),
                                          ("user", "m2", "sleep:2 think it over"),
                                          ("assistant", None, "reply 2 to: sleep:2 think it over")]
+
+        # An edit, its worker killed mid-run in the same way.
+        await phone.send_raw(json.dumps({"type": "edit", "conversation_id": "c", "client_msg_id": "m1",
+                                         "text": "sleep:2 instead", "new_client_msg_id": "e1"}))
+        await phone.wait_frame("accepted", client_msg_id="e1")
+        await until(lambda: "sleep:2 instead" in _runs(marks), 15, "the edited run sleeping")
+        cluster.kill("w2")
+        cluster.start("worker", "w3", **env)
+        for device in (phone, laptop):
+            assert (await device.wait_reply("e1", timeout=30))["text"] == "reply 1 to: sleep:2 instead"
+        await asyncio.sleep(0.5)
+        for device in (phone, laptop):
+            assert [(k, c) for k, c, _ in _shown(device)][-3:] == [("replaced", "m1"), ("user", "e1"),
+                                                                   ("assistant", "e1")]
+            assert len(device.replies("e1")) == 1
+        assert _runs(marks).count("sleep:2 instead") == 2  # killed, again
+        assert await _history(laptop) == [("user", "e1", "sleep:2 instead"),
+                                          ("assistant", None, "reply 1 to: sleep:2 instead")]
     finally:
         await phone.close()
         await laptop.close()
