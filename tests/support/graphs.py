@@ -31,6 +31,15 @@ def _single(node) -> StateGraph:
     return builder
 
 
+def _mark(text: str, name: str) -> None:
+    """A line ``text`` in the file ``<pid>-<name>`` of SLOW_GRAPH_MARKS (if set): a graph run began."""
+    marks = os.environ.get("SLOW_GRAPH_MARKS")
+    if marks:
+        Path(marks).mkdir(parents=True, exist_ok=True)
+        with open(Path(marks) / f"{os.getpid()}-{name}", "a") as mark:
+            mark.write(text + "\n")
+
+
 async def _slow(state: MessagesState) -> dict:
     """Marks that a turn started (a file per process and message, a line per
     attempt), then sleeps if asked.
@@ -43,11 +52,7 @@ async def _slow(state: MessagesState) -> dict:
     start marks.
     """
     text = _last_text(state)
-    marks = os.environ.get("SLOW_GRAPH_MARKS")
-    if marks:
-        Path(marks).mkdir(parents=True, exist_ok=True)
-        with open(Path(marks) / f"{os.getpid()}-{abs(hash(text))}", "a") as mark:
-            mark.write(text + "\n")
+    _mark(text, str(abs(hash(text))))
     if text.startswith("sleep:"):
         await asyncio.sleep(float(text.split()[0].split(":", 1)[1]))
     if text.startswith("fail-unless:"):
@@ -126,11 +131,7 @@ async def _asking(state: MessagesState) -> dict:
     ``interrupt``), and the reply lists the answers. ``then-sleep:<s>`` in the
     text sleeps after the answers; SLOW_GRAPH_MARKS gets a line per run."""
     text = _last_text(state)
-    marks = os.environ.get("SLOW_GRAPH_MARKS")
-    if marks:
-        Path(marks).mkdir(parents=True, exist_ok=True)
-        with open(Path(marks) / f"{os.getpid()}-ask", "a") as mark:
-            mark.write(text + "\n")
+    _mark(text, "ask")
     first = text.split()[0] if text.split() else ""
     answers = []
     if first.startswith("ask:"):
