@@ -19,6 +19,14 @@ a delta's ``seq``), and a repeated notice or publish is harmless.
 Subscriptions are the exception (:func:`make_subscriber`): a lost one must
 be noticed, not papered over.
 
+*Sentinel.* A ``redis+sentinel://`` URL (:func:`~.settings.sentinel_target`)
+names sentinels and a master name instead of a server. The pool then asks a
+sentinel for the master's address whenever it opens a connection; a
+connection to a server that has become a replica answers ``READONLY``, which
+redis-py turns into a connection error, so a failover looks to the services
+like a restart of Redis: the connection retries above, then the services' own
+outage handling, ride it out, on whichever server is master then.
+
 *Credentials.* Each tier logs in as its own ACL user (``shared/acl.py``):
 ``RedisSettings.username``/``password``, from ``REDIS_USERNAME`` and
 ``REDIS_PASSWORD``/``REDIS_PASSWORD_FILE`` or the URL. ``settings.url``
@@ -33,6 +41,8 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.sentinel as aiosentinel
+import redis.sentinel
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
@@ -41,21 +51,60 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .metrics import RedisMetrics
-from .settings import RedisSettings
+from .settings import SENTINEL_SCHEME, RedisSettings, sentinel_target
 
 #: Retries of a command on a connection error (a stale pooled connection
 #: reconnects on the first); with back-off, they also ride out a short blip.
 RETRIES = 3
 
 
+class SentinelConnection(aiosentinel.SentinelManagedConnection):
+    """A connection to the master the sentinels name *now*, on every connect.
+
+    redis-py's own asks a sentinel only when the pool hands the connection
+    out; a command retried after its connection broke reconnects to the
+    address it had, so after a failover every retry would knock at the dead
+    master and each pooled connection would fail a command. Here any
+    reconnect asks first (a connection to a replica is not made)."""
+
+    async def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if not self.is_connected and self.connection_pool.is_master:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        await super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
+
+    async def connect(self) -> None:
+        await aioredis.Connection.connect(self)  # the retries of a plain connection, each asking a sentinel
+
+
+class BlockingSentinelPool(aiosentinel.SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """A sentinel's pool that, like :class:`~redis.asyncio.BlockingConnectionPool`,
+    makes callers wait for a free connection instead of failing."""
+
+    def __init__(self, service_name: str, sentinel_manager: Any, **kwargs: Any) -> None:
+        super().__init__(service_name, sentinel_manager, connection_class=SentinelConnection, **kwargs)
+
+
+#: How long a sentinel may take to answer who the master is.
+SENTINEL_TIMEOUT = 2.0
+
+
+def _sentinel(settings: RedisSettings, module: Any) -> Any:
+    """The ``Sentinel`` (of redis-py's ``module``: ``redis.sentinel`` or its
+    asyncio twin) for a ``redis+sentinel://`` URL, and the target it names."""
+    target = sentinel_target(settings.url)
+    sentinel_kwargs = {"socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT}
+    if settings.sentinel_password is not None:
+        sentinel_kwargs.update(username=settings.sentinel_username, password=settings.sentinel_password)
+    return module.Sentinel(target.sentinels, sentinel_kwargs=sentinel_kwargs), target
+
+
 def make_pool(settings: RedisSettings, *, max_connections: int | None = None,
               decode: bool = True, retry: bool = True) -> aioredis.BlockingConnectionPool:
-    options = {}
+    options: dict[str, Any] = {}
     if retry:
         options["retry"] = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), RETRIES,
                                  supported_errors=(RedisConnectionError,))
-    return aioredis.BlockingConnectionPool.from_url(
-        settings.url,  # without credentials (RedisSettings moves them out of it)
+    options.update(
         username=settings.username,
         password=settings.password,
         max_connections=max_connections or settings.max_connections,
@@ -64,8 +113,12 @@ def make_pool(settings: RedisSettings, *, max_connections: int | None = None,
         socket_connect_timeout=5.0,
         health_check_interval=30,
         decode_responses=decode,
-        **options,
     )
+    if settings.url.startswith(SENTINEL_SCHEME + ":"):
+        sentinel, target = _sentinel(settings, aiosentinel)
+        return BlockingSentinelPool(target.master, sentinel, db=target.db, **options)
+    # The URL is without credentials (RedisSettings moves them out of it).
+    return aioredis.BlockingConnectionPool.from_url(settings.url, **options)
 
 
 def make_client(settings: RedisSettings, *, max_connections: int | None = None,
@@ -95,6 +148,11 @@ def make_subscriber(settings: RedisSettings, *, decode: bool = False) -> aioredi
 def make_sync_client(settings: RedisSettings, *, decode: bool = True) -> redis.Redis:
     """A synchronous client, for the command line's one-off reads
     (``switchboard deadletters``); the caller closes it."""
+    if settings.url.startswith(SENTINEL_SCHEME + ":"):
+        sentinel, target = _sentinel(settings, redis.sentinel)
+        return sentinel.master_for(target.master, db=target.db, username=settings.username,
+                                   password=settings.password, socket_timeout=settings.socket_timeout,
+                                   socket_connect_timeout=5.0, decode_responses=decode)
     return redis.Redis.from_url(settings.url, username=settings.username, password=settings.password,
                                 socket_timeout=settings.socket_timeout, socket_connect_timeout=5.0,
                                 decode_responses=decode)

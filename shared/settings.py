@@ -101,7 +101,9 @@ def default_server_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_PORT = 26379  #: a sentinel's port when its address names none
 _CREDENTIAL_PARAMS = ("username", "password")
 
 
@@ -128,6 +130,47 @@ def split_credentials(url: str) -> tuple[str, str | None, str | None]:
     if netloc == parts.netloc and query == parts.query:
         return url, username, password
     return _unsplit(parts.scheme, netloc, parts.path, query, parts.fragment), username, password
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """What a ``redis+sentinel://`` URL names: the sentinels to ask, the
+    master's name they watch, and the database number."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    db: int = 0
+
+
+def sentinel_target(url: str) -> SentinelTarget:
+    """``redis+sentinel://[user:password@]host[:port][,host[:port]...]/MASTER[/DB]``.
+
+    The user and password are the master's (the tier's ACL user), as for a
+    ``redis://`` URL; the sentinels' own login is ``REDIS_SENTINEL_USERNAME``
+    and ``REDIS_SENTINEL_PASSWORD``. A host without a port is on 26379.
+    Raises ``ValueError`` saying what is missing."""
+    bare, _, _ = split_credentials(url)
+    parts = urlsplit(bare)
+    if parts.scheme != SENTINEL_SCHEME:
+        raise ValueError(f"not a {SENTINEL_SCHEME}:// URL")
+    sentinels = []
+    for address in parts.netloc.split(","):
+        host, colon, port = address.strip().rpartition(":")
+        if not colon:
+            host, port = address.strip(), str(SENTINEL_PORT)
+        host = host.strip("[]")  # an IPv6 address in brackets
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"sentinel address {address!r} is not host or host:port")
+        sentinels.append((host, int(port)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path or len(path) > 2:
+        raise ValueError("name the master after the sentinels: redis+sentinel://host:26379/MASTER[/DB]")
+    db = 0
+    if len(path) == 2:
+        if not path[1].isdigit():
+            raise ValueError(f"database {path[1]!r} is not a number")
+        db = int(path[1])
+    return SentinelTarget(tuple(sentinels), unquote(path[0]), db)
 
 
 def _unsplit(scheme: str, netloc: str, path: str, query: str, fragment: str) -> str:
@@ -159,6 +202,10 @@ class RedisSettings:
     password: str | None = dataclasses.field(default=None, repr=False)
     max_connections: int = 64  #: per process; callers wait for a free connection
     socket_timeout: float = 10.0  #: must exceed every XREAD/XREADGROUP BLOCK
+    #: Who to log in to the sentinels as (a ``redis+sentinel://`` URL only;
+    #: None: sentinels that ask for no password).
+    sentinel_username: str | None = None
+    sentinel_password: str | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         bare, username, password = split_credentials(self.url)
@@ -174,23 +221,41 @@ class RedisSettings:
         url = _get(env, "REDIS_URL", d.url)
         scheme = urlsplit(url).scheme
         if scheme not in REDIS_SCHEMES:
-            raise SettingsError(f"REDIS_URL={redacted(url)!r} is not a redis://, rediss:// or unix:// URL")
-        password = _get(env, "REDIS_PASSWORD", "") or None
-        password_file = _get(env, "REDIS_PASSWORD_FILE", "")
-        if password_file:
-            if password:
-                raise SettingsError("REDIS_PASSWORD and REDIS_PASSWORD_FILE are both set; set one")
-            password = _secret_file("REDIS_PASSWORD_FILE", password_file)
+            raise SettingsError(f"REDIS_URL={redacted(url)!r} is not a redis://, rediss://, unix:// "
+                                "or redis+sentinel:// URL")
+        if scheme == SENTINEL_SCHEME:
+            try:
+                sentinel_target(url)
+            except ValueError as exc:
+                raise SettingsError(f"REDIS_URL={redacted(url)!r}: {exc}") from None
+        sentinel_password = _password(env, "REDIS_SENTINEL_PASSWORD")
+        password = _password(env, "REDIS_PASSWORD")
         settings = cls(
             url=url,
             username=_get(env, "REDIS_USERNAME", "") or None,
             password=password,
             max_connections=_int(env, "REDIS_MAX_CONNECTIONS", d.max_connections, minimum=4),
+            sentinel_username=_get(env, "REDIS_SENTINEL_USERNAME", "") or None,
+            sentinel_password=sentinel_password,
         )
         if settings.username is not None and settings.password is None:
             raise SettingsError(f"REDIS_USERNAME={settings.username} has no password: set REDIS_PASSWORD_FILE, "
                                 "REDIS_PASSWORD or put it in REDIS_URL")
+        if settings.sentinel_username is not None and settings.sentinel_password is None:
+            raise SettingsError(f"REDIS_SENTINEL_USERNAME={settings.sentinel_username} has no password: "
+                                "set REDIS_SENTINEL_PASSWORD_FILE or REDIS_SENTINEL_PASSWORD")
         return settings
+
+
+def _password(env: Mapping[str, str], name: str) -> str | None:
+    """A password given as ``NAME`` or in the file ``NAME_FILE`` (not both), or None."""
+    password = _get(env, name, "") or None
+    path = _get(env, f"{name}_FILE", "")
+    if path:
+        if password:
+            raise SettingsError(f"{name} and {name}_FILE are both set; set one")
+        password = _secret_file(f"{name}_FILE", path)
+    return password
 
 
 def _secret_file(name: str, path: str) -> str:

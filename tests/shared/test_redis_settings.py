@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from switchboard.shared.settings import RedisSettings, SettingsError, WorkerSettings, redacted, split_credentials
+from switchboard.shared.settings import (RedisSettings, SentinelTarget, SettingsError, WorkerSettings, redacted,
+                                         sentinel_target, split_credentials)
 
 
 def test_the_urls_credentials_move_out_of_it():
@@ -58,3 +59,27 @@ def test_the_password_never_shows():
     assert "hunter2" not in repr(WorkerSettings(redis=s))
     assert redacted("redis://sb-admin:hunter2@redis:6379/0?db=0") == "redis://sb-admin:***@redis:6379/0?db=0"
     assert redacted("redis://redis:6379/0") == "redis://redis:6379/0"
+
+
+def test_a_sentinel_url_names_the_sentinels_and_the_master():
+    s = RedisSettings.from_env({"REDIS_URL": "redis+sentinel://sb-worker:pw@s1:26380,s2,[::1]:26381/prod/2",
+                                "REDIS_SENTINEL_USERNAME": "watcher", "REDIS_SENTINEL_PASSWORD": "sentinel-pw"})
+    assert (s.url, s.username, s.password) == ("redis+sentinel://s1:26380,s2,[::1]:26381/prod/2", "sb-worker", "pw")
+    assert (s.sentinel_username, s.sentinel_password) == ("watcher", "sentinel-pw")
+    assert "sentinel-pw" not in repr(s)
+    assert sentinel_target(s.url) == SentinelTarget((("s1", 26380), ("s2", 26379), ("::1", 26381)), "prod", 2)
+    assert sentinel_target("redis+sentinel://s1/prod").db == 0
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"REDIS_URL": "redis+sentinel://s1:26379"}, "name the master"),
+    ({"REDIS_URL": "redis+sentinel://s1:26379/prod/x"}, "not a number"),
+    ({"REDIS_URL": "redis+sentinel://s1:huge/prod"}, "not host or host:port"),
+    ({"REDIS_URL": "redis+sentinel://s1,/prod"}, "not host or host:port"),
+    ({"REDIS_URL": "redis+sentinel://s1/prod", "REDIS_SENTINEL_USERNAME": "w"}, "has no password"),
+    ({"REDIS_URL": "redis+sentinel://s1/prod", "REDIS_SENTINEL_PASSWORD": "a",
+      "REDIS_SENTINEL_PASSWORD_FILE": "/x"}, "both set"),
+])
+def test_a_bad_sentinel_url_is_a_settings_error(env, message):
+    with pytest.raises(SettingsError, match=message):
+        RedisSettings.from_env(env)

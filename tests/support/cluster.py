@@ -28,6 +28,7 @@ from bench import harness
 from bench.harness import FAST_ENV, JWT_SECRET, Service, process_memory, token
 from switchboard.embedded_redis import password_files
 from switchboard.shared import acl
+from switchboard.shared.connection import make_sync_client
 from switchboard.shared.settings import RedisSettings
 
 __all__ = ["FAST_ENV", "JWT_SECRET", "AclDenied", "Cluster", "Service", "process_memory", "tier_env", "token"]
@@ -39,21 +40,21 @@ class AclDenied(AssertionError):
     """Redis refused a tier user something while the cluster ran."""
 
 
-def _operator(url: str) -> redis.Redis | None:
-    """A client of ``url`` if it logs in as the operator, else None."""
-    settings = RedisSettings(url=url)
+def _operator(url: str, env: dict[str, str] | None = None) -> redis.Redis | None:
+    """A client of ``url`` if it logs in as the operator, else None (``env``:
+    the services' settings, for a sentinel's password)."""
+    settings = RedisSettings(url=url, socket_timeout=5,
+                             sentinel_password=(env or {}).get("REDIS_SENTINEL_PASSWORD"))
     if settings.username != acl.ADMIN.name:
         return None
-    options = dict(username=settings.username, password=settings.password, socket_timeout=5,
-                   socket_connect_timeout=5)
-    return redis.Redis.from_url(settings.url, **options)
+    return make_sync_client(settings)  # redis://, rediss:// or redis+sentinel://
 
 
-def tier_env(url: str) -> dict[str, dict[str, str]]:
+def tier_env(url: str, env: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
     """What each tier's service needs to log in as its user on the embedded
     Redis behind ``url`` (an operator's URL): ``REDIS_USERNAME`` and
     ``REDIS_PASSWORD_FILE``, per tier; empty when there are none to find."""
-    client = _operator(url)
+    client = _operator(url, env)
     if client is None:
         return {}
     try:
@@ -77,7 +78,7 @@ class Cluster(harness.Cluster):
               **env: str) -> Service:
         if self.tiers is None:
             # Looked up when the first service starts: Redis is up by then.
-            self.tiers = tier_env(self.redis_url)
+            self.tiers = tier_env(self.redis_url, self.env)
             self._reset_acl_log()
         # REDIS_USERNAME / REDIS_PASSWORD_FILE replace the credentials of the
         # operator's REDIS_URL the harness passes (RedisSettings).
@@ -85,7 +86,7 @@ class Cluster(harness.Cluster):
 
     def denials(self) -> list[dict]:
         """The ACL log's entries for tier users (newest first)."""
-        client = _operator(self.redis_url)
+        client = _operator(self.redis_url, self.env)
         if client is None:
             return []
         try:
@@ -96,7 +97,7 @@ class Cluster(harness.Cluster):
             client.close()
 
     def _reset_acl_log(self) -> None:
-        client = _operator(self.redis_url)
+        client = _operator(self.redis_url, self.env)
         if client is not None:
             with contextlib.suppress(RedisError, OSError):
                 client.acl_log_reset()
