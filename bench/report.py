@@ -59,7 +59,37 @@ def plots(results: dict, out: Path) -> list[Path]:
         ax.legend()
         _save(fig, out / "offered_load.png")
         made.append(out / "offered_load.png")
+    if s.get("redis_cost", {}).get("buckets"):
+        redis_cost_plot(s["redis_cost"], out / "redis_cost.png")
+        made.append(out / "redis_cost.png")
     return made
+
+
+def redis_cost_plot(result: dict, path: Path) -> None:
+    """bench.redis_cost: Redis CPU, commands and memory per turn vs turn number."""
+    rows = result["buckets"]
+    x = [(r["first"] + r["last"]) / 2 for r in rows]
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(14, 3.8))
+    a.plot(x, [r["cpu_us"] for r in rows], marker=".", label="Redis CPU (INFO cpu)")
+    if any(r.get("cpu_main_thread_us") is not None for r in rows):
+        a.plot(x, [r.get("cpu_main_thread_us") for r in rows], marker=".", label="main thread")
+    a.plot(x, [r.get("cmdstat_usec_top_level", r["cmdstat_usec"]) for r in rows], marker=".",
+           label="executing commands (commandstats)")
+    a.axhline(result["goal"]["cpu_us_per_turn"], ls="--", c="grey", lw=0.8, label="goal")
+    a.set(xlabel="turn number (conversation length)", ylabel="µs per turn", title="Redis CPU per turn", ylim=(0, None))
+    a.legend(fontsize=7)
+    b.plot(x, [r["commands"] for r in rows], marker=".", label="all (script bodies' commands included)")
+    top = {(m["first"], m["last"]): m["top_level_commands"]
+           for m in result.get("monitor", result.get("slowlog", {})).get("buckets", [])}
+    if top:
+        b.plot(x, [top.get((r["first"], r["last"])) for r in rows], marker=".", label="sent by the services")
+    b.axhline(result["goal"]["commands_per_turn"], ls="--", c="grey", lw=0.8, label="goal")
+    b.set(xlabel="turn number (conversation length)", ylabel="commands per turn", title="Redis commands per turn",
+          ylim=(0, None))
+    b.legend(fontsize=7)
+    c.plot(x, [r["memory_bytes"] / 1024 for r in rows], marker=".")
+    c.set(xlabel="turn number (conversation length)", ylabel="KiB per turn", title="Redis used_memory growth per turn")
+    _save(fig, path)
 
 
 def _fmt(value: object) -> str:
@@ -136,6 +166,15 @@ def markdown(results: dict, out: Path) -> str:
         h = s["prehello"]
         row("9 before hello", f"peak RSS per socket, {h['sockets']} half-sent 2 MiB messages (KiB)",
             h["peak_growth_per_socket_kib"], "≤ 100 KiB, all closed 1009", h["met"])
+    if "redis_cost" in s and "ranges" in s["redis_cost"]:
+        r = s["redis_cost"]
+        for span, f in r["ranges"].items():
+            row("10 Redis cost", f"turns {span}: commands / Redis CPU µs / bytes of memory per turn",
+                f"{f['commands']} / {f['cpu_us']} / {f['memory_bytes']}", "", None)
+        row("10 Redis cost", f"commands per turn, turns 1–{r['turns']}", r["all"]["commands"],
+            f"≤ {r['goal']['commands_per_turn']}", r["all"]["commands"] <= r["goal"]["commands_per_turn"])
+        row("10 Redis cost", f"Redis CPU µs per turn, turns 1–{r['turns']}", r["all"]["cpu_us"],
+            f"≤ {r['goal']['cpu_us_per_turn']}", r["all"]["cpu_us"] <= r["goal"]["cpu_us_per_turn"])
     for name, value in s.items():
         if "error" in value:
             row(name, "error", value["error"], "", False)

@@ -22,6 +22,7 @@ from .graphs import THINK_MS, TOKEN_MS
 from .harness import Cluster, token
 from .loadgen import LoadDevice
 from .prehello import prehello
+from .redis_cost import redis_cost
 from .stats import percentile, summary_ms
 
 THINK_GRAPH = "bench.graphs:thinking"  # "sleep:<s> ..." texts think for <s> seconds
@@ -449,4 +450,5 @@ SCENARIOS = {
     "replay": replay,
     "scaling": scaling,
     "prehello": prehello,
+    "redis_cost": redis_cost,
 }

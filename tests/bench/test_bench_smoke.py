@@ -80,3 +80,25 @@ def test_capacity_runs_and_idle_users_leave_nothing_behind(tmp_path):
     assert result["retention"]["after_each_wave"][-1]["keys"] == result["retention"]["baseline"]["keys"]
     assert result["per_turn"]["redis_calls"] > 0 and result["per_idle_user"]["redis_keys"] > 0
     assert (tmp_path / "r.png").stat().st_size > 0
+
+
+@pytest.mark.timeout(120)
+def test_redis_cost_runs_alone_and_its_counts_agree(tmp_path):
+    """bench.redis_cost at a tiny scale: JSON and plot written; the commands
+    per turn counted three ways (commandstats, MONITOR, total_commands_processed)
+    agree, the bench's own INFO calls left out, and every script a turn runs
+    is named from shared/lua."""
+    out = tmp_path / "redis-cost.json"
+    run = subprocess.run([sys.executable, "-m", "bench.redis_cost", "--turns", "10", "--conversations", "1",
+                          "--idle", "0.5", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    figures, monitor = result["all"], result["monitor"]["all"]
+    assert figures["turns"] == 10 and figures["cpu_us"] > 0 and figures["net_in_bytes"] > 0
+    assert "info" not in figures["by_command"]
+    assert abs(figures["commands"] - figures["commands_processed"]) <= 0.1 * figures["commands"]
+    assert abs(figures["commands"] - monitor["all_commands"]) <= 0.15 * figures["commands"]
+    assert {"accept", "begin", "commit"} <= set(monitor["by_script"]) and {"accept", "begin", "commit"} <= set(
+        result["slowlog"]["all"]["by_script"])
+    assert not any(name.startswith(("evalsha ", "(unattributed)")) for name in monitor["by_script"])
+    assert (tmp_path / "redis-cost.png").stat().st_size > 0
