@@ -203,7 +203,8 @@ _APPEND_OUT = ("exists", "xgroup|create", "xadd", "xlen", "xrange", "xrevrange",
 
 
 GATEWAY = User("gateway", "sb-gateway", "accepts messages, admits connections, stores offsets, reads history", (
-    Grant("the connection; TIME for accept.lua's clock", (*_CONNECTION, "time")),
+    Grant("the connection; TIME for accept.lua's clock; WAIT for replicas (REDIS_WAIT_REPLICAS)",
+          (*_CONNECTION, "time", "wait")),
     Grant("run the gateway's scripts (accept, stream_state, store_offset, admit_*, renew_device, release_device): "
           "EVALSHA asks read and write on every key passed",
           ("evalsha",), RW(DEDUP, INBOUND, OUTBOUND, META, CONVERSATION, CONVERSATIONS, USAGE, LEASE, OFFSETS,
@@ -253,8 +254,8 @@ GATEWAY = User("gateway", "sb-gateway", "accepts messages, admits connections, s
 ))
 
 WORKER = User("worker", "sb-worker", "runs turns: leases, replies, deltas, checkpoints, work notices, dead letters", (
-    Grant("the connection; TIME for the scripts' clock; MULTI/EXEC for acks and hand-backs",
-          (*_CONNECTION, "time", "multi", "exec", "discard")),
+    Grant("the connection; TIME for the scripts' clock; MULTI/EXEC for acks and hand-backs; WAIT for replicas",
+          (*_CONNECTION, "time", "multi", "exec", "discard", "wait")),
     Grant("run the worker's scripts (begin, find_next, count_attempt, commit, delta, renew, release, "
           "store_checkpoint): EVALSHA asks read and write on every key passed",
           ("evalsha",), RW(LEASE, CONVERSATION, INBOUND, OUTBOUND, META, USAGE, CHECKPOINTS, CHECKPOINT_LATEST)),

@@ -50,6 +50,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .errors import SwitchboardError
 from .metrics import RedisMetrics
 from .settings import SENTINEL_SCHEME, RedisSettings, sentinel_target
 
@@ -184,6 +185,56 @@ async def execute_scripted(client: aioredis.Redis, scripts: Sequence[AsyncScript
             for script in scripts:
                 await client.script_load(script.script)
     raise AssertionError("unreachable")
+
+
+class NotReplicated(SwitchboardError):
+    """``WAIT``: fewer replicas than asked acknowledged a write in time. The
+    write stands on the master; it is only not known to be on a replica."""
+
+    def __init__(self, acknowledged: int, wanted: int, reply: Any = None):
+        super().__init__(f"{acknowledged} of {wanted} replicas acknowledged the write in time")
+        self.acknowledged = acknowledged
+        self.wanted = wanted
+        self.reply = reply  #: the script's reply (what stands on the master)
+
+
+async def run_replicated(client: aioredis.Redis, settings: RedisSettings, script: AsyncScript,
+                         keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    """Run ``script`` and, with ``settings.wait_replicas``, ``WAIT`` for that
+    many replicas to have what it wrote, or raise :class:`NotReplicated`.
+
+    ``WAIT`` counts the writes of the connection it is sent on, so both go in
+    one pipeline, on one connection. A script that writes nothing leaves
+    nothing to wait for (``WAIT`` then counts the connection's last write, of
+    some other call): see :func:`touch_replicated`."""
+    if not settings.wait_replicas:
+        return await script(keys=keys, args=args)
+
+    def fill(pipe: aioredis.client.Pipeline) -> None:
+        queue_script(pipe, script, keys, args)
+        pipe.execute_command("WAIT", settings.wait_replicas, settings.wait_timeout_ms)
+
+    reply, acknowledged = await execute_scripted(client, [script], fill)
+    if acknowledged < settings.wait_replicas:
+        raise NotReplicated(acknowledged, settings.wait_replicas, reply)
+    return reply
+
+
+async def touch_replicated(client: aioredis.Redis, settings: RedisSettings, key: str, value: str) -> None:
+    """Wait, as :func:`run_replicated`, for what was written before: for an
+    answer that wrote nothing itself (a repeated ``send``) but vouches for an
+    earlier write that may not have reached a replica yet. ``key`` is
+    rewritten with the ``value`` it holds (``SET XX KEEPTTL``: nothing changes),
+    a write that replication carries after every earlier one, and ``WAIT``
+    waits for it."""
+    if not settings.wait_replicas:
+        return
+    pipe = client.pipeline(transaction=False)
+    pipe.set(key, value, xx=True, keepttl=True)
+    pipe.execute_command("WAIT", settings.wait_replicas, settings.wait_timeout_ms)
+    _, acknowledged = await pipe.execute()
+    if acknowledged < settings.wait_replicas:
+        raise NotReplicated(acknowledged, settings.wait_replicas)
 
 
 def is_outage(exc: BaseException) -> bool:

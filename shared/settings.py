@@ -206,6 +206,11 @@ class RedisSettings:
     #: None: sentinels that ask for no password).
     sentinel_username: str | None = None
     sentinel_password: str | None = dataclasses.field(default=None, repr=False)
+    #: ``REDIS_WAIT_REPLICAS``: replicas that must have an accepted message
+    #: and a committed turn before it counts as done (``WAIT``; 0: none, Redis's
+    #: asynchronous replication as it is). docs/guarantees.md says what it buys.
+    wait_replicas: int = 0
+    wait_timeout_ms: int = 1000  #: ``REDIS_WAIT_TIMEOUT_MS``: how long to wait for them
 
     def __post_init__(self) -> None:
         bare, username, password = split_credentials(self.url)
@@ -237,6 +242,8 @@ class RedisSettings:
             max_connections=_int(env, "REDIS_MAX_CONNECTIONS", d.max_connections, minimum=4),
             sentinel_username=_get(env, "REDIS_SENTINEL_USERNAME", "") or None,
             sentinel_password=sentinel_password,
+            wait_replicas=_int(env, "REDIS_WAIT_REPLICAS", d.wait_replicas),
+            wait_timeout_ms=_int(env, "REDIS_WAIT_TIMEOUT_MS", d.wait_timeout_ms, minimum=1),
         )
         if settings.username is not None and settings.password is None:
             raise SettingsError(f"REDIS_USERNAME={settings.username} has no password: set REDIS_PASSWORD_FILE, "

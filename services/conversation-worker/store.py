@@ -19,15 +19,19 @@ dead letter's text and reason are sealed here.
 from __future__ import annotations
 
 from collections.abc import Sequence
+import logging
 from dataclasses import dataclass
 from typing import Any, Union
 
 import redis.asyncio as aioredis
 
 from switchboard.shared import keys, outbound, scripts
+from switchboard.shared.connection import NotReplicated, run_replicated
 from switchboard.shared.encryption import CannotOpen, Keyring
 from switchboard.shared.fields import ConvField, DeadField
-from switchboard.shared.settings import StreamSettings
+from switchboard.shared.settings import RedisSettings, StreamSettings
+
+log = logging.getLogger(__name__)
 
 #: Characters of a message's text a dead letter keeps.
 DEAD_LETTER_TEXT = 1000
@@ -161,9 +165,10 @@ class CheckpointWrite:
 
 class WorkerStore:
     def __init__(self, redis: aioredis.Redis, streams: StreamSettings, *, lease_ttl: float,
-                 keyring: Keyring | None = None):
+                 keyring: Keyring | None = None, replicas: RedisSettings = RedisSettings()):
         self.redis = redis
         self.streams = streams
+        self.replicas = replicas  #: ``wait_replicas``: a commit waits for that many replicas to have it
         self.keyring = keyring or Keyring()  #: ENCRYPTION_KEYS: opens inbound text, seals what is written
         self.lease_ttl_ms = int(lease_ttl * 1000)
         self._s = scripts.register(redis, "begin", "find_next", "count_attempt", "commit", "renew", "release", "delta")
@@ -209,12 +214,21 @@ class WorkerStore:
             latest_key, checkpoint_ttl_ms = checkpoint.latest_key, checkpoint.ttl_ms
         checkpoint_keys = [checkpoint.key if checkpoint else lease_key, latest_key or lease_key]
         checkpoint_args = [checkpoint.document if checkpoint else "", checkpoint_ttl_ms]
-        reply = await self._s["commit"](
-            keys=[lease_key, keys.conversation(user, conversation), keys.outbound(user), keys.meta(user),
-                  keys.inbound(user, conversation), *checkpoint_keys, keys.usage(user)],
-            args=[token, expected_done, entry_id, outbound.new_epoch(), self.streams.outbound_maxlen,
-                  keys.notify(user), *checkpoint_args, self.streams.retention_ms, interrupt_id,
-                  base if latest_key else "", *fields])
+        try:
+            reply = await run_replicated(
+                self.redis, self.replicas, self._s["commit"],
+                [lease_key, keys.conversation(user, conversation), keys.outbound(user), keys.meta(user),
+                 keys.inbound(user, conversation), *checkpoint_keys, keys.usage(user)],
+                [token, expected_done, entry_id, outbound.new_epoch(), self.streams.outbound_maxlen,
+                 keys.notify(user), *checkpoint_args, self.streams.retention_ms, interrupt_id,
+                 base if latest_key else "", *fields])
+        except NotReplicated as late:
+            # The commit stands on the master (devices may have its event); a
+            # failover before the replica has it loses it, and the turn runs
+            # again there (docs/guarantees.md). Nothing to undo or retry here.
+            log.warning("commit of user=%s conversation=%s entry=%s: %s", user, conversation, entry_id, late,
+                        extra={"user": user, "conversation": conversation, "entry": entry_id})
+            reply = late.reply
         status = reply[0]
         if status == "ok":
             return Committed(reply[1], _found(conversation, reply[3:]), cancelled=reply[2] == "1")

@@ -180,7 +180,8 @@ class Turns:
         self.settings = settings
         #: The worker's turn slots, shared fairly between users (:mod:`.slots`).
         self.slots = slots or FairSlots(settings.concurrency)
-        self.store = WorkerStore(redis, settings.streams, lease_ttl=settings.lease_ttl, keyring=settings.encryption)
+        self.store = WorkerStore(redis, settings.streams, lease_ttl=settings.lease_ttl, keyring=settings.encryption,
+                                 replicas=settings.redis)
         self.tokens = Tokens()
         self.deltas = DeltaWriter(self.store, interval=settings.delta_interval) if settings.stream_deltas else None
         saver = self.graph.checkpointer

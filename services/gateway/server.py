@@ -79,7 +79,8 @@ class Gateway:
         self.raw_redis = redisconn.make_client(settings.redis, decode=False, metrics=self.metrics.redis)
         # ENCRYPTION_KEYS: the store seals what it writes, the hub opens the
         # events it delivers and the saver the history it reads.
-        self.store = GatewayStore(self.redis, settings.streams, settings.quotas, settings.encryption)
+        self.store = GatewayStore(self.redis, settings.streams, settings.quotas, settings.encryption,
+                                  replicas=settings.redis)
         self.subscriber = redisconn.make_subscriber(settings.redis)
         self.hub = DeliveryHub(self.raw_redis, settings.server_id, self.subscriber, settings.encryption)
         self.saver = use_caching_serializer(SwitchboardRedisSaver(redis_client=self.raw_redis), settings.encryption)
@@ -443,6 +444,10 @@ class Gateway:
             await self._dispatch(conn, frame)
         except p.FrameError as exc:
             await conn.reply(exc.to_frame())
+        except redisconn.NotReplicated as exc:  # REDIS_WAIT_REPLICAS: stored, not yet on enough replicas; a resend is safe
+            log.warning("not replicated for user=%s conn=%s: %s", conn.user, conn.id, exc, extra=conn.log_context)
+            await conn.reply(p.Error(code=p.ErrorCode.UNAVAILABLE, message="storage not replicated in time, retry",
+                                     client_msg_id=getattr(frame, "client_msg_id", None)))
         except (RedisError, OSError) as exc:
             log.warning("storage error for user=%s conn=%s: %s", conn.user, conn.id, exc, extra=conn.log_context)
             await conn.reply(p.Error(code=p.ErrorCode.UNAVAILABLE, message="storage unavailable, retry",

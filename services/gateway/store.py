@@ -16,12 +16,13 @@ from typing import NamedTuple
 import redis.asyncio as aioredis
 
 from switchboard.shared import keys, outbound, scripts
-from switchboard.shared.connection import execute_scripted, queue_script
+from switchboard.shared.connection import (NotReplicated, execute_scripted, queue_script, run_replicated,
+                                           touch_replicated)
 from switchboard.shared.encryption import Keyring
 from switchboard.shared.errors import SwitchboardError
 from switchboard.shared.fields import ConvField, WorkField
 from switchboard.shared.project import DEFAULT_GRAPH
-from switchboard.shared.settings import QuotaSettings, StreamSettings
+from switchboard.shared.settings import QuotaSettings, RedisSettings, StreamSettings
 
 from .resume import StreamState, parse_offset
 
@@ -102,10 +103,13 @@ class OverLimit(SwitchboardError):
 
 class GatewayStore:
     def __init__(self, redis: aioredis.Redis, streams: StreamSettings,
-                 quotas: QuotaSettings = QuotaSettings.unlimited(), keyring: Keyring | None = None):
+                 quotas: QuotaSettings = QuotaSettings.unlimited(), keyring: Keyring | None = None,
+                 replicas: RedisSettings = RedisSettings()):
         # The gateway passes its QUOTAS and keys; tests and benchmarks that
         # load streams in bulk use none.
         self.redis = redis
+        #: ``wait_replicas``: an accept is done only once on that many replicas
+        self.replicas = replicas
         self.streams = streams
         self.quotas = quotas
         self.keyring = keyring or Keyring()  #: seals the text stored (no keys: as it is)
@@ -137,12 +141,21 @@ class GatewayStore:
         """
         script_keys, args = self._accept_call(user, device, conversation, client_msg_id, text, graph, default_graph,
                                               if_busy, fork)
-        reply = await self._accept(keys=script_keys, args=args)
+        try:
+            reply = await run_replicated(self.redis, self.replicas, self._accept, script_keys, args)
+        except NotReplicated as late:
+            # Stored on the master, so its work notice goes out as for any
+            # accept; the client, told `unavailable`, resends (a repeat).
+            if late.reply[0] != "limit" and int(late.reply[2]):
+                await self.redis.xadd(*self._work_notice(user, conversation))
+            raise
         status, in_id, extra = reply[:3]
         if status == "limit":
             raise OverLimit(in_id, int(extra))
         if int(extra):
             await self.redis.xadd(*self._work_notice(user, conversation))
+        if status == "repeat":  # written by an earlier call, whose wait may have failed
+            await touch_replicated(self.redis, self.replicas, script_keys[0], in_id)
         if status == "new" and int(reply[3]):
             await self._title_first(user, conversation, text)
         return Accepted(in_id, status == "new")

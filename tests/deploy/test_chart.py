@@ -89,6 +89,7 @@ def _every_setting() -> dict:
     every setting the chart can pass is rendered."""
     values = copy.deepcopy(REQUIRED)
     values["encryption"] = {"existingSecret": "sb-keys"}  # ENCRYPTION_KEYS, from a Secret only
+    values["redis"]["sentinel"] = {"username": "sentinel-user", "existingSecret": "sb-sentinel"}
     defaults = _values()
     sections = {"config": defaults["config"], "health": defaults["health"],
                 **{tier: {"settings": defaults[tier]["settings"]} for tier in SERVICES}}
@@ -276,6 +277,9 @@ def _env_reads(fn: ast.AST) -> tuple[set[str], set[str], set[str]]:
         if (isinstance(func, ast.Name) and func.id in {"_get", "_int", "_float", "_bool", "_list", "_networks"}
                 and len(call.args) >= 2 and isinstance(call.args[1], ast.Constant)):
             names.add(call.args[1].value)
+        elif (isinstance(func, ast.Name) and func.id == "_password" and len(call.args) >= 2
+                and isinstance(call.args[1], ast.Constant)):  # NAME, or the file NAME_FILE names
+            names |= {call.args[1].value, f"{call.args[1].value}_FILE"}
         elif isinstance(func, ast.Name):
             helpers.add(func.id)
         elif isinstance(func, ast.Attribute) and func.attr == "from_env" and isinstance(func.value, ast.Name):
@@ -323,6 +327,9 @@ def _cli_reads() -> set[str]:
 #: Settings the code reads that a cluster must never get: development mode
 #: accepts the development JWT key.
 NEVER_IN_A_CLUSTER = {"SWITCHBOARD_DEV"}
+#: The chart gives the sentinels' password as REDIS_SENTINEL_PASSWORD from a
+#: Secret; its file form is for running outside the chart.
+NOT_FROM_THE_CHART = {"REDIS_SENTINEL_PASSWORD_FILE"}
 
 
 def _provided(docs: list[dict], service: str) -> set[str]:
@@ -353,7 +360,7 @@ def test_every_env_name_the_chart_renders_is_read_by_the_code():
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_chart_can_set_every_setting_the_service_reads(service):
-    reads = _settings_reads()[SERVICES[service]] - NEVER_IN_A_CLUSTER | _cli_reads()
+    reads = _settings_reads()[SERVICES[service]] - NEVER_IN_A_CLUSTER - NOT_FROM_THE_CHART | _cli_reads()
     provided = _provided(rendered("every-setting"), service)
     if service == "gateway":  # in-pod TLS, and the public-key family that replaces JWT_SECRET
         provided |= _provided(rendered("everything"), service) | _provided(rendered("public-key"), service)

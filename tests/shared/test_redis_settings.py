@@ -83,3 +83,13 @@ def test_a_sentinel_url_names_the_sentinels_and_the_master():
 def test_a_bad_sentinel_url_is_a_settings_error(env, message):
     with pytest.raises(SettingsError, match=message):
         RedisSettings.from_env(env)
+
+
+def test_waiting_for_replicas_is_off_unless_asked_and_bounded():
+    assert (RedisSettings.from_env({}).wait_replicas, RedisSettings.from_env({}).wait_timeout_ms) == (0, 1000)
+    s = RedisSettings.from_env({"REDIS_WAIT_REPLICAS": "1", "REDIS_WAIT_TIMEOUT_MS": "250"})
+    assert (s.wait_replicas, s.wait_timeout_ms) == (1, 250)
+    with pytest.raises(SettingsError, match="below the minimum 1"):
+        RedisSettings.from_env({"REDIS_WAIT_REPLICAS": "1", "REDIS_WAIT_TIMEOUT_MS": "0"})  # WAIT 0: for ever
+    with pytest.raises(SettingsError, match="not an integer"):
+        RedisSettings.from_env({"REDIS_WAIT_REPLICAS": "one"})

@@ -190,6 +190,11 @@ class SentinelSet:
             _, port = s.sentinel_get_master_addr_by_name(MASTER_NAME)
         return next(server for server in self.servers if server.port == int(port))
 
+    def replica(self) -> _Server:
+        """The server that is not the master now."""
+        master = self.master()
+        return next(server for server in self.servers if server is not master)
+
     def wait_replicated(self, timeout: float = 20.0) -> None:
         """Until the replica is in sync with the master (``master_link_status:up``)."""
         deadline = time.monotonic() + timeout

@@ -267,3 +267,21 @@ password: {{ rest $user | join ":" | quote }}
 databaseIndex: {{ trimPrefix "/" $url.path | default "0" | quote }}
 enableTLS: {{ eq $url.scheme "rediss" }}
 {{- end }}
+
+{{/* The sentinels' own login (a redis+sentinel:// redis.url), from redis.sentinel. */}}
+{{- define "switchboard.sentinelEnv" -}}
+{{- with .Values.redis.sentinel }}
+{{- if .existingSecret }}
+# The sentinels' password (redis+sentinel:// URL; docs/operations.md "Sentinel").
+{{- if .username }}
+- name: REDIS_SENTINEL_USERNAME
+  value: {{ .username | quote }}
+{{- end }}
+- name: REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ .existingSecretKey }}
+{{- end }}
+{{- end }}
+{{- end }}
