@@ -65,12 +65,16 @@ value no key opens is an error) and ``_dump_checkpoint`` (the document's
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from typing import Any
 
 import orjson
 from langchain_core.load.serializable import Serializable
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
+from langgraph.checkpoint.redis.util import from_storage_safe_str, to_storage_safe_id
 from langgraph.checkpoint.redis.jsonplus_redis import JsonPlusRedisSerializer
+from redisvl.query import FilterQuery
+from redisvl.query.filter import Tag
 
 from .encryption import CannotOpen, Keyring
 
@@ -228,6 +232,42 @@ class SwitchboardRedisSaver(AsyncRedisSaver):
     @property
     def checkpoints_schema(self) -> dict[str, Any]:
         return _case_sensitive(super().checkpoints_schema)
+
+    async def prune_thread(self, thread_id: str, *, keep: int, max_results: int = 10_000) -> int:
+        """Keep the newest ``keep`` checkpoints of each namespace of a thread
+        and delete the rest, with their pending writes and the library's
+        registry of them: what the library's ``aprune`` removes, in two
+        searches and one ``DEL`` instead of a search per removed checkpoint
+        and a ``DEL`` per key (their writes are found in one search, all ids
+        at once). The number of checkpoints removed."""
+        safe_thread = to_storage_safe_id(thread_id)
+        found = await self.checkpoints_index.search(FilterQuery(
+            filter_expression=Tag("thread_id") == safe_thread, return_fields=["checkpoint_ns", "checkpoint_id"],
+            num_results=max_results))
+        by_ns: dict[str, list[str]] = defaultdict(list)
+        for doc in found.docs:
+            by_ns[getattr(doc, "checkpoint_ns", "")].append(getattr(doc, "checkpoint_id", ""))
+        evicted: list[tuple[str, str]] = []  # (storage-safe namespace, id)
+        emptied: list[str] = []
+        for ns, ids in by_ns.items():
+            old = sorted(ids, reverse=True)[keep:]  # ids are ULIDs: their order is their age
+            evicted += [(ns, cid) for cid in old]
+            if old and len(old) == len(ids):
+                emptied.append(ns)
+        if not evicted:
+            return 0
+        doomed = [self._make_redis_checkpoint_key(safe_thread, ns, cid) for ns, cid in evicted]
+        writes = await self.checkpoint_writes_index.search(FilterQuery(
+            filter_expression=(Tag("thread_id") == safe_thread) & (Tag("checkpoint_id") == [c for _, c in evicted]),
+            return_fields=["checkpoint_ns", "checkpoint_id", "task_id", "idx"], num_results=max_results))
+        doomed += [self._make_redis_checkpoint_writes_key(safe_thread, getattr(w, "checkpoint_ns", ""),
+                                                          getattr(w, "checkpoint_id", ""), getattr(w, "task_id", ""),
+                                                          int(getattr(w, "idx", 0))) for w in writes.docs]
+        if self._key_registry is not None:
+            doomed += [self._key_registry.make_write_keys_zset_key(thread_id, ns, cid) for ns, cid in evicted]
+        doomed += [self._make_redis_checkpoint_latest_key(thread_id, from_storage_safe_str(ns)) for ns in emptied]
+        await self._redis.delete(*doomed)  # one DEL: every key of a thread has its user's hash tag, one slot
+        return len(evicted)
 
     @property
     def writes_schema(self) -> dict[str, Any]:

@@ -610,8 +610,9 @@ class Turns:
         """Keep the newest ``CHECKPOINT_KEEP`` checkpoints of a conversation.
 
         Every checkpoint holds the whole conversation, so keeping them all
-        costs storage that grows with the *square* of its length. The library
-        prunes (documents, pending writes, registry); it is asked once every
+        costs storage that grows with the *square* of its length. The saver
+        prunes (documents, pending writes, registry:
+        ``SwitchboardRedisSaver.prune_thread``); it is asked once every
         ``CHECKPOINT_KEEP / 2`` turns, so the cost per turn stays small and at
         most ``1.5 * CHECKPOINT_KEEP`` checkpoints exist. Pruning only ever
         removes older checkpoints, so it needs no lease."""
@@ -623,7 +624,7 @@ class Turns:
             return
         self._unpruned.pop(thread_id, None)
         try:
-            await self.saver.aprune([thread_id], keep_last=keep)
+            await self.saver.prune_thread(thread_id, keep=keep)
         except Exception as exc:  # noqa: BLE001 - storage is reclaimed on a later turn
             log.warning("pruning checkpoints of %s failed: %s", thread_id, exc)
 

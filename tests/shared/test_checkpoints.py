@@ -95,3 +95,66 @@ async def test_a_thread_search_matches_the_thread_exactly_not_another_users_by_c
     # The documents are the library's: a stock saver reads them, now exactly too.
     assert len([c async for c in stock.alist({"configurable": {"thread_id": "{u:casey}/c"}})]) == 1
     await client.aclose()
+
+
+async def test_pruning_keeps_the_newest_of_a_thread_and_removes_the_rest_in_two_searches(redis_url):
+    """``prune_thread``: the newest ``keep`` checkpoints of each namespace of
+    the thread stay, with their pending writes; older ones go with theirs and
+    their registry; another thread (the same user id but for case) and a
+    subgraph's namespace are untouched. Two FT.SEARCH and one DEL, however
+    many go; a stock saver still reads what is left."""
+    import uuid
+
+    import redis.asyncio as aioredis
+    from langgraph.checkpoint.base import empty_checkpoint
+    from langgraph.checkpoint.redis.aio import AsyncRedisSaver
+
+    from switchboard.shared.checkpoints import SwitchboardRedisSaver, setup_saver
+
+    client = aioredis.Redis.from_url(redis_url)
+    prefix = f"prunetest{uuid.uuid4().hex[:6]}"
+    names = {"checkpoint_prefix": prefix, "checkpoint_write_prefix": f"{prefix}_write"}
+    saver = SwitchboardRedisSaver(redis_client=client, **names)
+    await setup_saver(saver)
+
+    async def chain(thread: str, n: int, ns: str = "") -> list[str]:
+        ids = []
+        for step in range(n):
+            config = {"configurable": {"thread_id": thread, "checkpoint_ns": ns}}
+            stored = await saver.aput(config, empty_checkpoint(), {"source": "loop", "step": step}, {})
+            await saver.aput_writes(stored, [("messages", f"pending {step}")], task_id=f"task-{step}")
+            ids.append(stored["configurable"]["checkpoint_id"])
+        return ids
+
+    async def listed(s, thread: str) -> list[str]:
+        config = {"configurable": {"thread_id": thread}}
+        return [c.config["configurable"]["checkpoint_id"] async for c in s.alist(config)]
+
+    async def calls() -> dict[str, int]:
+        stats = await client.info("commandstats")
+        return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("FT.SEARCH", "del")}
+
+    thread, other = "{u:pat}/c", "{u:PAT}/c"
+    ids = await chain(thread, 8)
+    child = await chain(thread, 2, ns="child")
+    others = await chain(other, 3)
+    registry = [saver._key_registry.make_write_keys_zset_key(thread, "__empty__", cid) for cid in ids]
+    assert await client.exists(*registry) == 8  # the library's registry of each one's writes
+
+    before = await calls()
+    assert await saver.prune_thread(thread, keep=3) == 5
+    after = await calls()
+    assert (after["FT.SEARCH"] - before["FT.SEARCH"], after["del"] - before["del"]) == (2, 1)
+
+    assert sorted(await listed(saver, thread)) == sorted(ids[-3:] + child)  # (alist lists every namespace)
+    assert sorted(await listed(saver, other)) == sorted(others)
+    writes = [k async for k in client.scan_iter(match=f"{prefix}_write:*")]
+    assert len(writes) == 3 + 2 + 3  # the kept checkpoints' writes only
+    for cid in ids[-3:]:
+        kept = await saver.aget_tuple({"configurable": {"thread_id": thread, "checkpoint_ns": "", "checkpoint_id": cid}})
+        assert [w[2] for w in kept.pending_writes] == [f"pending {ids.index(cid)}"]
+    assert await client.exists(*registry[:5]) == 0 and await client.exists(*registry[5:]) == 3
+    stock = AsyncRedisSaver(redis_client=client, **names)
+    assert sorted(await listed(stock, thread)) == sorted(ids[-3:] + child)
+    assert await saver.prune_thread(thread, keep=3) == 0  # nothing more to do
+    await client.aclose()
