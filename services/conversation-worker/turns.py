@@ -26,8 +26,6 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass
-from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -38,7 +36,6 @@ from langgraph.types import Command
 from switchboard.shared import keys, outbound, streamids
 from switchboard.shared.connection import is_outage
 from switchboard.shared.encryption import CannotOpen
-from switchboard.shared.errors import SwitchboardError
 from switchboard.shared.checkpoints import CMID_KEY
 from switchboard.shared.metrics import WorkerMetrics
 from switchboard.shared.project import DEFAULT_GRAPH
@@ -46,11 +43,16 @@ from switchboard.shared.protocol import EventKind
 from switchboard.shared.settings import WorkerSettings
 
 from . import checkpoint_format
-from .deltas import DeltaWriter, content_text
+from .deltas import DeltaWriter
 from .fencing import FORK, FencedRedisSaver, fence_config
 from .lease import Lease, LeaseLostError, LeaseState, Tokens
 from .loader import Graphs
+from .outcomes import (
+    Interrupted, Outcome, TurnCancelled, TurnFailed, unreadable_state, first_interrupt, holds_unanswered,
+    message_id, reply_after,
+)
 from .slots import FairSlots, Slot
+from .stopping import WORK_EXIT_GRACE, Stopped, stoppable
 from .store import (
     AlreadyDone, Attempt, Begun, Busy, Committed, DoneMoved, FindAfter, InboundEntry, LeaseLost, NoneLeft,
     WorkerStore,
@@ -60,8 +62,6 @@ log = logging.getLogger(__name__)
 
 #: Conversations whose turns since their last prune are counted (a bound).
 UNPRUNED_MAX = 100_000
-#: Seconds a cancelled drain's graph run gets to end before its output is dropped.
-WORK_EXIT_GRACE = 5.0
 #: Conversations whose cut-short attempt is remembered (a bound; see ``_resumed``).
 RESUMED_MAX = 100_000
 
@@ -70,92 +70,6 @@ def _observe(task: asyncio.Task) -> None:
     """Mark a task's exception as seen; the caller reports it (or has moved on)."""
     if not task.cancelled():
         task.exception()
-
-
-class TurnCancelled(SwitchboardError):
-    """The turn was stopped (``cancel``, ``if_busy: interrupt``) while it ran."""
-
-    def __init__(self, partial: str, base: str = ""):
-        super().__init__("the turn was cancelled")
-        self.partial = partial  #: the reply as far as its deltas went
-        self.base = base  #: the latest pointer to put back, if the run stored a checkpoint ('': none)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How a turn ended, for its commit: the event's kind and text; an
-    interrupt's id (the turn waits for a ``resume``) and the pointer a
-    cancel of the turn puts back (see commit.lua)."""
-
-    kind: EventKind
-    text: str
-    interrupt_id: str = ""
-    base: str = ""
-
-
-@dataclass(frozen=True)
-class Interrupted:
-    """The graph asked the person (LangGraph's ``interrupt``): its checkpoint
-    and the interrupt's pending writes are stored."""
-
-    id: str
-    value: Any
-    base: str = ""  #: the latest pointer before the turn's first stored checkpoint ('-': none; '': not known)
-
-    def event_text(self) -> str:
-        return json.dumps({"id": self.id, "value": self.value}, ensure_ascii=False, default=str)
-
-
-def first_interrupt(snapshot: Any) -> Any:
-    """The first interrupt a state snapshot has pending, if any."""
-    pending = getattr(snapshot, "interrupts", ()) or ()
-    return pending[0] if pending else None
-
-
-def holds_unanswered(messages: Sequence[Any], human_id: str) -> bool:
-    """The human message ``human_id`` is the newest one, with no reply after it."""
-    for message in reversed(messages):
-        if getattr(message, "id", None) == human_id:
-            return True
-        if getattr(message, "type", "") in ("human", "ai"):
-            return False
-    return False
-
-
-class TurnFailed(SwitchboardError):
-    """One attempt at a turn failed in the graph (raised, or ran too long)."""
-
-    def __init__(self, reason: str, public: str, *, permanent: bool = False):
-        super().__init__(reason)
-        self.reason = reason  #: for logs and the dead-letter entry
-        self.public = public  #: for the user's ``turn_error`` event
-        self.permanent = permanent  #: another attempt cannot succeed: dead-letter now
-
-
-def _unreadable_state(exc: CannotOpen) -> TurnFailed:
-    return TurnFailed(f"the conversation's state cannot be decrypted: {exc}",
-                      "the assistant cannot read this conversation's stored state", permanent=True)
-
-
-def message_id(entry_id: str) -> str:
-    return f"in-{entry_id}"
-
-
-def reply_after(messages: Sequence[Any], human_id: str) -> str | None:
-    """The reply already recorded for the human message ``human_id``, if any:
-    the text of the AI messages that follow it, up to the next human message."""
-    # From the end: the message is the newest human one, or close to it.
-    for index in range(len(messages) - 1, -1, -1):
-        if getattr(messages[index], "id", None) == human_id:
-            texts = []
-            for later in messages[index + 1:]:
-                kind = getattr(later, "type", "")
-                if kind == "human":
-                    break
-                if kind == "ai":
-                    texts.append(content_text(later.content))
-            return "\n".join(t for t in texts if t) if texts else None
-    return None
 
 
 class _Progress:
@@ -494,9 +408,9 @@ class Turns:
         if self.saver is not None:
             self.saver.run_started(thread)
         try:
-            result = await _stoppable(graph.ainvoke(graph_input, config, durability="exit"),
+            result = await stoppable(graph.ainvoke(graph_input, config, durability="exit"),
                                       stop, timeout=self.settings.turn_timeout)
-        except _Stopped:
+        except Stopped:
             result = _STOPPED  # the partial reply is read once its deltas are all written (below)
         except TimeoutError:  # first: TimeoutError is an OSError too
             raise TurnFailed(f"no answer within TURN_TIMEOUT={self.settings.turn_timeout:g} s",
@@ -504,7 +418,7 @@ class Turns:
         except (asyncio.CancelledError, LeaseLostError):
             raise
         except CannotOpen as exc:  # the checkpoint (or a pending write) no key opens
-            raise _unreadable_state(exc) from None
+            raise unreadable_state(exc) from None
         except Exception as exc:  # noqa: BLE001 - a graph bug must not stop the conversation
             if is_outage(exc):  # Redis went away under the graph (its checkpointer)
                 raise
@@ -558,7 +472,7 @@ class Turns:
         try:
             snapshot = await graph.aget_state(config)
         except CannotOpen as exc:
-            raise _unreadable_state(exc) from None
+            raise unreadable_state(exc) from None
         asked = first_interrupt(snapshot)
         messages = (snapshot.values or {}).get("messages", [])
         if entry.interrupt_id:
@@ -637,41 +551,4 @@ def _base_of(saver: FencedRedisSaver | None, thread: str, snapshot: Any) -> str:
     return checkpoint_format.checkpoint_key(saver, thread, parent) if parent else "-"
 
 
-async def _cancel(task: asyncio.Future, *, grace: float) -> None:
-    """Cancel ``task`` and wait up to ``grace`` seconds for it to end. The
-    cancellation is repeated every tenth of a second: code under the graph
-    can swallow one (a cancel landing while a library call cleans up), which
-    would leave the run going on to its end."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + grace
-    while not task.done() and loop.time() < deadline:
-        task.cancel()
-        await asyncio.wait([task], timeout=min(0.1, max(0.0, deadline - loop.time())))
-
-
 _STOPPED = object()  #: what a stopped graph run returned (see :meth:`Turns._run`)
-
-
-class _Stopped(Exception):
-    """The graph run was stopped by a cancel (see :func:`_stoppable`)."""
-
-
-async def _stoppable(run: Any, stop: asyncio.Event, *, timeout: float) -> Any:
-    """Await ``run`` (the graph's), at most ``timeout`` seconds (TimeoutError),
-    or until ``stop`` is set: then the run is cancelled, awaited, and
-    :class:`_Stopped` raised."""
-    task = asyncio.ensure_future(run)
-    stopped = asyncio.ensure_future(stop.wait())
-    try:
-        done, _ = await asyncio.wait([task, stopped], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            return task.result()
-        await _cancel(task, grace=WORK_EXIT_GRACE)  # let it unwind (a checkpoint at exit is dropped)
-        if stopped in done:
-            raise _Stopped
-        raise TimeoutError
-    finally:
-        stopped.cancel()
-        if not task.done():
-            task.cancel()
-

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from switchboard.worker.turns import _stoppable, _Stopped
+from switchboard.worker.stopping import Stopped, stoppable
 
 
 async def _stubborn(swallow: int) -> str:
@@ -27,12 +27,12 @@ async def test_a_stop_ends_the_run_within_moments_even_if_cancels_are_swallowed(
     loop = asyncio.get_running_loop()
     loop.call_later(0.05, stop.set)
     started = loop.time()
-    with pytest.raises(_Stopped):
-        await _stoppable(_stubborn(swallowed), stop, timeout=60)
+    with pytest.raises(Stopped):
+        await stoppable(_stubborn(swallowed), stop, timeout=60)
     assert loop.time() - started < 1.0
 
 
 async def test_a_run_that_finishes_returns_and_one_too_long_times_out():
-    assert await _stoppable(asyncio.sleep(0.01, result="done"), asyncio.Event(), timeout=5) == "done"
+    assert await stoppable(asyncio.sleep(0.01, result="done"), asyncio.Event(), timeout=5) == "done"
     with pytest.raises(TimeoutError):
-        await _stoppable(_stubborn(1), asyncio.Event(), timeout=0.1)
+        await stoppable(_stubborn(1), asyncio.Event(), timeout=0.1)

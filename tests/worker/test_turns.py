@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from langchain_core.messages import AIMessage, HumanMessage
 
 from switchboard.worker.graph import build
-from switchboard.worker.turns import message_id, reply_after
+from switchboard.worker.outcomes import message_id, reply_after
 from tests.support.savers import fenced_saver
 
 
