@@ -12,8 +12,9 @@ import json
 import redis
 
 from switchboard.shared import keys
-from tests.support.client import Device, new_user
-from tests.support.devices import phone_and_laptop
+from tests.support.client import new_user
+from tests.support.devices import finals, phone_and_laptop
+from tests.support.graphs import runs
 from tests.support.wait import until
 
 SLOW = "tests.support.graphs:slow"
@@ -28,17 +29,6 @@ def _started(cluster, user: str, conversation: str) -> bool:
         client.close()
 
 
-def _runs(marks) -> list[str]:
-    """The texts of the graph runs begun (the slow graph's start marks)."""
-    return [line for mark in marks.iterdir() for line in mark.read_text().splitlines()] if marks.exists() else []
-
-
-def _finals(device: Device) -> list[tuple[str, str]]:
-    return [(e["kind"], e["client_msg_id"]) for e in device.events if e["kind"] in ("assistant", "turn_error",
-                                                                                   "cancelled")]
-
-
-
 async def test_a_cancel_from_another_gateway_stops_the_turn_and_the_queue_runs_on(cluster):
     cluster.start_many(("fanout", "f"), ("gateway", "gw1"), ("gateway", "gw2"), ("worker", "w"), GRAPH=SLOW)
     user = new_user()
@@ -51,14 +41,14 @@ async def test_a_cancel_from_another_gateway_stops_the_turn_and_the_queue_runs_o
         asked = loop.time()
         await laptop.send_raw(json.dumps({"type": "cancel", "conversation_id": "c"}))
         for device in (phone, laptop):
-            await device.wait_for(lambda d=device: ("cancelled", "long") in _finals(d), timeout=10)
+            await device.wait_for(lambda d=device: ("cancelled", "long") in finals(d), timeout=10)
         assert loop.time() - asked < 5  # stopped, not waited out (the graph sleeps 30 s)
         # The stopped message is not in the graph's state: the next is its first turn.
         assert (await phone.wait_reply("next"))["text"] == "reply 1 to: after it"
         await laptop.wait_reply("next")
         await asyncio.sleep(0.3)
         for device in (phone, laptop):
-            assert _finals(device) == [("cancelled", "long"), ("assistant", "next")]
+            assert finals(device) == [("cancelled", "long"), ("assistant", "next")]
         # Nothing runs now: a cancel says so.
         await laptop.send_raw(json.dumps({"type": "cancel", "conversation_id": "c"}))
         assert (await laptop.wait_frame("error"))["code"] == "not_running"
@@ -87,7 +77,7 @@ async def test_if_busy_reject_refuses_and_interrupt_stops_what_waits_and_runs_ne
         assert (await laptop.wait_reply("now"))["text"] == "reply 2 to: forget those"
         await asyncio.sleep(0.3)
         for device in (phone, laptop):
-            assert _finals(device) == [("assistant", "first"), ("cancelled", "slow"), ("cancelled", "queued"),
+            assert finals(device) == [("assistant", "first"), ("cancelled", "slow"), ("cancelled", "queued"),
                                        ("assistant", "now")]
         assert not any(f["type"] == "accepted" and f["client_msg_id"] == "nope" for f in laptop.frames)
         # Not busy any more: reject lets it through.
@@ -107,7 +97,7 @@ async def test_a_cancel_while_no_worker_runs_is_kept_and_the_message_never_answe
     try:
         await phone.send("c", "long", "sleep:30 streamed partly")
         await phone.send("c", "next", "then this")
-        await until(lambda: "sleep:30 streamed partly" in _runs(marks), 15, "the graph running it")  # the graph runs it
+        await until(lambda: "sleep:30 streamed partly" in runs(marks), 15, "the graph running it")  # the graph runs it
         cluster.kill("w")  # kill -9 mid-turn
         await laptop.send_raw(json.dumps({"type": "cancel", "conversation_id": "c", "client_msg_id": "next"}))
         error = await laptop.wait_frame("error", client_msg_id="next")
@@ -120,11 +110,11 @@ async def test_a_cancel_while_no_worker_runs_is_kept_and_the_message_never_answe
             await device.wait_reply("next", timeout=20)
         await asyncio.sleep(0.3)
         for device in (phone, laptop):
-            assert _finals(device) == [("cancelled", "long"), ("assistant", "next")]
+            assert finals(device) == [("cancelled", "long"), ("assistant", "next")]
         assert (await phone.wait_reply("next"))["text"] == "reply 1 to: then this"
         # The new worker never ran the cancelled message: one start, by the killed worker.
-        runs = _runs(marks)
-        assert runs.count("sleep:30 streamed partly") == 1 and runs.count("then this") == 1
+        began = runs(marks)
+        assert began.count("sleep:30 streamed partly") == 1 and began.count("then this") == 1
     finally:
         await phone.close()
         await laptop.close()
@@ -140,7 +130,7 @@ async def test_a_stopped_streamed_reply_ends_with_what_was_streamed(cluster):
         await laptop.wait_for(lambda: any(e["kind"] == "delta" for e in laptop.events))
         await laptop.send_raw(json.dumps({"type": "cancel", "conversation_id": "c", "client_msg_id": "talk"}))
         for device in (phone, laptop):
-            await device.wait_for(lambda d=device: ("cancelled", "talk") in _finals(d), timeout=10)
+            await device.wait_for(lambda d=device: ("cancelled", "talk") in finals(d), timeout=10)
         await asyncio.sleep(0.3)  # no delta may follow the final event
         for device in (phone, laptop):
             deltas = [e for e in device.events if e["kind"] == "delta"]

@@ -10,19 +10,11 @@ import asyncio
 import json
 
 from tests.support.client import Device, new_user
-from tests.support.devices import phone_and_laptop
+from tests.support.devices import phone_and_laptop, shown
+from tests.support.graphs import runs
 from tests.support.wait import until
 
 SLOW = "tests.support.graphs:slow"
-
-
-def _runs(marks) -> list[str]:
-    return [line for mark in marks.iterdir() for line in mark.read_text().splitlines()] if marks.exists() else []
-
-
-def _shown(device: Device) -> list[tuple[str, str, str]]:
-    """The events a chat shows (no deltas): kind, client_msg_id, text."""
-    return [(e["kind"], e["client_msg_id"], e["text"]) for e in device.events if e["kind"] != "delta"]
 
 
 async def _history(device: Device, conversation: str = "c") -> list[tuple[str, str | None, str]]:
@@ -62,8 +54,8 @@ async def test_regenerate_and_edit_fork_the_conversation_on_every_device(cluster
         await laptop.wait_frame("accepted", client_msg_id="m3")
         for device in (phone, laptop):
             await device.wait_for(lambda d=device: len(d.replies("m3")) == 2)
-        assert _shown(laptop)[-2:] == [("replaced", "m3", "reply"), ("assistant", "m3", "reply 3 to: third")]
-        assert _runs(marks).count("third") == 2  # the graph ran it again, on the state before it
+        assert shown(laptop)[-2:] == [("replaced", "m3", "reply"), ("assistant", "m3", "reply 3 to: third")]
+        assert runs(marks).count("third") == 2  # the graph ran it again, on the state before it
         # The same request sent again (its accepted lost): the same entry, no second regeneration.
         accepted = [f for f in laptop.frames if f["type"] == "accepted" and f["client_msg_id"] == "m3"]
         await laptop.send_raw(json.dumps({"type": "regenerate", "conversation_id": "c", "client_msg_id": "m3",
@@ -78,9 +70,9 @@ async def test_regenerate_and_edit_fork_the_conversation_on_every_device(cluster
         for device in (phone, laptop):
             reply = await device.wait_reply("e2")
             assert reply["text"] == "reply 2 to: changed"  # m2 and m3 are gone from the graph's state
-            assert _shown(device)[-3:] == [("replaced", "m2", "message"), ("user", "e2", "changed"),
+            assert shown(device)[-3:] == [("replaced", "m2", "message"), ("user", "e2", "changed"),
                                            ("assistant", "e2", "reply 2 to: changed")]
-        assert len(_shown(laptop)[mark:]) == 5  # nothing else: one regenerate, one edit
+        assert len(shown(laptop)[mark:]) == 5  # nothing else: one regenerate, one edit
         assert await _history(laptop) == [("user", "m1", "hello"), ("assistant", None, "reply 1 to: hello"),
                                           ("user", "e2", "changed"), ("assistant", None, "reply 2 to: changed")]
         await phone.send("c", "m4", "after")
@@ -106,7 +98,7 @@ async def test_regenerate_and_edit_fork_the_conversation_on_every_device(cluster
         await phone.wait_reply("slow")
         for device in (phone, laptop):
             ids = device.event_ids()
-            assert len(ids) == len(set(ids)) and [k for k, _, _ in _shown(device)].count("replaced") == 3
+            assert len(ids) == len(set(ids)) and [k for k, _, _ in shown(device)].count("replaced") == 3
     finally:
         await phone.close()
         await laptop.close()
@@ -127,7 +119,7 @@ async def test_a_regenerate_or_edit_whose_worker_is_killed_answers_once_and_a_re
         await laptop.wait_reply("m2")
         await laptop.send_raw(json.dumps({"type": "regenerate", "conversation_id": "c", "client_msg_id": "m2"}))
         await laptop.wait_frame("accepted", client_msg_id="m2")
-        await until(lambda: _runs(marks).count("sleep:2 think it over") == 2, 15, "the regenerated run sleeping")
+        await until(lambda: runs(marks).count("sleep:2 think it over") == 2, 15, "the regenerated run sleeping")
         await phone.drop()  # the phone loses its network meanwhile
         cluster.kill("w")  # kill -9 mid-run
         cluster.start("worker", "w2", **env)
@@ -138,10 +130,10 @@ async def test_a_regenerate_or_edit_whose_worker_is_killed_answers_once_and_a_re
         for device in (phone, laptop):
             ids = device.event_ids()
             assert len(ids) == len(set(ids))
-            kinds = [(k, c) for k, c, _ in _shown(device)]
+            kinds = [(k, c) for k, c, _ in shown(device)]
             assert kinds == [("user", "m1"), ("assistant", "m1"), ("user", "m2"), ("assistant", "m2"),
                              ("replaced", "m2"), ("assistant", "m2")]
-        assert _runs(marks).count("sleep:2 think it over") == 3  # first, killed, again
+        assert runs(marks).count("sleep:2 think it over") == 3  # first, killed, again
         assert await _history(phone) == [("user", "m1", "hello"), ("assistant", None, "reply 1 to: hello"),
                                          ("user", "m2", "sleep:2 think it over"),
                                          ("assistant", None, "reply 2 to: sleep:2 think it over")]
@@ -150,17 +142,17 @@ async def test_a_regenerate_or_edit_whose_worker_is_killed_answers_once_and_a_re
         await phone.send_raw(json.dumps({"type": "edit", "conversation_id": "c", "client_msg_id": "m1",
                                          "text": "sleep:2 instead", "new_client_msg_id": "e1"}))
         await phone.wait_frame("accepted", client_msg_id="e1")
-        await until(lambda: "sleep:2 instead" in _runs(marks), 15, "the edited run sleeping")
+        await until(lambda: "sleep:2 instead" in runs(marks), 15, "the edited run sleeping")
         cluster.kill("w2")
         cluster.start("worker", "w3", **env)
         for device in (phone, laptop):
             assert (await device.wait_reply("e1", timeout=30))["text"] == "reply 1 to: sleep:2 instead"
         await asyncio.sleep(0.5)
         for device in (phone, laptop):
-            assert [(k, c) for k, c, _ in _shown(device)][-3:] == [("replaced", "m1"), ("user", "e1"),
+            assert [(k, c) for k, c, _ in shown(device)][-3:] == [("replaced", "m1"), ("user", "e1"),
                                                                    ("assistant", "e1")]
             assert len(device.replies("e1")) == 1
-        assert _runs(marks).count("sleep:2 instead") == 2  # killed, again
+        assert runs(marks).count("sleep:2 instead") == 2  # killed, again
         assert await _history(laptop) == [("user", "e1", "sleep:2 instead"),
                                           ("assistant", None, "reply 1 to: sleep:2 instead")]
     finally:

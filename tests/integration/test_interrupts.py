@@ -11,15 +11,10 @@ import asyncio
 import json
 
 from tests.support.client import Device, new_user
-from tests.support.devices import phone_and_laptop
+from tests.support.devices import finals, phone_and_laptop
 from tests.support.wait import until
 
 ASKING = "tests.support.graphs:asking"
-FINALS = ("assistant", "turn_error", "cancelled")
-
-
-def _finals(device: Device) -> list[tuple[str, str]]:
-    return [(e["kind"], e["client_msg_id"]) for e in device.events if e["kind"] in FINALS]
 
 
 def _asked(device: Device, cmid: str) -> list[dict]:
@@ -40,7 +35,6 @@ async def _listed(device: Device) -> dict:
     await device.wait_for(lambda: sum(f["type"] == "conversations" for f in device.frames) > before)
     return {c["conversation_id"]: c for c in [f for f in device.frames if f["type"] == "conversations"][-1]
             ["conversations"]}
-
 
 
 async def test_questions_in_turn_answered_from_either_device_once(cluster):
@@ -121,11 +115,11 @@ async def test_a_pending_question_survives_restarts_and_a_killed_resumed_turn_an
         await _resume(phone, "q", "yes", asked["id"])
         await phone.wait_frame("accepted", client_msg_id="q")
 
-        def resumed_runs() -> int:
+        def resumedruns() -> int:
             lines = [line for mark in marks.iterdir() for line in mark.read_text().splitlines()]
             return len(lines) - 1  # the first run asked
 
-        await until(lambda: resumed_runs() >= 1, 15, "the resumed run sleeping")  # kill it now
+        await until(lambda: resumedruns() >= 1, 15, "the resumed run sleeping")  # kill it now
         cluster.kill("w2")
         cluster.start("worker", "w3", **env)  # runs it on again
         for device in (phone, laptop):
@@ -133,11 +127,11 @@ async def test_a_pending_question_survives_restarts_and_a_killed_resumed_turn_an
             assert reply["text"] == 'reply 1 to: ask:1 then-sleep:3 decide answers: ["yes"]'
         await asyncio.sleep(0.3)
         for device in (phone, laptop):
-            assert _finals(device) == [("assistant", "q")]
+            assert finals(device) == [("assistant", "q")]
             assert [e["kind"] for e in device.events if e["kind"] in ("interrupt", "resumed")] == \
                 ["interrupt", "resumed"]
             assert len(set(device.event_ids())) == len(device.event_ids())
-        assert resumed_runs() == 2  # killed once, run on once more; never asked again
+        assert resumedruns() == 2  # killed once, run on once more; never asked again
     finally:
         await phone.close()
         await laptop.close()
@@ -154,7 +148,7 @@ async def test_a_cancel_or_an_interrupting_send_ends_a_pending_question_and_its_
         await laptop.wait_for(lambda: _asked(laptop, "q1"))
         await laptop.send_raw(json.dumps({"type": "cancel", "conversation_id": "c"}))
         for device in (phone, laptop):
-            await device.wait_for(lambda d=device: ("cancelled", "q1") in _finals(d))
+            await device.wait_for(lambda d=device: ("cancelled", "q1") in finals(d))
         await _resume(phone, "q1", "too late")
         assert (await phone.wait_frame("error", client_msg_id="q1"))["code"] == "not_interrupted"
         # The graph's state is as if the cancelled turn never ran: this is its second turn.
@@ -166,7 +160,7 @@ async def test_a_cancel_or_an_interrupting_send_ends_a_pending_question_and_its_
             assert reply["text"] == "reply 2 to: never mind"
         await asyncio.sleep(0.3)
         for device in (phone, laptop):
-            assert _finals(device) == [("assistant", "first"), ("cancelled", "q1"), ("cancelled", "q2"),
+            assert finals(device) == [("assistant", "first"), ("cancelled", "q1"), ("cancelled", "q2"),
                                        ("assistant", "instead")]
         assert (await _listed(laptop))["c"]["pending_interrupt"] is None
         await laptop.send_raw(json.dumps({"type": "history", "conversation_id": "c"}))

@@ -40,6 +40,11 @@ def _mark(text: str, name: str) -> None:
             mark.write(text + "\n")
 
 
+def runs(marks: Path) -> list[str]:
+    """The texts of the graph runs begun, as :func:`_mark` wrote them (the test's SLOW_GRAPH_MARKS)."""
+    return [line for mark in marks.iterdir() for line in mark.read_text().splitlines()] if marks.exists() else []
+
+
 async def _slow(state: MessagesState) -> dict:
     """Marks that a turn started (a file per process and message, a line per
     attempt), then sleeps if asked.
