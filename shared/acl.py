@@ -161,6 +161,7 @@ CONVERSATION = keys.conversation(ANY, ANY)
 CONVERSATIONS = keys.conversations(ANY)
 USAGE = keys.usage(ANY)
 LEASE = keys.lease(ANY, ANY)
+STAGED = keys.staged_checkpoint(ANY, ANY, ANY)
 OUTBOUND = keys.outbound(ANY)
 META = keys.meta(ANY)
 OFFSETS = keys.offsets(ANY)
@@ -258,7 +259,11 @@ WORKER = User("worker", "sb-worker", "runs turns: leases, replies, deltas, check
           (*_CONNECTION, "time", "multi", "exec", "discard", "wait")),
     Grant("run the worker's scripts (begin, find_next, count_attempt, commit, delta, renew, release, "
           "store_checkpoint): EVALSHA asks read and write on every key passed",
-          ("evalsha",), RW(LEASE, CONVERSATION, INBOUND, OUTBOUND, META, USAGE, CHECKPOINTS, CHECKPOINT_LATEST)),
+          ("evalsha",), RW(LEASE, CONVERSATION, INBOUND, OUTBOUND, META, USAGE, CHECKPOINTS, CHECKPOINT_LATEST,
+                           STAGED)),
+    Grant("a commit's checkpoint, staged before the commit renames it into place (or deletes it)",
+          ("json.set", "pexpire", "del"), RW(STAGED)),
+    Grant("... renamed into place (RENAME checks both keys)", ("rename",), RW(STAGED, CHECKPOINTS)),
     Grant("the conversation's lease: take, renew, check, release", ("set", "get", "pexpire", "del"), RW(LEASE)),
     Grant("the conversation's progress and attempts", ("hget", "hmget", "hset", "hdel", "hincrby"), RW(CONVERSATION)),
     Grant("read the next waiting message; remove answered ones", ("xrange", "xtrim"), RW(INBOUND)),
@@ -278,12 +283,14 @@ WORKER = User("worker", "sb-worker", "runs turns: leases, replies, deltas, check
           W(DEAD_COPIES)),
     Grant("metrics: how many dead letters there are (never their content)", ("xlen",), R(DEAD_LETTERS)),
     Grant("checkpoint documents and pending writes (LangGraph's saver: write, read, expire, prune)",
-          ("json.set", "json.get", "json.merge", "exists", "ttl", "expire", "pexpire", "del"),
+          ("json.set", "json.get", "json.merge", "exists", "ttl", "expire", "pexpire", "persist", "del"),
           RW(CHECKPOINTS, CHECKPOINT_WRITES)),
     Grant("a thread's latest checkpoint pointer", ("get", "set", "exists", "ttl", "expire", "pexpire", "del"),
           RW(CHECKPOINT_LATEST)),
     Grant("the registry of a checkpoint's pending writes", ("zadd", "zrange", "zcard", "exists", "ttl", "expire", "del"),
           RW(WRITE_REGISTRY)),
+    Grant("pruning: a thread's old checkpoints with their writes, registry and pointer, in one DEL",
+          ("del",), RW(CHECKPOINTS, CHECKPOINT_WRITES, WRITE_REGISTRY, CHECKPOINT_LATEST)),
     Grant("start: the checkpoint indexes (created if missing; one whose tags fold case is made again)",
           ("ft._list",)),
     Grant("... and searching them (listing and pruning a thread's checkpoints)",

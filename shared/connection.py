@@ -199,24 +199,34 @@ class NotReplicated(SwitchboardError):
 
 
 async def run_replicated(client: aioredis.Redis, settings: RedisSettings, script: AsyncScript,
-                         keys: Sequence[Any], args: Sequence[Any]) -> Any:
+                         keys: Sequence[Any], args: Sequence[Any], *,
+                         before: Callable[[aioredis.client.Pipeline], None] | None = None) -> Any:
     """Run ``script`` and, with ``settings.wait_replicas``, ``WAIT`` for that
     many replicas to have what it wrote, or raise :class:`NotReplicated`.
+    ``before`` queues commands that go first, in the same round trip (they
+    run again if the script must be loaded: they must be safe to repeat).
 
     ``WAIT`` counts the writes of the connection it is sent on, so both go in
     one pipeline, on one connection. A script that writes nothing leaves
     nothing to wait for (``WAIT`` then counts the connection's last write, of
     some other call): see :func:`touch_replicated`."""
-    if not settings.wait_replicas:
+    if not settings.wait_replicas and before is None:
         return await script(keys=keys, args=args)
+    first = 0
 
     def fill(pipe: aioredis.client.Pipeline) -> None:
+        nonlocal first
+        if before is not None:
+            before(pipe)
+        first = len(pipe.command_stack)
         queue_script(pipe, script, keys, args)
-        pipe.execute_command("WAIT", settings.wait_replicas, settings.wait_timeout_ms)
+        if settings.wait_replicas:
+            pipe.execute_command("WAIT", settings.wait_replicas, settings.wait_timeout_ms)
 
-    reply, acknowledged = await execute_scripted(client, [script], fill)
-    if acknowledged < settings.wait_replicas:
-        raise NotReplicated(acknowledged, settings.wait_replicas, reply)
+    replies = await execute_scripted(client, [script], fill)
+    reply = replies[first]
+    if settings.wait_replicas and replies[first + 1] < settings.wait_replicas:
+        raise NotReplicated(replies[first + 1], settings.wait_replicas, reply)
     return reply
 
 

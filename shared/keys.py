@@ -83,6 +83,19 @@ def lease(user: str, conversation_id: str) -> str:
     return f"{_user(user)}:lease:{conversation_id}"
 
 
+def staged_checkpoint(user: str, conversation_id: str, token: str) -> str:
+    """JSON document, PX ``STAGED_TTL_MS``: the checkpoint a commit by lease
+    ``token`` is about to place (commit.lua renames it to its key, or deletes
+    it when the commit is refused). No index covers it: it is indexed once,
+    when it is renamed into place."""
+    return f"{_user(user)}:staged:{conversation_id}:{token}"
+
+
+#: How long a staged checkpoint lives if its commit never runs (a worker that
+#: died between the two): a bound on what it can leave behind.
+STAGED_TTL_MS = 60_000
+
+
 def notify(user: str) -> str:
     """Pub/sub channel: an event was appended to the user's outbound stream."""
     return f"{_user(user)}:notify"

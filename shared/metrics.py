@@ -178,9 +178,9 @@ class RedisMetrics:
 
     Labels: ``command`` is the script's name for ``EVALSHA`` (``accept``,
     ``commit``...), else the Redis command (``XADD``); a pipeline is one
-    round trip, labelled with its first command. The time is what the caller
-    waits: a free pooled connection, the round trip, redis-py's retries on a
-    connection error. Blocking reads (:data:`BLOCKING_COMMANDS`) are not
+    round trip, labelled with its first script, else its first command. The
+    time is what the caller waits: a free pooled connection, the round trip,
+    redis-py's retries on a connection error. Blocking reads (:data:`BLOCKING_COMMANDS`) are not
     timed."""
 
     def __init__(self, registry: CollectorRegistry, *, max_commands: int = MAX_COMMAND_LABELS):
@@ -259,7 +259,8 @@ class MeteredPipeline(aioredis.client.Pipeline):
         if not stack:
             return await super().execute(raise_on_error)
         meter = self.meter
-        label = meter.label(stack[0][0])
+        # Named by its script when it runs one (a commit's pipeline stages its checkpoint first).
+        label = meter.label(next((c[0] for c in stack if c[0][0] == "EVALSHA"), stack[0][0]))
         started = time.perf_counter()
         try:
             replies = await super().execute(raise_on_error)

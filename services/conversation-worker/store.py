@@ -19,6 +19,7 @@ dead letter's text and reason are sealed here.
 from __future__ import annotations
 
 from collections.abc import Sequence
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any, Union
@@ -163,6 +164,14 @@ class CheckpointWrite:
     ttl_ms: int
 
 
+def _stage(key: str, document: bytes, pipe: aioredis.client.Pipeline) -> None:
+    """Queue a checkpoint's staging (commit.lua places it): the document goes
+    to Redis as a command of its own, not as a script argument, which would
+    cost the script its size once more."""
+    pipe.execute_command("JSON.SET", key, "$", document)
+    pipe.pexpire(key, keys.STAGED_TTL_MS)
+
+
 class WorkerStore:
     def __init__(self, redis: aioredis.Redis, streams: StreamSettings, *, lease_ttl: float,
                  keyring: Keyring | None = None, replicas: RedisSettings = RedisSettings()):
@@ -210,18 +219,20 @@ class WorkerStore:
         before the turn stored a checkpoint of its own ('-': it had none; '':
         not known), put back if the turn turns out cancelled."""
         lease_key = keys.lease(user, conversation)
+        staged = keys.staged_checkpoint(user, conversation, token)
         if checkpoint is not None:
             latest_key, checkpoint_ttl_ms = checkpoint.latest_key, checkpoint.ttl_ms
         checkpoint_keys = [checkpoint.key if checkpoint else lease_key, latest_key or lease_key]
-        checkpoint_args = [checkpoint.document if checkpoint else "", checkpoint_ttl_ms]
+        checkpoint_args = ["1" if checkpoint else "", checkpoint_ttl_ms]
         try:
             reply = await run_replicated(
                 self.redis, self.replicas, self._s["commit"],
                 [lease_key, keys.conversation(user, conversation), keys.outbound(user), keys.meta(user),
-                 keys.inbound(user, conversation), *checkpoint_keys, keys.usage(user)],
+                 keys.inbound(user, conversation), *checkpoint_keys, keys.usage(user), staged],
                 [token, expected_done, entry_id, outbound.new_epoch(), self.streams.outbound_maxlen,
                  keys.notify(user), *checkpoint_args, self.streams.retention_ms, interrupt_id,
-                 base if latest_key else "", *fields])
+                 base if latest_key else "", *fields],
+                before=functools.partial(_stage, staged, checkpoint.document) if checkpoint else None)
         except NotReplicated as late:
             # The commit stands on the master (devices may have its event); a
             # failover before the replica has it loses it, and the turn runs

@@ -6,9 +6,11 @@
 -- released here too, and the conversation's keys start to age: they expire
 -- after `retention` ms unless a message comes (accept.lua keeps them while
 -- anything waits).
--- KEYS: lease, conv, out, meta, inbound, checkpoint, the thread's latest checkpoint pointer, usage
+-- KEYS: lease, conv, out, meta, inbound, checkpoint, the thread's latest checkpoint pointer, usage,
+--       the staged checkpoint
 -- ARGV: token, expected done, new done, new epoch, out maxlen, channel,
---       checkpoint document ('' for none), checkpoint ttl ms, retention ms (0: keep),
+--       checkpoint ('1': the caller staged it at the staged key, renamed into
+--       place here; '': none), checkpoint ttl ms, retention ms (0: keep),
 --       interrupt id ('' : the turn ended), base ('' : not known, '-' : no checkpoint
 --       before the turn, else the pointer's value before it), event fields...
 -- A cancelled entry (at or before the conversation's `cancel` mark: a
@@ -26,16 +28,22 @@
 -- ('1'/'0')} when `done` is already the new one (this call repeated after its
 -- reply was lost, or another worker committed it), {'stale', done} when `done`
 -- moved elsewhere, or {'lease'} when the lease is not the caller's.
+-- A staged checkpoint is placed or deleted: a refused commit leaves none.
+local staged = ARGV[7] ~= ''
+local function refuse(answer)
+  if staged then redis.call('DEL', KEYS[9]) end
+  return answer
+end
 local conv = redis.call('HMGET', KEYS[2], F.conv_done, F.conv_cancel, F.conv_interrupt, F.conv_base)
 local done = conv[1] or '0-0'
 local holds = redis.call('GET', KEYS[1]) == ARGV[1]
-if done == ARGV[3] then return {'already', holds and '1' or '0'} end
+if done == ARGV[3] then return refuse({'already', holds and '1' or '0'}) end
 -- An interrupt already recorded: this call repeated after its reply was lost (it released the lease).
 if ARGV[10] ~= '' and string.match(conv[3] or '', '^(%S+ %S+)') == ARGV[3] .. ' ' .. ARGV[10] then
-  return {'already', holds and '1' or '0'}
+  return refuse({'already', holds and '1' or '0'})
 end
-if done ~= ARGV[2] then return {'stale', done} end
-if not holds then return {'lease'} end
+if done ~= ARGV[2] then return refuse({'stale', done}) end
+if not holds then return refuse({'lease'}) end
 local cancelled = conv[2] and not id_after(ARGV[3], conv[2])
 local fields = {}
 local retention = tonumber(ARGV[9])
@@ -62,7 +70,9 @@ if cancelled then
     if ttl_ms > 0 then redis.call('PEXPIRE', KEYS[7], ttl_ms) end
   end
 end
-if ARGV[7] ~= '' and not cancelled then store_checkpoint(KEYS[6], KEYS[7], ARGV[7], ARGV[8]) end
+if staged then
+  if cancelled then redis.call('DEL', KEYS[9]) else place_checkpoint(KEYS[9], KEYS[6], KEYS[7], ARGV[8]) end
+end
 local appended = append_event(KEYS[3], KEYS[4], ARGV[6], ARGV[4], tonumber(ARGV[5]), fields,
   math.floor(retention * 1.5))
 if interrupting then

@@ -28,6 +28,7 @@ EXAMPLES = {
     acl.CONVERSATIONS: keys.conversations("alice"),
     acl.USAGE: keys.usage("alice"),
     acl.LEASE: keys.lease("alice", "c:1"),
+    acl.STAGED: keys.staged_checkpoint("alice", "c:1", "a1b2c3.d4e5f6"),
     acl.OUTBOUND: keys.outbound("alice"),
     acl.META: keys.meta("alice"),
     acl.OFFSETS: keys.offsets("alice"),

@@ -102,19 +102,24 @@ async def test_pruning_keeps_the_newest_of_a_thread_and_removes_the_rest_in_two_
     the thread stay, with their pending writes; older ones go with theirs and
     their registry; another thread (the same user id but for case) and a
     subgraph's namespace are untouched. Two FT.SEARCH and one DEL, however
-    many go; a stock saver still reads what is left."""
+    many go; a stock saver still reads what is left. As the worker's ACL user,
+    which may do all of it."""
     import uuid
 
     import redis.asyncio as aioredis
     from langgraph.checkpoint.base import empty_checkpoint
     from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 
+    from switchboard.shared.acl import read_password
     from switchboard.shared.checkpoints import SwitchboardRedisSaver, setup_saver
+    from switchboard.shared.settings import split_credentials
+    from tests.support.cluster import tier_env
 
-    client = aioredis.Redis.from_url(redis_url)
-    prefix = f"prunetest{uuid.uuid4().hex[:6]}"
-    names = {"checkpoint_prefix": prefix, "checkpoint_write_prefix": f"{prefix}_write"}
-    saver = SwitchboardRedisSaver(redis_client=client, **names)
+    worker = tier_env(redis_url)["worker"]
+    client = aioredis.Redis.from_url(split_credentials(redis_url)[0], username=worker["REDIS_USERNAME"],
+                                     password=read_password(worker["REDIS_PASSWORD_FILE"]))
+    admin = aioredis.Redis.from_url(redis_url)
+    saver = SwitchboardRedisSaver(redis_client=client)
     await setup_saver(saver)
 
     async def chain(thread: str, n: int, ns: str = "") -> list[str]:
@@ -131,15 +136,16 @@ async def test_pruning_keeps_the_newest_of_a_thread_and_removes_the_rest_in_two_
         return [c.config["configurable"]["checkpoint_id"] async for c in s.alist(config)]
 
     async def calls() -> dict[str, int]:
-        stats = await client.info("commandstats")
+        stats = await admin.info("commandstats")
         return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("FT.SEARCH", "del")}
 
-    thread, other = "{u:pat}/c", "{u:PAT}/c"
+    user = f"pat-{uuid.uuid4().hex[:6]}"
+    thread, other = f"{{u:{user}}}/c", f"{{u:{user.upper()}}}/c"
     ids = await chain(thread, 8)
     child = await chain(thread, 2, ns="child")
     others = await chain(other, 3)
     registry = [saver._key_registry.make_write_keys_zset_key(thread, "__empty__", cid) for cid in ids]
-    assert await client.exists(*registry) == 8  # the library's registry of each one's writes
+    assert await admin.exists(*registry) == 8  # the library's registry of each one's writes
 
     before = await calls()
     assert await saver.prune_thread(thread, keep=3) == 5
@@ -148,13 +154,15 @@ async def test_pruning_keeps_the_newest_of_a_thread_and_removes_the_rest_in_two_
 
     assert sorted(await listed(saver, thread)) == sorted(ids[-3:] + child)  # (alist lists every namespace)
     assert sorted(await listed(saver, other)) == sorted(others)
-    writes = [k async for k in client.scan_iter(match=f"{prefix}_write:*")]
+    writes = [k async for k in admin.scan_iter(match=f"checkpoint_write:{{u:{user}}}*")]
+    writes += [k async for k in admin.scan_iter(match=f"checkpoint_write:{{u:{user.upper()}}}*")]
     assert len(writes) == 3 + 2 + 3  # the kept checkpoints' writes only
     for cid in ids[-3:]:
         kept = await saver.aget_tuple({"configurable": {"thread_id": thread, "checkpoint_ns": "", "checkpoint_id": cid}})
         assert [w[2] for w in kept.pending_writes] == [f"pending {ids.index(cid)}"]
-    assert await client.exists(*registry[:5]) == 0 and await client.exists(*registry[5:]) == 3
-    stock = AsyncRedisSaver(redis_client=client, **names)
+    assert await admin.exists(*registry[:5]) == 0 and await admin.exists(*registry[5:]) == 3
+    stock = AsyncRedisSaver(redis_client=admin)
     assert sorted(await listed(stock, thread)) == sorted(ids[-3:] + child)
     assert await saver.prune_thread(thread, keep=3) == 0  # nothing more to do
     await client.aclose()
+    await admin.aclose()

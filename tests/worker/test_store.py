@@ -103,13 +103,16 @@ async def test_commit_writes_the_reply_once_and_releases_the_lease_when_nothing_
     assert reply_id == result.reply_id and fields["text"] == "hi" and fields["in"] == entry
     assert await redis.get(LATEST) == checkpoint.key
     assert await redis.execute_command("JSON.GET", checkpoint.key, "$.checkpoint_id") == '["c1"]'
-    assert await redis.ttl(checkpoint.key) == -1  # no CHECKPOINT_TTL
+    assert await redis.ttl(checkpoint.key) == -1  # no CHECKPOINT_TTL (not the staged key's)
+    assert await redis.exists(keys.staged_checkpoint("u", "a", "t1")) == 0  # renamed into place
 
-    # The same commit again (a retried call whose answer was lost): nothing more is written.
+    # The same commit again (a retried call whose answer was lost): nothing more is written,
+    # and what it staged again is gone.
     again = await store.commit("u", "a", token="t1", expected_done="0-0", entry_id=entry,
-                               fields=_fields("hi", entry), checkpoint=None)
+                               fields=_fields("hi", entry), checkpoint=checkpoint)
     assert again == AlreadyDone(holds_lease=False)
     assert len(await redis.xrange(keys.outbound("u"))) == 1
+    assert await redis.exists(keys.staged_checkpoint("u", "a", "t1")) == 0
 
 
 async def test_a_commit_that_finds_more_keeps_the_lease_and_names_the_next_entry(redis, store):
@@ -133,15 +136,18 @@ async def test_a_commit_without_the_lease_or_from_a_moved_done_writes_nothing(re
     second = await _send(redis, "a", "two")
     await store.begin("u", "a", token="t1", latest_key=LATEST)
     await redis.set(keys.lease("u", "a"), "someone-else")
+    checkpoint = CheckpointWrite(key="checkpoint:{u:u}/a::c1", latest_key=LATEST, document=b'{"a": 1}', ttl_ms=0)
     lost = await store.commit("u", "a", token="t1", expected_done="0-0", entry_id=first,
-                              fields=_fields("r1", first), checkpoint=None)
+                              fields=_fields("r1", first), checkpoint=checkpoint)
     assert lost == LeaseLost()
     await redis.set(keys.lease("u", "a"), "t1")
     await redis.hset(keys.conversation("u", "a"), ConvField.DONE, first)  # another worker moved on
     moved = await store.commit("u", "a", token="t1", expected_done="0-0", entry_id=second,
-                               fields=_fields("r2", second), checkpoint=None)
+                               fields=_fields("r2", second), checkpoint=checkpoint)
     assert moved == DoneMoved(first)
     assert await redis.xrange(keys.outbound("u")) == []
+    # Neither wrote its checkpoint, nor left the one it staged.
+    assert await redis.exists(checkpoint.key, LATEST, keys.staged_checkpoint("u", "a", "t1")) == 0
 
 
 async def test_a_checkpoint_ttl_applies_to_the_document_and_its_pointer(redis, store):
@@ -230,3 +236,16 @@ async def test_a_cancelled_interrupted_turn_puts_the_latest_pointer_back(redis, 
     assert isinstance(result, Committed) and result.cancelled
     assert await redis.get(LATEST) == (None if base == "-" else base)
     assert [f["kind"] for _, f in await redis.xrange(keys.outbound("u"))] == ["interrupt", "cancelled"]
+
+
+async def test_a_cancelled_turns_checkpoint_is_dropped_with_its_staging(redis, store):
+    """A turn cancelled while it ran commits a `cancelled` event without its
+    checkpoint: the document its commit staged is deleted, not placed."""
+    entry = await _send(redis, "a", "long")
+    await store.begin("u", "a", token="t1", latest_key=LATEST)
+    await redis.hset(keys.conversation("u", "a"), "cancel", entry)  # as cancel.lua marks it
+    checkpoint = CheckpointWrite(key="checkpoint:{u:u}/a::c1", latest_key=LATEST, document=b'{"a": 1}', ttl_ms=0)
+    result = await store.commit("u", "a", token="t1", expected_done="0-0", entry_id=entry,
+                                fields=_fields("partly", entry), checkpoint=checkpoint)
+    assert isinstance(result, Committed) and result.cancelled
+    assert await redis.exists(checkpoint.key, LATEST, keys.staged_checkpoint("u", "a", "t1")) == 0

@@ -11,3 +11,18 @@ local function store_checkpoint(key, latest, document, ttl_ms)
     redis.call('PEXPIRE', latest, ttl_ms)
   end
 end
+
+-- The same, for a document a commit's pipeline wrote to `staged` first (no
+-- index covers it, and the script is not handed the document): renamed to
+-- its key, where it is indexed, with the TTL it must have (the staged key's
+-- own is dropped).
+local function place_checkpoint(staged, key, latest, ttl_ms)
+  redis.call('RENAME', staged, key)
+  redis.call('SET', latest, key)
+  if tonumber(ttl_ms) > 0 then
+    redis.call('PEXPIRE', key, ttl_ms)
+    redis.call('PEXPIRE', latest, ttl_ms)
+  else
+    redis.call('PERSIST', key)
+  end
+end
