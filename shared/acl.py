@@ -162,6 +162,7 @@ CONVERSATIONS = keys.conversations(ANY)
 USAGE = keys.usage(ANY)
 LEASE = keys.lease(ANY, ANY)
 STAGED = keys.staged_checkpoint(ANY, ANY, ANY)
+THREAD_CHECKPOINTS = keys.thread_checkpoints(keys.thread_id(ANY, ANY))
 OUTBOUND = keys.outbound(ANY)
 META = keys.meta(ANY)
 OFFSETS = keys.offsets(ANY)
@@ -260,7 +261,9 @@ WORKER = User("worker", "sb-worker", "runs turns: leases, replies, deltas, check
     Grant("run the worker's scripts (begin, find_next, count_attempt, commit, delta, renew, release, "
           "store_checkpoint): EVALSHA asks read and write on every key passed",
           ("evalsha",), RW(LEASE, CONVERSATION, INBOUND, OUTBOUND, META, USAGE, CHECKPOINTS, CHECKPOINT_LATEST,
-                           STAGED)),
+                           STAGED, THREAD_CHECKPOINTS)),
+    Grant("each thread's index of its checkpoints (written with each, read to prune and clear)",
+          ("zadd", "zcard", "zrange", "zremrangebyrank", "pexpire", "persist"), RW(THREAD_CHECKPOINTS)),
     Grant("a commit's checkpoint, staged before the commit renames it into place (or deletes it)",
           ("json.set", "pexpire", "del"), RW(STAGED)),
     Grant("... renamed into place (RENAME checks both keys)", ("rename",), RW(STAGED, CHECKPOINTS)),
@@ -289,8 +292,8 @@ WORKER = User("worker", "sb-worker", "runs turns: leases, replies, deltas, check
           RW(CHECKPOINT_LATEST)),
     Grant("the registry of a checkpoint's pending writes", ("zadd", "zrange", "zcard", "exists", "ttl", "expire", "del"),
           RW(WRITE_REGISTRY)),
-    Grant("pruning: a thread's old checkpoints with their writes, registry and pointer, in one DEL",
-          ("del",), RW(CHECKPOINTS, CHECKPOINT_WRITES, WRITE_REGISTRY, CHECKPOINT_LATEST)),
+    Grant("pruning and clear: a thread's old checkpoints with their writes and registry, in one DEL",
+          ("del",), RW(CHECKPOINTS, CHECKPOINT_WRITES, WRITE_REGISTRY)),
     Grant("start: the checkpoint indexes (created if missing; one whose tags fold case is made again)",
           ("ft._list",)),
     Grant("... and searching them (listing and pruning a thread's checkpoints)",

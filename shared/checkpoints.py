@@ -65,17 +65,17 @@ value no key opens is an error) and ``_dump_checkpoint`` (the document's
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+import time
 from typing import Any
 
 import orjson
 from langchain_core.load.serializable import Serializable
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
-from langgraph.checkpoint.redis.util import from_storage_safe_str, to_storage_safe_id
+from langgraph.checkpoint.redis.base import CHECKPOINT_PREFIX
+from langgraph.checkpoint.redis.key_registry import WRITE_KEYS_ZSET_PREFIX
 from langgraph.checkpoint.redis.jsonplus_redis import JsonPlusRedisSerializer
-from redisvl.query import FilterQuery
-from redisvl.query.filter import Tag
 
+from . import keys, scripts
 from .encryption import CannotOpen, Keyring
 
 log = logging.getLogger(__name__)
@@ -229,45 +229,44 @@ class SwitchboardRedisSaver(AsyncRedisSaver):
     handed on as its envelope (the library logs and returns a constructor
     dict it cannot revive as it is)."""
 
+    _prune_script: Any = None  #: prune_checkpoints.lua, registered on first use
+
     @property
     def checkpoints_schema(self) -> dict[str, Any]:
         return _case_sensitive(super().checkpoints_schema)
 
-    async def prune_thread(self, thread_id: str, *, keep: int, max_results: int = 10_000) -> int:
-        """Keep the newest ``keep`` checkpoints of each namespace of a thread
-        and delete the rest, with their pending writes and the library's
-        registry of them: what the library's ``aprune`` removes, in two
-        searches and one ``DEL`` instead of a search per removed checkpoint
-        and a ``DEL`` per key (their writes are found in one search, all ids
-        at once). The number of checkpoints removed."""
-        safe_thread = to_storage_safe_id(thread_id)
-        found = await self.checkpoints_index.search(FilterQuery(
-            filter_expression=Tag("thread_id") == safe_thread, return_fields=["checkpoint_ns", "checkpoint_id"],
-            num_results=max_results))
-        by_ns: dict[str, list[str]] = defaultdict(list)
-        for doc in found.docs:
-            by_ns[getattr(doc, "checkpoint_ns", "")].append(getattr(doc, "checkpoint_id", ""))
-        evicted: list[tuple[str, str]] = []  # (storage-safe namespace, id)
-        emptied: list[str] = []
-        for ns, ids in by_ns.items():
-            old = sorted(ids, reverse=True)[keep:]  # ids are ULIDs: their order is their age
-            evicted += [(ns, cid) for cid in old]
-            if old and len(old) == len(ids):
-                emptied.append(ns)
-        if not evicted:
-            return 0
-        doomed = [self._make_redis_checkpoint_key(safe_thread, ns, cid) for ns, cid in evicted]
-        writes = await self.checkpoint_writes_index.search(FilterQuery(
-            filter_expression=(Tag("thread_id") == safe_thread) & (Tag("checkpoint_id") == [c for _, c in evicted]),
-            return_fields=["checkpoint_ns", "checkpoint_id", "task_id", "idx"], num_results=max_results))
-        doomed += [self._make_redis_checkpoint_writes_key(safe_thread, getattr(w, "checkpoint_ns", ""),
-                                                          getattr(w, "checkpoint_id", ""), getattr(w, "task_id", ""),
-                                                          int(getattr(w, "idx", 0))) for w in writes.docs]
-        if self._key_registry is not None:
-            doomed += [self._key_registry.make_write_keys_zset_key(thread_id, ns, cid) for ns, cid in evicted]
-        doomed += [self._make_redis_checkpoint_latest_key(thread_id, from_storage_safe_str(ns)) for ns in emptied]
-        await self._redis.delete(*doomed)  # one DEL: every key of a thread has its user's hash tag, one slot
-        return len(evicted)
+    async def aput(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
+        """The library's ``aput``, the document then listed in its thread's
+        index (``keys.thread_checkpoints``), as the worker's scripts list the
+        ones they store. (A crash between the two leaves one document out of
+        the index: pruning does not see it; it goes with its TTL or a clear.)"""
+        saved = await super().aput(config, checkpoint, metadata, new_versions)
+        configurable = saved["configurable"]
+        thread_id = configurable["thread_id"]
+        key = self._make_redis_checkpoint_key_cached(thread_id, configurable.get("checkpoint_ns", ""),
+                                                     configurable["checkpoint_id"])
+        index = keys.thread_checkpoints(thread_id)
+        ttl_minutes = (self.ttl_config or {}).get("default_ttl")
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(index, {key: time.time() * 1000})
+        if ttl_minutes:
+            pipe.pexpire(index, int(ttl_minutes * 60_000))
+        await pipe.execute()
+        return saved
+
+    async def prune_thread(self, thread_id: str, *, keep: int) -> int:
+        """Keep the thread's newest ``keep`` checkpoints and delete the rest,
+        with their pending writes and the library's registry of them
+        (``prune_checkpoints.lua``: one script, found by the thread's index,
+        no search); ``keep`` 0 deletes them all and the latest pointer (a
+        clear). The number of checkpoints deleted. ``keep`` counts the
+        thread's checkpoints of every namespace together (the default graph
+        has only its own)."""
+        if self._prune_script is None:
+            self._prune_script = scripts.register(self._redis, "prune_checkpoints")["prune_checkpoints"]
+        latest = self._make_redis_checkpoint_latest_key(thread_id, "")
+        return int(await self._prune_script(keys=[keys.thread_checkpoints(thread_id), latest],
+                                            args=[keep, f"{CHECKPOINT_PREFIX}:", f"{WRITE_KEYS_ZSET_PREFIX}:"]))
 
     @property
     def writes_schema(self) -> dict[str, Any]:

@@ -115,6 +115,15 @@ def thread_id(user: str, conversation_id: str, generation: int = 0) -> str:
     return f"{base}~{generation}" if generation else base
 
 
+def thread_checkpoints(thread: str) -> str:
+    """Sorted set: the checkpoint documents of LangGraph thread ``thread``
+    (a :func:`thread_id`), by the time each was written (ms): what pruning
+    and a clear find them by, instead of a search (which cannot see every
+    shard of a Redis Cluster). In the thread's user's slot."""
+    tag, _, rest = thread.partition("/")
+    return f"sb:{tag}:cps:{rest}"
+
+
 def devices(user: str) -> str:
     """Sorted set: device id -> expiry (ms) of its admitted connection, renewed
     by the gateway holding it; entries past their expiry are dead gateways'."""

@@ -47,7 +47,7 @@ from langgraph.checkpoint.base import CheckpointTuple, copy_checkpoint
 from switchboard.shared.checkpoints import SwitchboardRedisSaver
 from switchboard.shared.encryption import Keyring
 
-from switchboard.shared import scripts
+from switchboard.shared import keys, scripts
 
 from . import checkpoint_format
 from .checkpoint_format import Document
@@ -139,7 +139,8 @@ class FencedRedisSaver(SwitchboardRedisSaver):
         if waiting is None or waiting[0][1] != token:
             return None
         pending = waiting[1]
-        return CheckpointWrite(pending.key, pending.latest_key, pending.body, self.ttl_ms)
+        return CheckpointWrite(pending.key, pending.latest_key, pending.body, self.ttl_ms,
+                               keys.thread_checkpoints(thread_id))
 
     def _keep(self, thread_id: str, kept: CheckpointTuple) -> None:
         if self.cache_size <= 0:
@@ -179,7 +180,8 @@ class FencedRedisSaver(SwitchboardRedisSaver):
         (lease_key, token), pending = waiting
         if fence is not None and fence != (lease_key, token):
             return
-        stored = await self._store_script(keys=[lease_key, pending.key, pending.latest_key],
+        stored = await self._store_script(keys=[lease_key, pending.key, pending.latest_key,
+                                                keys.thread_checkpoints(thread_id)],
                                           args=[token, pending.body, self.ttl_ms])
         if not stored:
             self.forget(thread_id)

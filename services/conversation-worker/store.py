@@ -162,6 +162,7 @@ class CheckpointWrite:
     latest_key: str
     document: bytes
     ttl_ms: int
+    index: str  #: the thread's checkpoint index (keys.thread_checkpoints)
 
 
 def _stage(key: str, document: bytes, pipe: aioredis.client.Pipeline) -> None:
@@ -228,7 +229,8 @@ class WorkerStore:
             reply = await run_replicated(
                 self.redis, self.replicas, self._s["commit"],
                 [lease_key, keys.conversation(user, conversation), keys.outbound(user), keys.meta(user),
-                 keys.inbound(user, conversation), *checkpoint_keys, keys.usage(user), staged],
+                 keys.inbound(user, conversation), *checkpoint_keys, keys.usage(user), staged,
+                 checkpoint.index if checkpoint else lease_key],
                 [token, expected_done, entry_id, outbound.new_epoch(), self.streams.outbound_maxlen,
                  keys.notify(user), *checkpoint_args, self.streams.retention_ms, interrupt_id,
                  base if latest_key else "", *fields],

@@ -7,7 +7,7 @@
 -- after `retention` ms unless a message comes (accept.lua keeps them while
 -- anything waits).
 -- KEYS: lease, conv, out, meta, inbound, checkpoint, the thread's latest checkpoint pointer, usage,
---       the staged checkpoint
+--       the staged checkpoint, the thread's checkpoint index
 -- ARGV: token, expected done, new done, new epoch, out maxlen, channel,
 --       checkpoint ('1': the caller staged it at the staged key, renamed into
 --       place here; '': none), checkpoint ttl ms, retention ms (0: keep),
@@ -71,7 +71,7 @@ if cancelled then
   end
 end
 if staged then
-  if cancelled then redis.call('DEL', KEYS[9]) else place_checkpoint(KEYS[9], KEYS[6], KEYS[7], ARGV[8]) end
+  if cancelled then redis.call('DEL', KEYS[9]) else place_checkpoint(KEYS[9], KEYS[6], KEYS[7], ARGV[8], KEYS[10]) end
 end
 local appended = append_event(KEYS[3], KEYS[4], ARGV[6], ARGV[4], tonumber(ARGV[5]), fields,
   math.floor(retention * 1.5))

@@ -29,6 +29,7 @@ EXAMPLES = {
     acl.USAGE: keys.usage("alice"),
     acl.LEASE: keys.lease("alice", "c:1"),
     acl.STAGED: keys.staged_checkpoint("alice", "c:1", "a1b2c3.d4e5f6"),
+    acl.THREAD_CHECKPOINTS: keys.thread_checkpoints(keys.thread_id("alice", "c:1", 2)),
     acl.OUTBOUND: keys.outbound("alice"),
     acl.META: keys.meta("alice"),
     acl.OFFSETS: keys.offsets("alice"),

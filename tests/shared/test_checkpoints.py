@@ -97,19 +97,21 @@ async def test_a_thread_search_matches_the_thread_exactly_not_another_users_by_c
     await client.aclose()
 
 
-async def test_pruning_keeps_the_newest_of_a_thread_and_removes_the_rest_in_two_searches(redis_url):
-    """``prune_thread``: the newest ``keep`` checkpoints of each namespace of
-    the thread stay, with their pending writes; older ones go with theirs and
-    their registry; another thread (the same user id but for case) and a
-    subgraph's namespace are untouched. Two FT.SEARCH and one DEL, however
-    many go; a stock saver still reads what is left. As the worker's ACL user,
-    which may do all of it."""
+async def test_pruning_keeps_the_newest_of_a_thread_by_its_index_without_a_search(redis_url):
+    """``prune_thread``: the thread's newest ``keep`` checkpoints stay, with
+    their pending writes; older ones go with theirs and their registry;
+    another thread (the same user id but for case) is untouched. Found by the
+    thread's index (``keys.thread_checkpoints``), which ``aput`` keeps: one
+    script, no FT.SEARCH, however many go; a stock saver still reads what is
+    left. ``keep`` 0 (a clear) deletes every checkpoint and the latest
+    pointer. As the worker's ACL user, which may do all of it."""
     import uuid
 
     import redis.asyncio as aioredis
     from langgraph.checkpoint.base import empty_checkpoint
     from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 
+    from switchboard.shared import keys
     from switchboard.shared.acl import read_password
     from switchboard.shared.checkpoints import SwitchboardRedisSaver, setup_saver
     from switchboard.shared.settings import split_credentials
@@ -122,47 +124,53 @@ async def test_pruning_keeps_the_newest_of_a_thread_and_removes_the_rest_in_two_
     saver = SwitchboardRedisSaver(redis_client=client)
     await setup_saver(saver)
 
-    async def chain(thread: str, n: int, ns: str = "") -> list[str]:
+    async def chain(thread: str, n: int) -> list[str]:
         ids = []
         for step in range(n):
-            config = {"configurable": {"thread_id": thread, "checkpoint_ns": ns}}
+            config = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
             stored = await saver.aput(config, empty_checkpoint(), {"source": "loop", "step": step}, {})
             await saver.aput_writes(stored, [("messages", f"pending {step}")], task_id=f"task-{step}")
             ids.append(stored["configurable"]["checkpoint_id"])
         return ids
 
     async def listed(s, thread: str) -> list[str]:
-        config = {"configurable": {"thread_id": thread}}
-        return [c.config["configurable"]["checkpoint_id"] async for c in s.alist(config)]
+        return [c.config["configurable"]["checkpoint_id"] async for c in s.alist({"configurable": {"thread_id": thread}})]
 
     async def calls() -> dict[str, int]:
         stats = await admin.info("commandstats")
-        return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("FT.SEARCH", "del")}
+        return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("FT.SEARCH", "evalsha")}
 
     user = f"pat-{uuid.uuid4().hex[:6]}"
     thread, other = f"{{u:{user}}}/c", f"{{u:{user.upper()}}}/c"
     ids = await chain(thread, 8)
-    child = await chain(thread, 2, ns="child")
     others = await chain(other, 3)
+    assert await admin.zcard(keys.thread_checkpoints(thread)) == 8  # each listed as it was written
     registry = [saver._key_registry.make_write_keys_zset_key(thread, "__empty__", cid) for cid in ids]
     assert await admin.exists(*registry) == 8  # the library's registry of each one's writes
 
+    assert await saver.prune_thread(other, keep=10) == 0  # (Redis learns the script)
     before = await calls()
     assert await saver.prune_thread(thread, keep=3) == 5
     after = await calls()
-    assert (after["FT.SEARCH"] - before["FT.SEARCH"], after["del"] - before["del"]) == (2, 1)
+    assert (after["FT.SEARCH"] - before["FT.SEARCH"], after["evalsha"] - before["evalsha"]) == (0, 1)
 
-    assert sorted(await listed(saver, thread)) == sorted(ids[-3:] + child)  # (alist lists every namespace)
+    assert sorted(await listed(saver, thread)) == sorted(ids[-3:])
     assert sorted(await listed(saver, other)) == sorted(others)
     writes = [k async for k in admin.scan_iter(match=f"checkpoint_write:{{u:{user}}}*")]
     writes += [k async for k in admin.scan_iter(match=f"checkpoint_write:{{u:{user.upper()}}}*")]
-    assert len(writes) == 3 + 2 + 3  # the kept checkpoints' writes only
+    assert len(writes) == 3 + 3  # the kept checkpoints' writes only
     for cid in ids[-3:]:
         kept = await saver.aget_tuple({"configurable": {"thread_id": thread, "checkpoint_ns": "", "checkpoint_id": cid}})
         assert [w[2] for w in kept.pending_writes] == [f"pending {ids.index(cid)}"]
     assert await admin.exists(*registry[:5]) == 0 and await admin.exists(*registry[5:]) == 3
+    assert await admin.zcard(keys.thread_checkpoints(thread)) == 3
     stock = AsyncRedisSaver(redis_client=admin)
-    assert sorted(await listed(stock, thread)) == sorted(ids[-3:] + child)
+    assert sorted(await listed(stock, thread)) == sorted(ids[-3:])
     assert await saver.prune_thread(thread, keep=3) == 0  # nothing more to do
+
+    assert await saver.prune_thread(thread, keep=0) == 3  # a clear
+    assert await listed(saver, thread) == [] and await saver.aget_tuple({"configurable": {"thread_id": thread}}) is None
+    assert await admin.exists(keys.thread_checkpoints(thread), *registry) == 0
+    assert sorted(await listed(saver, other)) == sorted(others)
     await client.aclose()
     await admin.aclose()

@@ -11,6 +11,7 @@ from switchboard.worker.store import (
 )
 
 LATEST = "checkpoint_latest:{u:u}/a:"  # any key of the user's slot stands for the pointer here
+INDEX = keys.thread_checkpoints(keys.thread_id("u", "a"))
 
 
 @pytest.fixture
@@ -89,7 +90,7 @@ async def test_count_attempt_moves_on_once_from_the_attempt_seen(redis, store):
 async def test_commit_writes_the_reply_once_and_releases_the_lease_when_nothing_is_left(redis, store):
     entry = await _send(redis, "a", "hello")
     await store.begin("u", "a", token="t1", latest_key=LATEST)
-    checkpoint = CheckpointWrite(key="checkpoint:{u:u}/a::c1", latest_key=LATEST,
+    checkpoint = CheckpointWrite(key="checkpoint:{u:u}/a::c1", latest_key=LATEST, index=INDEX,
                                  document=msgspec.json.encode({"checkpoint_id": "c1"}), ttl_ms=0)
     result = await store.commit("u", "a", token="t1", expected_done="0-0", entry_id=entry,
                                 fields=_fields("hi", entry), checkpoint=checkpoint)
@@ -105,6 +106,7 @@ async def test_commit_writes_the_reply_once_and_releases_the_lease_when_nothing_
     assert await redis.execute_command("JSON.GET", checkpoint.key, "$.checkpoint_id") == '["c1"]'
     assert await redis.ttl(checkpoint.key) == -1  # no CHECKPOINT_TTL (not the staged key's)
     assert await redis.exists(keys.staged_checkpoint("u", "a", "t1")) == 0  # renamed into place
+    assert await redis.zrange(INDEX, 0, -1) == [checkpoint.key]  # listed in its thread's index
 
     # The same commit again (a retried call whose answer was lost): nothing more is written,
     # and what it staged again is gone.
@@ -136,7 +138,8 @@ async def test_a_commit_without_the_lease_or_from_a_moved_done_writes_nothing(re
     second = await _send(redis, "a", "two")
     await store.begin("u", "a", token="t1", latest_key=LATEST)
     await redis.set(keys.lease("u", "a"), "someone-else")
-    checkpoint = CheckpointWrite(key="checkpoint:{u:u}/a::c1", latest_key=LATEST, document=b'{"a": 1}', ttl_ms=0)
+    checkpoint = CheckpointWrite(key="checkpoint:{u:u}/a::c1", latest_key=LATEST, index=INDEX, document=b'{"a": 1}',
+                                 ttl_ms=0)
     lost = await store.commit("u", "a", token="t1", expected_done="0-0", entry_id=first,
                               fields=_fields("r1", first), checkpoint=checkpoint)
     assert lost == LeaseLost()
@@ -147,18 +150,19 @@ async def test_a_commit_without_the_lease_or_from_a_moved_done_writes_nothing(re
     assert moved == DoneMoved(first)
     assert await redis.xrange(keys.outbound("u")) == []
     # Neither wrote its checkpoint, nor left the one it staged.
-    assert await redis.exists(checkpoint.key, LATEST, keys.staged_checkpoint("u", "a", "t1")) == 0
+    assert await redis.exists(checkpoint.key, LATEST, keys.staged_checkpoint("u", "a", "t1"), INDEX) == 0
 
 
 async def test_a_checkpoint_ttl_applies_to_the_document_and_its_pointer(redis, store):
     entry = await _send(redis, "a", "hello")
     await store.begin("u", "a", token="t1", latest_key=LATEST)
-    checkpoint = CheckpointWrite(key="checkpoint:{u:u}/a::c1", latest_key=LATEST, document=b'{"a": 1}',
+    checkpoint = CheckpointWrite(key="checkpoint:{u:u}/a::c1", latest_key=LATEST, index=INDEX, document=b'{"a": 1}',
                                  ttl_ms=60_000)
     await store.commit("u", "a", token="t1", expected_done="0-0", entry_id=entry, fields=_fields("hi", entry),
                        checkpoint=checkpoint)
     assert 0 < await redis.pttl(checkpoint.key) <= 60_000
     assert 0 < await redis.pttl(LATEST) <= 60_000
+    assert 0 < await redis.pttl(INDEX) <= 60_000  # the index goes with them
     assert await redis.ttl(keys.conversation("u", "a")) == -1  # `done` never expires
 
 
@@ -244,8 +248,9 @@ async def test_a_cancelled_turns_checkpoint_is_dropped_with_its_staging(redis, s
     entry = await _send(redis, "a", "long")
     await store.begin("u", "a", token="t1", latest_key=LATEST)
     await redis.hset(keys.conversation("u", "a"), "cancel", entry)  # as cancel.lua marks it
-    checkpoint = CheckpointWrite(key="checkpoint:{u:u}/a::c1", latest_key=LATEST, document=b'{"a": 1}', ttl_ms=0)
+    checkpoint = CheckpointWrite(key="checkpoint:{u:u}/a::c1", latest_key=LATEST, index=INDEX, document=b'{"a": 1}',
+                                 ttl_ms=0)
     result = await store.commit("u", "a", token="t1", expected_done="0-0", entry_id=entry,
                                 fields=_fields("partly", entry), checkpoint=checkpoint)
     assert isinstance(result, Committed) and result.cancelled
-    assert await redis.exists(checkpoint.key, LATEST, keys.staged_checkpoint("u", "a", "t1")) == 0
+    assert await redis.exists(checkpoint.key, LATEST, keys.staged_checkpoint("u", "a", "t1"), INDEX) == 0
