@@ -18,7 +18,10 @@ never shows in another's figures:
    and the main thread's), ``/proc`` schedstat CPU of the Redis process when
    it runs on this machine, the commandstats ``usec`` (a script's includes
    its inner commands'), network bytes in and out, and ``used_memory``
-   growth. An idle stretch before the turns measures what the services send
+   growth; and at each bucket's end the conversation's newest checkpoint
+   document (its JSON size and ``MEMORY USAGE``: it holds every message, so
+   it is what grows with the conversation) and how many checkpoints its
+   thread keeps. An idle stretch before the turns measures what the services send
    with no turn at all (sweeps, renewals): the ``background`` figures.
 2. *SLOWLOG* (one conversation; ``slowlog-log-slower-than 0``): every
    top-level command with its execution time, so the time of each script
@@ -51,7 +54,9 @@ from urllib.parse import unquote, urlparse
 
 import redis.asyncio as aioredis
 
-from switchboard.shared import scripts
+from langgraph.checkpoint.redis.util import to_storage_safe_str
+
+from switchboard.shared import keys, scripts
 
 from .harness import token
 from .loadgen import LoadDevice
@@ -306,9 +311,29 @@ def _ranges(turns: int, size: int) -> list[tuple[int, int]]:
 
 
 async def _device(url: str, prefix: str) -> LoadDevice:
-    device = LoadDevice(url, token(f"{prefix}-{uuid.uuid4().hex[:8]}"), "d")
+    device = await _user_device(url, prefix)
+    return device[1]
+
+
+async def _user_device(url: str, prefix: str) -> tuple[str, LoadDevice]:
+    user = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    device = LoadDevice(url, token(user), "d")
     await device.connect()
-    return device
+    return user, device
+
+
+async def checkpoint_size(op: Operator, user: str) -> dict:
+    """The newest checkpoint document of ``user``'s conversation ``c``: its
+    size as stored (``MEMORY USAGE``) and as JSON text, and how many of them
+    the thread keeps. Read between two snapshots: never counted."""
+    thread = keys.thread_id(user, "c")
+    latest = await op.call("GET", f"checkpoint_latest:{thread}:{to_storage_safe_str('')}")
+    if not latest:
+        return {"document_bytes": 0, "memory_bytes": 0, "kept": 0}
+    document = await op.call("JSON.GET", latest)
+    memory = await op.call("MEMORY", "USAGE", latest)
+    kept = await op.call("ZCARD", keys.thread_checkpoints(thread))
+    return {"document_bytes": len(document or b""), "memory_bytes": int(memory or 0), "kept": int(kept)}
 
 
 async def _turns(device: LoadDevice, first: int, last: int, latencies: list[float]) -> None:
@@ -332,19 +357,22 @@ async def cost_pass(url: str, op: Operator, conversations: int, turns: int, size
     buckets = _buckets(turns, size)
     totals = [Delta() for _ in buckets]
     latencies: list[list[float]] = [[] for _ in buckets]
+    sizes: list[list[dict]] = [[] for _ in buckets]
     for _ in range(conversations):
-        device = await _device(url, "rc")
+        user, device = await _user_device(url, "rc")
         before = await snapshot(op)
         for i, (first, last) in enumerate(buckets):
             await _turns(device, first, last, latencies[i])
             after = await snapshot(op)
             totals[i].add(Delta.between(before, after))
-            before = after
+            sizes[i].append(await checkpoint_size(op, user))
+            before = await snapshot(op)  # the size's reads left out
         await device.close()
     rows = []
-    for (first, last), total, times in zip(buckets, totals, latencies):
+    for (first, last), total, times, size_of in zip(buckets, totals, latencies, sizes):
         row = {"first": first, "last": last, **per_turn(total, (last - first + 1) * conversations, background)}
         row["turn_ms_p50"] = round(percentile(times, 50) * 1000, 2)
+        row["checkpoint"] = {name: round(sum(s[name] for s in size_of) / len(size_of)) for name in size_of[0]}
         rows.append(row)
     ranges = {}
     for first, last in _ranges(turns, size):
@@ -757,12 +785,17 @@ def table(result: dict) -> str:
         rows.append([f"{r['first']}-{r['last']}", r["commands"], r["cpu_us"], r["cpu_main_thread_us"], r["proc_cpu_us"],
                      r.get("cmdstat_usec_top_level"), r.get("cmdstat_usec_inner"), r.get("script_overhead_usec"),
                      r.get("cpu_us_less_background"), r["memory_bytes"], r["net_in_bytes"], r["net_out_bytes"],
-                     r["aof_bytes"], r["socket_reads"], r["socket_writes"], r["turn_ms_p50"]])
+                     r["aof_bytes"], r["socket_reads"], r["socket_writes"], r["turn_ms_p50"],
+                     r.get("checkpoint", {}).get("document_bytes"), r.get("checkpoint", {}).get("memory_bytes"),
+                     r.get("checkpoint", {}).get("kept")])
     out.append(_grid(["turns", "cmds", "cpu_us", "main_us", "proc_us", "exec_us", "inner_us", "lua_us", "cpu-bg_us",
-                      "mem_B", "in_B", "out_B", "aof_B", "reads", "writes", "turn_ms"], rows))
+                      "mem_B", "in_B", "out_B", "aof_B", "reads", "writes", "turn_ms", "doc_B", "doc_mem_B", "kept"],
+                     rows))
     out.append("(per turn. cmds: commandstats calls, script bodies' included; cpu: INFO cpu, main: its main thread, "
                "proc: /proc schedstat; exec: commandstats usec of the services' own commands, inner: of the "
-               "commands scripts ran, lua: scripts' time outside their commands; cpu-bg: cpu less the idle rate)")
+               "commands scripts ran, lua: scripts' time outside their commands; cpu-bg: cpu less the idle rate; "
+               "doc: the newest checkpoint document at the bucket's end, as JSON text and as stored, and the "
+               "checkpoints kept)")
     names = sorted({n for f in result["ranges"].values() for n in f["by_command"]},
                    key=lambda n: -max(f["by_command"].get(n, {}).get("usec", 0) for f in result["ranges"].values()))
     header = ["command"] + [f"{k} calls/us" for k in result["ranges"]]

@@ -69,7 +69,7 @@ def redis_cost_plot(result: dict, path: Path) -> None:
     """bench.redis_cost: Redis CPU, commands and memory per turn vs turn number."""
     rows = result["buckets"]
     x = [(r["first"] + r["last"]) / 2 for r in rows]
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig, (a, b, c, d) = plt.subplots(1, 4, figsize=(18, 3.8))
     a.plot(x, [r["cpu_us"] for r in rows], marker=".", label="Redis CPU (INFO cpu)")
     if any(r.get("cpu_main_thread_us") is not None for r in rows):
         a.plot(x, [r.get("cpu_main_thread_us") for r in rows], marker=".", label="main thread")
@@ -89,6 +89,13 @@ def redis_cost_plot(result: dict, path: Path) -> None:
     b.legend(fontsize=7)
     c.plot(x, [r["memory_bytes"] / 1024 for r in rows], marker=".")
     c.set(xlabel="turn number (conversation length)", ylabel="KiB per turn", title="Redis used_memory growth per turn")
+    if all("checkpoint" in r for r in rows):
+        ends = [r["last"] for r in rows]
+        d.plot(ends, [r["checkpoint"]["document_bytes"] / 1024 for r in rows], marker=".", label="as JSON text")
+        d.plot(ends, [r["checkpoint"]["memory_bytes"] / 1024 for r in rows], marker=".", label="as stored")
+        d.set(xlabel="turn number (conversation length)", ylabel="KiB", title="the newest checkpoint document",
+              ylim=(0, None))
+        d.legend(fontsize=7)
     _save(fig, path)
 
 

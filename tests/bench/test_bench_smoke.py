@@ -87,10 +87,11 @@ def test_redis_cost_runs_alone_and_its_counts_agree(tmp_path):
     """bench.redis_cost at a tiny scale: JSON and plot written; the commands
     per turn counted three ways (commandstats, MONITOR, total_commands_processed)
     agree, the bench's own INFO calls left out, and every script a turn runs
-    is named from shared/lua."""
+    is named from shared/lua; the checkpoint document's size is read."""
     out = tmp_path / "redis-cost.json"
     run = subprocess.run([sys.executable, "-m", "bench.redis_cost", "--turns", "10", "--conversations", "1",
-                          "--idle", "0.5", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          "--bucket", "5", "--idle", "0.5", "--out", str(out)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads(out.read_text())
     figures, monitor = result["all"], result["monitor"]["all"]
@@ -101,4 +102,8 @@ def test_redis_cost_runs_alone_and_its_counts_agree(tmp_path):
     assert {"accept", "begin", "commit"} <= set(monitor["by_script"]) and {"accept", "begin", "commit"} <= set(
         result["slowlog"]["all"]["by_script"])
     assert not any(name.startswith(("evalsha ", "(unattributed)")) for name in monitor["by_script"])
+    # The newest checkpoint holds every message: it grows; the thread keeps one per turn (CHECKPOINT_KEEP 20).
+    first, second = (b["checkpoint"] for b in result["buckets"])
+    assert 0 < first["document_bytes"] < second["document_bytes"] and first["memory_bytes"] > 0
+    assert (first["kept"], second["kept"]) == (5, 10)
     assert (tmp_path / "redis-cost.png").stat().st_size > 0
