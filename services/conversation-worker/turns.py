@@ -26,6 +26,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -64,6 +65,10 @@ log = logging.getLogger(__name__)
 UNPRUNED_MAX = 100_000
 #: Conversations whose cut-short attempt is remembered (a bound; see ``_resumed``).
 RESUMED_MAX = 100_000
+#: Seconds a cancel notice that found nothing running is kept, and how many
+#: (see ``Turns._watch``).
+EARLY_CANCEL_S = 5.0
+EARLY_CANCEL_MAX = 10_000
 
 
 def _observe(task: asyncio.Task) -> None:
@@ -75,10 +80,11 @@ def _observe(task: asyncio.Task) -> None:
 class _Progress:
     """What a drain is attempting now: the entry an outage would cut short."""
 
-    __slots__ = ("entry", "thread")
+    __slots__ = ("entry", "started", "thread")
 
     def __init__(self, thread: str) -> None:
         self.entry: str | None = None
+        self.started = 0.0  #: when the turn of ``entry`` began (perf_counter)
         #: The LangGraph thread the drain's turns run on now (the generation of
         #: the entry last taken); its kept copy in the saver is up to date.
         self.thread = thread
@@ -107,6 +113,10 @@ class Turns:
         # (user, conversation) -> (the entry whose graph runs now, set to stop it):
         # what a cancel notice (:meth:`cancel`) looks for; at most one per drain.
         self._running: dict[tuple[str, str], tuple[str, asyncio.Event]] = {}
+        # (user, conversation) -> (up to, when): cancel notices that found nothing
+        # running here, kept briefly: one may arrive before the answer of the
+        # begin that takes its entry (see :meth:`_watch`).
+        self._early: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
         # (user, conversation) -> the generation its turns last ran in here
         # (``clear`` moves it on): which thread's kept copy a begin validates.
         self._generations: dict[tuple[str, str], int] = {}
@@ -117,10 +127,23 @@ class Turns:
         nudge: the commit script writes a cancelled entry as ``cancelled``
         whether or not its run was stopped.)"""
         running = self._running.get((user, conversation))
-        if running is None or streamids.later(running[0], up_to):
+        if running is None:
+            self._remember_early((user, conversation), up_to)
+            return False
+        if streamids.later(running[0], up_to):
             return False
         running[1].set()
         return True
+
+    def _remember_early(self, key: tuple[str, str], up_to: str) -> None:
+        """Keep a notice that found nothing running for EARLY_CANCEL_S (at
+        most EARLY_CANCEL_MAX of them: every worker hears every notice)."""
+        now = time.monotonic()
+        self._early.pop(key, None)
+        self._early[key] = (up_to, now)
+        while self._early and (len(self._early) > EARLY_CANCEL_MAX
+                               or next(iter(self._early.values()))[1] < now - EARLY_CANCEL_S):
+            self._early.popitem(last=False)
 
     # -- a drain ---------------------------------------------------------------------
 
@@ -265,33 +288,23 @@ class Turns:
             if isinstance(found, NoneLeft):
                 return
             assert isinstance(found, Attempt)
-            if not first:
-                await slot.pass_on()
+            # Watched for cancel notices from the moment the entry is known,
+            # before anything is awaited: a notice arriving while the turn is
+            # prepared must stop it too (the mark alone would only label it
+            # `cancelled` once its run had ended).
+            stop = self._watch(user, conversation, found.entry.id)
+            try:
+                outcome = await self._attempt(user, conversation, lease, found, progress, resumed, slot,
+                                              first=first, stop=stop)
+            finally:
+                self._unwatch(user, conversation, found.entry.id)
             first = False
             entry = found.entry
-            progress.entry = entry.id
-            thread = keys.thread_id(user, conversation, entry.gen)
-            if thread != progress.thread:
-                # Another generation than the one validated at begin: its kept
-                # copy may be stale; read it from Redis (under our lease it then stays right).
-                if self.saver is not None:
-                    self.saver.forget(thread)
-                progress.thread = thread
-                self._remember_generation((user, conversation), entry.gen)
-            started = time.perf_counter()
-            if found.number == 1:  # accept -> first attempt (the entry id is the accept's Redis time)
-                self.metrics.queue_wait.observe(max(0.0, time.time() - streamids.parse(entry.id)[0] / 1000))
-            if entry.kind == "clear":  # nothing runs: the next generation starts empty (never cancelled)
-                outcome = Outcome(EventKind.CLEARED, "")
-            elif found.cancelled:  # stopped before it ran (or while it waited for a resume): nothing to run
-                outcome = Outcome(EventKind.CANCELLED, "")
-            else:
-                outcome = await self._turn(user, found, lease.token,
-                                           fresh=found.number == 1 and entry.id != resumed)
+            thread = progress.thread
             kind = outcome.kind
             result = await self._commit(user, entry, lease, done, outcome)
             progress.entry = None
-            self.metrics.turn_duration.observe(time.perf_counter() - started)
+            self.metrics.turn_duration.observe(time.perf_counter() - progress.started)
             match result:
                 case Committed(found=found):
                     if result.cancelled and self.saver is not None:
@@ -329,9 +342,51 @@ class Turns:
             self._unpruned.clear()  # bounded; a forgotten count only delays a prune
         self._unpruned[thread] = self._unpruned.get(thread, 0) + 1
 
+    def _watch(self, user: str, conversation: str, entry_id: str) -> asyncio.Event:
+        """Register the entry about to run: :meth:`cancel` sets the event
+        returned. Set at once if a notice for it came just before: the begin
+        that took the entry ran before the cancel's mark, but its answer can
+        reach this process after the notice (two connections)."""
+        stop = asyncio.Event()
+        self._running[(user, conversation)] = (entry_id, stop)
+        early = self._early.pop((user, conversation), None)
+        if early is not None and early[1] >= time.monotonic() - EARLY_CANCEL_S \
+                and not streamids.later(entry_id, early[0]):
+            stop.set()
+        return stop
+
+    def _unwatch(self, user: str, conversation: str, entry_id: str) -> None:
+        if self._running.get((user, conversation), (None,))[0] == entry_id:
+            del self._running[(user, conversation)]
+
+    async def _attempt(self, user: str, conversation: str, lease: Lease, found: Attempt, progress: _Progress,
+                       resumed: str | None, slot: Slot, *, first: bool, stop: asyncio.Event) -> Outcome:
+        """The outcome of the entry ``found`` names, for its commit: run, or not
+        (a clear, an entry cancelled before it ran)."""
+        if not first:
+            await slot.pass_on()
+        entry = found.entry
+        progress.entry = entry.id
+        thread = keys.thread_id(user, conversation, entry.gen)
+        if thread != progress.thread:
+            # Another generation than the one validated at begin: its kept
+            # copy may be stale; read it from Redis (under our lease it then stays right).
+            if self.saver is not None:
+                self.saver.forget(thread)
+            progress.thread = thread
+            self._remember_generation((user, conversation), entry.gen)
+        progress.started = time.perf_counter()
+        if found.number == 1:  # accept -> first attempt (the entry id is the accept's Redis time)
+            self.metrics.queue_wait.observe(max(0.0, time.time() - streamids.parse(entry.id)[0] / 1000))
+        if entry.kind == "clear":  # nothing runs: the next generation starts empty (never cancelled)
+            return Outcome(EventKind.CLEARED, "")
+        if found.cancelled:  # stopped before it ran (or while it waited for a resume): nothing to run
+            return Outcome(EventKind.CANCELLED, "")
+        return await self._turn(user, found, lease.token, fresh=found.number == 1 and entry.id != resumed, stop=stop)
+
     # -- one turn ----------------------------------------------------------------------
 
-    async def _turn(self, user: str, attempt: Attempt, token: str, *, fresh: bool) -> Outcome:
+    async def _turn(self, user: str, attempt: Attempt, token: str, *, fresh: bool, stop: asyncio.Event) -> Outcome:
         """Run one turn with bounded attempts (``attempt`` is already counted);
         after the last failed attempt the message is dead-lettered and
         answered with ``turn_error``. ``fresh``: no earlier attempt can have
@@ -345,7 +400,7 @@ class Turns:
                 await self._dead_letter(user, entry, f"the worker stopped during each of {limit} attempts", limit)
                 return Outcome(EventKind.TURN_ERROR, "the assistant could not process this message")
             try:
-                ran = await self._run(user, entry, token, fresh=fresh)
+                ran = await self._run(user, entry, token, fresh=fresh, stop=stop)
                 if isinstance(ran, Interrupted):
                     return Outcome(EventKind.INTERRUPT, ran.event_text(), interrupt_id=ran.id, base=ran.base)
                 return Outcome(EventKind.ASSISTANT, ran)
@@ -370,7 +425,8 @@ class Turns:
             fresh = False
             number = await self.store.count_attempt(user, entry.conversation, entry.id, seen=number)
 
-    async def _run(self, user: str, entry: InboundEntry, token: str, *, fresh: bool) -> str | Interrupted:
+    async def _run(self, user: str, entry: InboundEntry, token: str, *, fresh: bool,
+                   stop: asyncio.Event) -> str | Interrupted:
         """One attempt: the reply text, :class:`Interrupted`, or
         :class:`TurnFailed`. A Redis outage propagates: it is not the
         message's fault, the drain is retried.
@@ -405,9 +461,6 @@ class Turns:
                                              client_msg_id=entry.client_msg_id, inbound_id=entry.id)
             config["callbacks"] = [reply_stream]
         started = time.perf_counter()
-        stop = asyncio.Event()
-        running_key = (user, entry.conversation)
-        self._running[running_key] = (entry.id, stop)
         if self.saver is not None:
             self.saver.run_started(thread)
         try:
@@ -428,8 +481,6 @@ class Turns:
             raise TurnFailed(f"{type(exc).__name__}: {exc}"[:500],
                              f"the assistant failed on this message ({type(exc).__name__})") from None
         finally:
-            if self._running.get(running_key, (None,))[0] == entry.id:
-                del self._running[running_key]
             self.metrics.graph_duration.observe(time.perf_counter() - started)
             if reply_stream is not None:
                 await reply_stream.close()  # no delta may follow the final event

@@ -190,3 +190,38 @@ async def test_a_reply_whose_last_deltas_were_not_written_is_not_committed_but_r
     assert await redis.xrange(keys.dead_letters()) == []  # MAX_ATTEMPTS=1, and the outage was not counted
     await redis.aclose()
     await raw.aclose()
+
+
+async def test_a_cancel_notice_heard_before_the_begin_answer_stops_the_turn(clean_redis):
+    """The begin that takes an entry can run before a cancel marks it, and
+    still be answered after the cancel's notice reached this process (two
+    connections): the notice found nothing running then. It is kept
+    (briefly), so the turn, once taken, is stopped at once -- not left to run
+    to its end and only then be written as ``cancelled``."""
+    import time
+    from dataclasses import replace
+
+    from switchboard.shared import keys
+    from switchboard.shared.settings import WorkerSettings
+    from switchboard.worker.turns import Turns
+    from tests.support.graphs import slow
+
+    redis = aioredis.Redis.from_url(clean_redis, decode_responses=True)
+    raw = aioredis.Redis.from_url(clean_redis)
+    saver = await fenced_saver(raw)
+    turns = Turns(redis, slow.compile(checkpointer=saver), replace(WorkerSettings(), turn_timeout=60))
+    entry = await redis.xadd(keys.inbound("u", "a"), {"cmid": "long", "dev": "d", "text": "sleep:30 think"})
+    assert turns.cancel("u", "a", entry) is False  # heard before this process runs anything
+    assert turns.cancel("u", "b", entry) is False  # (another conversation's: not this one's business)
+    started = time.monotonic()
+    assert await turns.drain("u", "a") is True
+    assert time.monotonic() - started < 10  # stopped, not slept through
+    [(_, reply)] = [e for e in await redis.xrange(keys.outbound("u")) if e[1]["kind"] != "user"]
+    assert (reply["kind"], reply["in"]) == ("cancelled", entry)
+    # A notice for an entry before the one taken does not stop it.
+    later = await redis.xadd(keys.inbound("u", "a"), {"cmid": "next", "dev": "d", "text": "sleep:0 quick"})
+    assert turns.cancel("u", "a", entry) is False
+    assert await turns.drain("u", "a") is True
+    assert [e[1]["kind"] for e in await redis.xrange(keys.outbound("u")) if e[1]["in"] == later] == ["assistant"]
+    await redis.aclose()
+    await raw.aclose()
