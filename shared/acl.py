@@ -197,7 +197,10 @@ GATEWAY_DELIVERY = keys.gateway_delivery(ANY)
 #: SETINFO`` after connecting (``HELLO``/``AUTH`` need no right) and ``PING``
 #: as its health check, and ``SCRIPT LOAD`` when Redis forgot a script
 #: (``NOSCRIPT``). Loading a script gives nothing: it runs with the caller's rights.
-_CONNECTION = ("ping", "client|setinfo", "script|load")
+#: A Redis Cluster client also reads the slots (``CLUSTER SLOTS``) and the
+#: commands' key positions (``COMMAND``), and sends ``ASKING`` before a
+#: command redirected while a slot moves; on a single Redis they give nothing.
+_CONNECTION = ("ping", "client|setinfo", "script|load", "cluster|slots", "command", "asking")
 
 #: The outbound stream as every appender touches it (``lib/outbound.lua``:
 #: its life, the append, retention, the notice) and as ``stream_state.lua`` reads it.

@@ -41,6 +41,7 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
 import redis.asyncio.sentinel as aiosentinel
 import redis.sentinel
 from redis.asyncio.retry import Retry
@@ -50,9 +51,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .cluster import RetryingRedisCluster
 from .errors import SwitchboardError
 from .metrics import RedisMetrics
-from .settings import SENTINEL_SCHEME, RedisSettings, sentinel_target
+from .settings import CLUSTER_SCHEME, SENTINEL_SCHEME, RedisSettings, cluster_nodes, sentinel_target
 
 #: Retries of a command on a connection error (a stale pooled connection
 #: reconnects on the first); with back-off, they also ride out a short blip.
@@ -128,11 +130,34 @@ def make_client(settings: RedisSettings, *, max_connections: int | None = None,
 
     ``decode=False`` keeps replies as bytes (msgpack payloads, the checkpointer).
     ``metrics``: each command's round trip and errors are recorded there.
+    A ``redis+cluster://`` URL gives a Redis Cluster client (:func:`make_cluster_client`).
     """
+    if settings.url.startswith(CLUSTER_SCHEME + ":"):
+        return make_cluster_client(settings, max_connections=max_connections, decode=decode, metrics=metrics)
     pool = make_pool(settings, max_connections=max_connections, decode=decode)
     if metrics is not None:
         return metrics.client(pool)
     return aioredis.Redis.from_pool(pool)  # the client owns (and closes) its pool
+
+
+def make_cluster_client(settings: RedisSettings, *, max_connections: int | None = None, decode: bool = True,
+                        metrics: RedisMetrics | None = None) -> RetryingRedisCluster:
+    """A Redis Cluster client for a ``redis+cluster://`` URL: it learns the
+    slots from the seed nodes, sends each command to the master of its keys'
+    slot, follows ``MOVED``/``ASK`` and retries ``TRYAGAIN`` while a slot
+    moves (:mod:`.cluster`). Every script's keys
+    share one user's slot (``shared/keys.py``), so every script runs on one
+    node. RESP2: what the checkpointer's search client parses on a cluster.
+    ``max_connections`` is per node. (The services do not run on a cluster
+    yet: docs/scaling.md says what is missing.)"""
+    options: dict[str, Any] = dict(
+        startup_nodes=[aiocluster.ClusterNode(host, port) for host, port in cluster_nodes(settings.url)],
+        username=settings.username, password=settings.password, decode_responses=decode, protocol=2,
+        max_connections=max_connections or settings.max_connections, socket_timeout=settings.socket_timeout,
+        socket_connect_timeout=5.0, health_check_interval=30)
+    if metrics is not None:
+        return metrics.cluster_client(**options)
+    return RetryingRedisCluster(**options)
 
 
 def make_subscriber(settings: RedisSettings, *, decode: bool = False) -> aioredis.Redis:

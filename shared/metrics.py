@@ -48,6 +48,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import protocol as p
 from . import scripts
+from .cluster import RetryingRedisCluster
 
 #: Every metric name starts with this.
 PREFIX = "switchboard"
@@ -224,9 +225,15 @@ class RedisMetrics:
         client.meter = self
         return client
 
+    def cluster_client(self, **options: Any) -> RetryingRedisCluster:
+        """A Redis Cluster client (``RedisCluster(**options)``) whose commands are measured here."""
+        client = MeteredRedisCluster(**options)
+        client.meter = self
+        return client
 
-class MeteredRedis(aioredis.Redis):
-    """redis-py's asyncio client with each command measured (:class:`RedisMetrics`)."""
+
+class _Metered:
+    """Each command measured (:class:`RedisMetrics`), for a redis-py client class."""
 
     meter: RedisMetrics
 
@@ -243,10 +250,19 @@ class MeteredRedis(aioredis.Redis):
             meter.observe(label, time.perf_counter() - started)
         return reply
 
+
+class MeteredRedis(_Metered, aioredis.Redis):
+    """redis-py's asyncio client with each command and pipeline measured."""
+
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> aioredis.client.Pipeline:
         pipe = MeteredPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
         pipe.meter = self.meter
         return pipe
+
+
+class MeteredRedisCluster(_Metered, RetryingRedisCluster):
+    """redis-py's asyncio cluster client with each command measured (its
+    pipelines, which split by node, are not timed)."""
 
 
 class MeteredPipeline(aioredis.client.Pipeline):

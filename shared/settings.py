@@ -104,6 +104,10 @@ def default_server_id() -> str:
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
 SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_PORT = 26379  #: a sentinel's port when its address names none
+#: A Redis Cluster's nodes: ``redis+cluster://host[:port][,host[:port]...][/0]``
+#: (for the clients; the services do not accept it in REDIS_URL yet).
+CLUSTER_SCHEME = "redis+cluster"
+CLUSTER_PORT = 6379
 _CREDENTIAL_PARAMS = ("username", "password")
 
 
@@ -153,15 +157,7 @@ def sentinel_target(url: str) -> SentinelTarget:
     parts = urlsplit(bare)
     if parts.scheme != SENTINEL_SCHEME:
         raise ValueError(f"not a {SENTINEL_SCHEME}:// URL")
-    sentinels = []
-    for address in parts.netloc.split(","):
-        host, colon, port = address.strip().rpartition(":")
-        if not colon:
-            host, port = address.strip(), str(SENTINEL_PORT)
-        host = host.strip("[]")  # an IPv6 address in brackets
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"sentinel address {address!r} is not host or host:port")
-        sentinels.append((host, int(port)))
+    sentinels = _addresses(parts.netloc, SENTINEL_PORT, "sentinel")
     path = [p for p in parts.path.split("/") if p]
     if not path or len(path) > 2:
         raise ValueError("name the master after the sentinels: redis+sentinel://host:26379/MASTER[/DB]")
@@ -170,7 +166,33 @@ def sentinel_target(url: str) -> SentinelTarget:
         if not path[1].isdigit():
             raise ValueError(f"database {path[1]!r} is not a number")
         db = int(path[1])
-    return SentinelTarget(tuple(sentinels), unquote(path[0]), db)
+    return SentinelTarget(sentinels, unquote(path[0]), db)
+
+
+def _addresses(netloc: str, default_port: int, what: str) -> tuple[tuple[str, int], ...]:
+    """``host[:port],host[:port]...`` as (host, port) pairs; ValueError naming ``what``."""
+    found = []
+    for address in netloc.split(","):
+        host, colon, port = address.strip().rpartition(":")
+        if not colon:
+            host, port = address.strip(), str(default_port)
+        host = host.strip("[]")  # an IPv6 address in brackets
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{what} address {address!r} is not host or host:port")
+        found.append((host, int(port)))
+    return tuple(found)
+
+
+def cluster_nodes(url: str) -> tuple[tuple[str, int], ...]:
+    """The seed nodes a ``redis+cluster://`` URL names (a cluster has only
+    database 0). Raises ``ValueError`` saying what is wrong."""
+    bare, _, _ = split_credentials(url)
+    parts = urlsplit(bare)
+    if parts.scheme != CLUSTER_SCHEME:
+        raise ValueError(f"not a {CLUSTER_SCHEME}:// URL")
+    if parts.path.strip("/") not in ("", "0"):
+        raise ValueError("a Redis Cluster has only database 0")
+    return _addresses(parts.netloc, CLUSTER_PORT, "cluster node")
 
 
 def _unsplit(scheme: str, netloc: str, path: str, query: str, fragment: str) -> str:

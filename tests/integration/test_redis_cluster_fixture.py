@@ -30,19 +30,6 @@ def rc(tmp_path):
         yield cluster
 
 
-def _users_per_master(rc: RedisClusterSet, per_master: int = 3) -> dict[str, list[str]]:
-    """Users whose keys (``{u:USER}``) live on each master: master name -> users."""
-    found: dict[str, list[str]] = {m.name: [] for m in rc.masters()}
-    n = 0
-    while any(len(users) < per_master for users in found.values()):
-        user = f"user-{n}"
-        owner = rc.owner_of(f"sb:{{u:{user}}}:x").name
-        if len(found[owner]) < per_master:
-            found[owner].append(user)
-        n += 1
-    return found
-
-
 def _errorstat(node, error: str) -> int:
     with node.client() as c:
         return int(c.info("errorstats").get(f"errorstat_{error}", {}).get("count", 0))
@@ -78,7 +65,7 @@ def test_the_cluster_is_ok_with_modules_and_users(rc):
 async def test_a_key_written_through_the_cluster_client_is_readable(rc):
     client = rc.async_client()
     try:
-        users = [u for group in _users_per_master(rc).values() for u in group]
+        users = [u for group in rc.users_on_each_master().values() for u in group]
         for user in users:
             await client.set(f"sb:{{u:{user}}}:x", f"value of {user}")
         for user in users:
@@ -100,7 +87,7 @@ async def test_a_killed_masters_replica_takes_over_with_what_was_replicated(rc):
     try:
         first = rc.masters()[0]
         replica = rc.replicas(first)[0]
-        users = _users_per_master(rc, per_master=20)
+        users = rc.users_on_each_master(per_master=20)
         for user in (u for group in users.values() for u in group):
             await client.set(f"sb:{{u:{user}}}:x", user)
         # WAIT counts the replication offset of the connection's last write: the

@@ -280,6 +280,23 @@ class RedisClusterSet:
         """The master that owns ``key``'s slot now."""
         return self.owner(self.keyslot(key))
 
+    def users_on_each_master(self, per_master: int = 3) -> dict[str, list[str]]:
+        """Users whose keys (``{u:USER}``) live on each master: master name -> users."""
+        found: dict[str, list[str]] = {m.name: [] for m in self.masters()}
+        n = 0
+        while any(len(users) < per_master for users in found.values()):
+            user = f"user-{n}"
+            owner = self.owner_of(f"sb:{{u:{user}}}:x").name
+            if len(found[owner]) < per_master:
+                found[owner].append(user)
+            n += 1
+        return found
+
+    @property
+    def cluster_url(self) -> str:
+        """Every node as a ``redis+cluster://`` URL, without credentials."""
+        return "redis+cluster://" + ",".join(f"{host}:{port}" for host, port in self.startup_nodes)
+
     def node_by_id(self, node_id: str) -> _Node:
         return next(n for n in self.nodes if n.node_id == node_id)
 

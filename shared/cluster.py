@@ -1,0 +1,47 @@
+"""The Redis Cluster client the services use (through
+:func:`~.connection.make_cluster_client`).
+
+redis-py's asyncio ``RedisCluster`` follows ``MOVED`` and ``ASK`` and
+retries ``TRYAGAIN``, but within one budget of 16 attempts, sleeping only in
+the last eight (0.05 s each). ``TRYAGAIN`` is what a multi-key command -- every
+Switchboard script -- gets while its slot moves to another master and its
+keys are split between the two: it lasts as long as the slot's keys take to
+migrate, easily longer than that budget. So a command that runs out of it
+(``TTL exhausted``, or ``TRYAGAIN`` itself) is sent again here, with back-off,
+for up to :data:`TRYAGAIN_SECONDS`. Every command the services send is safe
+to repeat (docs/operations.md, "Restarts of Redis").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import redis.asyncio.cluster as aiocluster
+from redis.exceptions import ClusterError, TryAgainError
+
+#: How long a command is retried while its slot moves.
+TRYAGAIN_SECONDS = 10.0
+
+
+def is_slot_moving(exc: BaseException) -> bool:
+    """Whether ``exc`` is redis-py giving up on a command whose slot is moving."""
+    return isinstance(exc, TryAgainError) or (isinstance(exc, ClusterError) and "TTL exhausted" in str(exc))
+
+
+class RetryingRedisCluster(aiocluster.RedisCluster):
+    """``RedisCluster`` whose commands ride out a slot migration (module notes)."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TRYAGAIN_SECONDS
+        delay = 0.02
+        while True:
+            try:
+                return await super().execute_command(*args, **kwargs)
+            except (TryAgainError, ClusterError) as exc:
+                if not is_slot_moving(exc) or loop.time() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.5)
