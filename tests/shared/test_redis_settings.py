@@ -93,3 +93,18 @@ def test_waiting_for_replicas_is_off_unless_asked_and_bounded():
         RedisSettings.from_env({"REDIS_WAIT_REPLICAS": "1", "REDIS_WAIT_TIMEOUT_MS": "0"})  # WAIT 0: for ever
     with pytest.raises(SettingsError, match="not an integer"):
         RedisSettings.from_env({"REDIS_WAIT_REPLICAS": "one"})
+
+
+def test_a_cluster_url_names_its_seed_nodes():
+    from switchboard.shared.settings import cluster_nodes
+
+    assert cluster_nodes("redis+cluster://sb-gateway:pw@a:7000,b,[::1]:7002/0") == (("a", 7000), ("b", 6379),
+                                                                                   ("::1", 7002))
+    assert RedisSettings(url="redis+cluster://sb-gateway:pw@a:7000").password == "pw"  # not left in the URL
+    for url, message in [("redis+cluster://a/1", "only database 0"), ("redis+cluster://a:x", "not host or host:port"),
+                         ("redis://a", "not a redis\\+cluster://")]:
+        with pytest.raises(ValueError, match=message):
+            cluster_nodes(url)
+    # Not for the services yet: REDIS_URL refuses it.
+    with pytest.raises(SettingsError, match="is not a redis://"):
+        RedisSettings.from_env({"REDIS_URL": "redis+cluster://a:7000"})
