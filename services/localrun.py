@@ -26,7 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from switchboard.shared.settings import DEV_JWT_SECRET, SettingsError, redacted
+from switchboard.shared.redis_url import redacted
+from switchboard.shared.settings import DEV_JWT_SECRET, SettingsError
 
 #: The tiers in the order their processes start (fanouts first: gateways
 #: attach through them) ...

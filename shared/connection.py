@@ -19,7 +19,7 @@ a delta's ``seq``), and a repeated notice or publish is harmless.
 Subscriptions are the exception (:func:`make_subscriber`): a lost one must
 be noticed, not papered over.
 
-*Sentinel.* A ``redis+sentinel://`` URL (:func:`~.settings.sentinel_target`)
+*Sentinel.* A ``redis+sentinel://`` URL (:func:`~.redis_url.sentinel_target`)
 names sentinels and a master name instead of a server. The pool then asks a
 sentinel for the master's address whenever it opens a connection; a
 connection to a server that has become a replica answers ``READONLY``, which
@@ -31,7 +31,7 @@ outage handling, ride it out, on whichever server is master then.
 ``RedisSettings.username``/``password``, from ``REDIS_USERNAME`` and
 ``REDIS_PASSWORD``/``REDIS_PASSWORD_FILE`` or the URL. ``settings.url``
 never holds the password, so it may be logged; any other URL goes through
-:func:`~.settings.redacted` first.
+:func:`~.redis_url.redacted` first.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .cluster import RetryingRedisCluster
 from .errors import SwitchboardError
 from .metrics import RedisMetrics
-from .settings import CLUSTER_SCHEME, SENTINEL_SCHEME, RedisSettings, cluster_nodes, sentinel_target
+from .redis_url import CLUSTER_SCHEME, SENTINEL_SCHEME, cluster_nodes, sentinel_target
+from .settings import RedisSettings
 
 #: Retries of a command on a connection error (a stale pooled connection
 #: reconnects on the first); with back-off, they also ride out a short blip.

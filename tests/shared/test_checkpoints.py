@@ -114,7 +114,7 @@ async def test_pruning_keeps_the_newest_of_a_thread_by_its_index_without_a_searc
     from switchboard.shared import keys
     from switchboard.shared.acl import read_password
     from switchboard.shared.checkpoints import SwitchboardRedisSaver, setup_saver
-    from switchboard.shared.settings import split_credentials
+    from switchboard.shared.redis_url import split_credentials
     from tests.support.cluster import tier_env
 
     worker = tier_env(redis_url)["worker"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from switchboard.shared.settings import (RedisSettings, SentinelTarget, SettingsError, WorkerSettings, redacted,
-                                         sentinel_target, split_credentials)
+from switchboard.shared.redis_url import SentinelTarget, redacted, sentinel_target, split_credentials
+from switchboard.shared.settings import RedisSettings, SettingsError, WorkerSettings
 
 
 def test_the_urls_credentials_move_out_of_it():
@@ -96,7 +96,7 @@ def test_waiting_for_replicas_is_off_unless_asked_and_bounded():
 
 
 def test_a_cluster_url_names_its_seed_nodes():
-    from switchboard.shared.settings import cluster_nodes
+    from switchboard.shared.redis_url import cluster_nodes
 
     assert cluster_nodes("redis+cluster://sb-gateway:pw@a:7000,b,[::1]:7002/0") == (("a", 7000), ("b", 6379),
                                                                                    ("::1", 7002))
