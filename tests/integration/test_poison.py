@@ -125,7 +125,10 @@ async def test_sigterm_hands_unfinished_turns_back_at_once(cluster, tmp_path):
     user = new_user()
     phone = Device(cluster.services["gw"].url, token(user), "phone")
     await phone.connect()
-    await phone.send("c", "m1", "sleep:6 long turn")
+    # Long enough that the leaving worker cannot finish it before it stops,
+    # even on a loaded machine: starting the other worker takes seconds, and
+    # the leaving one first lets its blocking read (READ_BLOCK) end.
+    await phone.send("c", "m1", "sleep:12 long turn")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 30
     while not (marks.exists() and any(marks.iterdir())):
@@ -141,7 +144,7 @@ async def test_sigterm_hands_unfinished_turns_back_at_once(cluster, tmp_path):
     # The other worker ran the turn again, long before CLAIM_IDLE (60 s)
     # could have handed it over.
     reply = await phone.wait_reply("m1", timeout=40)
-    assert reply["text"] == "reply 1 to: sleep:6 long turn"
+    assert reply["text"] == "reply 1 to: sleep:12 long turn"
     assert {int(mark.name.split("-")[0]) for mark in marks.iterdir()} == {leaving, staying}
     # A last message: once its reply is in, the device has had every event
     # of the stream, and m1 one reply only.
