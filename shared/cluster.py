@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio.cluster as aiocluster
@@ -45,3 +46,26 @@ class RetryingRedisCluster(aiocluster.RedisCluster):
                     raise
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.5)
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` is a Redis Cluster client."""
+    return isinstance(client, aiocluster.RedisCluster)
+
+
+async def mget(client: Any, keys: Sequence[str]) -> list[Any]:
+    """``MGET`` of keys that need not share a slot: on a cluster, one ``MGET``
+    per slot, sent to each node in one round trip (not atomic; for reads
+    that need no snapshot, as a liveness check does)."""
+    if is_cluster(client):
+        return await client.mget_nonatomic(list(keys))
+    return await client.mget(list(keys))
+
+
+async def numsub(client: Any, channels: Sequence[str]) -> list[tuple[Any, int]]:
+    """``PUBSUB NUMSUB``: each channel's subscribers. A classic subscription
+    is counted only by the node it was made on, so on a cluster every node
+    is asked and the counts added."""
+    if is_cluster(client):
+        return await client.pubsub_numsub(*channels, target_nodes=aiocluster.RedisCluster.ALL_NODES)
+    return await client.pubsub_numsub(*channels)

@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
+import redis.cluster
 import redis.asyncio as aioredis
 import redis.asyncio.cluster as aiocluster
 import redis.asyncio.sentinel as aiosentinel
@@ -54,7 +55,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .cluster import RetryingRedisCluster
 from .errors import SwitchboardError
 from .metrics import RedisMetrics
-from .redis_url import CLUSTER_SCHEME, SENTINEL_SCHEME, cluster_nodes, sentinel_target
+from .redis_url import SENTINEL_SCHEME, cluster_nodes, sentinel_target
 from .settings import RedisSettings
 
 #: Retries of a command on a connection error (a stale pooled connection
@@ -86,6 +87,28 @@ class BlockingSentinelPool(aiosentinel.SentinelConnectionPool, aioredis.Blocking
 
     def __init__(self, service_name: str, sentinel_manager: Any, **kwargs: Any) -> None:
         super().__init__(service_name, sentinel_manager, connection_class=SentinelConnection, **kwargs)
+
+
+class SeedConnection(aioredis.Connection):
+    """A connection to the first of a cluster's seed nodes that answers,
+    tried in turn from the one that last did (for a subscriber: see
+    :func:`make_subscriber`)."""
+
+    def __init__(self, *, seeds: Sequence[tuple[str, int]], **kwargs: Any) -> None:
+        self.seeds = list(seeds)
+        super().__init__(host=self.seeds[0][0], port=self.seeds[0][1], **kwargs)
+
+    async def _connect(self) -> None:
+        start = next((i for i, seed in enumerate(self.seeds) if seed == (self.host, self.port)), 0)
+        failure: BaseException | None = None
+        for host, port in self.seeds[start:] + self.seeds[:start]:
+            self.host, self.port = host, port
+            try:
+                return await super()._connect()
+            except (OSError, TimeoutError) as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
 
 
 #: How long a sentinel may take to answer who the master is.
@@ -133,7 +156,7 @@ def make_client(settings: RedisSettings, *, max_connections: int | None = None,
     ``metrics``: each command's round trip and errors are recorded there.
     A ``redis+cluster://`` URL gives a Redis Cluster client (:func:`make_cluster_client`).
     """
-    if settings.url.startswith(CLUSTER_SCHEME + ":"):
+    if settings.cluster:
         return make_cluster_client(settings, max_connections=max_connections, decode=decode, metrics=metrics)
     pool = make_pool(settings, max_connections=max_connections, decode=decode)
     if metrics is not None:
@@ -149,8 +172,7 @@ def make_cluster_client(settings: RedisSettings, *, max_connections: int | None 
     moves (:mod:`.cluster`). Every script's keys
     share one user's slot (``shared/keys.py``), so every script runs on one
     node. RESP2: what the checkpointer's search client parses on a cluster.
-    ``max_connections`` is per node. (The services do not run on a cluster
-    yet: docs/scaling.md says what is missing.)"""
+    ``max_connections`` is per node."""
     options: dict[str, Any] = dict(
         startup_nodes=[aiocluster.ClusterNode(host, port) for host, port in cluster_nodes(settings.url)],
         username=settings.username, password=settings.password, decode_responses=decode, protocol=2,
@@ -168,13 +190,51 @@ def make_subscriber(settings: RedisSettings, *, decode: bool = False) -> aioredi
     down is lost, so its owner must *see* the loss and repair it (the gateway
     re-attaches its connections from their cursors; the fanout starts a new
     incarnation). A retrying connection would reconnect and re-subscribe on
-    its own, silently."""
+    its own, silently.
+
+    On a Redis Cluster the subscriber is a plain connection to any one node
+    (the first seed that answers): a classic ``PUBLISH`` reaches every
+    node's subscribers, wherever it was sent. A node that dies ends the
+    subscription, as a restart of a single Redis does; its owner subscribes
+    again, on the next seed that answers."""
+    if settings.cluster:
+        return aioredis.Redis.from_pool(_seed_pool(settings, max_connections=4, decode=decode, retry=False))
     return aioredis.Redis.from_pool(make_pool(settings, max_connections=4, decode=decode, retry=False))
+
+
+def make_publisher(settings: RedisSettings, *, decode: bool = False) -> aioredis.Redis | None:
+    """On a Redis Cluster, a client for pipelines of ``PUBLISH`` (which a
+    cluster pipeline refuses): a plain connection to any one node, from
+    which the cluster passes each message to every node's subscribers
+    (their counts in the reply are that node's only). None elsewhere: any
+    client publishes."""
+    if not settings.cluster:
+        return None
+    return aioredis.Redis.from_pool(_seed_pool(settings, max_connections=8, decode=decode, retry=True))
+
+
+def _seed_pool(settings: RedisSettings, *, max_connections: int, decode: bool,
+               retry: bool) -> aioredis.BlockingConnectionPool:
+    """A pool of :class:`SeedConnection` to a cluster's seed nodes."""
+    options: dict[str, Any] = {}
+    if retry:
+        options["retry"] = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), RETRIES,
+                                 supported_errors=(RedisConnectionError,))
+    return aioredis.BlockingConnectionPool(
+        connection_class=SeedConnection, seeds=cluster_nodes(settings.url), username=settings.username,
+        password=settings.password, max_connections=max_connections, timeout=settings.socket_timeout,
+        socket_timeout=settings.socket_timeout, socket_connect_timeout=5.0, health_check_interval=30,
+        decode_responses=decode, **options)
 
 
 def make_sync_client(settings: RedisSettings, *, decode: bool = True) -> redis.Redis:
     """A synchronous client, for the command line's one-off reads
     (``switchboard deadletters``); the caller closes it."""
+    if settings.cluster:
+        return redis.cluster.RedisCluster(
+            startup_nodes=[redis.cluster.ClusterNode(host, port) for host, port in cluster_nodes(settings.url)],
+            username=settings.username, password=settings.password, socket_timeout=settings.socket_timeout,
+            socket_connect_timeout=5.0, decode_responses=decode, protocol=2)
     if settings.url.startswith(SENTINEL_SCHEME + ":"):
         sentinel, target = _sentinel(settings, redis.sentinel)
         return sentinel.master_for(target.master, db=target.db, username=settings.username,
@@ -244,7 +304,7 @@ async def run_replicated(client: aioredis.Redis, settings: RedisSettings, script
         nonlocal first
         if before is not None:
             before(pipe)
-        first = len(pipe.command_stack)
+        first = len(pipe)
         queue_script(pipe, script, keys, args)
         if settings.wait_replicas:
             pipe.execute_command("WAIT", settings.wait_replicas, settings.wait_timeout_ms)

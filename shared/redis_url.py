@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 
-REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
 SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_PORT = 26379  #: a sentinel's port when its address names none
-#: A Redis Cluster's nodes: ``redis+cluster://host[:port][,host[:port]...][/0]``
-#: (for the clients; the services do not accept it in REDIS_URL yet).
+#: A Redis Cluster's seed nodes: ``redis+cluster://host[:port][,host[:port]...][/0]``.
 CLUSTER_SCHEME = "redis+cluster"
 CLUSTER_PORT = 6379
 _CREDENTIAL_PARAMS = ("username", "password")

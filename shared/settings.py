@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 
 from .encryption import InvalidKey, Keyring
 from .errors import SwitchboardError
-from .redis_url import REDIS_SCHEMES, SENTINEL_SCHEME, redacted, sentinel_target, split_credentials
+from .redis_url import (CLUSTER_SCHEME, REDIS_SCHEMES, SENTINEL_SCHEME, cluster_nodes, redacted, sentinel_target,
+                        split_credentials)
 
 DEV_JWT_SECRET = "switchboard-dev-secret-change-me"
 #: Shared-secret JWT algorithms (JWT_SECRET) and public-key ones (an identity
@@ -126,6 +127,11 @@ class RedisSettings:
     wait_replicas: int = 0
     wait_timeout_ms: int = 1000  #: ``REDIS_WAIT_TIMEOUT_MS``: how long to wait for them
 
+    @property
+    def cluster(self) -> bool:
+        """A Redis Cluster (``redis+cluster://``): multi-key commands stay in one slot."""
+        return self.url.startswith(CLUSTER_SCHEME + ":")
+
     def __post_init__(self) -> None:
         bare, username, password = split_credentials(self.url)
         object.__setattr__(self, "url", bare)
@@ -140,11 +146,11 @@ class RedisSettings:
         url = _get(env, "REDIS_URL", d.url)
         scheme = urlsplit(url).scheme
         if scheme not in REDIS_SCHEMES:
-            raise SettingsError(f"REDIS_URL={redacted(url)!r} is not a redis://, rediss://, unix:// "
-                                "or redis+sentinel:// URL")
-        if scheme == SENTINEL_SCHEME:
+            raise SettingsError(f"REDIS_URL={redacted(url)!r} is not a redis://, rediss://, unix://, "
+                                "redis+sentinel:// or redis+cluster:// URL")
+        if scheme in (SENTINEL_SCHEME, CLUSTER_SCHEME):
             try:
-                sentinel_target(url)
+                sentinel_target(url) if scheme == SENTINEL_SCHEME else cluster_nodes(url)
             except ValueError as exc:
                 raise SettingsError(f"REDIS_URL={redacted(url)!r}: {exc}") from None
         sentinel_password = _password(env, "REDIS_SENTINEL_PASSWORD")
@@ -159,6 +165,9 @@ class RedisSettings:
             wait_replicas=_int(env, "REDIS_WAIT_REPLICAS", d.wait_replicas),
             wait_timeout_ms=_int(env, "REDIS_WAIT_TIMEOUT_MS", d.wait_timeout_ms, minimum=1),
         )
+        if settings.cluster and settings.wait_replicas:
+            raise SettingsError("REDIS_WAIT_REPLICAS is not supported on a Redis Cluster (redis+cluster://) yet: "
+                                "WAIT would have to go to each written key's master (docs/scaling.md)")
         if settings.username is not None and settings.password is None:
             raise SettingsError(f"REDIS_USERNAME={settings.username} has no password: set REDIS_PASSWORD_FILE, "
                                 "REDIS_PASSWORD or put it in REDIS_URL")

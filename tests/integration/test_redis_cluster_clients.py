@@ -1,7 +1,8 @@
 """Switchboard's Redis client on a Redis Cluster (``redis+cluster://``): the
 gateway's accept script, as the gateway's ACL user, on users of every master,
-and while the slot of a user who keeps sending moves to another master.
-(The services themselves do not run on a cluster yet: docs/scaling.md.)
+and while the slot of a user who keeps sending moves to another master;
+the subscriber's connection to the first seed that answers. (The services
+on a cluster: test_on_redis_cluster.py.)
 
 The cluster (tests/support/redis_cluster.py) is three masters with a replica
 each, made from the embedded server."""
@@ -14,7 +15,7 @@ import pytest
 
 from switchboard.gateway.store import GatewayStore
 from switchboard.shared import acl, keys
-from switchboard.shared.connection import make_client
+from switchboard.shared.connection import make_client, make_publisher, make_subscriber
 from switchboard.shared.settings import RedisSettings, StreamSettings
 from tests.support.redis_cluster import RedisClusterSet
 
@@ -60,4 +61,50 @@ async def test_accepts_run_on_every_master_and_ride_out_a_slot_moving(tmp_path):
                 assert owner.xlen(keys.inbound(user, "c")) == len(ids) + 1  # nothing lost on the way
                 assert len(owner.xrange(keys.outbound(user))) == len(ids) + 1
         finally:
+            await client.aclose()
+
+
+async def test_a_subscriber_hears_what_is_published_to_any_node_through_the_first_seed_that_answers(tmp_path):
+    """A seed that refuses connections is passed over; a message published on
+    each master reaches the one subscription, and the cluster-wide subscriber
+    count sees it wherever it was made."""
+    from switchboard.shared import cluster as sbcluster
+
+    with RedisClusterSet(tmp_path / "cluster") as rc:
+        dead = rc.nodes[-1]
+        rc.kill(dead)  # a replica: the cluster stays whole
+        seeds = [(dead.host, dead.port), *[(n.host, n.port) for n in rc.nodes[:-1]]]
+        url = "redis+cluster://" + ",".join(f"{h}:{p}" for h, p in seeds)
+        settings = RedisSettings(url=url, username=acl.ADMIN.name, password=rc.passwords()["admin"])
+        subscriber, publisher = make_subscriber(settings), make_publisher(settings)
+        client = make_client(settings)
+        pubsub = subscriber.pubsub()
+        try:
+            channel = keys.fanout_control("f1")
+            await pubsub.subscribe(channel)
+            connection = pubsub.connection
+            assert (connection.host, connection.port) != (dead.host, dead.port)
+            [(_, counted)] = await sbcluster.numsub(client, [channel])
+            assert counted == 1
+            gateway_channel = keys.gateway_delivery("g1")  # what the fanout publishes on
+            await pubsub.subscribe(gateway_channel)
+            for master in rc.masters():
+                with master.client(username=acl.ADMIN.name, password=rc.passwords()["admin"]) as direct:
+                    direct.publish(channel, f"via {master.port}")
+            pipe = publisher.pipeline(transaction=False)
+            pipe.publish(gateway_channel, b"delivery")
+            await pipe.execute()
+            heard = []
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while len(heard) < len(rc.masters()) + 1:
+                assert loop.time() < deadline, f"heard only {heard}"
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                if message is not None:
+                    heard.append(message["data"])
+            assert sorted(heard) == sorted([f"via {m.port}".encode() for m in rc.masters()] + [b"delivery"])
+        finally:
+            await pubsub.aclose()
+            await subscriber.aclose()
+            await publisher.aclose()
             await client.aclose()

@@ -55,7 +55,7 @@ def test_the_cluster_is_ok_with_modules_and_users(rc):
         with anonymous as c, pytest.raises(redis.AuthenticationError):
             c.ping()  # `default` is disabled here too
     env = rc.client_env("worker")
-    assert env["REDIS_USERNAME"] == "sb-worker"
+    assert env["REDIS_USERNAME"] == "sb-worker" and env["REDIS_URL"].startswith("redis+cluster://")
     assert acl.read_password(env["REDIS_PASSWORD_FILE"]) == rc.passwords()["worker"]
     with redis.cluster.RedisCluster.from_url(rc.url, decode_responses=True) as c:  # the operator's URL
         assert len(c.get_primaries()) == 3

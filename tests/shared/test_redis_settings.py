@@ -105,6 +105,11 @@ def test_a_cluster_url_names_its_seed_nodes():
                          ("redis://a", "not a redis\\+cluster://")]:
         with pytest.raises(ValueError, match=message):
             cluster_nodes(url)
-    # Not for the services yet: REDIS_URL refuses it.
-    with pytest.raises(SettingsError, match="is not a redis://"):
-        RedisSettings.from_env({"REDIS_URL": "redis+cluster://a:7000"})
+    settings = RedisSettings.from_env({"REDIS_URL": "redis+cluster://sb-gateway:pw@a:7000,b:7001"})
+    assert settings.cluster and settings.url == "redis+cluster://a:7000,b:7001" and settings.password == "pw"
+    assert not RedisSettings.from_env({"REDIS_URL": "redis://a:7000"}).cluster
+    with pytest.raises(SettingsError, match="only database 0"):
+        RedisSettings.from_env({"REDIS_URL": "redis+cluster://a:7000/2"})
+    # WAIT would go to some node, not the written key's master: refused, not ignored.
+    with pytest.raises(SettingsError, match="REDIS_WAIT_REPLICAS is not supported on a Redis Cluster"):
+        RedisSettings.from_env({"REDIS_URL": "redis+cluster://a:7000", "REDIS_WAIT_REPLICAS": "1"})

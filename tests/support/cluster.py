@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
+import redis.cluster
 from redis.exceptions import RedisError
 
 from bench import harness
@@ -72,35 +74,44 @@ def tier_env(url: str, env: dict[str, str] | None = None) -> dict[str, dict[str,
 class Cluster(harness.Cluster):
     """:class:`bench.harness.Cluster` whose services log in as their tier's user."""
 
+    #: Each tier's login (``REDIS_USERNAME``, ``REDIS_PASSWORD_FILE``); None:
+    #: found on the embedded Redis behind ``redis_url`` (:func:`tier_env`).
     tiers: dict[str, dict[str, str]] | None = field(default=None, repr=False)
+    _logged: bool = field(default=False, repr=False)
 
     def start(self, kind: str, name: str | None = None, timeout: float = 30.0, wait: bool = True,
               **env: str) -> Service:
-        if self.tiers is None:
+        if not self._logged:
             # Looked up when the first service starts: Redis is up by then.
-            self.tiers = tier_env(self.redis_url, self.env)
+            if self.tiers is None:
+                self.tiers = tier_env(self.redis_url, self.env)
             self._reset_acl_log()
+            self._logged = True
         # REDIS_USERNAME / REDIS_PASSWORD_FILE replace the credentials of the
         # operator's REDIS_URL the harness passes (RedisSettings).
         return super().start(kind, name, timeout, wait, **{**self.tiers.get(kind, {}), **env})
 
     def denials(self) -> list[dict]:
-        """The ACL log's entries for tier users (newest first)."""
+        """The ACL log's entries for tier users (newest first; on a Redis
+        Cluster, every node's, node by node)."""
         client = _operator(self.redis_url, self.env)
         if client is None:
             return []
+        found: list[dict] = []
         try:
-            return [entry for entry in client.acl_log() if entry.get("username") in _TIER_USERS]
-        except (RedisError, OSError):
-            return []
+            for node in _nodes(client):
+                with contextlib.suppress(RedisError, OSError):
+                    found += [entry for entry in _on(client, node, "ACL LOG") if entry.get("username") in _TIER_USERS]
+            return found
         finally:
             client.close()
 
     def _reset_acl_log(self) -> None:
         client = _operator(self.redis_url, self.env)
         if client is not None:
-            with contextlib.suppress(RedisError, OSError):
-                client.acl_log_reset()
+            for node in _nodes(client):
+                with contextlib.suppress(RedisError, OSError):
+                    _on(client, node, "ACL LOG", "RESET")
             client.close()
 
     def stop(self) -> None:
@@ -114,6 +125,17 @@ class Cluster(harness.Cluster):
                        for e in denied]
             raise AclDenied(f"Redis refused tier users while the cluster ran (user, reason, object, "
                             f"command, context, count): {summary}")
+
+
+def _nodes(client: Any) -> list[Any]:
+    """A cluster client's nodes, or ``[None]`` for a single server's client."""
+    return client.get_nodes() if isinstance(client, redis.cluster.RedisCluster) else [None]
+
+
+def _on(client: Any, node: Any, *command: str) -> Any:
+    if node is None:
+        return client.execute_command(*command)
+    return client.execute_command(*command, target_nodes=node)
 
 
 def _command(entry: dict) -> str:

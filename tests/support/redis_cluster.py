@@ -174,12 +174,19 @@ class RedisClusterSet:
         return f"redis://{acl.ADMIN.name}:{self.passwords()['admin']}@{seed.host}:{seed.port}/0"
 
     def client_env(self, tier: str) -> dict[str, str]:
-        """What a service of ``tier`` would need: a seed node's URL, its user and
-        password file, and every node (``REDIS_CLUSTER_NODES``, for a client that
-        takes more than one seed). The services do not speak cluster yet."""
-        return {"REDIS_URL": self.address, "REDIS_USERNAME": acl.USERS[tier].name,
-                "REDIS_PASSWORD_FILE": str(acl.password_path(self.users_dir, tier)),
-                "REDIS_CLUSTER_NODES": ",".join(f"{h}:{p}" for h, p in self.startup_nodes)}
+        """What a service of ``tier`` needs: every node as a ``redis+cluster://``
+        ``REDIS_URL``, its user and its password file."""
+        return {"REDIS_URL": self.cluster_url, **self.tier_login(tier)}
+
+    def tier_login(self, tier: str) -> dict[str, str]:
+        """``REDIS_USERNAME`` and ``REDIS_PASSWORD_FILE`` of ``tier``'s user."""
+        return {"REDIS_USERNAME": acl.USERS[tier].name,
+                "REDIS_PASSWORD_FILE": str(acl.password_path(self.users_dir, tier))}
+
+    @property
+    def operator_url(self) -> str:
+        """Every node as a ``redis+cluster://`` URL logged in as the operator (``sb-admin``)."""
+        return self.cluster_url.replace("://", f"://{acl.ADMIN.name}:{self.passwords()['admin']}@", 1)
 
     def _login(self, tier: str) -> dict[str, str]:
         return {"username": acl.USERS[tier].name, "password": self.passwords()[tier]}
