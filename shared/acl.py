@@ -244,6 +244,8 @@ GATEWAY = User("gateway", "sb-gateway", "accepts messages, admits connections, s
     Grant("which fanouts are alive", ("smembers",), R(FANOUTS)),
     Grant("... and their incarnations", ("mget",), R(FANOUT_ALIVE)),
     Grant("attach and detach requests to the fanouts", ("publish",), channels=(FANOUT_CONTROL,)),
+    Grant("... on a Redis Cluster, whether the fanout heard one (PUBLISH counts one node's subscribers)",
+          ("pubsub|numsub",)),
     Grant("the gateway's own delivery channel", ("subscribe", "unsubscribe"), channels=(GATEWAY_DELIVERY,)),
     Grant("history: a thread's latest checkpoint pointer", ("get",), R(CHECKPOINT_LATEST)),
     Grant("history: whether a checkpoint has pending writes, and which", ("exists", "zcard", "zrange"),

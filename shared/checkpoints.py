@@ -64,15 +64,18 @@ value no key opens is an error) and ``_dump_checkpoint`` (the document's
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
 
 import orjson
 from langchain_core.load.serializable import Serializable
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 from langgraph.checkpoint.redis.base import CHECKPOINT_PREFIX
 from langgraph.checkpoint.redis.key_registry import WRITE_KEYS_ZSET_PREFIX
+from langgraph.checkpoint.redis.key_registry import AsyncCheckpointKeyRegistry as AsyncKeyRegistry
 from langgraph.checkpoint.redis.jsonplus_redis import JsonPlusRedisSerializer
 
 from . import keys, scripts
@@ -299,7 +302,21 @@ async def setup_saver(saver: AsyncRedisSaver, attempts: int = 5) -> None:
     """``asetup()`` that tolerates other processes creating the indexes at the
     same moment: redisvl checks for an index, then creates it, so pods starting
     together can see "Index already exists". The index is there then; setting
-    up again skips it and finishes the rest of the set-up."""
+    up again skips it and finishes the rest of the set-up.
+
+    On a Redis Cluster no index is made. This RediSearch has no cluster
+    coordinator: an index would live on one node and see only that node's
+    documents (docs/scaling.md), and nothing Switchboard does needs one --
+    it reads and writes checkpoints by key and finds a thread's checkpoints
+    by its own index key (``keys.thread_checkpoints``). The rest of the
+    library's set-up is done as ``asetup`` does it."""
+    if isinstance(saver._redis, AsyncRedisCluster):
+        await saver._redis.initialize()
+        saver.loop = asyncio.get_running_loop()
+        saver.create_indexes()  # the index objects only; nothing is sent
+        await saver._detect_cluster_mode()
+        saver._key_registry = AsyncKeyRegistry(saver._redis)
+        return
     for attempt in range(attempts):
         try:
             await saver.asetup()

@@ -43,7 +43,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from . import keys
+from . import cluster, keys
 from .settings import NodeSettings
 from .tasks import wait_event
 
@@ -101,7 +101,7 @@ class Membership:
         members = sorted(_text(m) for m in await self.redis.smembers(self.members))
         if not members:
             return {}
-        values = await self.redis.mget([self.key_of(m) for m in members])
+        values = await cluster.mget(self.redis, [self.key_of(m) for m in members])
         return {m: _text(v) for m, v in zip(members, values) if v is not None}
 
     async def forget_expired(self) -> list[str]:
@@ -109,7 +109,7 @@ class Membership:
         members = sorted(_text(m) for m in await self.redis.smembers(self.members))
         if not members:
             return []
-        dead = expired_members(members, await self.redis.mget([self.key_of(m) for m in members]))
+        dead = expired_members(members, await cluster.mget(self.redis, [self.key_of(m) for m in members]))
         if dead:
             await self.redis.srem(self.members, *dead)
         return dead

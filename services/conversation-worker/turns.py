@@ -205,7 +205,8 @@ class Turns:
     async def _delete_thread(self, thread: str) -> None:
         """A cleared generation's checkpoints go: those its index lists, then
         any it does not (written by a stock saver, or before the index
-        existed) by the library's own, search-based deletion; should it fail,
+        existed) by the library's own, search-based deletion (not on a Redis
+        Cluster, which has no search index: those expire); should it fail,
         they expire with CHECKPOINT_TTL like any idle thread's."""
         self._unpruned.pop(thread, None)
         if self.saver is None:
@@ -213,7 +214,8 @@ class Turns:
         self.saver.forget(thread)
         try:
             await self.saver.prune_thread(thread, keep=0)
-            await self.saver.adelete_thread(thread)
+            if not self.settings.redis.cluster:  # no search index on a cluster (setup_saver)
+                await self.saver.adelete_thread(thread)
         except Exception as exc:  # noqa: BLE001 - reclaimed by retention
             log.warning("deleting the cleared thread %s failed: %s", thread, exc)
 

@@ -94,6 +94,7 @@ class Worker:
         self.running: dict[tuple[str, str], ConversationTask] = {}  #: conversations taken
         self.slots = FairSlots(settings.concurrency)
         self.slot_freed = asyncio.Event()  #: a conversation taken has finished
+        self._reserved = 0  #: room held by blocked reads (one reader per work stream on a cluster)
         self.turns: Turns | None = None
         self.ready = asyncio.Event()
         self._acks: list[WorkItem] = []  # bounded by what the running conversations covered
@@ -134,22 +135,22 @@ class Worker:
         return checks
 
     async def _check_groups(self) -> str | None:
-        """One round trip: PING, XINFO GROUPS of every work stream (which also
-        sets the backlog gauges) and XLEN of the dead letters (a gauge)."""
+        """One round trip (on a Redis Cluster, one per node): XLEN of the
+        dead letters (a gauge; it failing = Redis unreachable) and XINFO
+        GROUPS of every work stream (which also sets the backlog gauges)."""
         pipe = self.health_redis.pipeline(transaction=False)
-        pipe.ping()
+        pipe.xlen(keys.dead_letters())
         for stream in self.streams:
             pipe.xinfo_groups(stream)
-        pipe.xlen(keys.dead_letters())
         try:
             replies = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError):
             return "redis: unreachable"
         if isinstance(replies[0], Exception):
             return "redis: unreachable"
-        replies, dead_letters = replies[:-1], replies[-1]
-        self.metrics.backlog(replies[1:], keys.WORKER_GROUP, dead_letters)
-        missing = [stream for stream, groups in zip(self.streams, replies[1:])
+        dead_letters, replies = replies[0], replies[1:]
+        self.metrics.backlog(replies, keys.WORKER_GROUP, dead_letters)
+        missing = [stream for stream, groups in zip(self.streams, replies)
                    if isinstance(groups, Exception) or not any(g.get("name") == keys.WORKER_GROUP for g in groups)]
         if missing:
             return f"consumer group {keys.WORKER_GROUP!r} missing on {', '.join(missing)}"
@@ -265,13 +266,18 @@ class Worker:
     async def _hand_back(self, conv: ConversationTask) -> None:
         if not conv.notices:
             return
+        # One transaction (a notice is re-added only with the old one's
+        # acknowledgement); on a Redis Cluster, one per work stream.
+        batches = ([conv.notices] if not self.settings.redis.cluster
+                   else [[(stream, i) for i in ids] for stream, ids in _by_stream(conv.notices).items()])
         try:
-            pipe = self.redis.pipeline(transaction=True)
-            for stream, notice_id in conv.notices:
-                pipe.xadd(stream, {WorkField.USER: conv.user, WorkField.CONV: conv.conversation})
-                pipe.xack(stream, keys.WORKER_GROUP, notice_id)
-                pipe.xdel(stream, notice_id)
-            await pipe.execute()
+            for batch in batches:
+                pipe = self.redis.pipeline(transaction=True)
+                for stream, notice_id in batch:
+                    pipe.xadd(stream, {WorkField.USER: conv.user, WorkField.CONV: conv.conversation})
+                    pipe.xack(stream, keys.WORKER_GROUP, notice_id)
+                    pipe.xdel(stream, notice_id)
+                await pipe.execute()
         except (RedisError, OSError) as exc:
             # Still pending on this consumer: claimed after CLAIM_IDLE instead.
             log.warning("hand-back of %s/%s failed: %s", conv.user, conv.conversation, exc, extra=conv.log_context)
@@ -279,19 +285,45 @@ class Worker:
     # -- poll + start ----------------------------------------------------------------
 
     async def _read_loop(self, stop: asyncio.Event) -> None:
+        """Read work notices into conversations started, as slots allow.
+
+        One blocking ``XREADGROUP`` covers every work stream -- except on a
+        Redis Cluster, where each stream is in its own slot and a read may
+        name one slot only: there each stream has its own reader, and they
+        share the room left (:meth:`_read_streams`)."""
+        if not self.settings.redis.cluster or len(self.streams) == 1:
+            await self._read_streams(stop, self.streams, readers=1)
+            return
+        readers = [asyncio.create_task(self._read_streams(stop, [stream], readers=len(self.streams)),
+                                       name=f"worker-read-{stream}") for stream in self.streams]
+        try:
+            done, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # a reader that failed ends the loop (the health check then says so)
+        finally:
+            for task in readers:
+                task.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+
+    async def _read_streams(self, stop: asyncio.Event, streams: list[str], *, readers: int) -> None:
+        """One reader's loop over ``streams``. Each read asks for at most its
+        share of the room left (``readers`` share it), reserved while the read
+        blocks so that together they never take more than the room."""
         block_ms = int(self.settings.read_block * 1000)
         while not stop.is_set():
-            free = self._room()
+            free = self._room() - self._reserved
             if free <= 0:
                 self.slot_freed.clear()
                 await wait_event(self.slot_freed, self.settings.read_block)
                 continue
+            count = -(-free // readers)
+            self._reserved += count
             try:
                 reply = await self.redis.xreadgroup(
-                    keys.WORKER_GROUP, self.consumer, {s: ">" for s in self.streams}, count=free, block=block_ms)
+                    keys.WORKER_GROUP, self.consumer, {s: ">" for s in streams}, count=count, block=block_ms)
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):  # the stream was deleted (e.g. Redis data loss)
-                    for stream in self.streams:
+                    for stream in streams:
                         with contextlib.suppress(ResponseError):
                             await self.redis.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
                     continue
@@ -302,6 +334,8 @@ class Worker:
                 log.warning("work read failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
+            finally:
+                self._reserved -= count
             for stream, entries in reply or []:
                 for notice_id, fields in entries:
                     self._start((stream, notice_id), fields)
@@ -382,7 +416,9 @@ class Worker:
         by_stream = _by_stream(notices)
         for attempt in range(5):
             try:
-                pipe = self.redis.pipeline(transaction=True)
+                # One transaction; on a Redis Cluster, whose transactions
+                # stay in one slot, XACK then XDEL per stream, in one round trip.
+                pipe = self.redis.pipeline(transaction=not self.settings.redis.cluster or len(by_stream) == 1)
                 for stream, ids in by_stream.items():
                     pipe.xack(stream, keys.WORKER_GROUP, *ids)
                     pipe.xdel(stream, *ids)

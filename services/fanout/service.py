@@ -33,7 +33,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from switchboard.shared import connection as redisconn
-from switchboard.shared import health, internal, keys, outbound, streamids
+from switchboard.shared import cluster, health, internal, keys, outbound, streamids
 from switchboard.shared.nodes import Membership, NodeRegistry
 from switchboard.shared.metrics import FanoutMetrics
 from switchboard.shared.protocol import Event
@@ -59,6 +59,8 @@ class Fanout:
         self.redis = redisconn.make_client(settings.redis, metrics=self.metrics.redis)
         self.raw = redisconn.make_client(settings.redis, decode=False, metrics=self.metrics.redis)
         self.subscriber = redisconn.make_subscriber(settings.redis)  # a lost subscription must be seen
+        #: Where deliveries are published (a cluster pipeline takes no PUBLISH).
+        self.publisher = redisconn.make_publisher(settings.redis) or self.raw
         self.reader = read.OutboundReader(self.raw)
         self.registry = Registry(settings.batch, settings.batch_bytes, settings.replay_pace)
         #: users read vs delivered from notices, and deliveries put off to the
@@ -132,6 +134,8 @@ class Fanout:
                 await self.membership.leave(self.id)
             await self.redis.aclose()
             await self.raw.aclose()
+            if self.publisher is not self.raw:
+                await self.publisher.aclose()
             await self.subscriber.aclose()
             log.info("fanout %s stopped", self.id)
 
@@ -247,7 +251,7 @@ class Fanout:
         self.counts["direct"] += len(round_.direct)
         budget = RoundBudget(self.settings.round_bytes)
         now = asyncio.get_running_loop().time()
-        publish = self.raw.pipeline(transaction=False)
+        publish = self.publisher.pipeline(transaction=False)
         sent: list[str] = []
         batch_events = 0
         for user, start, events, trimmed, more in ready:
@@ -290,7 +294,7 @@ class Fanout:
         gateways = self.registry.gateways()
         if not gateways:
             return
-        counts = await self.redis.pubsub_numsub(*[keys.gateway_delivery(g) for g in gateways])
+        counts = await cluster.numsub(self.redis, [keys.gateway_delivery(g) for g in gateways])
         for gateway, (_, subscribers) in zip(gateways, counts):
             if subscribers:
                 self.gateways.heard(gateway)

@@ -46,7 +46,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from switchboard.shared import internal, keys
+from switchboard.shared import cluster, internal, keys
 from switchboard.shared.encryption import CannotOpen, Keyring
 from switchboard.shared.nodes import Membership
 from switchboard.shared.protocol import CloseCode, Error, ErrorCode, Event, Frame, encode
@@ -172,6 +172,9 @@ class DeliveryHub:
                                                   user=conn.user, cursor=conn.last))
         try:
             receivers = await self.redis.publish(keys.fanout_control(fanout[0]), message)
+            if not receivers and cluster.is_cluster(self.redis):
+                # PUBLISH counts only its node's subscribers; every node delivers it.
+                [(_, receivers)] = await cluster.numsub(self.redis, [keys.fanout_control(fanout[0])])
         except RedisError as exc:
             log.warning("attach of %s to fanout %s failed: %s", conn.id, fanout[0], exc, extra=conn.log_context)
             conn.delivery.attached(None)
