@@ -36,7 +36,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -m serial $(PYTEST_ARGS) || { s=$$?; [ $$s = 5 ] || rc=$$s; }; \
 	exit $$rc
 
-## The long chaos run: DURATION seconds of load and faults (see docs/guarantees.md).
+## The long chaos run: DURATION seconds of load and faults (see docs/guarantees.md);
+## CLUSTER=1 runs it on a local Redis Cluster of three masters.
 DURATION ?= 600
 USERS    ?= 20
 DEVICES  ?= 3
@@ -44,7 +45,7 @@ RATE     ?= 12
 SEED     ?= 1
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos --duration $(DURATION) --users $(USERS) --devices $(DEVICES) \
-		--rate $(RATE) --seed $(SEED) --out chaos-results
+		--rate $(RATE) --seed $(SEED) --out chaos-results $(if $(CLUSTER),--redis-cluster)
 
 ## The benchmark suite: writes docs/bench/ (JSON, PNG) and BENCHMARKS.md.
 ## Its options go in BENCH_ARGS, e.g. `make bench BENCH_ARGS=--quick` (`python -m bench --help` lists them).

@@ -73,14 +73,18 @@ def _same(event: dict[str, Any], fields: dict[str, str]) -> bool:
 
 
 def check_replies(stream: list[tuple[str, dict[str, str]]], accepted: dict[str, str], user: str,
-                  report: Report, stops: dict[str, list[int]] | None = None) -> None:
+                  report: Report, stops: dict[str, list[int]] | None = None,
+                  outages: Iterable[tuple[int, int]] = ()) -> None:
     """Every accepted message (cmid -> inbound id) has exactly one user event
     and exactly one final event -- ``assistant``, or ``cancelled`` where a stop
     was asked for: the chaos graph never fails, so a ``turn_error`` (a message
     given up on: its attempts used up, or a timeout) is a violation too, and
     so is a ``cancelled`` with no cancel or interrupting send in its
     conversation after the message was accepted (``stops``: conversation ->
-    the ms each was asked)."""
+    the ms each was asked). A stop asked in an outage (``outages``, as for
+    :func:`check_delays`) acts once it is over: it may stop what was
+    accepted until then."""
+    spans = sorted(outages)
     replies: Counter = Counter()
     users: Counter = Counter()
     for entry_id, fields in stream:
@@ -91,7 +95,7 @@ def check_replies(stream: list[tuple[str, dict[str, str]]], accepted: dict[str, 
             if fields.get("kind") == "cancelled":
                 accepted_ms = streamids.parse(fields.get("in") or "0-0")[0]
                 asked = (stops or {}).get(fields.get("conv", ""), [])
-                if not any(at >= accepted_ms - STOP_SLACK_MS for at in asked):
+                if not any(_after_outages(at, spans, STOP_SLACK_MS) + STOP_SLACK_MS >= accepted_ms for at in asked):
                     report.add("unexpected_cancel", f"{user} {fields.get('cmid')}: cancelled ({entry_id}) with no "
                                                     f"stop asked in {fields.get('conv')} after it was accepted")
         elif fields.get("kind") == "user":

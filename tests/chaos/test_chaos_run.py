@@ -1,4 +1,5 @@
-"""A short seeded chaos run, part of `make test` (about two minutes).
+"""Short seeded chaos runs, part of `make test`: on one Redis and on a Redis
+Cluster of three masters (about a minute and a half each).
 
 The long run is `make chaos` (see docs/guarantees.md)."""
 
@@ -13,7 +14,7 @@ from tests.chaos.run import amain, parse_args
 
 @pytest.mark.timeout(600)
 async def test_a_short_seeded_chaos_run_keeps_every_invariant(tmp_path):
-    args = parse_args(["--duration", os.environ.get("CHAOS_DURATION", "90"), "--users", "10", "--devices", "3",
+    args = parse_args(["--duration", os.environ.get("CHAOS_DURATION", "70"), "--users", "10", "--devices", "3",
                        "--seed", os.environ.get("CHAOS_SEED", "20261126"), "--fault-interval", "3",
                        "--out", str(tmp_path)])
     summary = await amain(args)
@@ -34,3 +35,20 @@ async def test_a_short_seeded_chaos_run_keeps_every_invariant(tmp_path):
     # delivery delays measured on the live path.
     assert summary["reconnects"].get("new", 0) > summary["devices"]
     assert summary["delay_ms"].get("n", 0) >= 1000
+
+
+@pytest.mark.timeout(600)
+async def test_a_short_chaos_run_on_a_redis_cluster_keeps_every_invariant(tmp_path):
+    """The same load and faults on a Redis Cluster, where the Redis faults are
+    a master killed with kill -9 (its replica promoted) and a user's slot
+    moved to another master while the load runs."""
+    args = parse_args(["--duration", os.environ.get("CHAOS_CLUSTER_DURATION", "70"), "--users", "10",
+                       "--devices", "3", "--seed", os.environ.get("CHAOS_SEED", "20261126"), "--fault-interval", "3",
+                       "--redis-cluster", "--out", str(tmp_path)])
+    summary = await amain(args)
+    assert summary["ok"], summary["examples"]
+    assert summary["messages"] >= 200 and summary["accepted"] == summary["messages"] + summary["edits_accepted"]
+    expected = {f"{sig}:{kind}" for sig in ("kill9", "sigterm") for kind in ("gateway", "worker", "fanout")}
+    expected |= {"client_drop", "reconnect_storm", "resend_accepted", "reinstall", "master_kill", "slot_move"}
+    assert expected <= set(summary["faults"]), summary["faults"]
+    assert summary["reconnects"].get("last_id", 0) >= 10 and summary["delay_ms"].get("n", 0) >= 1000

@@ -266,6 +266,12 @@ def test_a_cancelled_reply_needs_a_stop_asked_after_its_message_and_the_text_its
         bad = Report()
         check_replies(stream, accepted, "u", bad, stops=stops)
         assert bad.violations == {"unexpected_cancel": 1}
+    # A stop asked in an outage acts when it is over: it may stop a message
+    # accepted until then (plus the slack), not one accepted later.
+    for outage, fine in (((-5_500, 500), True), ((-5_500, -2_000), False), ((-3_000, -2_500), False)):
+        report = Report()
+        check_replies(stream, accepted, "u", report, stops={"c": [-5000]}, outages=[outage])
+        assert report.ok is fine, (outage, report.violations)
     wrong = [*stream[:2], ("1002-0", {**stream[2][1], "text": "something else"})]
     bad = Report()
     check_deltas(wrong, "u", bad, streamed={"m1"})
