@@ -62,6 +62,11 @@ def plots(results: dict, out: Path) -> list[Path]:
     if s.get("redis_cost", {}).get("buckets"):
         redis_cost_plot(s["redis_cost"], out / "redis_cost.png")
         made.append(out / "redis_cost.png")
+    if s.get("cluster_scaling", {}).get("median"):
+        from .cluster_scaling import plot as cluster_plot
+
+        cluster_plot(s["cluster_scaling"], out / "cluster_scaling.png")
+        made.append(out / "cluster_scaling.png")
     return made
 
 
@@ -182,6 +187,11 @@ def markdown(results: dict, out: Path) -> str:
             f"≤ {r['goal']['commands_per_turn']}", r["all"]["commands"] <= r["goal"]["commands_per_turn"])
         row("10 Redis cost", f"Redis CPU µs per turn, turns 1–{r['turns']}", r["all"]["cpu_us"],
             f"≤ {r['goal']['cpu_us_per_turn']}", r["all"]["cpu_us"] <= r["goal"]["cpu_us_per_turn"])
+    if s.get("cluster_scaling", {}).get("median"):
+        for setup, f in s["cluster_scaling"]["median"].items():
+            per_node = ", ".join(f"{n} {v:g}" for n, v in f["redis_cpu_us_per_turn"].items())
+            row("11 Redis Cluster", f"{setup}: turns/s; Redis CPU µs per turn, total ({per_node})",
+                f"{f['turns_per_s']}; {f['redis_cpu_us_per_turn_total']}", "", None)
     for name, value in s.items():
         if "error" in value:
             row(name, "error", value["error"], "", False)

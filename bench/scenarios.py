@@ -22,6 +22,7 @@ from .graphs import THINK_MS, TOKEN_MS
 from .harness import Cluster, token
 from .loadgen import LoadDevice
 from .prehello import prehello
+from .cluster_scaling import cluster_scaling
 from .redis_cost import redis_cost
 from .stats import percentile, summary_ms
 
@@ -451,4 +452,5 @@ SCENARIOS = {
     "scaling": scaling,
     "prehello": prehello,
     "redis_cost": redis_cost,
+    "cluster_scaling": cluster_scaling,
 }

@@ -36,6 +36,7 @@ never holds the password, so it may be logged; any other URL goes through
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -193,8 +194,8 @@ def make_subscriber(settings: RedisSettings, *, decode: bool = False) -> aioredi
     its own, silently.
 
     On a Redis Cluster the subscriber is a plain connection to any one node
-    (the first seed that answers): a classic ``PUBLISH`` reaches every
-    node's subscribers, wherever it was sent. A node that dies ends the
+    (the first seed that answers, in an order of the process's own): a
+    classic ``PUBLISH`` reaches every node's subscribers, wherever it was sent. A node that dies ends the
     subscription, as a restart of a single Redis does; its owner subscribes
     again, on the next seed that answers."""
     if settings.cluster:
@@ -215,13 +216,17 @@ def make_publisher(settings: RedisSettings, *, decode: bool = False) -> aioredis
 
 def _seed_pool(settings: RedisSettings, *, max_connections: int, decode: bool,
                retry: bool) -> aioredis.BlockingConnectionPool:
-    """A pool of :class:`SeedConnection` to a cluster's seed nodes."""
+    """A pool of :class:`SeedConnection` to a cluster's seed nodes, in an
+    order of its own: a classic subscription and a ``PUBLISH`` cost the node
+    they are on the delivery of every message, so they are spread."""
     options: dict[str, Any] = {}
     if retry:
         options["retry"] = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), RETRIES,
                                  supported_errors=(RedisConnectionError,))
+    seeds = list(cluster_nodes(settings.url))
+    random.shuffle(seeds)  # each process starts at another node: the subscribers spread over the cluster
     return aioredis.BlockingConnectionPool(
-        connection_class=SeedConnection, seeds=cluster_nodes(settings.url), username=settings.username,
+        connection_class=SeedConnection, seeds=seeds, username=settings.username,
         password=settings.password, max_connections=max_connections, timeout=settings.socket_timeout,
         socket_timeout=settings.socket_timeout, socket_connect_timeout=5.0, health_check_interval=30,
         decode_responses=decode, **options)

@@ -12,7 +12,7 @@ Redis pause (SIGSTOP/SIGCONT). It prints a summary, writes it as JSON, and
 exits 1 on any violation.
 
 With ``--redis-cluster`` the services run on a Redis Cluster of three
-masters with a replica each (tests/support/redis_cluster.py, three work
+masters with a replica each (bench/redis_cluster.py, three work
 shards), and the Redis faults are a master killed with ``kill -9`` (its
 replica promoted; it comes back as a replica) and a user's slot moved to
 another master while the load runs. Before the kill the master's writes
@@ -48,6 +48,7 @@ import redis.asyncio as aioredis
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 from redis.exceptions import RedisError
 
+from bench.redis_cluster import RedisClusterSet
 from switchboard.embedded_redis import EmbeddedRedis, free_port
 from switchboard.gateway.hub import MONITOR_INTERVAL
 from switchboard.shared import acl, keys
@@ -55,7 +56,6 @@ from switchboard.shared.checkpoints import setup_saver
 from switchboard.shared.connection import make_client
 from switchboard.shared.settings import RedisSettings
 from tests.support.cluster import Cluster, token
-from tests.support.redis_cluster import RedisClusterSet
 
 from . import checker
 from .client import CANCEL_SHARE, EDIT_SHARE, ChaosUser, Stats, answer_for, now_ms

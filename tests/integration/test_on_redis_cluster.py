@@ -1,6 +1,6 @@
 """The services on a Redis Cluster (``REDIS_URL=redis+cluster://…``): three
 masters with a replica each, made from the embedded server
-(tests/support/redis_cluster.py), every tier logged in as its own user on
+(bench/redis_cluster.py), every tier logged in as its own user on
 every node.
 
 Users are picked so that each master owns some of them; the work is spread
@@ -16,11 +16,11 @@ import asyncio
 import contextlib
 import json
 
+from bench.redis_cluster import RedisClusterSet
 from switchboard.shared import acl, keys
 from tests.support.client import Device
 from tests.support.cluster import Cluster, token
 from tests.support.devices import finals
-from tests.support.redis_cluster import RedisClusterSet
 
 SLOW = "tests.support.graphs:slow"
 

@@ -4,7 +4,7 @@ and while the slot of a user who keeps sending moves to another master;
 the subscriber's connection to the first seed that answers. (The services
 on a cluster: test_on_redis_cluster.py.)
 
-The cluster (tests/support/redis_cluster.py) is three masters with a replica
+The cluster (bench/redis_cluster.py) is three masters with a replica
 each, made from the embedded server."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import asyncio
 
 import pytest
 
+from bench.redis_cluster import RedisClusterSet
 from switchboard.gateway.store import GatewayStore
 from switchboard.shared import acl, keys
 from switchboard.shared.connection import make_client, make_publisher, make_subscriber
 from switchboard.shared.settings import RedisSettings, StreamSettings
-from tests.support.redis_cluster import RedisClusterSet
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -1,4 +1,4 @@
-"""The local Redis Cluster fixture (tests/support/redis_cluster.py) works:
+"""The local Redis Cluster fixture (bench/redis_cluster.py) works:
 the cluster comes up ok with every node loading the modules and the ACL
 users; a key written through redis-py's asyncio ``RedisCluster`` is read
 back; a killed master's replica takes over with what was replicated; and a
@@ -18,8 +18,8 @@ import redis.cluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from bench.redis_cluster import SLOTS, RedisClusterSet
 from switchboard.shared import acl
-from tests.support.redis_cluster import SLOTS, RedisClusterSet
 
 pytestmark = pytest.mark.timeout(60)
 
