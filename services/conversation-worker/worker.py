@@ -336,6 +336,8 @@ class Worker:
                 continue
             finally:
                 self._reserved -= count
+                if readers > 1:
+                    self.slot_freed.set()  # the room this read held is free again for the other readers
             for stream, entries in reply or []:
                 for notice_id, fields in entries:
                     self._start((stream, notice_id), fields)
