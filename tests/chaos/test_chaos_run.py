@@ -14,7 +14,7 @@ from tests.chaos.run import amain, parse_args
 
 @pytest.mark.timeout(600)
 async def test_a_short_seeded_chaos_run_keeps_every_invariant(tmp_path):
-    args = parse_args(["--duration", os.environ.get("CHAOS_DURATION", "70"), "--users", "10", "--devices", "3",
+    args = parse_args(["--duration", os.environ.get("CHAOS_DURATION", "60"), "--users", "10", "--devices", "3",
                        "--seed", os.environ.get("CHAOS_SEED", "20261126"), "--fault-interval", "3",
                        "--out", str(tmp_path)])
     summary = await amain(args)
@@ -42,7 +42,7 @@ async def test_a_short_chaos_run_on_a_redis_cluster_keeps_every_invariant(tmp_pa
     """The same load and faults on a Redis Cluster, where the Redis faults are
     a master killed with kill -9 (its replica promoted) and a user's slot
     moved to another master while the load runs."""
-    args = parse_args(["--duration", os.environ.get("CHAOS_CLUSTER_DURATION", "70"), "--users", "10",
+    args = parse_args(["--duration", os.environ.get("CHAOS_CLUSTER_DURATION", "60"), "--users", "10",
                        "--devices", "3", "--seed", os.environ.get("CHAOS_SEED", "20261126"), "--fault-interval", "3",
                        "--redis-cluster", "--out", str(tmp_path)])
     summary = await amain(args)
