@@ -199,8 +199,9 @@ GATEWAY_DELIVERY = keys.gateway_delivery(ANY)
 #: (``NOSCRIPT``). Loading a script gives nothing: it runs with the caller's rights.
 #: A Redis Cluster client also reads the slots (``CLUSTER SLOTS``) and the
 #: commands' key positions (``COMMAND``), and sends ``ASKING`` before a
-#: command redirected while a slot moves; on a single Redis they give nothing.
-_CONNECTION = ("ping", "client|setinfo", "script|load", "cluster|slots", "command", "asking")
+#: command redirected while a slot moves; a subscriber checks that its node is a
+#: master (``CLUSTER MYID``). On a single Redis they give nothing.
+_CONNECTION = ("ping", "client|setinfo", "script|load", "cluster|slots", "cluster|myid", "command", "asking")
 
 #: The outbound stream as every appender touches it (``lib/outbound.lua``:
 #: its life, the append, retention, the notice) and as ``stream_state.lua`` reads it.

@@ -91,25 +91,46 @@ class BlockingSentinelPool(aiosentinel.SentinelConnectionPool, aioredis.Blocking
 
 
 class SeedConnection(aioredis.Connection):
-    """A connection to the first of a cluster's seed nodes that answers,
-    tried in turn from the one that last did (for a subscriber: see
-    :func:`make_subscriber`)."""
+    """A connection to the first of a cluster's seed nodes that answers and
+    is a master, tried in turn from the one that last was (for a subscriber:
+    see :func:`make_subscriber`). Not a replica: ``PUBSUB NUMSUB`` through the
+    cluster client asks the masters only, so a subscription on a replica
+    would not be counted."""
 
     def __init__(self, *, seeds: Sequence[tuple[str, int]], **kwargs: Any) -> None:
         self.seeds = list(seeds)
         super().__init__(host=self.seeds[0][0], port=self.seeds[0][1], **kwargs)
 
-    async def _connect(self) -> None:
+    async def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if self.is_connected:
+            return
         start = next((i for i, seed in enumerate(self.seeds) if seed == (self.host, self.port)), 0)
         failure: BaseException | None = None
         for host, port in self.seeds[start:] + self.seeds[:start]:
             self.host, self.port = host, port
             try:
-                return await super()._connect()
-            except (OSError, TimeoutError) as exc:
+                await super().connect_check_health(check_health=check_health,
+                                                   retry_socket_connect=retry_socket_connect)
+                if await self._is_master():
+                    return
+                failure = RedisConnectionError(f"{host}:{port} is not a master")
+            except (RedisConnectionError, OSError, TimeoutError) as exc:
                 failure = exc
+            await self.disconnect()
         assert failure is not None
         raise failure
+
+    async def _is_master(self) -> bool:
+        """Whether this node owns slots (``CLUSTER MYID`` among ``CLUSTER SLOTS``' masters)."""
+        await self.send_command("CLUSTER", "MYID", check_health=False)
+        me = self._text(await self.read_response())
+        await self.send_command("CLUSTER", "SLOTS", check_health=False)
+        return any(len(row) > 2 and len(row[2]) > 2 and self._text(row[2][2]) == me
+                   for row in await self.read_response())
+
+    @staticmethod
+    def _text(value: Any) -> str:
+        return value.decode() if isinstance(value, bytes) else str(value)
 
 
 #: How long a sentinel may take to answer who the master is.

@@ -65,7 +65,7 @@ async def test_accepts_run_on_every_master_and_ride_out_a_slot_moving(tmp_path):
 
 
 async def test_a_subscriber_hears_what_is_published_to_any_node_through_the_first_seed_that_answers(tmp_path):
-    """A seed that refuses connections is passed over; a message published on
+    """A seed that refuses connections, and a replica, are passed over; a message published on
     each master reaches the one subscription, and the cluster-wide subscriber
     count sees it wherever it was made."""
     from switchboard.shared import cluster as sbcluster
@@ -73,7 +73,10 @@ async def test_a_subscriber_hears_what_is_published_to_any_node_through_the_firs
     with RedisClusterSet(tmp_path / "cluster") as rc:
         dead = rc.nodes[-1]
         rc.kill(dead)  # a replica: the cluster stays whole
-        seeds = [(dead.host, dead.port), *[(n.host, n.port) for n in rc.nodes[:-1]]]
+        replicas = [n for n in rc.nodes[:-1] if n not in rc.masters()]
+        # The dead seed and the live replicas first: a subscriber on a replica
+        # would not be counted (the cluster client asks the masters only).
+        seeds = [(n.host, n.port) for n in [dead, *replicas, *rc.masters()]]
         url = "redis+cluster://" + ",".join(f"{h}:{p}" for h, p in seeds)
         settings = RedisSettings(url=url, username=acl.ADMIN.name, password=rc.passwords()["admin"])
         subscriber, publisher = make_subscriber(settings), make_publisher(settings)
@@ -83,7 +86,15 @@ async def test_a_subscriber_hears_what_is_published_to_any_node_through_the_firs
             channel = keys.fanout_control("f1")
             await pubsub.subscribe(channel)
             connection = pubsub.connection
-            assert (connection.host, connection.port) != (dead.host, dead.port)
+            for _ in range(8):  # each subscriber starts from a seed of its own
+                probe = make_subscriber(settings)
+                try:
+                    await probe.ping()
+                    node = (await probe.execute_command("CLUSTER", "MYID")).decode()
+                    assert node in {m.node_id for m in rc.masters()}, "a subscriber on a replica"
+                finally:
+                    await probe.aclose()
+            assert (connection.host, connection.port) in {(m.host, m.port) for m in rc.masters()}
             [(_, counted)] = await sbcluster.numsub(client, [channel])
             assert counted == 1
             gateway_channel = keys.gateway_delivery("g1")  # what the fanout publishes on
