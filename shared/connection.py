@@ -147,12 +147,15 @@ def _sentinel(settings: RedisSettings, module: Any) -> Any:
     return module.Sentinel(target.sentinels, sentinel_kwargs=sentinel_kwargs), target
 
 
+def _retrying() -> dict[str, Any]:
+    """A pool's connection options for retrying a command on a connection error (module notes)."""
+    return {"retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), RETRIES,
+                           supported_errors=(RedisConnectionError,))}
+
+
 def make_pool(settings: RedisSettings, *, max_connections: int | None = None,
               decode: bool = True, retry: bool = True) -> aioredis.BlockingConnectionPool:
-    options: dict[str, Any] = {}
-    if retry:
-        options["retry"] = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), RETRIES,
-                                 supported_errors=(RedisConnectionError,))
+    options: dict[str, Any] = _retrying() if retry else {}
     options.update(
         username=settings.username,
         password=settings.password,
@@ -240,10 +243,7 @@ def _seed_pool(settings: RedisSettings, *, max_connections: int, decode: bool,
     """A pool of :class:`SeedConnection` to a cluster's seed nodes, in an
     order of its own: a classic subscription and a ``PUBLISH`` cost the node
     they are on the delivery of every message, so they are spread."""
-    options: dict[str, Any] = {}
-    if retry:
-        options["retry"] = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), RETRIES,
-                                 supported_errors=(RedisConnectionError,))
+    options: dict[str, Any] = _retrying() if retry else {}
     seeds = list(cluster_nodes(settings.url))
     random.shuffle(seeds)  # each process starts at another node: the subscribers spread over the cluster
     return aioredis.BlockingConnectionPool(
