@@ -2,7 +2,8 @@
 against the script and ``WAIT 1`` on the same connection, on a master with
 one replica, both embedded servers on this machine.
 
-    python -m bench.replica_wait [--rounds 6] [--accepts 500] [--concurrency 1,16] [--out FILE.json]
+    python -m bench.replica_wait [--rounds 6] [--accepts 500] [--concurrency 1,16] [--cluster]
+                                 [--out FILE.json]
 
 Rounds alternate the two settings (off, on, off, on, ...) so that the
 machine's noise falls on both alike. Each round sends ``--accepts``
@@ -12,12 +13,19 @@ accept per turn), ``concurrency`` at a time, through the gateway's own
 ``--out``: the accept's latency (p50, p99) and accepts per second, per
 setting and concurrency. What a commit pays is the same ``WAIT`` after its
 script: the replica's acknowledgement of one more write.
+
+``--cluster``: on a Redis Cluster of three masters with a replica each
+(:mod:`.redis_cluster`), where the accept and its ``WAIT`` go to the
+master of its user's slot on a connection of their own
+(:func:`~switchboard.shared.connection.run_replicated`); the users spread
+over the three.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import tempfile
 import time
@@ -30,6 +38,7 @@ from switchboard.shared import acl
 from switchboard.shared.connection import make_client
 from switchboard.shared.settings import RedisSettings, StreamSettings
 
+from .redis_cluster import RedisClusterSet
 from .stats import percentile
 
 
@@ -53,6 +62,7 @@ async def _wait_in_sync(master: RedisSettings, timeout: float = 20.0) -> None:
         while time.monotonic() < deadline:
             if await client.execute_command("WAIT", 1, 100) >= 1:
                 return
+            await asyncio.sleep(0.1)
         raise RuntimeError("the replica did not come in sync")
     finally:
         await client.aclose()
@@ -80,31 +90,42 @@ async def _round(settings: RedisSettings, accepts: int, concurrency: int) -> dic
     return {"p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99), "per_s": accepts / elapsed}
 
 
-async def measure(rounds: int, accepts: int, concurrencies: list[int]) -> dict:
+async def _compare(base: RedisSettings, rounds: int, accepts: int, concurrencies: list[int]) -> dict:
+    """``runs[setting][concurrency]``: each round's figures, the settings alternating."""
+    settings = {"off": base, "on": dataclasses.replace(base, wait_replicas=1, wait_timeout_ms=5000)}
+    runs: dict[str, dict[int, list[dict]]] = {name: {c: [] for c in concurrencies} for name in settings}
+    for _ in range(rounds):
+        for concurrency in concurrencies:
+            for name, s in settings.items():
+                runs[name][concurrency].append(await _round(s, accepts, concurrency))
+    return runs
+
+
+async def measure(rounds: int, accepts: int, concurrencies: list[int], *, on_cluster: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="sb-replica-wait-") as tmp:
-        master = EmbeddedRedis(Path(tmp) / "master", port=free_port())
-        master.start()
-        replica = _Replica(Path(tmp) / "replica", master)
-        try:
-            replica.start()
-            base = RedisSettings(url=master.url)
-            await _wait_in_sync(base)
-            settings = {"off": base, "on": RedisSettings(url=master.url, wait_replicas=1, wait_timeout_ms=5000)}
-            runs: dict[str, dict[int, list[dict]]] = {name: {c: [] for c in concurrencies} for name in settings}
-            for _ in range(rounds):
-                for concurrency in concurrencies:
-                    for name, s in settings.items():
-                        runs[name][concurrency].append(await _round(s, accepts, concurrency))
-        finally:
-            replica.stop()
-            master.stop()
+        if on_cluster:
+            with RedisClusterSet(Path(tmp) / "rc") as rc:
+                runs = await _compare(RedisSettings(url=rc.operator_url), rounds, accepts, concurrencies)
+        else:
+            master = EmbeddedRedis(Path(tmp) / "master", port=free_port())
+            master.start()
+            replica = _Replica(Path(tmp) / "replica", master)
+            try:
+                replica.start()
+                base = RedisSettings(url=master.url)
+                await _wait_in_sync(base)
+                runs = await _compare(base, rounds, accepts, concurrencies)
+            finally:
+                replica.stop()
+                master.stop()
 
     def median(values: list[float]) -> float:
         return round(sorted(values)[len(values) // 2], 3)
 
     figures = {name: {str(c): {k: median([r[k] for r in rs]) for k in ("p50_ms", "p99_ms", "per_s")}
                       for c, rs in by_c.items()} for name, by_c in runs.items()}
-    return {"rounds": rounds, "accepts_per_round": accepts, "figures": figures, "runs": runs}
+    return {"rounds": rounds, "accepts_per_round": accepts, "redis": "cluster" if on_cluster else "single",
+            "figures": figures, "runs": runs}
 
 
 def main() -> None:
@@ -112,17 +133,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--accepts", type=int, default=500)
     parser.add_argument("--concurrency", default="1,16")
-    parser.add_argument("--out", type=Path, default=Path("bench-results/replica-wait.json"))
+    parser.add_argument("--cluster", action="store_true", help="on a local cluster of three masters")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default bench-results/replica-wait.json (-cluster.json with --cluster)")
     a = parser.parse_args()
-    result = asyncio.run(measure(a.rounds, a.accepts, [int(c) for c in a.concurrency.split(",")]))
-    print(f"accept with and without WAIT 1 (medians of {a.rounds} interleaved rounds of {a.accepts} accepts)")
+    out = a.out or Path(f"bench-results/replica-wait{'-cluster' if a.cluster else ''}.json")
+    result = asyncio.run(measure(a.rounds, a.accepts, [int(c) for c in a.concurrency.split(",")],
+                                 on_cluster=a.cluster))
+    print(f"accept with and without WAIT 1 on {'a cluster of three masters' if a.cluster else 'one master'} "
+          f"(medians of {a.rounds} interleaved rounds of {a.accepts} accepts)")
     print(f"{'concurrency':>11}  {'wait':>4}  {'p50 ms':>7}  {'p99 ms':>7}  {'accepts/s':>9}")
     for name, by_c in result["figures"].items():
         for c, f in by_c.items():
             print(f"{c:>11}  {name:>4}  {f['p50_ms']:>7}  {f['p99_ms']:>7}  {f['per_s']:>9.0f}")
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {a.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ migrate, easily longer than that budget. So a command that runs out of it
 (``TTL exhausted``, or ``TRYAGAIN`` itself) is sent again here, with back-off,
 for up to :data:`TRYAGAIN_SECONDS`. Every command the services send is safe
 to repeat (docs/operations.md, "Restarts of Redis").
+
+What must go on one connection to one node -- a write and the ``WAIT`` that
+counts it -- goes through :meth:`RetryingRedisCluster.direct`, a plain
+client of that node.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+import redis.asyncio as aioredis
 import redis.asyncio.cluster as aiocluster
 from redis.exceptions import ClusterError, TryAgainError
 
@@ -33,6 +38,34 @@ def is_slot_moving(exc: BaseException) -> bool:
 
 class RetryingRedisCluster(aiocluster.RedisCluster):
     """``RedisCluster`` whose commands ride out a slot migration (module notes)."""
+
+    #: connections per node of :meth:`direct`'s clients
+    DIRECT_CONNECTIONS = 8
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._direct: dict[str, aioredis.Redis] = {}
+
+    def direct(self, node: aiocluster.ClusterNode) -> aioredis.Redis:
+        """A plain client of ``node`` alone (its own small pool, closed with
+        this client), for what must go on one connection to one node
+        (``WAIT`` after a write: :func:`~.connection.run_replicated`). Its
+        commands are not redirected and not retried: a ``MOVED`` or ``ASK``
+        comes back as it is."""
+        direct = self._direct.get(node.name)
+        if direct is None:
+            options = {k: v for k, v in node.connection_kwargs.items() if k != "retry"}
+            pool = aioredis.BlockingConnectionPool(connection_class=node.connection_class,
+                                                   max_connections=self.DIRECT_CONNECTIONS,
+                                                   timeout=options.get("socket_timeout"), **options)
+            direct = self._direct[node.name] = aioredis.Redis.from_pool(pool)
+        return direct
+
+    async def aclose(self) -> None:
+        for direct in self._direct.values():
+            await direct.aclose()
+        self._direct = {}
+        await super().aclose()
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()

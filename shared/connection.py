@@ -36,6 +36,8 @@ never holds the password, so it may be logged; any other URL goes through
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -50,9 +52,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import cluster
 from .cluster import RetryingRedisCluster
 from .errors import SwitchboardError
 from .metrics import RedisMetrics
@@ -319,9 +322,10 @@ async def run_replicated(client: aioredis.Redis, settings: RedisSettings, script
     run again if the script must be loaded: they must be safe to repeat).
 
     ``WAIT`` counts the writes of the connection it is sent on, so both go in
-    one pipeline, on one connection. A script that writes nothing leaves
-    nothing to wait for (``WAIT`` then counts the connection's last write, of
-    some other call): see :func:`touch_replicated`."""
+    one pipeline, on one connection (on a cluster, to the master of the
+    script's slot: :func:`_execute_waiting`). A script that writes nothing
+    leaves nothing to wait for (``WAIT`` then counts the connection's last
+    write, of some other call): see :func:`touch_replicated`."""
     if not settings.wait_replicas and before is None:
         return await script(keys=keys, args=args)
     first = 0
@@ -332,13 +336,13 @@ async def run_replicated(client: aioredis.Redis, settings: RedisSettings, script
             before(pipe)
         first = len(pipe)
         queue_script(pipe, script, keys, args)
-        if settings.wait_replicas:
-            pipe.execute_command("WAIT", settings.wait_replicas, settings.wait_timeout_ms)
 
-    replies = await execute_scripted(client, [script], fill)
-    reply = replies[first]
-    if settings.wait_replicas and replies[first + 1] < settings.wait_replicas:
-        raise NotReplicated(replies[first + 1], settings.wait_replicas, reply)
+    if not settings.wait_replicas:
+        return (await execute_scripted(client, [script], fill))[first]
+    replies = await _execute_waiting(client, settings, [script], fill, keys[0])
+    reply, acknowledged = replies[first], replies[-1]
+    if acknowledged < settings.wait_replicas:
+        raise NotReplicated(acknowledged, settings.wait_replicas, reply)
     return reply
 
 
@@ -351,12 +355,67 @@ async def touch_replicated(client: aioredis.Redis, settings: RedisSettings, key:
     waits for it."""
     if not settings.wait_replicas:
         return
-    pipe = client.pipeline(transaction=False)
-    pipe.set(key, value, xx=True, keepttl=True)
-    pipe.execute_command("WAIT", settings.wait_replicas, settings.wait_timeout_ms)
-    _, acknowledged = await pipe.execute()
-    if acknowledged < settings.wait_replicas:
-        raise NotReplicated(acknowledged, settings.wait_replicas)
+    replies = await _execute_waiting(client, settings, [],
+                                     lambda pipe: pipe.set(key, value, xx=True, keepttl=True), key)
+    if replies[-1] < settings.wait_replicas:
+        raise NotReplicated(replies[-1], settings.wait_replicas)
+
+
+async def _execute_waiting(client: Any, settings: RedisSettings, scripts: Sequence[AsyncScript],
+                           fill: Callable[[aioredis.client.Pipeline], None], key: str) -> list[Any]:
+    """:func:`execute_scripted` with a ``WAIT`` last, on the connection that
+    sent the writes ``fill`` queues (all in ``key``'s slot).
+
+    A cluster client would send ``WAIT`` (which has no key) to a node of its
+    own choosing, and retries a pipeline's commands one by one, so there the
+    pipeline goes on a plain connection to the master of ``key``'s slot, as
+    the client knows it (:meth:`~.cluster.RetryingRedisCluster.direct`). A
+    node that no longer owns the slot refuses the writes (``MOVED``, or
+    ``ASK``/``TRYAGAIN`` while it moves): nothing ran, so the pipeline is
+    sent again, once the slot has moved to the owner the client then reads
+    from the slot map, for up to :data:`~.cluster.TRYAGAIN_SECONDS`."""
+
+    def waiting(pipe: aioredis.client.Pipeline) -> None:
+        fill(pipe)
+        pipe.execute_command("WAIT", settings.wait_replicas, settings.wait_timeout_ms)
+
+    if not cluster.is_cluster(client):
+        return await execute_scripted(client, scripts, waiting)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + cluster.TRYAGAIN_SECONDS
+    delay, loaded = 0.02, False
+    while True:
+        await client.initialize()
+        direct = client.direct(client.get_node_from_key(key))
+        pipe = direct.pipeline(transaction=False)
+        waiting(pipe)
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except (RedisConnectionError, RedisTimeoutError):
+            await _relearn(client)  # a failover: the next call goes to the new master
+            raise
+        refused = next((r for r in replies if isinstance(r, Exception)), None)
+        if refused is None:
+            return replies
+        if isinstance(refused, NoScriptError) and not loaded:
+            for script in scripts:
+                await direct.script_load(script.script)
+            loaded = True
+            continue
+        if not isinstance(refused, (AskError, TryAgainError, ClusterDownError)) or loop.time() + delay > deadline:
+            raise refused
+        if isinstance(refused, MovedError):
+            await _relearn(client)
+        await asyncio.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 0.5)
+
+
+async def _relearn(client: Any) -> None:
+    """Have a cluster client read the slot map again (``CLUSTER SLOTS``):
+    after a ``MOVED``, or a master that failed (its replica may own its
+    slots now)."""
+    with contextlib.suppress(redis.RedisError, OSError):
+        await client.nodes_manager.initialize()
 
 
 def is_outage(exc: BaseException) -> bool:

@@ -165,9 +165,6 @@ class RedisSettings:
             wait_replicas=_int(env, "REDIS_WAIT_REPLICAS", d.wait_replicas),
             wait_timeout_ms=_int(env, "REDIS_WAIT_TIMEOUT_MS", d.wait_timeout_ms, minimum=1),
         )
-        if settings.cluster and settings.wait_replicas:
-            raise SettingsError("REDIS_WAIT_REPLICAS is not supported on a Redis Cluster (redis+cluster://) yet: "
-                                "WAIT would have to go to each written key's master (docs/scaling.md)")
         if settings.username is not None and settings.password is None:
             raise SettingsError(f"REDIS_USERNAME={settings.username} has no password: set REDIS_PASSWORD_FILE, "
                                 "REDIS_PASSWORD or put it in REDIS_URL")

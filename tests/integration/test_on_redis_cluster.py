@@ -8,13 +8,18 @@ over three work shards (one stream, hence one slot, each). What holds on a
 single Redis holds here: every message answered once, every device sees
 every event once and in order, a new device replays the same, a dropped
 one resumes exactly; and it still holds when a master is killed mid-run and
-its replica promoted, and while a user's slot moves to another master."""
+its replica promoted, and while a user's slot moves to another master.
+With ``REDIS_WAIT_REPLICAS=1`` an accept is done only once the replica of
+its user's master has it, on a cluster too."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import time
 
 from bench.redis_cluster import RedisClusterSet
 from switchboard.shared import acl, keys
@@ -151,12 +156,70 @@ async def test_a_master_killed_mid_run_loses_nothing_it_replicated(tmp_path):
             await phone.close()
 
 
+async def test_with_wait_replicas_on_a_cluster_accepted_means_on_the_replica(tmp_path):
+    """``REDIS_WAIT_REPLICAS=1`` on a cluster: ``WAIT`` goes to the master of
+    the user's slot, on the connection that wrote. With that master's replica
+    stopped, a send gets ``unavailable`` after ``REDIS_WAIT_TIMEOUT_MS`` (its
+    resend too) while a user on another master is accepted at once; resent
+    once the replica is back, it is accepted under the id it was stored
+    with. Then the master is killed the moment messages are accepted, with
+    no wait of the test's own: every one is answered, once."""
+    async with _running(tmp_path, workers=1, REDIS_WAIT_REPLICAS="1",
+                        REDIS_WAIT_TIMEOUT_MS="300") as (rc, services, operator):
+        url = services.services["gw"].url
+        user, other = _users(rc, per_master=1)[:2]
+        master = rc.owner_of(keys.outbound(user))
+        assert rc.owner_of(keys.outbound(other)) is not master
+        phone, bystander = Device(url, token(user), "phone"), Device(url, token(other), "phone")
+        for device in (phone, bystander):
+            await device.connect()
+        await phone.send("c", "first", "sleep:0 with the replica up")
+        await phone.wait_reply("first", timeout=30)
+
+        [replica] = rc.replicas(master)
+        os.kill(replica.process.pid, signal.SIGSTOP)
+        try:
+            for _ in range(2):  # the send, and its resend while the replica is still away
+                started = time.monotonic()
+                await phone.send("c", "late", "sleep:0 with the replica stopped")
+                refused = await phone.wait_frame("error", client_msg_id="late")
+                assert refused["code"] == "unavailable", refused
+                assert time.monotonic() - started >= 0.3  # it waited REDIS_WAIT_TIMEOUT_MS first
+                phone.frames.remove(refused)
+            await bystander.send("c", "other", "sleep:0 on another master")
+            await bystander.wait_frame("accepted", client_msg_id="other", timeout=5)
+            assert not [f for f in phone.frames if f["type"] == "accepted" and f["client_msg_id"] == "late"]
+        finally:
+            os.kill(replica.process.pid, signal.SIGCONT)
+        stored = [f["in"] for _, f in await _stream(operator, user) if f["kind"] == "user" and f.get("cmid") == "late"]
+        assert len(stored) == 1  # on the master, written once
+        await phone.send("c", "late", "sleep:0 with the replica stopped")
+        assert (await phone.wait_frame("accepted", client_msg_id="late"))["id"] == stored[0]
+        await phone.wait_reply("late", timeout=30)
+
+        for n in range(3):
+            await phone.send("c", f"m{n}", f"sleep:0.3 message {n}")
+        await phone.wait_for(lambda: {f["client_msg_id"] for f in phone.frames if f["type"] == "accepted"}
+                             >= {"m0", "m1", "m2"})
+        rc.kill(master)  # at once: what was accepted is on the replica already
+        rc.wait_failover(master)
+        for n in range(3):
+            await phone.wait_reply(f"m{n}", timeout=90)
+        await bystander.wait_reply("other", timeout=30)
+        await _assert_each_once_in_order(operator, phone, user, ["first", "late", "m0", "m1", "m2"])
+        assert all(s.process.poll() is None for s in services.services.values())
+        for device in (phone, bystander):
+            await device.close()
+
+
 async def test_a_slot_moving_under_a_chat_loses_nothing(tmp_path):
     """A user's slot is resharded to another master (``CLUSTER SETSLOT``
     steps, keys migrated a few at a time) while the user chats: the clients
     follow ``MOVED``/``ASK`` and retry ``TRYAGAIN``; each message is answered
-    once and shown once, in order."""
-    async with _running(tmp_path, workers=1) as (rc, services, operator):
+    once and shown once, in order. With ``REDIS_WAIT_REPLICAS=1``: the
+    accepts and commits, sent with their ``WAIT`` to the master the client
+    knows, are refused by the old one and sent again to the new."""
+    async with _running(tmp_path, workers=1, REDIS_WAIT_REPLICAS="1") as (rc, services, operator):
         url = services.services["gw"].url
         user = _users(rc, per_master=1)[0]
         phone = Device(url, token(user), "phone")

@@ -110,6 +110,4 @@ def test_a_cluster_url_names_its_seed_nodes():
     assert not RedisSettings.from_env({"REDIS_URL": "redis://a:7000"}).cluster
     with pytest.raises(SettingsError, match="only database 0"):
         RedisSettings.from_env({"REDIS_URL": "redis+cluster://a:7000/2"})
-    # WAIT would go to some node, not the written key's master: refused, not ignored.
-    with pytest.raises(SettingsError, match="REDIS_WAIT_REPLICAS is not supported on a Redis Cluster"):
-        RedisSettings.from_env({"REDIS_URL": "redis+cluster://a:7000", "REDIS_WAIT_REPLICAS": "1"})
+    assert RedisSettings.from_env({"REDIS_URL": "redis+cluster://a:7000", "REDIS_WAIT_REPLICAS": "1"}).wait_replicas == 1
