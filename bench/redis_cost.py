@@ -41,18 +41,14 @@ import asyncio
 import hashlib
 import json
 import os
-import re
 import sys
 import tempfile
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlparse
-
-import redis.asyncio as aioredis
 
 from langgraph.checkpoint.redis.util import to_storage_safe_str
 
@@ -60,6 +56,8 @@ from switchboard.shared import keys, scripts
 
 from .harness import token
 from .loadgen import LoadDevice
+from .redis_cost_table import table
+from .redis_trace import SCRIPT_COMMANDS, Monitor, MonitorTotals, Operator, SlowlogTotals, decoded, resp
 from .stats import percentile
 
 if TYPE_CHECKING:
@@ -69,10 +67,7 @@ if TYPE_CHECKING:
 #: The pipeline measured: the default graph, no token streaming (one write per reply).
 ENV = {"STREAM_DELTAS": "0"}
 GOAL = {"commands_per_turn": 15, "cpu_us_per_turn": 200}
-OPERATOR_NAME = "sb-bench-redis-cost"
-MARK = "sb-bench-mark"
 INFO_SECTIONS = ("server", "cpu", "memory", "persistence", "stats", "commandstats")
-SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"})
 
 
 def script_names() -> dict[str, str]:
@@ -81,50 +76,10 @@ def script_names() -> dict[str, str]:
     return {hashlib.sha1(scripts.source(name).encode()).hexdigest(): name for name in scripts.names()}
 
 
-def _resp(*args: str | bytes | int) -> bytes:
-    out = [f"*{len(args)}\r\n".encode()]
-    for arg in args:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        out += [f"${len(data)}\r\n".encode(), data, b"\r\n"]
-    return b"".join(out)
 
 
-def _text(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    if isinstance(value, list):
-        return [_text(v) for v in value]
-    return value
 
 
-# -- the operator's connection ------------------------------------------------------------------
-
-
-class Operator:
-    """One plain connection to Redis (RESP2), replies undecoded by redis-py,
-    so that its own commands and bytes are known exactly and left out."""
-
-    def __init__(self, url: str):
-        self.url = url
-        self.pool = aioredis.ConnectionPool.from_url(url, protocol=2)
-        self.conn: Any = None
-        self.addr = ""
-
-    async def open(self) -> Operator:
-        self.conn = await self.pool.get_connection()
-        await self.call("CLIENT", "SETNAME", OPERATOR_NAME)
-        info = _text(await self.call("CLIENT", "INFO"))
-        self.addr = re.search(r"\baddr=(\S+)", info).group(1)
-        return self
-
-    async def call(self, *args: str | int) -> Any:
-        await self.conn.send_command(*args)
-        return await self.conn.read_response()
-
-    async def close(self) -> None:
-        if self.conn is not None:
-            await self.pool.release(self.conn)
-        await self.pool.aclose()
 
 
 @dataclass
@@ -145,7 +100,7 @@ class Snapshot:
     forks: int  #: total_forks (an AOF rewrite forks)
 
 
-INFO_REQUEST = _resp("INFO", *INFO_SECTIONS)
+INFO_REQUEST = resp("INFO", *INFO_SECTIONS)
 
 
 def _parse_info(text: str) -> dict[str, str]:
@@ -396,11 +351,11 @@ async def slowlog_pass(url: str, op: Operator, turns: int, size: int, names: dic
     """Pass 2: every command with its execution time (SLOWLOG at 0 µs). A
     command a script runs is logged too, with no client address, just before
     the script's own entry: so each script's time, and its inner commands'."""
-    saved = _text(await op.call("CONFIG", "GET", "slowlog-*"))
+    saved = decoded(await op.call("CONFIG", "GET", "slowlog-*"))
     saved = dict(zip(saved[::2], saved[1::2]))
     await op.call("CONFIG", "SET", "slowlog-log-slower-than", 0, "slowlog-max-len", 200_000)
     buckets = _buckets(turns, size)
-    rows, whole = [], _SlowTotals(names)
+    rows, whole = [], SlowlogTotals(names)
     try:
         device = await _device(url, "rc-slowlog")
         await op.call("SLOWLOG", "RESET")
@@ -408,7 +363,7 @@ async def slowlog_pass(url: str, op: Operator, turns: int, size: int, names: dic
             await _turns(device, first, last, [])
             entries = await op.call("SLOWLOG", "GET", -1)
             await op.call("SLOWLOG", "RESET")
-            bucket = _SlowTotals(names)
+            bucket = SlowlogTotals(names)
             for entry in sorted(entries, key=lambda e: int(e[0])):
                 bucket.add(entry, op)
             whole.merge(bucket)
@@ -420,166 +375,10 @@ async def slowlog_pass(url: str, op: Operator, turns: int, size: int, names: dic
     return {"buckets": rows, "all": whole.per_turn(turns)}
 
 
-class _SlowTotals:
-    def __init__(self, names: dict[str, str]) -> None:
-        self.names = names
-        self.calls: Counter = Counter()  # top-level command -> calls
-        self.usec: Counter = Counter()
-        self.script_calls: Counter = Counter()
-        self.script_usec: Counter = Counter()
-        self.inner_calls: dict[str, Counter] = defaultdict(Counter)  # script -> inner command -> calls
-        self.inner_usec: dict[str, Counter] = defaultdict(Counter)
-        self.pending: list[tuple[str, int]] = []
-
-    def add(self, entry: list, op: Operator) -> None:
-        args, addr = entry[3], _text(entry[4])
-        name = _text(entry[5]) if len(entry) > 5 else ""
-        command, usec = _text(args[0]).lower(), int(entry[2])
-        if not addr:  # run by a script: the script's entry comes next
-            self.pending.append((command, usec))
-            return
-        if addr == op.addr or name == OPERATOR_NAME:
-            self.pending = []
-            return
-        self.calls[command] += 1
-        self.usec[command] += usec
-        if command in SCRIPT_COMMANDS and len(args) > 1:
-            sha = _text(args[1]).lower()
-            script = self.names.get(sha, f"{command} {sha[:12]}")
-            self.script_calls[script] += 1
-            self.script_usec[script] += usec
-            for inner, inner_usec in self.pending:
-                self.inner_calls[script][inner] += 1
-                self.inner_usec[script][inner] += inner_usec
-        self.pending = []
-
-    def merge(self, other: _SlowTotals) -> None:
-        for mine, theirs in ((self.calls, other.calls), (self.usec, other.usec),
-                             (self.script_calls, other.script_calls), (self.script_usec, other.script_usec)):
-            mine.update(theirs)
-        for name in other.inner_calls:
-            self.inner_calls[name].update(other.inner_calls[name])
-            self.inner_usec[name].update(other.inner_usec[name])
-
-    def per_turn(self, turns: int) -> dict:
-        by_script = {}
-        for name in sorted(self.script_calls, key=lambda n: (-self.script_usec[n], n)):
-            calls, inner_calls, inner_usec = self.script_calls[name], self.inner_calls[name], self.inner_usec[name]
-            by_script[name] = {
-                "calls": round(calls / turns, 2), "usec": round(self.script_usec[name] / turns, 1),
-                "usec_per_call": round(self.script_usec[name] / calls, 1),
-                "inner_per_call": round(sum(inner_calls.values()) / calls, 2),
-                "inner_usec_per_call": round(sum(inner_usec.values()) / calls, 1),
-                "inner_by_command_per_call": {n: {"calls": round(c / calls, 2),
-                                                  "usec": round(inner_usec[n] / calls, 1)}
-                                              for n, c in sorted(inner_calls.items(), key=lambda kv: -inner_usec[kv[0]])}}
-        inner = Counter()
-        for counts in self.inner_calls.values():
-            inner.update(counts)
-        return {"top_level_commands": round(sum(self.calls.values()) / turns, 2),
-                "top_level_usec": round(sum(self.usec.values()) / turns, 1),
-                "inner_commands": round(sum(inner.values()) / turns, 2),
-                "by_command": {n: {"calls": round(self.calls[n] / turns, 2), "usec": round(self.usec[n] / turns, 1),
-                                   "usec_per_call": round(self.usec[n] / self.calls[n], 1)}
-                               for n in sorted(self.calls, key=lambda n: (-self.usec[n], n))},
-                "by_script": by_script}
 
 
-_LINE = re.compile(rb'^\+(\d+\.\d+) \[\d+ ([^\]]+)\] "([^"]*)"(?: "([^"]*)")?')
 
 
-class Monitor:
-    """A MONITOR connection: every top-level command, and each script's
-    commands attributed to it (Redis 7+ shows a script's commands before the
-    script itself; older versions after: :meth:`open` finds which)."""
-
-    def __init__(self, url: str, names: dict[str, str]):
-        self.url = urlparse(url)
-        self.names = names
-        #: (mark, [(command, script or None, its inner commands, bytes, in a MULTI/EXEC)]) since the mark before
-        self.marks: list[tuple[str, list]] = []
-        self.current: list = []
-        self.pending: list[str] = []
-        self.transactions: set[str] = set()  #: the clients between MULTI and EXEC
-        self.inner_first = True
-        self.ignore = ""  #: the operator's address
-        self.seen_marks: asyncio.Queue = asyncio.Queue()
-        self._task: asyncio.Task | None = None
-
-    async def open(self, op: Operator) -> None:
-        self.ignore = op.addr
-        self.reader, self.writer = await asyncio.open_connection(self.url.hostname, self.url.port or 6379,
-                                                                 limit=1 << 28)
-        if self.url.password:
-            auth = [unquote(self.url.username)] if self.url.username else []
-            self.writer.write(_resp("AUTH", *auth, unquote(self.url.password)))
-            line = await self.reader.readline()
-            assert line.startswith(b"+OK"), line
-        self.writer.write(_resp("MONITOR"))
-        assert (await self.reader.readline()).startswith(b"+OK")
-        # Which comes first, a script's commands or the script?
-        await op.call("EVAL", f"redis.call('ECHO', '{MARK}-probe') return 1", 0)
-        order = []
-        while len(order) < 2:
-            line = await asyncio.wait_for(self.reader.readline(), 30)
-            match = _LINE.match(line)
-            if not match:
-                continue
-            if match.group(2) == op.addr.encode() and match.group(3).lower() == b"eval":
-                order.append("script")
-            elif match.group(2) == b"lua" and f"{MARK}-probe".encode() in line:
-                order.append("inner")
-        self.inner_first = order[0] == "inner"
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        while True:
-            line = await self.reader.readline()
-            if not line:
-                return
-            match = _LINE.match(line)
-            if not match:
-                continue
-            source, command = match.group(2).decode(), match.group(3).decode().lower()
-            arg = (match.group(4) or b"").decode(errors="replace")
-            if source == self.ignore:
-                if command == "echo" and arg.startswith(MARK):
-                    self.marks.append((arg, self.current))
-                    self.current = []
-                    self.seen_marks.put_nowait(arg)
-                continue
-            if source == "lua":
-                if self.inner_first or not self.current or self.current[-1][1] is None:
-                    self.pending.append(command)
-                else:
-                    self.current[-1][2].append(command)
-                continue
-            script = None
-            if command in SCRIPT_COMMANDS:
-                script = self.names.get(arg.lower(), f"{command} {arg[:12]}")
-            inner: list[str] = []
-            if self.pending:
-                if self.inner_first and script is not None:
-                    inner, self.pending = self.pending, []
-                else:  # not expected: inner commands with no script to give them to
-                    self.current.append(("(lua, unattributed)", None, self.pending, 0, False))
-                    self.pending = []
-            queued = source in self.transactions and command not in ("exec", "discard")
-            if command == "multi":
-                self.transactions.add(source)
-            elif command in ("exec", "discard"):
-                self.transactions.discard(source)
-            self.current.append((command, script, inner, len(line), queued))
-
-    async def mark(self, op: Operator, label: str) -> None:
-        await op.call("ECHO", f"{MARK} {label}")
-        while (await asyncio.wait_for(self.seen_marks.get(), 30)) != f"{MARK} {label}":
-            pass
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        self.writer.close()
 
 
 async def monitor_pass(url: str, redis_url: str, op: Operator, turns: int, size: int,
@@ -597,9 +396,9 @@ async def monitor_pass(url: str, redis_url: str, op: Operator, turns: int, size:
         await device.close()
     finally:
         await monitor.close()
-    rows, whole = [], _MonitorTotals()
+    rows, whole = [], MonitorTotals()
     for (first, last), (_, commands) in zip(buckets, monitor.marks[1:]):
-        bucket = _MonitorTotals()
+        bucket = MonitorTotals()
         for command in commands:
             bucket.add(*command)
         whole.merge(bucket)
@@ -608,53 +407,6 @@ async def monitor_pass(url: str, redis_url: str, op: Operator, turns: int, size:
             "buckets": rows, "all": whole.per_turn(turns)}
 
 
-class _MonitorTotals:
-    def __init__(self) -> None:
-        self.top: Counter = Counter()
-        self.queued: Counter = Counter()  #: top-level commands run by an EXEC
-        self.inner: Counter = Counter()
-        self.script_calls: Counter = Counter()
-        self.script_bytes: Counter = Counter()
-        self.script_inner: dict[str, Counter] = defaultdict(Counter)
-
-    def add(self, command: str, script: str | None, inner: list[str], size: int, queued: bool) -> None:
-        if script is None and inner:
-            script = "(unattributed)"
-        else:
-            self.top[command] += 1
-            self.queued[command] += queued
-        if script is not None:
-            self.script_calls[script] += command != "(lua, unattributed)"
-            self.script_bytes[script] += size
-            self.script_inner[script].update(inner)
-        self.inner.update(inner)
-
-    def merge(self, other: _MonitorTotals) -> None:
-        self.top.update(other.top)
-        self.queued.update(other.queued)
-        self.inner.update(other.inner)
-        self.script_calls.update(other.script_calls)
-        self.script_bytes.update(other.script_bytes)
-        for name, counts in other.script_inner.items():
-            self.script_inner[name].update(counts)
-
-    def per_turn(self, turns: int) -> dict:
-        scripts_ = {}
-        for name in sorted(self.script_inner, key=lambda n: (-self.script_calls[n], n)):
-            calls, inner = self.script_calls[name], self.script_inner[name]
-            per_call = max(calls, 1)
-            scripts_[name] = {
-                "calls": round(calls / turns, 2), "inner_per_turn": round(sum(inner.values()) / turns, 2),
-                "inner_per_call": round(sum(inner.values()) / per_call, 2),
-                "request_bytes_per_call": round(self.script_bytes[name] / per_call),
-                "inner_by_command_per_call": {n: round(c / per_call, 2) for n, c in inner.most_common()}}
-        top, inner = sum(self.top.values()), sum(self.inner.values())
-        return {"top_level_commands": round(top / turns, 2), "inner_commands": round(inner / turns, 2),
-                "all_commands": round((top + inner) / turns, 2),
-                "top_level_by_command": {n: round(c / turns, 2) for n, c in self.top.most_common()},
-                "inner_by_command": {n: round(c / turns, 2) for n, c in self.inner.most_common()},
-                "in_transactions_by_command": {n: round(c / turns, 2) for n, c in self.queued.most_common() if c},
-                "by_script": scripts_}
 
 
 # -- the whole measurement -------------------------------------------------------------------
@@ -756,90 +508,6 @@ async def redis_cost(bench: Bench) -> dict:
                            idle_seconds=bench.scale(1.0, 3.0))
     print(table(result), flush=True)
     return result
-
-
-# -- printing --------------------------------------------------------------------------------
-
-
-def _cell(value: Any) -> str:
-    return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _grid(header: list[str], rows: list[list[Any]]) -> str:
-    cells = [header] + [[_cell(v) for v in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def table(result: dict) -> str:
-    out = [f"Redis cost per turn: {result['conversations']} conversation(s) x {result['turns']} turns, "
-           f"{result['env']}, Redis {result.get('redis_version', '?')}"
-           + (f", Redis pinned to CPU {result['cpus_pinned']['redis']}" if result.get("cpus_pinned") else ""),
-           f"background (no turns): {result['background']['commands_per_s']} commands/s, "
-           f"{result['background']['cpu_us_per_s']} us CPU/s", ""]
-    rows = []
-    for r in result["buckets"]:
-        rows.append([f"{r['first']}-{r['last']}", r["commands"], r["cpu_us"], r["cpu_main_thread_us"], r["proc_cpu_us"],
-                     r.get("cmdstat_usec_top_level"), r.get("cmdstat_usec_inner"), r.get("script_overhead_usec"),
-                     r.get("cpu_us_less_background"), r["memory_bytes"], r["net_in_bytes"], r["net_out_bytes"],
-                     r["aof_bytes"], r["socket_reads"], r["socket_writes"], r["turn_ms_p50"],
-                     r.get("checkpoint", {}).get("document_bytes"), r.get("checkpoint", {}).get("memory_bytes"),
-                     r.get("checkpoint", {}).get("kept")])
-    out.append(_grid(["turns", "cmds", "cpu_us", "main_us", "proc_us", "exec_us", "inner_us", "lua_us", "cpu-bg_us",
-                      "mem_B", "in_B", "out_B", "aof_B", "reads", "writes", "turn_ms", "doc_B", "doc_mem_B", "kept"],
-                     rows))
-    out.append("(per turn. cmds: commandstats calls, script bodies' included; cpu: INFO cpu, main: its main thread, "
-               "proc: /proc schedstat; exec: commandstats usec of the services' own commands, inner: of the "
-               "commands scripts ran, lua: scripts' time outside their commands; cpu-bg: cpu less the idle rate; "
-               "doc: the newest checkpoint document at the bucket's end, as JSON text and as stored, and the "
-               "checkpoints kept)")
-    names = sorted({n for f in result["ranges"].values() for n in f["by_command"]},
-                   key=lambda n: -max(f["by_command"].get(n, {}).get("usec", 0) for f in result["ranges"].values()))
-    header = ["command"] + [f"{k} calls/us" for k in result["ranges"]]
-    rows = [[n] + [f"{f['by_command'][n]['calls']:g} / {f['by_command'][n]['usec']:g}" if n in f["by_command"]
-                   else "-" for f in result["ranges"].values()] for n in names]
-    rows.append(["TOTAL (usec double-counts)"] + [f"{f['commands']:g} / {f['cmdstat_usec']:g}"
-                                                  for f in result["ranges"].values()])
-    for key, label in (("cmdstat_usec_top_level", "executing the services' commands"),
-                       ("cmdstat_usec_inner", "  of which: commands run by scripts"),
-                       ("script_overhead_usec", "  of which: scripts outside them"), ("cpu_us", "Redis CPU (INFO cpu)")):
-        rows.append([label] + [_cell(f.get(key)) for f in result["ranges"].values()])
-    out += ["", "per command, per turn (commandstats; script bodies' commands included):", _grid(header, rows)]
-    if "slowlog" in result:
-        s, spread = result["slowlog"]["all"], _spread(result["slowlog"]["buckets"])
-        out += ["", f"SLOWLOG: {s['top_level_commands']} top-level commands per turn (EXEC is never logged), "
-                    f"{s['top_level_usec']} us executing them; {s['inner_commands']} run inside scripts"]
-        out.append(_grid(["script", "calls/turn", "us/turn", "us/call", "inner/call", "inner_us/call",
-                          *(f"us/call {b['first']}-{b['last']}" for b in spread), "slowest inner commands (us/call)"],
-                         [[n, v["calls"], v["usec"], v["usec_per_call"], v["inner_per_call"], v["inner_usec_per_call"],
-                           *(b["by_script"].get(n, {}).get("usec_per_call") for b in spread),
-                           " ".join(f"{c}:{k['usec']:g}" for c, k in list(v["inner_by_command_per_call"].items())[:4])]
-                          for n, v in s["by_script"].items()]))
-        out.append(_grid(["top-level command", "calls/turn", "us/turn", "us/call"],
-                         [[n, v["calls"], v["usec"], v["usec_per_call"]] for n, v in s["by_command"].items()]))
-    if "monitor" in result:
-        m = result["monitor"]["all"]
-        out += ["", f"MONITOR: {m['top_level_commands']} top-level + {m['inner_commands']} inside scripts "
-                    f"= {m['all_commands']} commands per turn"]
-        out.append(_grid(["script", "calls/turn", "inner/call", "inner/turn", "req_B/call", "inner commands per call"],
-                         [[n, v["calls"], v["inner_per_call"], v["inner_per_turn"], v["request_bytes_per_call"],
-                           " ".join(f"{c}:{k:g}" for c, k in v["inner_by_command_per_call"].items())]
-                          for n, v in m["by_script"].items()]))
-        out.append("top level: " + " ".join(f"{c}:{k:g}" for c, k in m["top_level_by_command"].items()))
-        if m["in_transactions_by_command"]:
-            out.append("  of which run by an EXEC: " + " ".join(
-                f"{c}:{k:g}" for c, k in m["in_transactions_by_command"].items()))
-    return "\n".join(out)
-
-
-def _spread(rows: list[dict], count: int = 4) -> list[dict]:
-    """A few rows, first to last."""
-    if len(rows) <= count:
-        return rows
-    return [rows[round(i * (len(rows) - 1) / (count - 1))] for i in range(count)]
 
 
 # -- standalone ------------------------------------------------------------------------------
