@@ -26,7 +26,6 @@ import asyncio
 import json
 import logging
 import time
-from collections import OrderedDict
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -54,6 +53,7 @@ from .outcomes import (
 )
 from .slots import FairSlots, Slot
 from .stopping import WORK_EXIT_GRACE, Stopped, stoppable
+from .stops import Stops
 from .store import (
     AlreadyDone, Attempt, Begun, Busy, Committed, DoneMoved, FindAfter, InboundEntry, LeaseLost, NoneLeft,
     WorkerStore,
@@ -65,10 +65,6 @@ log = logging.getLogger(__name__)
 UNPRUNED_MAX = 100_000
 #: Conversations whose cut-short attempt is remembered (a bound; see ``_resumed``).
 RESUMED_MAX = 100_000
-#: Seconds a cancel notice that found nothing running is kept, and how many
-#: (see ``Turns._watch``).
-EARLY_CANCEL_S = 5.0
-EARLY_CANCEL_MAX = 10_000
 
 
 def _observe(task: asyncio.Task) -> None:
@@ -110,13 +106,8 @@ class Turns:
         # (user, conversation) -> the entry whose attempt this process gave up
         # because Redis went away: its retry is not counted again.
         self._resumed: dict[tuple[str, str], str] = {}
-        # (user, conversation) -> (the entry whose graph runs now, set to stop it):
-        # what a cancel notice (:meth:`cancel`) looks for; at most one per drain.
-        self._running: dict[tuple[str, str], tuple[str, asyncio.Event]] = {}
-        # (user, conversation) -> (up to, when): cancel notices that found nothing
-        # running here, kept briefly: one may arrive before the answer of the
-        # begin that takes its entry (see :meth:`_watch`).
-        self._early: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
+        #: the entry each conversation runs now, for cancel notices (:mod:`.stops`)
+        self.stops = Stops()
         # (user, conversation) -> the generation its turns last ran in here
         # (``clear`` moves it on): which thread's kept copy a begin validates.
         self._generations: dict[tuple[str, str], int] = {}
@@ -126,24 +117,7 @@ class Turns:
         entry at or before ``up_to`` here. True if one was stopped. (Only a
         nudge: the commit script writes a cancelled entry as ``cancelled``
         whether or not its run was stopped.)"""
-        running = self._running.get((user, conversation))
-        if running is None:
-            self._remember_early((user, conversation), up_to)
-            return False
-        if streamids.later(running[0], up_to):
-            return False
-        running[1].set()
-        return True
-
-    def _remember_early(self, key: tuple[str, str], up_to: str) -> None:
-        """Keep a notice that found nothing running for EARLY_CANCEL_S (at
-        most EARLY_CANCEL_MAX of them: every worker hears every notice)."""
-        now = time.monotonic()
-        self._early.pop(key, None)
-        self._early[key] = (up_to, now)
-        while self._early and (len(self._early) > EARLY_CANCEL_MAX
-                               or next(iter(self._early.values()))[1] < now - EARLY_CANCEL_S):
-            self._early.popitem(last=False)
+        return self.stops.cancel((user, conversation), up_to)
 
     # -- a drain ---------------------------------------------------------------------
 
@@ -294,12 +268,12 @@ class Turns:
             # before anything is awaited: a notice arriving while the turn is
             # prepared must stop it too (the mark alone would only label it
             # `cancelled` once its run had ended).
-            stop = self._watch(user, conversation, found.entry.id)
+            stop = self.stops.watch((user, conversation), found.entry.id)
             try:
                 outcome = await self._attempt(user, conversation, lease, found, progress, resumed, slot,
                                               first=first, stop=stop)
             finally:
-                self._unwatch(user, conversation, found.entry.id)
+                self.stops.unwatch((user, conversation), found.entry.id)
             first = False
             entry = found.entry
             thread = progress.thread
@@ -343,23 +317,6 @@ class Turns:
         if len(self._unpruned) >= UNPRUNED_MAX and thread not in self._unpruned:
             self._unpruned.clear()  # bounded; a forgotten count only delays a prune
         self._unpruned[thread] = self._unpruned.get(thread, 0) + 1
-
-    def _watch(self, user: str, conversation: str, entry_id: str) -> asyncio.Event:
-        """Register the entry about to run: :meth:`cancel` sets the event
-        returned. Set at once if a notice for it came just before: the begin
-        that took the entry ran before the cancel's mark, but its answer can
-        reach this process after the notice (two connections)."""
-        stop = asyncio.Event()
-        self._running[(user, conversation)] = (entry_id, stop)
-        early = self._early.pop((user, conversation), None)
-        if early is not None and early[1] >= time.monotonic() - EARLY_CANCEL_S \
-                and not streamids.later(entry_id, early[0]):
-            stop.set()
-        return stop
-
-    def _unwatch(self, user: str, conversation: str, entry_id: str) -> None:
-        if self._running.get((user, conversation), (None,))[0] == entry_id:
-            del self._running[(user, conversation)]
 
     async def _attempt(self, user: str, conversation: str, lease: Lease, found: Attempt, progress: _Progress,
                        resumed: str | None, slot: Slot, *, first: bool, stop: asyncio.Event) -> Outcome:

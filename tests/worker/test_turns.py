@@ -225,24 +225,3 @@ async def test_a_cancel_notice_heard_before_the_begin_answer_stops_the_turn(clea
     assert [e[1]["kind"] for e in await redis.xrange(keys.outbound("u")) if e[1]["in"] == later] == ["assistant"]
     await redis.aclose()
     await raw.aclose()
-
-
-async def test_early_cancel_notices_are_bounded_in_count_and_age(clean_redis, monkeypatch):
-    """Every worker hears every cancel notice, so the ones that found nothing
-    running are kept EARLY_CANCEL_MAX at most, and only EARLY_CANCEL_S."""
-    from switchboard.shared.settings import WorkerSettings
-    from switchboard.worker import turns as turns_module
-    from switchboard.worker.turns import Turns
-
-    redis = aioredis.Redis.from_url(clean_redis, decode_responses=True)
-    turns = Turns(redis, build().compile(), WorkerSettings())
-    monkeypatch.setattr(turns_module, "EARLY_CANCEL_MAX", 50)
-    for n in range(60):
-        turns.cancel("u", f"c{n}", "5-0")
-    assert len(turns._early) == 50 and ("u", "c0") not in turns._early and ("u", "c59") in turns._early
-    assert turns._watch("u", "c59", "5-0").is_set()  # in time: the turn taken is stopped
-    assert not turns._watch("u", "c58", "6-0").is_set()  # a later entry than the notice named runs
-    monkeypatch.setattr(turns_module, "EARLY_CANCEL_S", -1.0)  # every notice already too old
-    turns.cancel("u", "late", "5-0")
-    assert not turns._watch("u", "late", "5-0").is_set()  # too old by the time the turn is taken
-    await redis.aclose()
