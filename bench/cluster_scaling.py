@@ -73,7 +73,7 @@ async def _run(url: str, workdir: Path, nodes: dict[str, redis.Redis], users: li
         for kind, name in (("fanout", "f"), ("gateway", "gw"), ("worker", "w0"), ("worker", "w1")):
             services.start(kind, name, 60.0, False, **logins.get(kind, {}))
         for service in services.services.values():
-            services._wait_ready(service, 60.0)
+            services.wait_ready(service, 60.0)
         before = {name: _cpu_seconds(c) for name, c in nodes.items()}
         count, elapsed = await _load(services.services["gw"].url, users, turns)
         after = {name: _cpu_seconds(c) for name, c in nodes.items()}

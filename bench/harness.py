@@ -122,16 +122,17 @@ class Cluster:
         service = Service(name, kind, process, log, port)
         self.services[name] = service
         if wait:
-            self._wait_ready(service, timeout)
+            self.wait_ready(service, timeout)
         return service
 
     def start_many(self, *specs: tuple[str, str], timeout: float = 30.0, **env: str) -> None:
         """Start ``(kind, name)`` services in parallel, then wait for all."""
         started = [self.start(kind, name, wait=False, **env) for kind, name in specs]
         for service in started:
-            self._wait_ready(service, timeout)
+            self.wait_ready(service, timeout)
 
-    def _wait_ready(self, service: Service, timeout: float) -> None:
+    def wait_ready(self, service: Service, timeout: float = 30.0) -> None:
+        """Until ``service`` has logged that it is ready (and a gateway listens), or raise."""
         deadline = time.monotonic() + timeout
         marker = READY_MARKERS[service.kind]
         while time.monotonic() < deadline:
