@@ -295,7 +295,8 @@ async def export_user(redis, raw_redis, user: str, keyring, *, page: int = PAGE)
     (read with the services' saver: sealed values opened with ``keyring``)
     and its ``waiting`` messages; the ``event`` lines of the outbound
     stream, oldest first, read in pages; the ``dead_letter`` copies."""
-    from switchboard.shared.checkpoints import CannotOpen, SwitchboardRedisSaver, use_caching_serializer
+    from switchboard.shared.checkpoints import CannotOpen, SwitchboardRedisSaver, setup_saver, use_caching_serializer
+    from switchboard.shared.cluster import is_cluster
     from switchboard.shared.fields import DeadField, InboundField
     from switchboard.shared.outbound import entry_to_event
 
@@ -309,6 +310,8 @@ async def export_user(redis, raw_redis, user: str, keyring, *, page: int = PAGE)
         # The thread's namespace follows; a cleared conversation's later threads end ``~N``.
         found.add(key[len(latest_prefix):].rsplit(":", 1)[0].split("~", 1)[0])
     saver = use_caching_serializer(SwitchboardRedisSaver(redis_client=raw_redis), keyring)
+    if is_cluster(raw_redis):  # keyed reads only (no search index there): the library's key registry
+        await setup_saver(saver)
     for conversation in sorted(found):
         progress = await redis.hgetall(keys.conversation(user, conversation))
         thread = keys.thread_id(user, conversation, int(progress.get(ConvField.GEN, 0)))  # its current generation

@@ -19,6 +19,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 from bench.redis_cluster import RedisClusterSet
@@ -256,3 +258,63 @@ async def test_a_slot_moving_under_a_chat_loses_nothing(tmp_path):
         await _assert_each_once_in_order(operator, phone, user, sent)
         await phone.close()
 
+
+
+def _cli(url: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "switchboard.cli", *args], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "REDIS_URL": url})
+
+
+def _keys_of(rc: RedisClusterSet, user: str) -> dict[str, str]:
+    """Every key that names ``user``, on every master: key -> the master holding it."""
+    found = {}
+    for master in rc.masters():
+        with master.client(username=acl.ADMIN.name, password=rc.passwords()["admin"]) as direct:
+            found.update({key.decode() if isinstance(key, bytes) else key: repr(master)
+                          for key in direct.scan_iter(match=f"*{user}*", count=1000)})
+    return found
+
+
+async def test_the_operator_commands_on_a_cluster(tmp_path):
+    """``switchboard inspect``, ``export``, ``deadletters`` and ``delete`` through
+    a ``redis+cluster://`` URL: they read and erase one user's keys on the
+    master that holds them, and nothing of a user on another master."""
+    async with _running(tmp_path, workers=1, MAX_ATTEMPTS="1") as (rc, services, operator):
+        url = services.services["gw"].url
+        gone, kept = _users(rc, per_master=1)[:2]
+        assert rc.owner_of(keys.outbound(gone)) is not rc.owner_of(keys.outbound(kept))
+        devices = {user: Device(url, token(user), "phone") for user in (gone, kept)}
+        for user, device in devices.items():
+            await device.connect()
+            await device.send("a", "a1", "sleep:0 hello")
+            await device.wait_reply("a1", timeout=30)
+            await device.send("a", "bad", "fail always")  # a dead letter of each
+            await device.wait_reply("bad", timeout=30)
+        await devices[gone].close()
+        kept_before = _keys_of(rc, kept)
+        assert any(gone in key for key in _keys_of(rc, gone)) and kept_before
+
+        inspected = _cli(rc.operator_url, "inspect", gone, "--json")
+        assert inspected.returncode == 0, inspected.stderr
+        assert "a" in json.dumps(json.loads(inspected.stdout))
+        exported = _cli(rc.operator_url, "export", gone)
+        assert exported.returncode == 0, exported.stderr
+        lines = [json.loads(line) for line in exported.stdout.splitlines()]
+        assert any("sleep:0 hello" in json.dumps(line) for line in lines)
+        letters = _cli(rc.operator_url, "deadletters", "--count", "100")
+        assert letters.returncode == 0, letters.stderr
+        assert {gone, kept} <= {json.loads(line).get("user") for line in letters.stdout.splitlines()}
+
+        for _ in range(100):  # the gateway releases the device's slot as the connection closes
+            if not await operator.zcard(keys.devices(gone)):
+                break
+            await asyncio.sleep(0.05)
+        deleted = _cli(rc.operator_url, "delete", gone, "--yes")
+        assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+        assert _keys_of(rc, gone) == {}
+        letters = _cli(rc.operator_url, "deadletters", "--count", "100")
+        assert gone not in letters.stdout and kept in letters.stdout
+        assert _keys_of(rc, kept) == kept_before  # the other user's keys, where they were
+        await devices[kept].send("a", "a2", "sleep:0 still here")
+        await devices[kept].wait_reply("a2", timeout=30)
+        await devices[kept].close()
