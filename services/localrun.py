@@ -275,9 +275,21 @@ def _banner(env: Mapping[str, str], layout: Layout, url: str, specs: Sequence[Sp
             f"{_processes(env, children, balancer)}"
             f"{_health(env, specs)}"
             f"  Dev token for user 'dev-user' (24 h):\n    {token}\n"
+            f"  Web chat:   {web_link(url, token)}\n"
             "  First frame: {\"type\":\"hello\",\"token\":TOKEN,\"device_id\":\"laptop\"}\n"
             "  Who is where: switchboard nodes (as REDIS_USERNAME=sb-admin)\n"
             "  Protocol:   docs/protocol.md    Ctrl-C stops everything.\n")
+
+
+def web_link(url: str, token: str) -> str:
+    """The web chat client's address (docs/web-client.md) for the WebSocket
+    ``url``, signed in with ``token``. The token is in the fragment, which a
+    browser never sends: it reaches no server's or proxy's log."""
+    scheme, _, rest = url.partition("://")
+    authority = rest.split("/", 1)[0]
+    if authority.startswith("0.0.0.0:"):  # listening everywhere: this machine's browser uses loopback
+        authority = "127.0.0.1:" + authority.split(":", 1)[1]
+    return f"{'https' if scheme == 'wss' else 'http'}://{authority}/#token={token}"
 
 
 def processes_table(rows: Sequence[tuple[str, int, str, str]]) -> str:

@@ -16,7 +16,11 @@ Switchboard would be:
   retried on the next (``proxy_next_upstream``);
 - ``X-Forwarded-For`` set from the client's address, which the gateways use
   for their per-address caps when nginx is a ``TRUSTED_PROXIES`` address;
-- no buffering: frames go through as they come.
+- no buffering: frames go through as they come;
+- one location for everything: the WebSocket (``/ws``) and the web client's
+  page and files (``/``, ``/static/``), with the browser's ``Host`` passed on
+  as it was (port included), which the gateway's same-origin rule compares
+  with the page's ``Origin``.
 
 The process runs in the foreground (``daemon off``) with every path (pid,
 logs, temp files) in its own directory, so it needs no root and leaves
@@ -80,7 +84,9 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection $connection_upgrade;
-            proxy_set_header Host $host;
+            # The Host the browser used, port included: the gateway compares it with
+            # the Origin of its own page's WebSocket (admission.same_origin).
+            proxy_set_header Host $http_host;
             proxy_set_header X-Forwarded-For $remote_addr;
             proxy_read_timeout {PROXY_TIMEOUT}s;
             proxy_send_timeout {PROXY_TIMEOUT}s;

@@ -49,3 +49,15 @@ def clean_redis(redis_url: str) -> str:
     client.flushall()
     client.close()
     return redis_url
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001 - pytest's hook
+    """Say at the end of the run when the web client's browser tests were
+    skipped (no chromium or no playwright here), and how to get them to run."""
+    skipped = [report for report in terminalreporter.stats.get("skipped", [])
+               if "tests/browser/" in report.nodeid.replace("\\", "/")]
+    if skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} browser tests (tests/browser) were skipped: they need Debian's chromium at "
+            "/usr/bin/chromium and the playwright package -- `apt-get install chromium`, then `make install`.",
+            yellow=True)

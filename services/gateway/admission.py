@@ -85,18 +85,67 @@ def client_address(peer: str | None, forwarded_for: Sequence[str], trusted: Sequ
     return hops[0] if hops else peer
 
 
-def origin_allowed(origin: str | None, allowed: Sequence[str]) -> bool:
+def origin_allowed(origin: str | None, allowed: Sequence[str], host: str | None = None) -> bool:
     """Whether a handshake with this ``Origin`` header may proceed.
 
     No header: a non-browser client (browsers always send one on a
     WebSocket handshake), allowed -- a token is what authenticates it. A
     browser's Origin must be in ``allowed`` exactly (scheme, host, port, as
-    the browser writes it), or ``allowed`` contains ``*``. The default, an
-    empty list, refuses every browser origin: a page on another site must
-    not be able to drive a user's browser into the service."""
+    the browser writes it), or ``allowed`` contains ``*``, or it is the
+    origin the request was addressed to (:func:`same_origin` with ``host``,
+    the ``Host`` header): the gateway's own page (``/``, docs/web-client.md).
+    Otherwise -- the default, an empty list -- a browser origin is refused:
+    a page on another site must not be able to drive a user's browser into
+    the service."""
     if origin is None:
         return True
-    return "*" in allowed or origin in allowed
+    return "*" in allowed or origin in allowed or same_origin(origin, host)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def same_origin(origin: str, host: str | None) -> bool:
+    """Whether ``origin`` (``scheme://host[:port]``) names the host and port
+    of the ``Host`` header ``host``. A browser writes Host itself (a page
+    cannot set it), so a match means the page came from this address -- or
+    from a proxy in front of it that passes the browser's Host on unchanged
+    (nginx: ``proxy_set_header Host $http_host``). The scheme is not
+    compared: behind a proxy that ends TLS, the page is https and the
+    gateway's socket is plain; a port left out is the scheme's default."""
+    if not host:
+        return False
+    scheme, separator, rest = origin.partition("://")
+    scheme = scheme.lower()
+    if not separator or scheme not in _DEFAULT_PORTS or not rest or "/" in rest:
+        return False
+    wanted = _host_port(rest, _DEFAULT_PORTS[scheme])
+    return wanted is not None and wanted == _host_port(host.strip(), _DEFAULT_PORTS[scheme])
+
+
+def _host_port(authority: str, default: int) -> tuple[str, int] | None:
+    """``(host, port)`` of ``host[:port]`` (IPv6 in brackets), lowercased; None if malformed."""
+    if "@" in authority:
+        return None
+    if authority.startswith("["):
+        end = authority.find("]")
+        if end < 0:
+            return None
+        name, tail = authority[:end + 1], authority[end + 1:]
+        if tail and not tail.startswith(":"):
+            return None
+        port_text = tail[1:] if tail else ""
+    else:
+        name, _, port_text = authority.partition(":")
+        if ":" in port_text:
+            return None
+    if not name:
+        return None
+    if not port_text:
+        return name.lower(), default
+    if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+        return None
+    return name.lower(), int(port_text)
 
 
 class LocalCounts:

@@ -34,7 +34,7 @@ from switchboard.shared.project import GraphLoadError, graph_choice
 from switchboard.shared.settings import GatewaySettings, SettingsError
 from switchboard.shared.tasks import finish
 
-from . import admission, auth, forks, resume, wsbatch
+from . import admission, auth, forks, resume, web, wsbatch
 from .expiry import TokenDeadline
 from .ratelimit import FrameGate, Verdict
 from .history import HistoryReader
@@ -188,8 +188,11 @@ class Gateway:
             response.headers["Cache-Control"] = "no-store"
             return response
         if path != "/ws":
+            if web.is_page(path):
+                return web.respond(request, path)  # the web chat client (docs/web-client.md)
             return connection.respond(http.HTTPStatus.NOT_FOUND, "not found; the WebSocket endpoint is /ws\n")
-        if not admission.origin_allowed(request.headers.get("Origin"), self.settings.allowed_origins):
+        if not admission.origin_allowed(request.headers.get("Origin"), self.settings.allowed_origins,
+                                        host=request.headers.get("Host")):
             self.metrics.handshakes["origin_refused"].inc()
             return connection.respond(http.HTTPStatus.FORBIDDEN, "origin not allowed\n")
         return None
