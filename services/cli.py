@@ -16,7 +16,10 @@ typed settings object built here.
     switchboard keygen       print a new key for ENCRYPTION_KEYS
     switchboard nodes        every live node by tier (--json)
     switchboard devices USER a user's devices and the gateway each is on
-                             operator's Redis
+    switchboard chat         a terminal client (switchboard.client), resuming
+                             exactly across restarts
+    switchboard inspect, export, delete, backup, restore   the operator's
+                             commands on one user or the whole Redis
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 
 from switchboard.shared import logs
 from switchboard.shared.acl import AclError
@@ -126,6 +130,40 @@ def cmd_token(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     print(auth.mint(args.user, env.get("JWT_SECRET") or DEV_JWT_SECRET, ttl=args.ttl,
                     audience=env.get("JWT_AUDIENCE") or None, issuer=env.get("JWT_ISSUER") or None))
     return 0
+
+
+def cmd_chat(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """The terminal client: a token given (``--token``) or minted for ``--user``
+    with JWT_SECRET (a new one each time the gateway closes with 4004)."""
+    import jwt
+
+    from switchboard.client import chat
+    from switchboard.gateway import auth
+
+    if args.token:
+        try:
+            user = str(jwt.decode(args.token, options={"verify_signature": False}).get("sub") or "user")
+        except jwt.PyJWTError as exc:
+            print(f"switchboard chat: not a token: {exc}", file=sys.stderr)
+            return 2
+        given = args.token
+
+        def provider() -> str:
+            return given
+    else:
+        user = args.user or "dev-user"
+        secret = env.get("JWT_SECRET") or DEV_JWT_SECRET
+        audience, issuer = env.get("JWT_AUDIENCE") or None, env.get("JWT_ISSUER") or None
+
+        def provider() -> str:
+            return auth.mint(user, secret, ttl=86_400, audience=audience, issuer=issuer)
+    state = Path(args.state) if args.state else chat.default_state_path(
+        env.get("XDG_STATE_HOME"), env.get("HOME") or str(Path.home()), user)
+    port = env.get("WEBSOCKET_PORT", "8765")
+    options = chat.ChatOptions(url=args.url or [f"ws://127.0.0.1:{port}/ws"], token_provider=provider,
+                               state_path=state, conversation=args.conversation, device_id=args.device,
+                               json_lines=args.json)
+    return chat.run(options)
 
 
 def cmd_deadletters(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -301,6 +339,18 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("user")
     token.add_argument("--ttl", type=float, default=86_400.0, help="seconds until the token expires")
     token.set_defaults(func=cmd_token)
+    talk = sub.add_parser("chat", help="a terminal client: type messages, see replies stream (/help)")
+    who = talk.add_mutually_exclusive_group()
+    who.add_argument("--user", metavar="U", help="mint a development token for U with JWT_SECRET (default dev-user)")
+    who.add_argument("--token", metavar="T", help="connect with this token")
+    talk.add_argument("--conversation", metavar="C", default="chat", help="the conversation to start in")
+    talk.add_argument("--url", metavar="URL", action="append",
+                      help="gateway URL (repeat for several, tried in turn; default ws://127.0.0.1:$WEBSOCKET_PORT/ws)")
+    talk.add_argument("--state", metavar="FILE",
+                      help="state file: device id and position (default $XDG_STATE_HOME/switchboard/chat-USER.json)")
+    talk.add_argument("--device", metavar="D", help="device id (default: the state file's, else a new one)")
+    talk.add_argument("--json", action="store_true", help="print each event as a JSON line instead of text")
+    talk.set_defaults(func=cmd_chat)
     users = sub.add_parser("acl", help="print the Redis ACL users, one per tier (docs/security.md)")
     users.add_argument("--passwords", metavar="DIR",
                        help="directory of password files named after the users (sb-gateway, sb-worker, ...)")
