@@ -3,26 +3,14 @@ from the page, stop, regenerate, and model output that must stay text."""
 
 from __future__ import annotations
 
-import asyncio
 
 from switchboard.shared import keys
 from tests.support.client import new_user
 from tests.support.cluster import token
+from tests.support.wait import until
 
 from .conftest import MAX_TEXT_LENGTH
 from .pages import finals, open_conversation, open_page, send, shown_messages, stream_messages, wait_messages
-
-
-async def _wait_stream(redis_client, user: str, predicate, timeout: float = 20.0):
-    """Poll the user's outbound stream until ``predicate(entries)`` holds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        stream = await redis_client.xrange(keys.outbound(user))
-        if predicate(stream):
-            return stream
-        assert loop.time() < deadline, f"the outbound stream did not reach the expected state: {stream}"
-        await asyncio.sleep(0.05)
 
 
 async def test_a_question_of_the_graph_is_answered_from_the_page(context, gateway_url, redis_client):
@@ -59,7 +47,12 @@ async def test_the_last_reply_is_regenerated_from_the_page(context, gateway_url,
     await send(page, "streamed say it again")
     first = await wait_messages(page, lambda m: len(finals(m)) == 1)
     await page.click("#regenerate")
-    stream = await _wait_stream(redis_client, user, lambda s: sum(f["kind"] == "assistant" for _, f in s) == 2)
+
+    async def two_replies() -> list | None:
+        stream = await redis_client.xrange(keys.outbound(user))
+        return stream if sum(f["kind"] == "assistant" for _, f in stream) == 2 else None
+
+    stream = await until(two_replies, 20.0, "the regenerated reply in the outbound stream")
     newest = [entry_id for entry_id, f in stream if f["kind"] == "assistant"][-1]
     assert "replaced" in [f["kind"] for _, f in stream]
     shown = await wait_messages(page, lambda m: [x["event_id"] for x in finals(m)] == [newest])

@@ -3,7 +3,6 @@ every message shown once, in order, as the user's outbound stream holds them."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
 
 import pytest
@@ -14,6 +13,7 @@ from switchboard.shared import keys
 from switchboard.shared.nodes import parse_owner
 from tests.support.client import Device, new_user
 from tests.support.cluster import token
+from tests.support.wait import until
 
 from .pages import (device_connection, finals, messages, open_conversation, open_page, send, shown_messages, stream_messages,
                     wait_connected, wait_messages)
@@ -51,24 +51,17 @@ async def test_a_network_cut_while_replies_are_written_loses_and_repeats_nothing
     # It acked what it showed (cumulatively, in batches): its stored offset reaches the newest event.
     device = await page.evaluate("() => sessionStorage.getItem('switchboard.device')")
     newest = stream[-1][0]
-    await _wait_for(lambda: _offset(redis_client, user, device), lambda offset: offset == newest)
+
+    async def acked() -> bool:
+        return await _offset(redis_client, user, device) == newest
+
+    await until(acked, 10.0, f"the page's stored offset to reach {newest}")
     await phone.close()
 
 
 async def _offset(redis_client, user: str, device: str) -> str | None:
     stored = await redis_client.hget(keys.offsets(user), device)
     return stored.rsplit("|", 1)[1] if stored else None
-
-
-async def _wait_for(read, predicate, timeout: float = 10.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await read()
-        if predicate(value):
-            return value
-        assert loop.time() < deadline, f"not reached in {timeout} s: {value}"
-        await asyncio.sleep(0.05)
 
 
 async def test_a_reload_mid_reply_shows_the_reply_once(context, gateway_url, redis_client):
